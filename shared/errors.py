@@ -1,0 +1,133 @@
+"""Error types of blobseal.
+
+The tree::
+
+    BlobsealError                      base: message, operation, timestamp (UTC), details
+    ├── ConfigError                    settings missing, malformed or contradictory
+    ├── KeyVaultError                  key storage or retrieval failed
+    │   ├── SecretNotFoundError        no such secret (or version)
+    │   ├── SecretDisabledError        the secret version is disabled
+    │   └── VaultUnavailableError      the vault did not answer (transient; retry later)
+    ├── KeyManagementError             file-key bookkeeping failed (database, rotation)
+    │   ├── FileKeyNotFoundError       no key is recorded for the file
+    │   └── RotationConflictError      another worker holds the rotation of this file
+    └── EncryptionError                encryption or decryption failed
+        ├── FormatError                not a blobseal file, or a header we refuse
+        └── IntegrityError             authentication failed: tampered data or wrong key
+
+Every error carries keyword context (``operation``, ``details``) and never key material,
+plaintext, SAS tokens or connection strings: callers put only identifiers and sizes in
+``details``. Third-party exceptions are translated where they are caught, with
+``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "BlobsealError",
+    "ConfigError",
+    "EncryptionError",
+    "FileKeyNotFoundError",
+    "FormatError",
+    "IntegrityError",
+    "KeyManagementError",
+    "KeyVaultError",
+    "RotationConflictError",
+    "SecretDisabledError",
+    "SecretNotFoundError",
+    "VaultUnavailableError",
+]
+
+
+class BlobsealError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    default_operation = "unknown"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.operation = operation or self.default_operation
+        self.details: dict[str, Any] = dict(details or {})
+        self.timestamp = timestamp or datetime.now(UTC)
+
+    def __str__(self) -> str:
+        return f"{self.operation}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, operation={self.operation!r}, "
+            f"details={self.details!r}, timestamp={self.timestamp.isoformat()!r})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view for logs and API bodies (already free of secrets)."""
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "operation": self.operation,
+            "timestamp": self.timestamp.isoformat(),
+            "details": self.details,
+        }
+
+
+class ConfigError(BlobsealError):
+    default_operation = "config"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            "invalid configuration: " + "; ".join(self.problems),
+            details={"problems": self.problems},
+        )
+
+
+class KeyVaultError(BlobsealError):
+    default_operation = "key_vault"
+
+
+class SecretNotFoundError(KeyVaultError):
+    pass
+
+
+class SecretDisabledError(KeyVaultError):
+    pass
+
+
+class VaultUnavailableError(KeyVaultError):
+    pass
+
+
+class KeyManagementError(BlobsealError):
+    default_operation = "key_management"
+
+
+class FileKeyNotFoundError(KeyManagementError):
+    pass
+
+
+class RotationConflictError(KeyManagementError):
+    pass
+
+
+class EncryptionError(BlobsealError):
+    default_operation = "encryption"
+
+
+class FormatError(EncryptionError):
+    pass
+
+
+class IntegrityError(EncryptionError):
+    pass

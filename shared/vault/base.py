@@ -1,0 +1,103 @@
+"""The key vault port: what every vault adapter (local JSON, Azure, cache wrapper) offers.
+
+A secret is named ``file-<file_id>`` and has versions; setting a name again adds a version.
+Rotation adds a version and disables the old one: names are never deleted and re-created
+(Azure soft delete refuses that with 409 for days). A *key reference*
+``file-<file_id>/<version>`` names one exact version and is what the database records.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from shared.errors import KeyVaultError
+
+__all__ = [
+    "KeyVault",
+    "SecretProperties",
+    "SecretVersion",
+    "format_key_reference",
+    "parse_key_reference",
+    "secret_name",
+]
+
+_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+_VERSION = re.compile(r"^[0-9a-zA-Z-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class SecretProperties:
+    """What a vault says about one version of a secret, without its value."""
+
+    name: str
+    version: str
+    enabled: bool
+    created_on: datetime
+    expires_on: datetime | None = None
+    content_type: str = "application/octet-stream"
+
+    @property
+    def key_reference(self) -> str:
+        return format_key_reference(self.name, self.version)
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    """One version of a secret with its value (key material: never logged, never in repr)."""
+
+    properties: SecretProperties
+    value: bytes = field(repr=False)
+
+
+class KeyVault(Protocol):
+    """Async secret store. Errors are ``KeyVaultError`` or its subclasses."""
+
+    async def set_secret(self, name: str, value: bytes, *, expires_on: datetime | None = None) -> SecretProperties:
+        """Store ``value`` as a new version of ``name`` (creating the name if needed)."""
+        ...
+
+    async def get_secret(self, name: str, version: str | None = None) -> SecretVersion:
+        """The latest version (``version=None``) or the exact one.
+
+        Raises ``SecretNotFoundError`` if absent and ``SecretDisabledError`` if disabled.
+        """
+        ...
+
+    async def disable_version(self, name: str, version: str) -> None:
+        """Mark one version disabled; its value can no longer be read."""
+        ...
+
+    async def delete_secret(self, name: str) -> None:
+        """Delete the name and all its versions."""
+        ...
+
+    async def list_versions(self, name: str) -> list[SecretProperties]:
+        """Every version of ``name``, oldest first; empty if the name is unknown."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``KeyVaultError`` if the vault cannot be reached (for health checks)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def secret_name(file_id: uuid.UUID) -> str:
+    return f"file-{file_id}"
+
+
+def format_key_reference(name: str, version: str) -> str:
+    return f"{name}/{version}"
+
+
+def parse_key_reference(reference: str) -> tuple[str, str]:
+    """Split ``file-<id>/<version>`` into name and version, refusing anything else."""
+    name, sep, version = reference.partition("/")
+    if not sep or not _NAME.match(name) or not _VERSION.match(version):
+        raise KeyVaultError("malformed key reference", operation="parse_key_reference",
+                            details={"reference_length": len(reference)})
+    return name, version
