@@ -1,0 +1,224 @@
+"""Streaming encryption and decryption, push style: feed bytes in, take sealed/verified bytes out.
+
+Push objects work the same from sync code (files, the CLI) and async code (blob streams):
+the caller reads a transfer chunk, calls ``update``, writes what comes back. Memory is the
+chunk plus at most one block held back, whatever the file size.
+
+``Decryptor.update`` returns only plaintext whose block tags verified; a block is held back
+until the next byte arrives (or ``finalize``), because only then is it known whether it
+must be the final block. After any failure the object refuses further use.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from shared.crypto.cipher import BlockCipher, open_header, seal_header
+from shared.crypto.format import (
+    FIXED_HEADER_SIZE,
+    MAX_HEADER_SIZE,
+    SALT_SIZE,
+    TAG_SIZE,
+    Buffer,
+    Header,
+    check_magic,
+    header_size_from_prefix,
+)
+from shared.errors import BlobsealError, EncryptionError, FormatError, IntegrityError
+
+__all__ = ["DEFAULT_BLOCK_SIZE", "Decryptor", "Encryptor", "decrypt", "encrypt"]
+
+DEFAULT_BLOCK_SIZE = 64 * 1024
+
+
+class _OneShot:
+    """Refuses use after finalize or after a failure (the stream stays failed)."""
+
+    _state = "open"
+
+    def _check_open(self) -> None:
+        if self._state == "failed":
+            raise IntegrityError("stream failed earlier", operation=self._operation)
+        if self._state == "done":
+            raise EncryptionError("stream already finalized", operation=self._operation)
+
+    @property
+    def _operation(self) -> str:
+        return type(self).__name__.lower()
+
+
+class Encryptor(_OneShot):
+    """Seals a plaintext stream into a blobseal v1 file."""
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        file_id: uuid.UUID,
+        key_reference: str = "",
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        salt: bytes | None = None,
+    ) -> None:
+        draft = Header(block_size=block_size, file_id=file_id, salt=salt or os.urandom(SALT_SIZE),
+                       key_reference=key_reference)
+        self.header, self._cipher = seal_header(key, draft)
+        self._block = block_size
+        self._pending = bytearray()
+        self._index = 0
+        self._header_sent = False
+
+    def update(self, data: Buffer) -> bytearray:
+        """Seal every block of ``data`` known not to be the last; returns header and sealed blocks."""
+        self._check_open()
+        view = memoryview(data).cast("B")
+        count = max(0, len(self._pending) + len(view) - 1) // self._block
+        out = self._output(count * (self._block + TAG_SIZE))
+        position = len(out) - count * (self._block + TAG_SIZE)
+        taken = 0
+        if count and self._pending:
+            taken = self._block - len(self._pending)
+            self._pending += view[:taken]
+            position = self._seal(self._pending, False, out, position)
+            self._pending.clear()
+            count -= 1
+        for _ in range(count):
+            position = self._seal(view[taken : taken + self._block], False, out, position)
+            taken += self._block
+        self._pending += view[taken:]
+        return out
+
+    def finalize(self) -> bytearray:
+        """Seal the final block (empty for an empty file); returns the remaining output."""
+        self._check_open()
+        out = self._output(len(self._pending) + TAG_SIZE)
+        self._seal(self._pending, True, out, len(out) - len(self._pending) - TAG_SIZE)
+        self._pending.clear()
+        self._state = "done"
+        return out
+
+    def _output(self, body_size: int) -> bytearray:
+        if self._header_sent:
+            return bytearray(body_size)
+        self._header_sent = True
+        encoded = self.header.encode()
+        out = bytearray(len(encoded) + body_size)
+        out[: len(encoded)] = encoded
+        return out
+
+    def _seal(self, plaintext: Buffer, last: bool, out: bytearray, position: int) -> int:
+        end = position + len(plaintext) + TAG_SIZE
+        with memoryview(out) as target:
+            self._cipher.seal_into(self._index, last, plaintext, target[position:end])
+        self._index += 1
+        return end
+
+
+class Decryptor(_OneShot):
+    """Opens a blobseal v1 file as a stream; releases only verified plaintext."""
+
+    def __init__(self, key: bytes, *, expect_file_id: uuid.UUID | None = None) -> None:
+        self._key = key
+        self._expect_file_id = expect_file_id
+        self._pending = bytearray()
+        self.header: Header | None = None
+        self._cipher: BlockCipher | None = None
+        self._sealed = 0
+        self._index = 0
+
+    def update(self, data: Buffer) -> bytearray:
+        """Verified plaintext of every block known not to be the last."""
+        self._check_open()
+        try:
+            view = memoryview(data).cast("B")
+            if self._cipher is None:
+                view = self._read_header(view)
+            return self._open_available(view) if self._cipher is not None else bytearray()
+        except BlobsealError:
+            self._fail()
+            raise
+
+    def finalize(self) -> bytearray:
+        """Verify the final block and return its plaintext; refuses a truncated file."""
+        self._check_open()
+        try:
+            out = self._open_final()
+        except BlobsealError:
+            self._fail()
+            raise
+        self._state = "done"
+        return out
+
+    def _fail(self) -> None:
+        self._state = "failed"
+        self._pending = bytearray()
+
+    def _read_header(self, view: memoryview) -> memoryview:
+        """Buffer header bytes; once complete, open it and return the rest of ``view``."""
+        before = len(self._pending)
+        self._pending += view[: MAX_HEADER_SIZE]
+        check_magic(self._pending)
+        if len(self._pending) < FIXED_HEADER_SIZE or len(self._pending) < header_size_from_prefix(self._pending):
+            return view[len(view) :]
+        header = Header.parse(self._pending)
+        if self._expect_file_id is not None and header.file_id != self._expect_file_id:
+            raise IntegrityError("file id in header does not match", operation="decrypt")
+        self._cipher = open_header(self._key, header)
+        self.header, self._sealed = header, header.block_size + TAG_SIZE
+        self._pending.clear()
+        return view[header.size - before :]
+
+    def _open_available(self, view: memoryview) -> bytearray:
+        assert self.header is not None
+        count = max(0, len(self._pending) + len(view) - 1) // self._sealed
+        out = bytearray(count * self.header.block_size)
+        position = taken = 0
+        if count and self._pending:
+            taken = self._sealed - len(self._pending)
+            self._pending += view[:taken]
+            position = self._open(self._pending, False, out, position)
+            self._pending.clear()
+            count -= 1
+        for _ in range(count):
+            position = self._open(view[taken : taken + self._sealed], False, out, position)
+            taken += self._sealed
+        self._pending += view[taken:]
+        return out
+
+    def _open_final(self) -> bytearray:
+        if self._cipher is None:
+            raise FormatError("truncated header", operation="decrypt", details={"got": len(self._pending)})
+        rest = len(self._pending)
+        if rest < TAG_SIZE or (rest == TAG_SIZE and self._index > 0):
+            raise IntegrityError("authentication failed (truncated file)", operation="decrypt")
+        out = bytearray(rest - TAG_SIZE)
+        self._open(self._pending, True, out, 0)
+        return out
+
+    def _open(self, sealed: Buffer, last: bool, out: bytearray, position: int) -> int:
+        assert self._cipher is not None
+        end = position + len(sealed) - TAG_SIZE
+        with memoryview(out) as target:
+            self._cipher.open_into(self._index, last, sealed, target[position:end])
+        self._index += 1
+        return end
+
+
+def encrypt(
+    key: bytes,
+    plaintext: Buffer,
+    *,
+    file_id: uuid.UUID,
+    key_reference: str = "",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    salt: bytes | None = None,
+) -> bytes:
+    """One-shot encryption of a small buffer."""
+    encryptor = Encryptor(key, file_id=file_id, key_reference=key_reference, block_size=block_size, salt=salt)
+    return bytes(encryptor.update(plaintext) + encryptor.finalize())
+
+
+def decrypt(key: bytes, ciphertext: Buffer, *, expect_file_id: uuid.UUID | None = None) -> bytes:
+    """One-shot decryption of a small buffer."""
+    decryptor = Decryptor(key, expect_file_id=expect_file_id)
+    return bytes(decryptor.update(ciphertext) + decryptor.finalize())
