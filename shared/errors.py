@@ -10,7 +10,9 @@ The tree::
     │   └── VaultUnavailableError      the vault did not answer (transient; retry later)
     ├── KeyManagementError             file-key bookkeeping failed (database, rotation)
     │   ├── FileKeyNotFoundError       no key is recorded for the file
-    │   └── RotationConflictError      another worker holds the rotation of this file
+    │   │   └── KeyRetiredError        the key was rotated out and its vault version disabled
+    │   ├── RotationConflictError      another worker holds the rotation of this file
+    │   └── DatabaseUnavailableError   the database did not answer (transient; retry later)
     └── EncryptionError                encryption or decryption failed
         ├── FormatError                not a blobseal file, or a header we refuse
         └── IntegrityError             authentication failed: tampered data or wrong key
@@ -30,11 +32,13 @@ from typing import Any
 __all__ = [
     "BlobsealError",
     "ConfigError",
+    "DatabaseUnavailableError",
     "EncryptionError",
     "FileKeyNotFoundError",
     "FormatError",
     "IntegrityError",
     "KeyManagementError",
+    "KeyRetiredError",
     "KeyVaultError",
     "RotationConflictError",
     "SecretDisabledError",
@@ -117,7 +121,15 @@ class FileKeyNotFoundError(KeyManagementError):
     pass
 
 
+class KeyRetiredError(FileKeyNotFoundError):
+    pass
+
+
 class RotationConflictError(KeyManagementError):
+    pass
+
+
+class DatabaseUnavailableError(KeyManagementError):
     pass
 
 
