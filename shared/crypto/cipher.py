@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shared.crypto.format import COMMITMENT_SIZE, MAX_BLOCKS, TAG_SIZE, Buffer, Header
 from shared.errors import EncryptionError, IntegrityError
 
-__all__ = ["KEY_SIZE", "BlockCipher", "open_header", "seal_header"]
+__all__ = ["KEY_SIZE", "BlockCipher", "aead_open_into", "aead_seal_into", "open_header", "seal_header"]
 
 KEY_SIZE = 32
 _INFO = b"blobseal v1"
@@ -69,6 +69,24 @@ def open_header(key: bytes, header: Header) -> BlockCipher:
     return BlockCipher(subkey, nonce_prefix, header.encode())
 
 
+def aead_seal_into(aead: AESGCM, nonce: bytes, plaintext: Buffer, aad: bytes, out: Buffer) -> None:
+    """AES-GCM: write ciphertext || 16-byte tag into ``out``."""
+    aead.encrypt_into(nonce, plaintext, aad, out)
+
+
+def aead_open_into(aead: AESGCM, nonce: bytes, sealed: Buffer, aad: bytes, out: Buffer) -> None:
+    """AES-GCM: check the tag of ciphertext || tag and write the plaintext into ``out``.
+
+    Every failure is the same ``IntegrityError``; ``out`` must then be discarded.
+    """
+    if len(memoryview(sealed)) < TAG_SIZE:
+        raise IntegrityError("authentication failed", operation="open_block")
+    try:
+        aead.decrypt_into(nonce, sealed, aad, out)
+    except InvalidTag:
+        raise IntegrityError("authentication failed", operation="open_block") from None
+
+
 class BlockCipher:
     """Seals and opens single blocks of one encryption. Holds key material: never logged."""
 
@@ -89,19 +107,14 @@ class BlockCipher:
 
     def seal_into(self, index: int, last: bool, plaintext: Buffer, out: Buffer) -> None:
         """Write ciphertext||tag of ``plaintext`` into ``out`` (exactly len(plaintext) + 16 bytes)."""
-        self._aead.encrypt_into(self.nonce(index, last), plaintext, self.aad, out)
+        aead_seal_into(self._aead, self.nonce(index, last), plaintext, self.aad, out)
 
     def open_into(self, index: int, last: bool, sealed: Buffer, out: Buffer) -> None:
         """Write the plaintext of one sealed block into ``out`` or raise IntegrityError.
 
         On failure ``out`` may hold unverified bytes: the caller must discard it.
         """
-        if len(memoryview(sealed)) < TAG_SIZE:
-            raise IntegrityError("authentication failed (truncated block)", operation="open_block")
-        try:
-            self._aead.decrypt_into(self.nonce(index, last), sealed, self.aad, out)
-        except InvalidTag:
-            raise IntegrityError("authentication failed", operation="open_block", details={"block": index}) from None
+        aead_open_into(self._aead, self.nonce(index, last), sealed, self.aad, out)
 
     def open(self, index: int, last: bool, sealed: Buffer) -> bytes:
         """The plaintext of one sealed block, or IntegrityError; nothing is released on failure."""

@@ -70,46 +70,70 @@ class Encryptor(_OneShot):
 
     def update(self, data: Buffer) -> bytearray:
         """Seal every block of ``data`` known not to be the last; returns header and sealed blocks."""
+        out = bytearray(self.update_size(len(data)))
+        del out[self.update_into(data, out) :]
+        return out
+
+    def update_size(self, input_size: int) -> int:
+        """How many bytes ``update_into`` will write for ``input_size`` more bytes of input."""
+        header = 0 if self._header_sent else self.header.size
+        return header + self._ready_blocks(input_size) * (self._block + TAG_SIZE)
+
+    def buffer_size(self, chunk_size: int) -> int:
+        """An output size that fits every ``update_into`` of at most ``chunk_size`` bytes."""
+        blocks = (self._block + chunk_size - 1) // self._block
+        return self.header.size + blocks * (self._block + TAG_SIZE)
+
+    def update_into(self, data: Buffer, out: Buffer) -> int:
+        """Like ``update`` but writes into ``out`` (see ``update_size``); returns the bytes written.
+
+        Lets a caller reuse one output buffer: a fresh multi-MiB buffer per call costs more
+        (page faults) than the AES itself.
+        """
         self._check_open()
         view = memoryview(data).cast("B")
-        count = max(0, len(self._pending) + len(view) - 1) // self._block
-        out = self._output(count * (self._block + TAG_SIZE))
-        position = len(out) - count * (self._block + TAG_SIZE)
-        taken = 0
-        if count and self._pending:
-            taken = self._block - len(self._pending)
-            self._pending += view[:taken]
-            position = self._seal(self._pending, False, out, position)
-            self._pending.clear()
-            count -= 1
-        for _ in range(count):
-            position = self._seal(view[taken : taken + self._block], False, out, position)
-            taken += self._block
+        count = self._ready_blocks(len(view))
+        with memoryview(out).cast("B") as target:
+            position = self._write_header(target)
+            taken = 0
+            if count and self._pending:
+                taken = self._block - len(self._pending)
+                self._pending += view[:taken]
+                position = self._seal(self._pending, False, target, position)
+                self._pending.clear()
+                count -= 1
+            for _ in range(count):
+                position = self._seal(view[taken : taken + self._block], False, target, position)
+                taken += self._block
         self._pending += view[taken:]
-        return out
+        return position
+
+    def _ready_blocks(self, input_size: int) -> int:
+        """Blocks that can be sealed now: full ones followed by at least one more byte."""
+        return max(0, len(self._pending) + input_size - 1) // self._block
 
     def finalize(self) -> bytearray:
         """Seal the final block (empty for an empty file); returns the remaining output."""
         self._check_open()
-        out = self._output(len(self._pending) + TAG_SIZE)
-        self._seal(self._pending, True, out, len(out) - len(self._pending) - TAG_SIZE)
+        header = 0 if self._header_sent else self.header.size
+        out = bytearray(header + len(self._pending) + TAG_SIZE)
+        with memoryview(out) as target:
+            self._seal(self._pending, True, target, self._write_header(target))
         self._pending.clear()
         self._state = "done"
         return out
 
-    def _output(self, body_size: int) -> bytearray:
+    def _write_header(self, target: memoryview) -> int:
         if self._header_sent:
-            return bytearray(body_size)
-        self._header_sent = True
+            return 0
         encoded = self.header.encode()
-        out = bytearray(len(encoded) + body_size)
-        out[: len(encoded)] = encoded
-        return out
+        target[: len(encoded)] = encoded
+        self._header_sent = True
+        return len(encoded)
 
-    def _seal(self, plaintext: Buffer, last: bool, out: bytearray, position: int) -> int:
+    def _seal(self, plaintext: Buffer, last: bool, target: memoryview, position: int) -> int:
         end = position + len(plaintext) + TAG_SIZE
-        with memoryview(out) as target:
-            self._cipher.seal_into(self._index, last, plaintext, target[position:end])
+        self._cipher.seal_into(self._index, last, plaintext, target[position:end])
         self._index += 1
         return end
 
@@ -128,15 +152,30 @@ class Decryptor(_OneShot):
 
     def update(self, data: Buffer) -> bytearray:
         """Verified plaintext of every block known not to be the last."""
+        out = bytearray(self.update_size(len(data)))
+        del out[self.update_into(data, out) :]
+        return out
+
+    def update_size(self, input_size: int) -> int:
+        """An upper bound of what ``update_into`` writes for ``input_size`` more bytes."""
+        return len(self._pending) + input_size
+
+    def update_into(self, data: Buffer, out: Buffer) -> int:
+        """Like ``update`` but writes into ``out``; returns the bytes written.
+
+        On failure the bytes written into ``out`` so far are zeroed: nothing unverified stays.
+        """
         self._check_open()
-        try:
-            view = memoryview(data).cast("B")
-            if self._cipher is None:
-                view = self._read_header(view)
-            return self._open_available(view) if self._cipher is not None else bytearray()
-        except BlobsealError:
-            self._fail()
-            raise
+        with memoryview(out).cast("B") as target:
+            try:
+                view = memoryview(data).cast("B")
+                if self._cipher is None:
+                    view = self._read_header(view)
+                return self._open_available(view, target) if self._cipher is not None else 0
+            except BlobsealError:
+                target[:] = bytes(len(target))
+                self._fail()
+                raise
 
     def finalize(self) -> bytearray:
         """Verify the final block and return its plaintext; refuses a truncated file."""
@@ -168,10 +207,8 @@ class Decryptor(_OneShot):
         self._pending.clear()
         return view[header.size - before :]
 
-    def _open_available(self, view: memoryview) -> bytearray:
-        assert self.header is not None
+    def _open_available(self, view: memoryview, out: memoryview) -> int:
         count = max(0, len(self._pending) + len(view) - 1) // self._sealed
-        out = bytearray(count * self.header.block_size)
         position = taken = 0
         if count and self._pending:
             taken = self._sealed - len(self._pending)
@@ -183,7 +220,7 @@ class Decryptor(_OneShot):
             position = self._open(view[taken : taken + self._sealed], False, out, position)
             taken += self._sealed
         self._pending += view[taken:]
-        return out
+        return position
 
     def _open_final(self) -> bytearray:
         if self._cipher is None:
@@ -192,14 +229,14 @@ class Decryptor(_OneShot):
         if rest < TAG_SIZE or (rest == TAG_SIZE and self._index > 0):
             raise IntegrityError("authentication failed (truncated file)", operation="decrypt")
         out = bytearray(rest - TAG_SIZE)
-        self._open(self._pending, True, out, 0)
+        with memoryview(out) as target:
+            self._open(self._pending, True, target, 0)
         return out
 
-    def _open(self, sealed: Buffer, last: bool, out: bytearray, position: int) -> int:
+    def _open(self, sealed: Buffer, last: bool, target: memoryview, position: int) -> int:
         assert self._cipher is not None
         end = position + len(sealed) - TAG_SIZE
-        with memoryview(out) as target:
-            self._cipher.open_into(self._index, last, sealed, target[position:end])
+        self._cipher.open_into(self._index, last, sealed, target[position:end])
         self._index += 1
         return end
 

@@ -1,0 +1,113 @@
+"""Random access: ranges at every block edge, suffix ranges, fetched bytes, and refusals."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from shared.crypto import Header, Layout, RangeOpener, RangePlan, encrypt, open_header, plan_range
+from shared.errors import EncryptionError, FormatError, IntegrityError
+
+KEY = os.urandom(32)
+BLOCK = 64
+PLAINTEXT = os.urandom(4 * BLOCK + 10)
+CIPHERTEXT = encrypt(KEY, PLAINTEXT, file_id=uuid.uuid4(), block_size=BLOCK)
+HEADER = Header.parse(CIPHERTEXT)
+LAYOUT = Layout(HEADER.size, BLOCK, len(CIPHERTEXT))
+
+
+def read_range(data: bytes, offset: int, length: int, *, chunk: int = 29) -> tuple[bytes, RangePlan]:
+    layout = Layout(HEADER.size, BLOCK, len(data))
+    plan = plan_range(layout, offset, length)
+    opener = RangeOpener(open_header(KEY, HEADER), layout, plan)
+    if plan.final_span:
+        start, size = plan.final_span
+        opener.verify_final(data[start : start + size])
+    span = data[plan.cipher_offset : plan.cipher_offset + plan.cipher_length]
+    out = bytearray()
+    for start in range(0, len(span), chunk):
+        out += opener.update(span[start : start + chunk])
+    opener.finalize()
+    return bytes(out), plan
+
+
+EDGES = sorted({e + d for e in range(0, len(PLAINTEXT) + 1, BLOCK) for d in (-1, 0, 1)} | {len(PLAINTEXT)})
+POINTS = [p for p in EDGES if 0 <= p <= len(PLAINTEXT)]
+
+
+@pytest.mark.parametrize("start", [p for p in POINTS if p < len(PLAINTEXT)])
+@pytest.mark.parametrize("end", POINTS)
+def test_range_at_every_block_edge(start: int, end: int) -> None:
+    if end <= start:
+        return
+    out, plan = read_range(CIPHERTEXT, start, end - start)
+    assert out == PLAINTEXT[start:end]
+    assert plan.cipher_length == sum(LAYOUT.block_span(i)[1] for i in range(plan.first_block, plan.last_block + 1))
+
+
+@pytest.mark.parametrize("suffix", [1, 9, 10, 11, BLOCK, BLOCK + 10, len(PLAINTEXT)])
+def test_suffix_ranges(suffix: int) -> None:
+    out, plan = read_range(CIPHERTEXT, len(PLAINTEXT) - suffix, suffix)
+    assert out == PLAINTEXT[-suffix:]
+    assert plan.final_span is None  # a suffix covers the final block already
+
+
+def test_small_range_fetches_only_its_block_and_the_final_one() -> None:
+    _, plan = read_range(CIPHERTEXT, BLOCK + 3, 5)
+    assert (plan.first_block, plan.last_block, plan.cipher_length) == (1, 1, BLOCK + 16)
+    assert plan.final_span == LAYOUT.block_span(4)
+
+
+def test_range_verifies_final_block_of_a_truncated_file() -> None:
+    truncated = CIPHERTEXT[: LAYOUT.block_span(4)[0]]  # final block removed: looks like a 4-block file
+    with pytest.raises(IntegrityError):
+        read_range(truncated, 0, 10)
+
+
+def test_range_refuses_a_tampered_block_and_stays_failed() -> None:
+    altered = bytearray(CIPHERTEXT)
+    altered[LAYOUT.block_span(1)[0] + 2] ^= 1
+    plan = plan_range(LAYOUT, 0, 3 * BLOCK)
+    opener = RangeOpener(open_header(KEY, HEADER), LAYOUT, plan)
+    assert plan.final_span is not None
+    opener.verify_final(bytes(altered[plan.final_span[0] :]))
+    released = opener.update(bytes(altered[plan.cipher_offset : plan.cipher_offset + BLOCK + 16]))
+    assert released == PLAINTEXT[:BLOCK]
+    with pytest.raises(IntegrityError):
+        opener.update(bytes(altered[LAYOUT.block_span(1)[0] : LAYOUT.block_span(2)[0]]))
+    with pytest.raises(IntegrityError, match="failed earlier"):
+        opener.update(CIPHERTEXT[LAYOUT.block_span(2)[0] : LAYOUT.block_span(3)[0]])
+
+
+def test_range_needs_final_verification_first() -> None:
+    plan = plan_range(LAYOUT, 0, 5)
+    with pytest.raises(EncryptionError, match="final block"):
+        RangeOpener(open_header(KEY, HEADER), LAYOUT, plan).update(CIPHERTEXT[plan.cipher_offset :])
+
+
+def test_short_or_long_feed_refused() -> None:
+    plan = plan_range(LAYOUT, 0, len(PLAINTEXT))
+    opener = RangeOpener(open_header(KEY, HEADER), LAYOUT, plan)
+    opener.update(CIPHERTEXT[plan.cipher_offset : -1])
+    with pytest.raises(IntegrityError):
+        opener.finalize()
+
+
+@pytest.mark.parametrize("offset,length", [(-1, 5), (0, 0), (0, len(PLAINTEXT) + 1), (len(PLAINTEXT), 1)])
+def test_out_of_bounds_ranges(offset: int, length: int) -> None:
+    with pytest.raises(EncryptionError, match="outside"):
+        plan_range(LAYOUT, offset, length)
+
+
+@pytest.mark.parametrize("body", [0, 15, 80 + 1, 80 + 15, 80 + 16, 3 * 80 + 16])
+def test_impossible_ciphertext_sizes(body: int) -> None:
+    with pytest.raises(FormatError):
+        _ = Layout(HEADER.size, BLOCK, HEADER.size + body).plaintext_size
+
+
+def test_sizes_computed_from_ciphertext_size() -> None:
+    for size in (0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK):
+        data = encrypt(KEY, os.urandom(size), file_id=uuid.uuid4(), block_size=BLOCK)
+        assert Layout(Header.parse(data).size, BLOCK, len(data)).plaintext_size == size
