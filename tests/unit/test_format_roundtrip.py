@@ -81,7 +81,8 @@ def test_each_encryption_is_fresh() -> None:
 def test_header_records_what_the_reader_needs() -> None:
     ciphertext = encrypt(KEY, b"x" * 100, file_id=FILE_ID, key_reference="file-abc/123", block_size=128)
     header = Header.parse(ciphertext)
-    assert (header.version, header.block_size, header.file_id, header.key_reference) == (1, 128, FILE_ID, "file-abc/123")
+    recorded = (header.version, header.block_size, header.file_id, header.key_reference)
+    assert recorded == (1, 128, FILE_ID, "file-abc/123")
 
 
 def test_streams_refuse_use_after_finalize() -> None:

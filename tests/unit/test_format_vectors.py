@@ -84,7 +84,11 @@ def wycheproof_cases() -> list[tuple[int, dict[str, Any]]]:
             for test in group["tests"]]
 
 
-@pytest.mark.parametrize("key_size,case", wycheproof_cases(), ids=lambda c: str(c["tcId"]) if isinstance(c, dict) else "")
+def case_id(value: object) -> str:
+    return str(value["tcId"]) if isinstance(value, dict) else str(value)
+
+
+@pytest.mark.parametrize("key_size,case", wycheproof_cases(), ids=case_id)
 def test_aead_wrapper_against_wycheproof(key_size: int, case: dict[str, Any]) -> None:
     key, nonce, aad = (bytes.fromhex(case[name]) for name in ("key", "iv", "aad"))
     msg, ct, tag = (bytes.fromhex(case[name]) for name in ("msg", "ct", "tag"))
