@@ -17,6 +17,7 @@ __all__ = [
     "BYTES_PROCESSED",
     "ERRORS",
     "FILE_SIZE",
+    "KEY_CACHE",
     "KEY_OPERATIONS",
     "KEY_OPERATION_SECONDS",
     "OPERATIONS",
@@ -33,6 +34,9 @@ KEY_OPERATIONS = Counter(
 )
 KEY_OPERATION_SECONDS = Histogram(
     "blobseal_key_operation_seconds", "Key vault operation latency.", ["operation", "backend"], registry=REGISTRY
+)
+KEY_CACHE = Counter(
+    "blobseal_key_cache_total", "Key cache lookups by outcome (hit|miss).", ["outcome"], registry=REGISTRY
 )
 ROTATIONS = Counter("blobseal_key_rotations_total", "Key rotations by outcome.", ["outcome"], registry=REGISTRY)
 OPERATIONS = Counter(
