@@ -1,0 +1,50 @@
+"""The argument parser and the one place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from shared.cli import format_commands
+from shared.cli.io import UsageError
+from shared.errors import BlobsealError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"blobseal: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m shared.cli", description="blobseal operator commands")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    format_commands.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (BlobsealError, UsageError, OSError) as exc:
+        print(f"blobseal: error: {describe(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("blobseal: interrupted", file=sys.stderr)
+        return 130
+
+
+def describe(exc: BaseException) -> str:
+    """One line, safe to print: our own messages, or the OS error without its arguments' contents."""
+    if isinstance(exc, OSError):
+        target = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{target}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,142 @@
+"""The format command line, driven as a user would: a subprocess with files and pipes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shared.cli.io import Progress
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], input=stdin, capture_output=True,
+                          cwd=cwd, env=env, timeout=60, check=False)
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Path:
+    (tmp_path / "key").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    (tmp_path / "plain").write_bytes(os.urandom(300_000))
+    return tmp_path
+
+
+def encrypt_sample(work: Path, file_id: str | None = None) -> str:
+    file_id = file_id or str(uuid.uuid4())
+    result = cli("encrypt", "--key-file", "key", "--file-id", file_id, "--key-reference", f"file-{file_id}/v1",
+                 "--block-size", "4096", "plain", "enc", cwd=work)
+    assert result.returncode == 0, result.stderr
+    return file_id
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_encrypt_decrypt_round_trip(work: Path) -> None:
+    encrypt_sample(work)
+    assert cli("decrypt", "--key-file", "key", "enc", "out", cwd=work).returncode == 0
+    assert (work / "out").read_bytes() == (work / "plain").read_bytes()
+    assert (work / "plain").read_bytes()[:4096] not in (work / "enc").read_bytes()
+
+
+def test_stdin_stdout(work: Path) -> None:
+    plain = (work / "plain").read_bytes()
+    sealed = cli("encrypt", "--key-file", "key", "--file-id", str(uuid.uuid4()), "-", "-", stdin=plain, cwd=work)
+    opened = cli("decrypt", "--key-file", "key", "-", "-", stdin=sealed.stdout, cwd=work)
+    assert opened.returncode == 0 and opened.stdout == plain
+
+
+@pytest.mark.parametrize("offset,length", [(0, 1), (4095, 2), (4096, 4096), (123_456, 10_000), (299_999, None)])
+@pytest.mark.parametrize("source", ["file", "pipe"])
+def test_decrypt_range(work: Path, offset: int, length: int | None, source: str) -> None:
+    encrypt_sample(work)
+    plain = (work / "plain").read_bytes()
+    extra = ["--offset", str(offset)] + (["--length", str(length)] if length else [])
+    if source == "file":
+        result = cli("decrypt", "--key-file", "key", *extra, "enc", "-", cwd=work)
+    else:
+        result = cli("decrypt", "--key-file", "key", *extra, "-", "-", stdin=(work / "enc").read_bytes(), cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == plain[offset : offset + length if length else None]
+
+
+def test_inspect_prints_header_and_sizes_without_key(work: Path) -> None:
+    file_id = encrypt_sample(work)
+    result = cli("inspect", "enc", cwd=work)
+    info = json.loads(result.stdout)
+    assert info["format_version"] == 1 and info["file_id"] == file_id and info["block_size"] == 4096
+    assert info["plaintext_size"] == 300_000 and info["key_reference"] == f"file-{file_id}/v1"
+    key_text = (work / "key").read_text().strip()
+    assert key_text not in result.stdout.decode()
+    piped = cli("inspect", "-", stdin=(work / "enc").read_bytes(), cwd=work)
+    assert json.loads(piped.stdout) == info
+
+
+def test_tampered_file_fails_and_leaves_no_output(work: Path) -> None:
+    encrypt_sample(work)
+    data = bytearray((work / "enc").read_bytes())
+    data[200_000] ^= 1
+    (work / "bad").write_bytes(data)
+    result = cli("decrypt", "--key-file", "key", "bad", "out", cwd=work)
+    assert "authentication failed" in assert_one_line_error(result)
+    assert sorted(p.name for p in work.iterdir()) == ["bad", "enc", "key", "plain"]
+
+
+def test_wrong_key_refused(work: Path) -> None:
+    encrypt_sample(work)
+    (work / "other").write_text(base64.b64encode(os.urandom(32)).decode())
+    line = assert_one_line_error(cli("decrypt", "--key-file", "other", "enc", "out", cwd=work))
+    assert "wrong key" in line and not (work / "out").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["decrypt", "--key-file", "plain", "enc", "out"], "not base64"),
+    (["decrypt", "--key-file", "short", "enc", "out"], "32-byte key"),
+    (["decrypt", "--key-file", "key", "missing", "out"], "No such file"),
+    (["decrypt", "--key-file", "key", "plain", "out"], "not a blobseal file"),
+    (["decrypt", "--key-file", "key", "--offset", "-1", "enc", "out"], "--offset"),
+    (["decrypt", "--key-file", "key", "--offset", "300000", "enc", "out"], "beyond the end"),
+    (["encrypt", "--key-file", "key", "--file-id", "nope", "plain", "out"], "not a UUID"),
+    (["encrypt", "--key-file", "key", "--file-id", str(uuid.UUID(int=1)), "--block-size", "0", "plain", "out"],
+     "block size"),
+    (["inspect", "plain"], "not a blobseal file"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gives_one_line_and_nonzero(work: Path, args: list[str], needle: str) -> None:
+    encrypt_sample(work)
+    (work / "short").write_text(base64.b64encode(b"x" * 16).decode())
+    line = assert_one_line_error(cli(*args, cwd=work))
+    assert needle in line
+    assert not (work / "out").exists()
+    assert (work / "key").read_text().strip() not in line
+
+
+def test_progress_only_when_enabled_and_slow(capsys: pytest.CaptureFixture[str]) -> None:
+    now = [0.0]
+    shown = Progress(1000, "decrypt", enabled=True, clock=lambda: now[0])
+    now[0] = 2.0
+    shown.advance(500)
+    shown.close()
+    assert "decrypt:  50.0%" in capsys.readouterr().err
+    hidden = Progress(1000, "decrypt", enabled=False, clock=lambda: now[0])
+    now[0] = 5.0
+    hidden.advance(500)
+    assert capsys.readouterr().err == ""
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(work: Path) -> None:
+    result = cli("encrypt", "--key-file", "key", "--file-id", str(uuid.uuid4()), "plain", "enc", cwd=work)
+    assert result.returncode == 0 and result.stderr == b""
