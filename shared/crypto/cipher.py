@@ -116,6 +116,29 @@ class BlockCipher:
         """
         aead_open_into(self._aead, self.nonce(index, last), sealed, self.aad, out)
 
+    def seal_run_into(self, index: int, count: int, block: int, plaintext: memoryview, out: memoryview) -> None:
+        """Seal ``count`` consecutive full, non-final blocks (the hot path: one tight loop)."""
+        self._check_run(index, count)
+        aead, pack, prefix, aad, sealed = self._aead, _NONCE.pack, self._nonce_prefix, self.aad, block + TAG_SIZE
+        for i in range(count):
+            aead.encrypt_into(pack(prefix, index + i, False), plaintext[i * block : (i + 1) * block], aad,
+                              out[i * sealed : (i + 1) * sealed])
+
+    def open_run_into(self, index: int, count: int, block: int, sealed_data: memoryview, out: memoryview) -> None:
+        """Open ``count`` consecutive full, non-final blocks into ``out``; IntegrityError on any failure."""
+        self._check_run(index, count)
+        aead, pack, prefix, aad, sealed = self._aead, _NONCE.pack, self._nonce_prefix, self.aad, block + TAG_SIZE
+        try:
+            for i in range(count):
+                aead.decrypt_into(pack(prefix, index + i, False), sealed_data[i * sealed : (i + 1) * sealed], aad,
+                                  out[i * block : (i + 1) * block])
+        except InvalidTag:
+            raise IntegrityError("authentication failed", operation="open_block") from None
+
+    def _check_run(self, index: int, count: int) -> None:
+        if index < 0 or index + count > MAX_BLOCKS:
+            raise EncryptionError("block index out of range", operation="nonce", details={"index": index + count})
+
     def open(self, index: int, last: bool, sealed: Buffer) -> bytes:
         """The plaintext of one sealed block, or IntegrityError; nothing is released on failure."""
         out = bytearray(max(0, len(memoryview(sealed)) - TAG_SIZE))

@@ -102,9 +102,10 @@ class Encryptor(_OneShot):
                 position = self._seal(self._pending, False, target, position)
                 self._pending.clear()
                 count -= 1
-            for _ in range(count):
-                position = self._seal(view[taken : taken + self._block], False, target, position)
-                taken += self._block
+            self._cipher.seal_run_into(self._index, count, self._block, view[taken:], target[position:])
+            self._index += count
+            taken += count * self._block
+            position += count * (self._block + TAG_SIZE)
         self._pending += view[taken:]
         return position
 
@@ -216,11 +217,11 @@ class Decryptor(_OneShot):
             position = self._open(self._pending, False, out, position)
             self._pending.clear()
             count -= 1
-        for _ in range(count):
-            position = self._open(view[taken : taken + self._sealed], False, out, position)
-            taken += self._sealed
-        self._pending += view[taken:]
-        return position
+        assert self._cipher is not None and self.header is not None
+        self._cipher.open_run_into(self._index, count, self.header.block_size, view[taken:], out[position:])
+        self._index += count
+        self._pending += view[taken + count * self._sealed :]
+        return position + count * self.header.block_size
 
     def _open_final(self) -> bytearray:
         if self._cipher is None:
