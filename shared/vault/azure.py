@@ -1,0 +1,382 @@
+"""The ``KeyVault`` port on Azure Key Vault secrets, through the async ``SecretClient``.
+
+Owns how a file key lives in Key Vault (secret ``file-<file_id>``, value base64 text, content
+type ``application/octet-stream``, one version per key, rotation = add a version and disable
+the old one), the retry policy, and the translation of SDK errors::
+
+    ResourceNotFoundError (404)                          -> SecretNotFoundError
+    403 with inner error "SecretDisabled"                -> SecretDisabledError
+    408/429/5xx left after retries, connection errors,
+    timeouts, a delete that does not finish              -> VaultUnavailableError
+    ClientAuthenticationError, any other 403, 409
+    (name soft-deleted), other SDK errors                -> KeyVaultError
+
+Retries happen inside the SDK pipeline (azure-core ``AsyncRetryPolicy``): 408, 429, 500, 502,
+503, 504 and connection errors, waiting what ``Retry-After`` says when the service sends it and
+a jittered exponential backoff otherwise, all bounded by ``RetryOptions.deadline``.
+
+The client (and its aiohttp session) is built on first use, never at construction. Messages name
+the operation and the secret; never a value or a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.policies import AsyncRetryPolicy
+from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential
+from azure.keyvault.secrets import KeyVaultSecret
+from azure.keyvault.secrets import SecretProperties as SdkSecretProperties
+from azure.keyvault.secrets.aio import SecretClient
+
+from shared.config import Settings
+from shared.errors import (
+    ConfigError,
+    KeyVaultError,
+    SecretDisabledError,
+    SecretNotFoundError,
+    VaultUnavailableError,
+)
+from shared.metrics import timed
+from shared.vault.base import SecretProperties, SecretVersion
+
+__all__ = ["AzureKeyVault", "RetryOptions", "build_credential"]
+
+logger = logging.getLogger(__name__)
+
+BACKEND: Final = "azure"
+CONTENT_TYPE: Final = "application/octet-stream"
+PING_NAME: Final = "blobseal-ping"  # never created: a 404 for it proves reachability and auth
+_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+_VERSION = re.compile(r"^[0-9a-zA-Z-]{1,64}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNAVAILABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_SOFT_DELETED = frozenset({"ObjectIsDeletedButRecoverable", "ObjectIsBeingDeleted"})
+# azure-core retries PATCH only on 500/503/504 (and any status with Retry-After), not after a
+# dropped connection. Disabling a version is idempotent, so that call also retries PATCH.
+_IDEMPOTENT_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"})
+
+
+class _JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
+    """azure-core's policy with the backoff (not Retry-After) scaled by a random 0.5-1.0.
+
+    Many function instances throttled by the same vault would otherwise retry in lockstep.
+    """
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        return float(super().get_backoff_time(settings)) * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class RetryOptions:
+    """How one vault call retries (see the azure-core ``AsyncRetryPolicy`` keywords).
+
+    ``status`` counts 408/429/5xx answers, ``connect`` failures before the request left,
+    ``read`` failures after it left; ``total`` caps all of them. Without ``Retry-After`` the n-th
+    retry waits ``backoff_factor * 2**(n-1)`` (the first one is immediate), at most
+    ``backoff_max``, jittered. ``deadline`` bounds the whole call, waits included.
+    """
+
+    total: int = 6
+    status: int = 6
+    connect: int = 3
+    read: int = 2
+    backoff_factor: float = 0.8
+    backoff_max: float = 30.0
+    deadline: float = 60.0
+
+    def __post_init__(self) -> None:
+        problems = [f"RetryOptions.{k} must be >= 0" for k, v in self._numbers().items() if v < 0]
+        if self.deadline <= 0:
+            problems.append("RetryOptions.deadline must be > 0")
+        if problems:
+            raise ConfigError(problems)
+
+    def _numbers(self) -> dict[str, float]:
+        return {
+            "total": self.total,
+            "status": self.status,
+            "connect": self.connect,
+            "read": self.read,
+            "backoff_factor": self.backoff_factor,
+            "backoff_max": self.backoff_max,
+        }
+
+    def policy(self) -> AsyncRetryPolicy:  # type: ignore[type-arg]
+        return _JitteredRetryPolicy(
+            retry_total=self.total,
+            retry_status=self.status,
+            retry_connect=self.connect,
+            retry_read=self.read,
+            retry_backoff_factor=self.backoff_factor,
+            retry_backoff_max=self.backoff_max,
+            timeout=self.deadline,
+        )
+
+
+def build_credential(settings: Settings) -> AsyncTokenCredential:
+    """A service principal when a client secret is configured, else the managed identity chain."""
+    if settings.key_vault_client_secret:
+        return ClientSecretCredential(
+            settings.key_vault_tenant_id, settings.key_vault_client_id, settings.key_vault_client_secret
+        )
+    # Passing managed_identity_client_id=None would override AZURE_CLIENT_ID: pass it only if set.
+    if settings.key_vault_client_id:
+        return DefaultAzureCredential(managed_identity_client_id=settings.key_vault_client_id)
+    return DefaultAzureCredential()
+
+
+class AzureKeyVault:
+    """Secrets ``file-<id>`` in one Azure Key Vault; each key is a version of its file's secret.
+
+    Deleting is a soft delete: the name cannot be set again until the deleted secret is purged
+    (7-90 days, or an explicit purge), which is why rotation never deletes.
+    """
+
+    def __init__(
+        self,
+        vault_url: str,
+        credential: AsyncTokenCredential,
+        *,
+        retry: RetryOptions | None = None,
+        verify_challenge_resource: bool = True,
+        connection_verify: bool | str = True,
+        connection_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        delete_poll_interval: float = 2.0,
+        delete_timeout: float = 120.0,
+        api_version: str | None = None,
+        close_credential: bool = True,
+    ) -> None:
+        if not vault_url.lower().startswith("https://"):
+            raise ConfigError([f"Key Vault URL must be https://, got {vault_url!r}"])
+        self.vault_url = vault_url
+        self._credential = credential
+        self._retry = retry or RetryOptions()
+        self._transport = {
+            "verify_challenge_resource": verify_challenge_resource,
+            "connection_verify": connection_verify,
+            "connection_timeout": connection_timeout,
+            "read_timeout": read_timeout,
+        }
+        if api_version is not None:
+            self._transport["api_version"] = api_version
+        self._delete_poll_interval = delete_poll_interval
+        self._delete_timeout = delete_timeout
+        self._close_credential = close_credential
+        self._client: SecretClient | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, retry: RetryOptions | None = None) -> AzureKeyVault:
+        return cls(settings.key_vault_url, build_credential(settings), retry=retry)
+
+    # --- the port ---
+
+    async def set_secret(self, name: str, value: bytes, *, expires_on: datetime | None = None) -> SecretProperties:
+        with self._call("set_secret", name):
+            _check_expiry(expires_on)
+            secret = await self._secrets().set_secret(
+                name, _encode(value), content_type=CONTENT_TYPE, expires_on=expires_on
+            )
+            return _properties(secret.properties, "set_secret", name)
+
+    async def get_secret(self, name: str, version: str | None = None) -> SecretVersion:
+        with self._call("get_secret", name, version):
+            secret = await self._secrets().get_secret(name, version)
+            return _secret_version(secret, name)
+
+    async def disable_version(self, name: str, version: str) -> None:
+        with self._call("disable_version", name, version):
+            await self._secrets().update_secret_properties(
+                name, version, enabled=False, retry_on_methods=_IDEMPOTENT_METHODS
+            )
+
+    async def delete_secret(self, name: str) -> None:
+        """Soft-delete ``name`` and wait until the service reports it deleted."""
+        with self._call("delete_secret", name):
+            async with asyncio.timeout(self._delete_timeout):
+                # ``_polling_interval`` is the SDK's own (private) knob for its delete poller.
+                await self._secrets().delete_secret(name, _polling_interval=self._delete_poll_interval)
+
+    async def list_versions(self, name: str) -> list[SecretProperties]:
+        with self._call("list_versions", name):
+            try:
+                found = [p async for p in self._secrets().list_properties_of_secret_versions(name)]
+            except ResourceNotFoundError:
+                return []
+            listed = [_properties(p, "list_versions", name) for p in found]
+        # The service lists versions in id order, and created_on has one-second resolution:
+        # versions made within the same second come back in id order.
+        return sorted(listed, key=lambda p: (p.created_on, p.version))
+
+    async def ping(self) -> None:
+        with self._call("ping", PING_NAME):
+            try:
+                await self._secrets().get_secret(PING_NAME)
+            except ResourceNotFoundError:
+                return
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        client, self._client = self._client, None
+        try:
+            if client is not None:
+                await client.close()
+        finally:
+            if self._close_credential:
+                await self._credential.close()
+
+    # --- plumbing ---
+
+    def _secrets(self) -> SecretClient:
+        if self._closed:
+            raise KeyVaultError("the vault adapter is closed", operation="key_vault")
+        if self._client is None:
+            self._client = SecretClient(
+                self.vault_url, self._credential, retry_policy=self._retry.policy(), **self._transport
+            )
+        return self._client
+
+    @contextmanager
+    def _call(self, operation: str, name: str, version: str | None = None) -> Iterator[None]:
+        """Count the call, check its arguments, translate what the SDK raises."""
+        with timed(operation, backend=BACKEND):
+            _check_name(operation, name, version)
+            try:
+                yield
+            except (AzureError, ValueError, TimeoutError) as exc:
+                error = translate(exc, operation, name)
+                if isinstance(error, VaultUnavailableError):
+                    logger.warning("key vault unavailable: %s on %s (%s)", operation, name, error.details)
+                raise error from exc
+
+
+# --- translation ---
+
+
+def translate(exc: Exception, operation: str, name: str) -> KeyVaultError:
+    """The ``KeyVaultError`` for an SDK failure; its text names only the operation and secret."""
+    kind, reason = _classify(exc)
+    details: dict[str, Any] = {"secret_name": name, "cause": type(exc).__name__}
+    if isinstance(exc, HttpResponseError):
+        details.update(_http_details(exc))
+    return kind(f"{reason} (secret {name})", operation=operation, details=details)
+
+
+def _classify(exc: Exception) -> tuple[type[KeyVaultError], str]:
+    if isinstance(exc, ClientAuthenticationError):
+        return KeyVaultError, "authentication to the vault failed"
+    if isinstance(exc, ResourceNotFoundError):
+        return SecretNotFoundError, "secret not found"
+    if isinstance(exc, HttpResponseError):
+        return _classify_status(exc.status_code, _inner_code(exc))
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | TimeoutError):
+        return VaultUnavailableError, "vault unreachable or too slow"
+    if isinstance(exc, ValueError):
+        return KeyVaultError, "the SDK refused the request or the vault's challenge"
+    return KeyVaultError, "vault call failed"
+
+
+def _classify_status(status: int | None, inner: str | None) -> tuple[type[KeyVaultError], str]:
+    if status == 403 and inner == "SecretDisabled":
+        return SecretDisabledError, "secret version is disabled"
+    if status == 403:
+        return KeyVaultError, "access to the secret is denied"
+    if status == 409 and inner in _SOFT_DELETED:
+        return KeyVaultError, "secret name is soft-deleted and cannot be reused until purged"
+    if status in _UNAVAILABLE_STATUS:
+        return VaultUnavailableError, f"vault still answering HTTP {status} after retries"
+    return KeyVaultError, f"vault refused the request with HTTP {status}"
+
+
+def _inner_code(exc: HttpResponseError) -> str | None:
+    inner = exc.error.innererror if exc.error is not None else None
+    code = inner.get("code") if inner else None
+    return code if isinstance(code, str) else None
+
+
+def _http_details(exc: HttpResponseError) -> dict[str, Any]:
+    return {
+        "status": exc.status_code,
+        "error_code": exc.error.code if exc.error is not None else None,
+        "inner_code": _inner_code(exc),
+    }
+
+
+# --- values and properties ---
+
+
+def _check_name(operation: str, name: str, version: str | None) -> None:
+    if not _NAME.match(name) or (version is not None and not _VERSION.match(version)):
+        raise KeyVaultError(
+            "invalid secret name or version",
+            operation=operation,
+            details={"name_length": len(name), "version_length": len(version or "")},
+        )
+
+
+def _check_expiry(expires_on: datetime | None) -> None:
+    if expires_on is not None and expires_on.tzinfo is None:
+        raise KeyVaultError("expires_on must be timezone-aware", operation="set_secret")
+
+
+def _encode(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _decode(text: str | None, name: str) -> bytes:
+    try:
+        return base64.b64decode(text or "", validate=True)
+    except ValueError as exc:  # binascii.Error or non-ASCII text; the message never holds the data
+        raise KeyVaultError(
+            f"secret value is not base64 (secret {name})", operation="get_secret", details={"secret_name": name}
+        ) from exc
+
+
+def _secret_version(secret: KeyVaultSecret, name: str) -> SecretVersion:
+    properties = _properties(secret.properties, "get_secret", name)
+    if properties.content_type != CONTENT_TYPE or not secret.value:
+        raise KeyVaultError(
+            f"secret was not written by blobseal (secret {name})",
+            operation="get_secret",
+            details={"secret_name": name, "content_type": properties.content_type},
+        )
+    return SecretVersion(properties=properties, value=_decode(secret.value, name))
+
+
+def _properties(props: SdkSecretProperties, operation: str, name: str) -> SecretProperties:
+    if props.name is None or props.version is None:
+        raise KeyVaultError(
+            f"vault answered without a versioned id (secret {name})",
+            operation=operation,
+            details={"secret_name": name},
+        )
+    return SecretProperties(
+        name=props.name,
+        version=props.version,
+        enabled=props.enabled is True,
+        created_on=props.created_on or _EPOCH,
+        expires_on=props.expires_on,
+        content_type=props.content_type or "",
+    )
