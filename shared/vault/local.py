@@ -17,8 +17,11 @@ Every update takes an exclusive ``flock`` on ``secrets.json.lock``, re-reads the
 a temp file in the same folder, fsyncs it, keeps the previous file as ``secrets.json.bak.1``
 (older ones shift to ``.bak.2`` ... ``.bak.<backups>``), renames the temp file over
 ``secrets.json`` and fsyncs the folder. Readers need no lock: a rename is atomic, so they see
-the old file or the new one. The file I/O is blocking and runs in ``asyncio.to_thread``.
-Local mode has no soft delete: ``delete_secret`` removes the name and every version.
+the old file or the new one. The parsed file is kept in memory and reused while its stamp
+(inode, size, mtime, ctime) is unchanged; the file is written one entry per line and each
+entry's line is cached, so an update re-serialises only what changed. The file I/O is
+blocking and runs in ``asyncio.to_thread``. Local mode has no soft delete:
+``delete_secret`` removes the name and every version.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,8 +143,8 @@ def _with_new_version(name: str, entry: Entry | None, record: Entry, version: st
     return {**record, "version": version, "versions": versions}
 
 
-def _with_disabled(name: str, entry: Entry, version: str) -> Entry:
-    versions = dict(_versions(name, entry))
+def _with_disabled(name: str, entry: Entry | None, version: str) -> Entry:
+    versions = dict(_versions(name, _existing(name, entry, "disable_version")))
     if version not in versions:
         raise SecretNotFoundError("no such secret version", operation="disable_version",
                                   details={"name": name, "version": version})
@@ -148,6 +152,17 @@ def _with_disabled(name: str, entry: Entry, version: str) -> Entry:
     versions[version] = {**versions[version], "enabled": False}
     top = versions.pop(latest)
     return {**top, "version": latest, **({"versions": versions} if versions else {})}
+
+
+def _existing(name: str, entry: Entry | None, operation: str = "get_secret") -> Entry:
+    if entry is None:
+        raise SecretNotFoundError("no such secret", operation=operation, details={"name": name})
+    return entry
+
+
+def _deleted(name: str, entry: Entry | None) -> None:
+    """The change that deletes an entry (refused if there is none)."""
+    _existing(name, entry, "delete_secret")
 
 
 def _check_name(name: str, operation: str) -> None:
@@ -159,8 +174,43 @@ def _check_name(name: str, operation: str) -> None:
 # --- the file: lock, read, atomic write with backups ---------------------------------------
 
 
+def _render(entries: Entries, lines: dict[str, str]) -> bytes:
+    """One entry per line; ``lines`` caches each entry's text (filled in for what is missing).
+
+    At 100,000 entries this is what keeps an update cheap: only changed entries are
+    serialised again, the rest is a join (see ``docs/VAULT_LOCAL.md`` for the numbers).
+    """
+    if not entries:
+        return b"{}\n"
+    parts = []
+    for name, entry in entries.items():
+        line = lines.get(name)
+        if line is None:
+            line = lines[name] = f"  {json.dumps(name)}: {json.dumps(entry)}"
+        parts.append(line)
+    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
+
+
+def _stamp(status: os.stat_result) -> tuple[int, ...]:
+    """What identifies one version of the file: every update is a new inode and new times."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The parsed file as of ``stamp`` (``None``: no file). Never mutated once published."""
+
+    stamp: tuple[int, ...] | None
+    entries: Entries
+    lines: dict[str, str] = field(default_factory=dict)
+
+
 class _JsonFile:
-    """``secrets.json`` in a 0700 folder: parse, and replace atomically under a lock."""
+    """``secrets.json`` in a 0700 folder: parse, and replace atomically under a lock.
+
+    The last parsed content is kept and reused while the file's stamp (inode, size, times)
+    is unchanged, so neither reads nor this process's own updates parse the file again.
+    """
 
     def __init__(self, folder: Path, backups: int) -> None:
         self.folder = folder
@@ -169,6 +219,7 @@ class _JsonFile:
         self.backups = backups
         self._prepared = False
         self._prepare_lock = threading.Lock()
+        self._snapshot = _Snapshot(None, {})
 
     def backup_path(self, index: int) -> Path:
         return self.folder / f"{FILE_NAME}.bak.{index}"
@@ -188,17 +239,25 @@ class _JsonFile:
                 raise self._io_error("open", exc) from exc
             self._prepared = True
 
-    def read(self) -> Entries:
-        """The parsed file; empty if it does not exist yet; refuses a corrupt one."""
+    def current(self) -> _Snapshot:
+        """The file as it is now; empty if it does not exist yet; refuses a corrupt one."""
         self.prepare()
         try:
             with open(self.path, "rb") as handle:
-                raw = handle.read()
+                # fstat of the open file: the stamp and the bytes are of the same inode.
+                stamp = _stamp(os.fstat(handle.fileno()))
+                if stamp == self._snapshot.stamp:
+                    return self._snapshot
+                snapshot = _Snapshot(stamp, self._parse(handle.read()))
         except FileNotFoundError:
-            return {}
+            return _Snapshot(None, {})
         except OSError as exc:
             raise self._io_error("read", exc) from exc
-        return self._parse(raw)
+        self._snapshot = snapshot
+        return snapshot
+
+    def forget(self) -> None:
+        self._snapshot = _Snapshot(None, {})
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -214,9 +273,15 @@ class _JsonFile:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def replace(self, entries: Entries) -> None:
-        """Write ``entries`` atomically; the previous file becomes backup 1. Hold ``locked``."""
-        text = json.dumps(entries, indent=2).encode() + b"\n"
+    def replace(self, base: _Snapshot, entries: Entries, changed: str) -> None:
+        """Write ``entries`` (``base`` with ``changed`` altered) atomically. Hold ``locked``.
+
+        The previous file becomes backup 1. On failure the kept snapshot is left as it was;
+        its stamp decides on the next read whether the file changed after all.
+        """
+        lines = dict(base.lines)
+        lines.pop(changed, None)
+        text = _render(entries, lines)
         temp = self.folder / f".{FILE_NAME}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
             self._remove_stale_temps()
@@ -224,6 +289,7 @@ class _JsonFile:
             self._rotate_backups()
             os.replace(temp, self.path)
             self._sync_folder()
+            self._snapshot = _Snapshot(_stamp(os.stat(self.path)), entries, lines)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -329,14 +395,13 @@ class LocalJsonVault:
     async def disable_version(self, name: str, version: str) -> None:
         _check_name(name, "disable_version")
         with timed("disable_version", backend=_BACKEND):
-            await asyncio.to_thread(self._update, name, "disable_version",
-                                    lambda entry: _with_disabled(name, entry, version))
+            await asyncio.to_thread(self._update, name, lambda entry: _with_disabled(name, entry, version))
         log.info("disabled secret version %s/%s", name, version)
 
     async def delete_secret(self, name: str) -> None:
         _check_name(name, "delete_secret")
         with timed("delete_secret", backend=_BACKEND):
-            await asyncio.to_thread(self._update, name, "delete_secret", lambda entry: None)
+            await asyncio.to_thread(self._update, name, lambda entry: _deleted(name, entry))
         log.info("deleted secret %s and all its versions", name)
 
     async def list_versions(self, name: str) -> list[SecretProperties]:
@@ -349,17 +414,15 @@ class LocalJsonVault:
             await asyncio.to_thread(self._ping)
 
     async def close(self) -> None:
-        """Nothing to release: no descriptor is held between operations."""
+        """Drop the parsed copy of the file (no descriptor is held between operations)."""
+        self._file.forget()
 
     # The blocking halves, run in a worker thread.
 
     def _set(self, name: str, value: bytes, expires_on: datetime | None) -> SecretProperties:
         record = self._new_record(name, value, expires_on)
         version = uuid.uuid4().hex
-        with self._file.locked():
-            entries = self._file.read()
-            entries[name] = _with_new_version(name, entries.get(name), record, version)
-            self._file.replace(entries)
+        self._update(name, lambda entry: _with_new_version(name, entry, record, version))
         log.info("stored secret %s version %s", name, version)
         return _properties(name, version, record)
 
@@ -384,33 +447,33 @@ class LocalJsonVault:
         return SecretVersion(properties=properties, value=_decode(name, record))
 
     def _list(self, name: str) -> list[SecretProperties]:
-        entry = self._file.read().get(name)
+        entry = self._file.current().entries.get(name)
         if entry is None:
             return []
         return [_properties(name, version, record) for version, record in _versions(name, entry)]
 
     def _entry(self, name: str, operation: str) -> Entry:
-        entry = self._file.read().get(name)
-        if entry is None:
-            raise SecretNotFoundError("no such secret", operation=operation, details={"name": name})
-        return entry
+        return _existing(name, self._file.current().entries.get(name), operation)
 
-    def _update(self, name: str, operation: str, change: Callable[[Entry], Entry | None]) -> None:
-        """Read-modify-write of one entry under the lock; ``None`` from ``change`` deletes it."""
+    def _update(self, name: str, change: Callable[[Entry | None], Entry | None]) -> None:
+        """Read-modify-write of one entry under the lock; ``None`` from ``change`` deletes it.
+
+        The file is re-read under the lock (another process may have changed it) and the
+        published snapshot is copied, never modified: readers in other threads keep theirs.
+        """
         with self._file.locked():
-            entries = self._file.read()
-            if name not in entries:
-                raise SecretNotFoundError("no such secret", operation=operation, details={"name": name})
-            changed = change(entries[name])
+            base = self._file.current()
+            entries = dict(base.entries)
+            changed = change(entries.get(name))
             if changed is None:
                 del entries[name]
             else:
                 entries[name] = changed
-            self._file.replace(entries)
+            self._file.replace(base, entries, name)
 
     def _ping(self) -> None:
         self._file.prepare()
         if not os.access(self._file.folder, os.R_OK | os.W_OK | os.X_OK):
             raise KeyVaultError(f"local secrets folder {self._file.folder} is not readable and writable",
                                 operation="ping", details={"path": str(self._file.folder)})
-        self._file.read()
+        self._file.current()

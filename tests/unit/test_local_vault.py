@@ -285,6 +285,46 @@ async def test_the_event_loop_runs_while_the_file_is_written(
     assert ticks >= 5
 
 
+async def test_parsed_file_is_reused_until_another_writer_changes_it(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parses = 0
+    real_loads = json.loads
+
+    def counting_loads(raw: str | bytes) -> object:
+        nonlocal parses
+        parses += 1
+        return real_loads(raw)
+
+    monkeypatch.setattr("shared.vault.local.json.loads", counting_loads)
+    mine, other = LocalJsonVault(folder, clock=Clock()), LocalJsonVault(folder, clock=Clock())
+    first = await mine.set_secret("file-a", key_for("a"))
+    for _ in range(5):
+        await mine.get_secret("file-a")
+    await mine.set_secret("file-b", key_for("b"))
+    assert parses == 0  # its own writes keep the parsed copy current
+
+    second = await other.set_secret("file-a", key_for("a2"))  # as another process would
+    assert parses == 1
+    assert (await mine.get_secret("file-a")).properties.version == second.version
+    assert [p.version for p in await mine.list_versions("file-a")] == [first.version, second.version]
+    assert parses == 2
+
+
+async def test_file_has_one_entry_per_line(vault: LocalJsonVault, folder: Path) -> None:
+    for index in range(3):
+        await vault.set_secret(f"file-{index}", key_for(str(index)))
+    await vault.set_secret("file-1", key_for("again"))
+    await vault.delete_secret("file-0")
+
+    lines = (folder / "secrets.json").read_text().splitlines()
+
+    assert lines[0] == "{" and lines[-1] == "}"
+    assert [json.loads(line.rstrip(",").split(": ", 1)[1])["value"] for line in lines[1:-1]] == [
+        base64.b64encode(key_for(key)).decode() for key in ("again", "2")
+    ]
+
+
 # --- files on disk: modes, backups, corruption -----------------------------------------------
 
 
