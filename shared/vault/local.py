@@ -59,7 +59,7 @@ CONTENT_TYPE = "application/octet-stream"
 IMPLICIT_VERSION_NAMESPACE = uuid.UUID("6f1c3c1e-6a55-4b8e-9d6c-0b1e5ea1b0b5")
 MAX_VALUE_CHARS = 25 * 1024  # Azure's limit on a secret value, kept so both modes agree
 _RECORD_FIELDS = ("value", "content_type", "enabled", "created_on", "expires_on")
-_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+_NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
 _BACKEND = "local"
 
 
@@ -166,7 +166,7 @@ def _deleted(name: str, entry: Entry | None) -> None:
 
 
 def _check_name(name: str, operation: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise KeyVaultError("invalid secret name", operation=operation,
                             details={"name_length": len(name) if isinstance(name, str) else None})
 

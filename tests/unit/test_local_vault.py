@@ -200,7 +200,7 @@ async def test_delete_removes_every_version(vault: LocalJsonVault, folder: Path)
         await vault.get_secret("file-a", first.version)
 
 
-@pytest.mark.parametrize("name", ["", "file_a", "file/a", "x" * 128])
+@pytest.mark.parametrize("name", ["", "file_a", "file/a", "file-a\n", "x" * 128])
 async def test_invalid_names_are_refused(vault: LocalJsonVault, name: str) -> None:
     with pytest.raises(KeyVaultError, match="invalid secret name"):
         await vault.set_secret(name, os.urandom(32))
