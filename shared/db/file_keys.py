@@ -1,0 +1,162 @@
+"""The ``file_keys`` repository: one SQL statement per method, on a caller's connection.
+
+The repository neither opens connections nor decides anything: the key service runs it
+inside ``Database.transaction()`` (its own or a caller's), so statements of several
+repositories can commit together. Rows come back as ``KeyRow``; no key material passes
+through here, only references.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+__all__ = ["FileKeyRepository", "KeyRow"]
+
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One row of ``file_keys``."""
+
+    id: int
+    file_id: uuid.UUID
+    key_reference: str
+    created_at: datetime
+    expires_at: datetime | None
+    state: str
+    retired_at: datetime | None
+    vault_disabled_at: datetime | None
+    rotation_claimed_by: str | None
+    rotation_claimed_at: datetime | None
+    rotation_lease_until: datetime | None
+
+
+_FIELDS = tuple(f.name for f in fields(KeyRow))
+
+
+def _row(record: Any) -> KeyRow | None:
+    # Picks the known columns, so a later migration may add columns without breaking this.
+    return None if record is None else KeyRow(**{name: record[name] for name in _FIELDS})
+
+
+def _rows(records: list[Any]) -> list[KeyRow]:
+    return [KeyRow(**{name: r[name] for name in _FIELDS}) for r in records]
+
+
+class FileKeyRepository:
+    """Statements on ``file_keys`` over one connection (usually inside a transaction)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def active(self, file_id: uuid.UUID) -> KeyRow | None:
+        sql = "SELECT * FROM file_keys WHERE file_id = $1 AND state = 'active'"
+        return _row(await self._conn.fetchrow(sql, file_id))
+
+    async def pending(self, file_id: uuid.UUID) -> KeyRow | None:
+        sql = "SELECT * FROM file_keys WHERE file_id = $1 AND state = 'pending'"
+        return _row(await self._conn.fetchrow(sql, file_id))
+
+    async def by_reference(self, file_id: uuid.UUID, reference: str) -> KeyRow | None:
+        sql = "SELECT * FROM file_keys WHERE file_id = $1 AND key_reference = $2"
+        return _row(await self._conn.fetchrow(sql, file_id, reference))
+
+    async def insert(
+        self, file_id: uuid.UUID, reference: str, *, state: str, created_at: datetime, expires_at: datetime | None
+    ) -> KeyRow | None:
+        """Insert a key; ``None`` if the file already has one in that state (a lost race)."""
+        sql = (
+            "INSERT INTO file_keys (file_id, key_reference, created_at, expires_at, state) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING *"
+        )
+        return _row(await self._conn.fetchrow(sql, file_id, reference, created_at, expires_at, state))
+
+    async def claim(self, file_id: uuid.UUID, worker: str, *, now: datetime, lease_until: datetime) -> KeyRow | None:
+        """Claim the rotation of a file if unclaimed, ours, or its lease ran out."""
+        sql = (
+            "UPDATE file_keys SET rotation_claimed_by = $2, rotation_claimed_at = $3, "
+            "rotation_lease_until = $4 WHERE file_id = $1 AND state = 'active' AND "
+            "(rotation_claimed_by IS NULL OR rotation_claimed_by = $2 OR rotation_lease_until <= $3) "
+            "RETURNING *"
+        )
+        return _row(await self._conn.fetchrow(sql, file_id, worker, now, lease_until))
+
+    async def release_claim(self, file_id: uuid.UUID, worker: str) -> bool:
+        status = await self._conn.execute(
+            "UPDATE file_keys SET rotation_claimed_by = NULL, rotation_claimed_at = NULL, "
+            "rotation_lease_until = NULL WHERE file_id = $1 AND state = 'active' AND rotation_claimed_by = $2",
+            file_id,
+            worker,
+        )
+        return _count(status) == 1
+
+    async def retire_claimed(self, file_id: uuid.UUID, reference: str, worker: str, *, now: datetime) -> bool:
+        """Retire the active key if ``worker`` still holds its rotation claim."""
+        status = await self._conn.execute(
+            "UPDATE file_keys SET state = 'retired', retired_at = $4, rotation_claimed_by = NULL, "
+            "rotation_claimed_at = NULL, rotation_lease_until = NULL "
+            "WHERE file_id = $1 AND key_reference = $2 AND state = 'active' AND rotation_claimed_by = $3",
+            file_id,
+            reference,
+            worker,
+            now,
+        )
+        return _count(status) == 1
+
+    async def activate_pending(self, file_id: uuid.UUID, reference: str) -> KeyRow | None:
+        sql = (
+            "UPDATE file_keys SET state = 'active' WHERE file_id = $1 AND key_reference = $2 "
+            "AND state = 'pending' RETURNING *"
+        )
+        return _row(await self._conn.fetchrow(sql, file_id, reference))
+
+    async def delete_pending(self, file_id: uuid.UUID, reference: str) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM file_keys WHERE file_id = $1 AND key_reference = $2 AND state = 'pending'",
+            file_id,
+            reference,
+        )
+        return _count(status) == 1
+
+    async def due(self, now: datetime, limit: int) -> list[KeyRow]:
+        """Active keys expired at ``now``, oldest ``expires_at`` first (index ``file_keys_due``)."""
+        sql = (
+            "SELECT * FROM file_keys WHERE state = 'active' AND expires_at <= $1 "
+            "ORDER BY expires_at, id LIMIT $2"
+        )
+        return _rows(await self._conn.fetch(sql, now, limit))
+
+    async def expire(self, file_id: uuid.UUID, now: datetime) -> KeyRow | None:
+        sql = (
+            "UPDATE file_keys SET expires_at = $2 WHERE file_id = $1 AND state = 'active' "
+            "RETURNING *"
+        )
+        return _row(await self._conn.fetchrow(sql, file_id, now))
+
+    async def mark_vault_disabled(self, file_id: uuid.UUID, reference: str, now: datetime) -> None:
+        await self._conn.execute(
+            "UPDATE file_keys SET vault_disabled_at = $3 WHERE file_id = $1 AND key_reference = $2 "
+            "AND state = 'retired' AND vault_disabled_at IS NULL",
+            file_id,
+            reference,
+            now,
+        )
+
+    async def retired_not_disabled(self, limit: int, file_id: uuid.UUID | None = None) -> list[KeyRow]:
+        """Retired keys whose vault version still awaits disabling, oldest first."""
+        sql = (
+            "SELECT * FROM file_keys WHERE state = 'retired' AND vault_disabled_at IS NULL "
+            "AND ($2::uuid IS NULL OR file_id = $2) ORDER BY retired_at, id LIMIT $1"
+        )
+        return _rows(await self._conn.fetch(sql, limit, file_id))
+
+    async def delete_file(self, file_id: uuid.UUID) -> int:
+        return _count(await self._conn.execute("DELETE FROM file_keys WHERE file_id = $1", file_id))
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag such as ``UPDATE 1``."""
+    return int(status.rsplit(" ", 1)[-1])

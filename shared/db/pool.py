@@ -1,0 +1,157 @@
+"""The PostgreSQL connection pool: created lazily, migrated once, errors translated.
+
+``Database`` does no I/O when built: the asyncpg pool is created (and the schema migrated)
+on first use, inside the worker's event loop, and reused after. Every way in (``connection``,
+``transaction``, ``ping``) translates asyncpg and socket errors into ``KeyManagementError``
+subclasses (``DatabaseUnavailableError`` for a server that is down or a lost connection) and
+bounds the time it can take: connect timeout, per-statement timeout, acquire timeout. A pool
+survives a database restart: dead connections are replaced on the next acquire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import asyncpg
+
+from shared.config import Settings, redact_url
+from shared.db.errors import DATABASE_ERRORS, Attempt, database_errors
+from shared.db.migrations import apply_migrations
+
+__all__ = ["Database"]
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """A lazily created asyncpg pool for one database URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_max: int = 10,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 15.0,
+        acquire_timeout: float = 10.0,
+        migrate: bool = True,
+    ) -> None:
+        if pool_max < 1:
+            raise ValueError("pool_max must be at least 1")
+        self._url = url
+        self._pool_max = pool_max
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._acquire_timeout = acquire_timeout
+        self._migrate = migrate
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(settings.database_url, pool_max=settings.database_pool_max)
+
+    @property
+    def url_redacted(self) -> str:
+        return redact_url(self._url)
+
+    def __repr__(self) -> str:
+        return f"Database({self.url_redacted!r}, pool_max={self._pool_max})"
+
+    @asynccontextmanager
+    async def connection(self, operation: str = "database") -> AsyncIterator[Any]:
+        """A pooled connection outside any transaction (statements autocommit)."""
+        with database_errors(operation, self._url) as attempt:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self._acquire_timeout) as conn:
+                attempt.stage = "query"
+                with attempt.on(conn):
+                    yield conn
+
+    @asynccontextmanager
+    async def transaction(self, operation: str = "database") -> AsyncIterator[Any]:
+        """A pooled connection inside a transaction: committed on success, rolled back on error.
+
+        Other repositories can run their statements on the same connection, so that several
+        tables change together.
+        """
+        with database_errors(operation, self._url) as attempt:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self._acquire_timeout) as conn, _within(conn, attempt):
+                yield conn
+
+    @contextmanager
+    def translating(self, operation: str, conn: Any) -> Iterator[None]:
+        """Translate errors of statements run on a caller's connection (see ``transaction``)."""
+        attempt = Attempt(stage="query")
+        with database_errors(operation, self._url, attempt), attempt.on(conn):
+            yield
+
+    async def ping(self) -> None:
+        """Raise ``DatabaseUnavailableError`` unless the database answers a query."""
+        async with self.connection("ping") as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        """Close the pool (waiting briefly for connections in use). A later use reopens it."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self._connect_timeout)
+        except DATABASE_ERRORS:
+            pool.terminate()
+
+    async def _get_pool(self) -> Any:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await self._open()
+        return self._pool
+
+    async def _open(self) -> Any:
+        pool = await asyncpg.create_pool(
+            self._url,
+            min_size=0,
+            max_size=self._pool_max,
+            timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
+            server_settings={"application_name": "blobseal"},
+        )
+        try:
+            if self._migrate:
+                async with pool.acquire(timeout=self._acquire_timeout) as conn:
+                    applied = await apply_migrations(conn)
+                if applied:
+                    log.info("database %s migrated to version %d", self.url_redacted, applied[-1])
+        except BaseException:
+            pool.terminate()
+            raise
+        return pool
+
+
+@asynccontextmanager
+async def _within(conn: Any, attempt: Attempt) -> AsyncIterator[None]:
+    """A transaction on ``conn`` that advances ``attempt`` (query, then commit)."""
+    attempt.stage = "query"
+    with attempt.on(conn):
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            yield
+        except BaseException:
+            await _rollback_quietly(tx)
+            raise
+        attempt.stage = "commit"
+        await tx.commit()
+
+
+async def _rollback_quietly(tx: Any) -> None:
+    # A lost connection cannot roll back, and needs not: the server discards the transaction.
+    with contextlib.suppress(*DATABASE_ERRORS):
+        await tx.rollback()
