@@ -1,0 +1,336 @@
+"""The file key service: one AES-256 key per file, kept in the vault, tracked in PostgreSQL.
+
+A key lives in the vault as a version of ``file-<file_id>``; the database records its
+reference ``file-<file_id>/<version>`` and state (``pending`` -> ``active`` -> ``retired``),
+never the key. Every step can be retried or resumed after a crash:
+
+- ``create_key`` is idempotent: a file has at most one active key (a unique index decides a
+  race; the loser disables the vault version it made and returns the winner's key).
+- Rotation is three calls around the caller's re-encryption: ``begin_rotation`` claims the
+  file (a lease) and adds a pending key, reusing one left by a crashed attempt;
+  ``complete_rotation`` switches pending -> active and active -> retired in one transaction
+  (the caller's, if given); only after the commit is the old vault version disabled
+  (``finish_rotation``; ``retire_pending_disables`` sweeps up disables that failed). Until
+  then the old key stays active and readable.
+
+Vault failures surface as ``KeyVaultError``; database failures as ``KeyManagementError``
+(``DatabaseUnavailableError`` when it is down). Time comes from the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+from shared.db.file_keys import FileKeyRepository, KeyRow
+from shared.db.pool import Database
+from shared.errors import (
+    FileKeyNotFoundError,
+    KeyManagementError,
+    KeyRetiredError,
+    KeyVaultError,
+    RotationConflictError,
+    SecretNotFoundError,
+)
+from shared.metrics import ROTATIONS
+from shared.vault.base import KeyVault, SecretProperties, parse_key_reference, secret_name
+
+__all__ = ["KEY_BYTES", "Clock", "FileKey", "FileKeyService", "KeyState", "RotationTicket"]
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32  # AES-256
+Clock = Callable[[], datetime]
+KeyState = Literal["pending", "active", "retired"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What the database knows about one key of a file (never the key itself)."""
+
+    file_id: uuid.UUID
+    key_reference: str
+    created_at: datetime
+    expires_at: datetime | None
+    state: KeyState
+
+
+@dataclass(frozen=True)
+class RotationTicket:
+    """A claimed rotation: re-encrypt from ``old`` to ``new``, then complete or abandon."""
+
+    old: FileKey
+    new: FileKey
+    worker: str
+    lease_until: datetime
+
+
+def _public(row: KeyRow) -> FileKey:
+    return FileKey(row.file_id, row.key_reference, row.created_at, row.expires_at, cast(KeyState, row.state))
+
+
+class FileKeyService:
+    """Create, fetch, rotate, expire and delete the keys of files."""
+
+    def __init__(self, db: Database, vault: KeyVault, *, rotation_days: int, clock: Clock = _utcnow) -> None:
+        if rotation_days < 1:
+            raise ValueError("rotation_days must be at least 1")
+        self._db = db
+        self._vault = vault
+        self._rotation = timedelta(days=rotation_days)
+        self._clock = clock
+
+    # --- create and read ------------------------------------------------------------------
+
+    async def create_key(self, file_id: uuid.UUID) -> FileKey:
+        """The file's active key, created (in the vault and the database) if it has none."""
+        existing = await self._find_active(file_id, "create_key")
+        if existing is not None:
+            return _public(existing)
+        now = self._clock()
+        props = await self._new_version(file_id, now + self._rotation)
+        row = await self._record(file_id, props, "active", now, "create_key")
+        if row is not None:
+            log.info("created key %s", row.key_reference)
+            return _public(row)
+        await self._discard_version(props, "create_key")  # lost a race: the winner's key stands
+        winner = await self._find_active(file_id, "create_key")
+        if winner is None:
+            raise KeyManagementError("key creation raced with a deletion", operation="create_key",
+                                     details={"file_id": str(file_id)})
+        return _public(winner)
+
+    async def active_key(self, file_id: uuid.UUID) -> FileKey:
+        row = await self._find_active(file_id, "active_key")
+        if row is None:
+            raise FileKeyNotFoundError("no active key for the file", operation="active_key",
+                                       details={"file_id": str(file_id)})
+        return _public(row)
+
+    async def get_key(self, key_reference: str) -> bytes:
+        """The 32-byte key of a recorded reference (pending, active, or retired but not yet disabled)."""
+        file_id, name, version = _split_reference(key_reference)
+        async with self._db.connection("get_key") as conn:
+            row = await FileKeyRepository(conn).by_reference(file_id, key_reference)
+        _check_readable(row, key_reference)
+        secret = await self._vault.get_secret(name, version)
+        if len(secret.value) != KEY_BYTES:
+            raise KeyManagementError("the vault returned a key of the wrong size", operation="get_key",
+                                     details={"key_reference": key_reference, "size": len(secret.value)})
+        return secret.value
+
+    async def due_for_rotation(self, now: datetime | None = None, limit: int = 100) -> list[FileKey]:
+        """Active keys with ``expires_at <= now``, oldest ``expires_at`` first."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        async with self._db.connection("due_for_rotation") as conn:
+            rows = await FileKeyRepository(conn).due(now or self._clock(), limit)
+        return [_public(row) for row in rows]
+
+    # --- rotation ---------------------------------------------------------------------------
+
+    async def begin_rotation(self, file_id: uuid.UUID, *, worker: str, lease_seconds: float = 900) -> RotationTicket:
+        """Claim the file's rotation for ``worker`` and return the old and the new (pending) key.
+
+        Raises ``RotationConflictError`` while another worker's lease is live. A pending key
+        left by an earlier attempt is reused, so a crashed rotation resumes where it stopped.
+        """
+        if not worker or lease_seconds <= 0:
+            raise ValueError("worker must be named and lease_seconds positive")
+        now = self._clock()
+        lease_until = now + timedelta(seconds=lease_seconds)
+        async with self._db.transaction("begin_rotation") as conn:
+            repo = FileKeyRepository(conn)
+            claimed = await repo.claim(file_id, worker, now=now, lease_until=lease_until)
+            other = await repo.active(file_id) if claimed is None else await repo.pending(file_id)
+        if claimed is None:
+            raise _claim_refused(file_id, other)
+        pending = other or await self._create_pending(file_id, now)
+        ROTATIONS.labels("begun").inc()
+        return RotationTicket(_public(claimed), _public(pending), worker, lease_until)
+
+    async def complete_rotation(self, ticket: RotationTicket, *, conn: Any = None) -> FileKey:
+        """Make the new key active and retire the old one; return the new active key.
+
+        With ``conn`` the switch joins the caller's transaction (so the caller can move its own
+        pointer atomically) and the caller must call ``finish_rotation`` after committing;
+        without it the switch commits here and the old vault version is disabled right after
+        (a failed disable is logged and left for ``retire_pending_disables``). Idempotent.
+        """
+        if conn is not None:
+            with self._db.translating("complete_rotation", conn):
+                return await self._switch(conn, ticket)
+        async with self._db.transaction("complete_rotation") as own:
+            new = await self._switch(own, ticket)
+        try:
+            await self.finish_rotation(ticket)
+        except KeyVaultError as exc:
+            log.warning("rotation of file %s done; disabling the old key failed, left for the sweep: %s",
+                        ticket.old.file_id, exc)
+        return new
+
+    async def finish_rotation(self, ticket: RotationTicket) -> None:
+        """Disable the retired old key's vault version (after the switch committed). Idempotent."""
+        old = ticket.old
+        async with self._db.connection("finish_rotation") as conn:
+            row = await FileKeyRepository(conn).by_reference(old.file_id, old.key_reference)
+        if row is None or row.state != "retired":
+            raise RotationConflictError("the old key is not retired: the switch did not commit",
+                                        operation="finish_rotation", details={"key_reference": old.key_reference})
+        if row.vault_disabled_at is None:
+            await self._disable_retired(row)
+
+    async def abandon_rotation(self, ticket: RotationTicket, *, discard_pending: bool = False) -> bool:
+        """Release the claim (if still ours); optionally drop the unused pending key too."""
+        new = ticket.new
+        async with self._db.transaction("abandon_rotation") as conn:
+            repo = FileKeyRepository(conn)
+            released = await repo.release_claim(new.file_id, ticket.worker)
+            discarded = released and discard_pending and await repo.delete_pending(new.file_id, new.key_reference)
+        if discarded:
+            await self._vault.disable_version(*parse_key_reference(new.key_reference))
+        ROTATIONS.labels("abandoned").inc()
+        return released
+
+    async def retire_pending_disables(self, limit: int = 100, *, file_id: uuid.UUID | None = None) -> int:
+        """Disable vault versions of retired keys whose disable failed earlier; return how many."""
+        async with self._db.connection("retire_pending_disables") as conn:
+            rows = await FileKeyRepository(conn).retired_not_disabled(limit, file_id)
+        for row in rows:
+            await self._disable_retired(row)
+        return len(rows)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def expire(self, file_id: uuid.UUID) -> FileKey:
+        """Make the file's active key due for rotation now."""
+        async with self._db.transaction("expire") as conn:
+            row = await FileKeyRepository(conn).expire(file_id, self._clock())
+        if row is None:
+            raise FileKeyNotFoundError("no active key for the file", operation="expire",
+                                       details={"file_id": str(file_id)})
+        return _public(row)
+
+    async def delete_file_keys(self, file_id: uuid.UUID) -> int:
+        """Delete the file's vault secret (every version), then its rows. Idempotent."""
+        with contextlib.suppress(SecretNotFoundError):
+            await self._vault.delete_secret(secret_name(file_id))
+        async with self._db.transaction("delete_file_keys") as conn:
+            deleted = await FileKeyRepository(conn).delete_file(file_id)
+        log.info("deleted %d key(s) of file %s", deleted, file_id)
+        return deleted
+
+    # --- steps ------------------------------------------------------------------------------
+
+    async def _find_active(self, file_id: uuid.UUID, operation: str) -> KeyRow | None:
+        async with self._db.connection(operation) as conn:
+            return await FileKeyRepository(conn).active(file_id)
+
+    async def _new_version(self, file_id: uuid.UUID, expires_at: datetime) -> SecretProperties:
+        key = secrets.token_bytes(KEY_BYTES)
+        return await self._vault.set_secret(secret_name(file_id), key, expires_on=expires_at)
+
+    async def _record(
+        self, file_id: uuid.UUID, props: SecretProperties, state: str, now: datetime, operation: str
+    ) -> KeyRow | None:
+        """Insert the row of a new vault version; ``None`` if another one won the race."""
+        try:
+            async with self._db.transaction(operation) as conn:
+                return await FileKeyRepository(conn).insert(
+                    file_id, props.key_reference, state=state, created_at=now, expires_at=now + self._rotation
+                )
+        except KeyManagementError as exc:
+            if exc.details.get("stage") != "commit":  # surely not committed: the version is an orphan
+                await self._discard_version(props, operation)
+            raise
+
+    async def _create_pending(self, file_id: uuid.UUID, now: datetime) -> KeyRow:
+        props = await self._new_version(file_id, now + self._rotation)
+        row = await self._record(file_id, props, "pending", now, "begin_rotation")
+        if row is not None:
+            return row
+        await self._discard_version(props, "begin_rotation")
+        async with self._db.connection("begin_rotation") as conn:
+            row = await FileKeyRepository(conn).pending(file_id)
+        if row is None:
+            raise RotationConflictError("another worker took over this rotation", operation="begin_rotation",
+                                        details={"file_id": str(file_id)})
+        return row
+
+    async def _switch(self, conn: Any, ticket: RotationTicket) -> FileKey:
+        repo, old, new = FileKeyRepository(conn), ticket.old, ticket.new
+        if not await repo.retire_claimed(old.file_id, old.key_reference, ticket.worker, now=self._clock()):
+            return await _already_switched(repo, ticket)
+        activated = await repo.activate_pending(new.file_id, new.key_reference)
+        if activated is None:  # raising rolls the retirement back with the transaction
+            raise RotationConflictError("the pending key of this rotation is gone", operation="complete_rotation",
+                                        details={"key_reference": new.key_reference})
+        ROTATIONS.labels("completed").inc()
+        log.info("rotated file %s to %s", new.file_id, new.key_reference)
+        return _public(activated)
+
+    async def _disable_retired(self, row: KeyRow) -> None:
+        with contextlib.suppress(SecretNotFoundError):  # a deleted secret needs no disabling
+            await self._vault.disable_version(*parse_key_reference(row.key_reference))
+        async with self._db.transaction("disable_retired") as conn:
+            await FileKeyRepository(conn).mark_vault_disabled(row.file_id, row.key_reference, self._clock())
+
+    async def _discard_version(self, props: SecretProperties, operation: str) -> None:
+        """Disable a vault version no row refers to. Best effort: the caller's outcome stands."""
+        try:
+            await self._vault.disable_version(props.name, props.version)
+        except KeyVaultError as exc:
+            log.warning("%s: could not disable unused key version %s: %s", operation, props.key_reference, exc)
+
+
+async def _already_switched(repo: FileKeyRepository, ticket: RotationTicket) -> FileKey:
+    """A rerun of a committed switch returns its result; anything else is a lost claim."""
+    old = await repo.by_reference(ticket.old.file_id, ticket.old.key_reference)
+    new = await repo.by_reference(ticket.new.file_id, ticket.new.key_reference)
+    if old is not None and new is not None and old.state == "retired" and new.state == "active":
+        return _public(new)
+    raise RotationConflictError("this worker no longer holds the rotation of the file",
+                                operation="complete_rotation",
+                                details={"file_id": str(ticket.old.file_id), "worker": ticket.worker})
+
+
+def _claim_refused(file_id: uuid.UUID, active: KeyRow | None) -> KeyManagementError:
+    if active is None:
+        return FileKeyNotFoundError("no active key for the file", operation="begin_rotation",
+                                    details={"file_id": str(file_id)})
+    ROTATIONS.labels("conflict").inc()
+    lease = active.rotation_lease_until.isoformat() if active.rotation_lease_until else None
+    return RotationConflictError("another worker is rotating this file", operation="begin_rotation",
+                                 details={"file_id": str(file_id), "claimed_by": active.rotation_claimed_by,
+                                          "lease_until": lease})
+
+
+def _split_reference(reference: str) -> tuple[uuid.UUID, str, str]:
+    name, version = parse_key_reference(reference)
+    try:
+        file_id = uuid.UUID(name.removeprefix("file-")) if name.startswith("file-") else None
+    except ValueError:
+        file_id = None
+    if file_id is None or secret_name(file_id) != name:
+        raise FileKeyNotFoundError("not a file key reference", operation="get_key",
+                                   details={"reference_length": len(reference)})
+    return file_id, name, version
+
+
+def _check_readable(row: KeyRow | None, reference: str) -> None:
+    if row is None:
+        raise FileKeyNotFoundError("no key is recorded for this reference", operation="get_key",
+                                   details={"key_reference": reference})
+    if row.state == "retired" and row.vault_disabled_at is not None:
+        raise KeyRetiredError("the key was rotated out and disabled", operation="get_key",
+                              details={"key_reference": reference})
