@@ -1,1 +1,82 @@
 """Shared test fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from shared.config import DEFAULT_DATABASE_URL
+from shared.db import Database, migrate
+
+# =========================================================================================
+# PostgreSQL
+#
+# Tests never use an existing database: the session creates ``blobseal_test_<random>`` on
+# the server at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
+# migrates it once, and drops it at the end. ``pg_db`` hands each test a fresh ``Database``
+# on it with every table but ``schema_migrations`` truncated. ``pg_empty_database_url`` is
+# a database of its own, never migrated (for migration tests).
+# =========================================================================================
+
+PG_SERVER_URL = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def pg_url_for(database: str) -> str:
+    """The server's URL with another database name."""
+    return urlunsplit(urlsplit(PG_SERVER_URL)._replace(path="/" + database))
+
+
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_SERVER_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def pg_scratch_database() -> Iterator[str]:
+    """Create a throwaway database; yield its URL; drop it (even if sessions remain)."""
+    name = f"blobseal_test_{secrets.token_hex(6)}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg_url_for(name)
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    with pg_scratch_database() as url:
+        asyncio.run(migrate(url))
+        yield url
+
+
+@pytest.fixture
+def pg_empty_database_url() -> Iterator[str]:
+    with pg_scratch_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def pg_db(pg_database_url: str) -> AsyncIterator[Database]:
+    database = Database(pg_database_url, pool_max=4)
+    async with database.connection() as conn:
+        tables = await conn.fetch(
+            "SELECT quote_ident(tablename) AS t FROM pg_tables "
+            "WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
+        )
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(r['t'] for r in tables)} RESTART IDENTITY CASCADE")
+    yield database
+    await database.close()
+
+
+# ============================================================================ end PostgreSQL

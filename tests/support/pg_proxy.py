@@ -1,0 +1,112 @@
+"""A TCP proxy in front of PostgreSQL that a test can cut, stall and restore.
+
+It stands in for a database restart without touching the shared server: ``cut()`` aborts
+every proxied connection (both sides, so the server rolls back their transactions) and stops
+listening, so new connections are refused; ``restore()`` listens again on the same port.
+``stall()`` keeps accepting connections but forwards nothing (a black hole, for timeouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["PgProxy"]
+
+_CHUNK = 64 * 1024
+
+
+class PgProxy:
+    """Forward 127.0.0.1:<port> to ``target_host:target_port`` until told otherwise."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._port = 0
+        self._stalled = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections_accepted = 0
+
+    @classmethod
+    def for_url(cls, url: str) -> PgProxy:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def url(self, database_url: str) -> str:
+        """``database_url`` pointed at this proxy instead of the server."""
+        parts = urlsplit(database_url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self._port}" if userinfo else f"127.0.0.1:{self._port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self._port, reuse_address=True)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Drop every connection at once and refuse new ones (the server "went down")."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await self._drop_all()
+
+    async def restore(self) -> None:
+        """Accept and forward connections again, on the same port."""
+        self._stalled = False
+        if self._server is None:
+            await self.start()
+
+    async def stall(self) -> None:
+        """Accept new connections but never answer them; existing ones are dropped."""
+        self._stalled = True
+        await self._drop_all()
+        if self._server is None:
+            await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections_accepted += 1
+        self._writers.add(writer)
+        if self._stalled:
+            return  # held open, silent, until dropped
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(_pump(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _drop_all(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(_CHUNK):
+            sink.write(data)
+            await sink.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        sink.transport.abort()
