@@ -25,8 +25,8 @@ __all__ = [
     "secret_name",
 ]
 
-_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
-_VERSION = re.compile(r"^[0-9a-zA-Z-]{1,64}$")
+_NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
+_VERSION = re.compile(r"[0-9a-zA-Z-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def format_key_reference(name: str, version: str) -> str:
 def parse_key_reference(reference: str) -> tuple[str, str]:
     """Split ``file-<id>/<version>`` into name and version, refusing anything else."""
     name, sep, version = reference.partition("/")
-    if not sep or not _NAME.match(name) or not _VERSION.match(version):
+    if not sep or not _NAME.fullmatch(name) or not _VERSION.fullmatch(version):
         raise KeyVaultError("malformed key reference", operation="parse_key_reference",
                             details={"reference_length": len(reference)})
     return name, version
