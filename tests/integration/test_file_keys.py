@@ -529,11 +529,12 @@ async def test_a_connection_lost_before_commit_rolls_the_switch_back(
     ticket = await service.begin_rotation(file_id, worker="w1")
 
     started = time.monotonic()
-    with pytest.raises(DatabaseUnavailableError):
+    with pytest.raises(DatabaseUnavailableError) as failure:
         async with proxied_db.transaction() as conn:
             await service.complete_rotation(ticket, conn=conn)
             await proxy.cut()
     assert time.monotonic() - started < 3
+    assert failure.value.details["stage"] == "commit"  # outcome unknown to the client: it must re-check
     await asyncio.sleep(0.2)  # let the server notice the lost session and roll it back
     assert [r["state"] for r in await rows(pg_db, file_id)] == ["active", "pending"]
     assert (await versions(vault, file_id))[old.key_reference] is True
