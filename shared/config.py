@@ -7,6 +7,7 @@ settings (client secret, database password) are kept out of ``repr``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +16,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.errors import ConfigError
 
-__all__ = ["Settings", "redact_url"]
+__all__ = ["DATA_STORAGE", "LOCAL_STORAGE", "Settings", "redact_url"]
 
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_STORAGE = "UseDevelopmentStorage=true"
+# The app setting (connection name) the blob trigger and the core's blob clients use.
+DATA_STORAGE = "DataStorage"
+_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+_NCRONTAB = re.compile(r"(\S+\s+){5}\S+")
 
 
 def redact_url(url: str) -> str:
@@ -76,6 +82,26 @@ class _Reader:
         return self.raw(name) or default
 
 
+def _app_settings(r: _Reader) -> dict[str, Any]:
+    """Settings of the function app: storage, containers, triggers, rotation schedule."""
+    blob_uri = r.text(f"{DATA_STORAGE}__blobServiceUri") or r.text(f"{DATA_STORAGE}__serviceUri")
+    return {
+        "data_storage_connection": r.text(DATA_STORAGE, "" if blob_uri else LOCAL_STORAGE),
+        "data_storage_blob_uri": blob_uri,
+        "ingest_container": r.text("INGEST_CONTAINER", "ingest"),
+        "protected_container": r.text("PROTECTED_CONTAINER", "protected"),
+        "keep_plaintext": r.flag("KEEP_PLAINTEXT", False),
+        "blob_trigger_source": r.choice("BLOB_TRIGGER_SOURCE", "LogsAndContainerScan",
+                                        ("LogsAndContainerScan", "EventGrid")),
+        "rotation_schedule": r.text("ROTATION_SCHEDULE", "0 0 * * * *"),
+        "rotation_batch_size": r.integer("ROTATION_BATCH_SIZE", 100, 1, 100_000),
+        "rotation_time_budget_seconds": r.integer("ROTATION_TIME_BUDGET_SECONDS", 240, 1, 3600),
+        "rotation_grace_minutes": r.integer("ROTATION_GRACE_MINUTES", 60, 0, 7 * 24 * 60),
+        "local_function_key": r.text("LOCAL_FUNCTION_KEY"),
+        "app_insights_connection_string": r.text("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+    }
+
+
 def _parse_bool(value: str) -> bool:
     lowered = value.lower()
     if lowered in _TRUE:
@@ -106,6 +132,18 @@ class Settings:
     key_vault_local_path: Path = Path("secrets")
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
     database_pool_max: int = 10
+    data_storage_connection: str = field(default=LOCAL_STORAGE, repr=False)
+    data_storage_blob_uri: str = ""
+    ingest_container: str = "ingest"
+    protected_container: str = "protected"
+    keep_plaintext: bool = False
+    blob_trigger_source: str = "LogsAndContainerScan"
+    rotation_schedule: str = "0 0 * * * *"
+    rotation_batch_size: int = 100
+    rotation_time_budget_seconds: int = 240
+    rotation_grace_minutes: int = 60
+    local_function_key: str = field(default="", repr=False)
+    app_insights_connection_string: str = field(default="", repr=False)
 
     @property
     def chunk_size(self) -> int:
@@ -143,6 +181,7 @@ class Settings:
             "key_vault_local_path": Path(r.text("KEY_VAULT_LOCAL_PATH", "secrets")),
             "database_url": r.text("DATABASE_URL", DEFAULT_DATABASE_URL),
             "database_pool_max": r.integer("DATABASE_POOL_MAX", 10, 1, 100),
+            **_app_settings(r),
         }
         settings = cls(**values)
         r.problems.extend(settings._contradictions())
@@ -156,8 +195,23 @@ class Settings:
             problems.append("ENCRYPTION_ENABLED=true needs KEY_VAULT_ENABLED=true (keys must live in a vault)")
         if self.key_vault_enabled and self.key_vault_mode == "azure":
             problems.extend(self._azure_problems())
+        problems.extend(self._app_problems())
         if urlsplit(self.database_url).scheme not in ("postgresql", "postgres"):
             problems.append(f"DATABASE_URL must be a postgresql:// URL, got {redact_url(self.database_url)!r}")
+        return problems
+
+    def _app_problems(self) -> list[str]:
+        problems = []
+        containers = {"INGEST_CONTAINER": self.ingest_container, "PROTECTED_CONTAINER": self.protected_container}
+        for name, value in containers.items():
+            if not _CONTAINER.fullmatch(value):
+                problems.append(f"{name} must be a container name (3-63 of a-z, 0-9, -), got {value!r}")
+        if self.ingest_container == self.protected_container:
+            problems.append("INGEST_CONTAINER and PROTECTED_CONTAINER must differ")
+        if not _NCRONTAB.fullmatch(self.rotation_schedule):
+            problems.append(f"ROTATION_SCHEDULE must be a 6-field NCRONTAB expression, got {self.rotation_schedule!r}")
+        if not self.data_storage_connection and not self.data_storage_blob_uri:
+            problems.append(f"{DATA_STORAGE} (connection string) or {DATA_STORAGE}__blobServiceUri is required")
         return problems
 
     def _azure_problems(self) -> list[str]:

@@ -13,9 +13,17 @@ The tree::
     │   │   └── KeyRetiredError        the key was rotated out and its vault version disabled
     │   ├── RotationConflictError      another worker holds the rotation of this file
     │   └── DatabaseUnavailableError   the database did not answer (transient; retry later)
-    └── EncryptionError                encryption or decryption failed
-        ├── FormatError                not a blobseal file, or a header we refuse
-        └── IntegrityError             authentication failed: tampered data or wrong key
+    ├── EncryptionError                encryption or decryption failed
+    │   ├── FormatError                not a blobseal file, or a header we refuse
+    │   └── IntegrityError             authentication failed: tampered data or wrong key
+    ├── StorageError                   blob storage failed
+    │   ├── BlobNotFoundError          no such blob (or container)
+    │   ├── BlobChangedError           the blob changed since it was read (ETag mismatch)
+    │   └── StorageUnavailableError    storage did not answer (transient; retry later)
+    └── FileError                      a request about a file cannot be served
+        ├── UnknownFileError           no such file id or name
+        ├── FileNotReadyError          the file is not encrypted yet
+        └── InvalidRequestError        malformed id, range or header
 
 Every error carries keyword context (``operation``, ``details``) and never key material,
 plaintext, SAS tokens or connection strings: callers put only identifiers and sizes in
@@ -30,19 +38,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "BlobChangedError",
+    "BlobNotFoundError",
     "BlobsealError",
     "ConfigError",
     "DatabaseUnavailableError",
     "EncryptionError",
+    "FileError",
     "FileKeyNotFoundError",
+    "FileNotReadyError",
     "FormatError",
     "IntegrityError",
+    "InvalidRequestError",
     "KeyManagementError",
     "KeyRetiredError",
     "KeyVaultError",
     "RotationConflictError",
     "SecretDisabledError",
     "SecretNotFoundError",
+    "StorageError",
+    "StorageUnavailableError",
+    "UnknownFileError",
     "VaultUnavailableError",
 ]
 
@@ -142,4 +158,36 @@ class FormatError(EncryptionError):
 
 
 class IntegrityError(EncryptionError):
+    pass
+
+
+class StorageError(BlobsealError):
+    default_operation = "storage"
+
+
+class BlobNotFoundError(StorageError):
+    pass
+
+
+class BlobChangedError(StorageError):
+    pass
+
+
+class StorageUnavailableError(StorageError):
+    pass
+
+
+class FileError(BlobsealError):
+    default_operation = "file"
+
+
+class UnknownFileError(FileError):
+    pass
+
+
+class FileNotReadyError(FileError):
+    pass
+
+
+class InvalidRequestError(FileError):
     pass

@@ -1,0 +1,85 @@
+"""Settings: defaults, parsing, one error naming every problem, secrets kept out of repr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import Settings, redact_url
+from shared.errors import ConfigError
+
+
+def test_defaults_match_the_spec() -> None:
+    s = Settings.from_env({})
+    assert (s.encryption_enabled, s.encryption_algorithm, s.key_rotation_days, s.chunk_size_mb) == (
+        True, "AES-256-GCM", 30, 5)
+    assert (s.key_vault_enabled, s.key_vault_mode, s.key_vault_cache_enabled, s.key_vault_cache_minutes) == (
+        True, "local", True, 60)
+    assert s.key_vault_local_path == Path("secrets")
+    assert s.chunk_size == 5 * 1024 * 1024 and s.block_size == 64 * 1024
+    assert (s.ingest_container, s.protected_container, s.keep_plaintext) == ("ingest", "protected", False)
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env({
+        "ENCRYPTION_ENABLED": "false", "KEY_VAULT_ENABLED": "no", "ENCRYPTION_KEY_ROTATION_DAYS": " 7 ",
+        "ENCRYPTION_CHUNK_SIZE_MB": "8", "KEY_VAULT_CACHE_ENABLED": "0", "KEY_VAULT_LOCAL_PATH": "/tmp/v",
+        "DATABASE_URL": "postgresql://u:p@db:5432/x", "KEEP_PLAINTEXT": "true",
+    })
+    assert (s.encryption_enabled, s.key_vault_enabled, s.key_rotation_days, s.chunk_size_mb) == (False, False, 7, 8)
+    assert (s.key_vault_cache_enabled, s.key_vault_local_path, s.keep_plaintext) == (False, Path("/tmp/v"), True)
+
+
+def test_one_error_names_every_problem() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({
+            "ENCRYPTION_ALGORITHM": "AES-128-CBC", "ENCRYPTION_KEY_ROTATION_DAYS": "soon",
+            "ENCRYPTION_CHUNK_SIZE_MB": "0", "KEY_VAULT_MODE": "cloud", "KEY_VAULT_CACHE_ENABLED": "maybe",
+            "DATABASE_URL": "mysql://root:hunter2@db/x", "INGEST_CONTAINER": "Bad_Name",
+        })
+    problems = caught.value.problems
+    for name in ("ENCRYPTION_ALGORITHM", "ENCRYPTION_KEY_ROTATION_DAYS", "ENCRYPTION_CHUNK_SIZE_MB",
+                 "KEY_VAULT_MODE", "KEY_VAULT_CACHE_ENABLED", "DATABASE_URL", "INGEST_CONTAINER"):
+        assert any(p.startswith(name) for p in problems), name
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"KEY_VAULT_ENABLED": "false"}, "ENCRYPTION_ENABLED=true needs KEY_VAULT_ENABLED=true"),
+    ({"KEY_VAULT_MODE": "azure"}, "KEY_VAULT_URL is required"),
+    ({"KEY_VAULT_MODE": "azure", "KEY_VAULT_URL": "http://vault"}, "https://"),
+    ({"KEY_VAULT_MODE": "azure", "KEY_VAULT_URL": "https://v.vault.azure.net", "KEY_VAULT_CLIENT_SECRET": "s"},
+     "KEY_VAULT_TENANT_ID is required"),
+    ({"INGEST_CONTAINER": "same", "PROTECTED_CONTAINER": "same"}, "must differ"),
+    ({"ROTATION_SCHEDULE": "hourly"}, "NCRONTAB"),
+])
+def test_contradictions_fail_at_start(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        Settings.from_env(env)
+
+
+def test_azure_mode_with_managed_identity_is_valid() -> None:
+    s = Settings.from_env({"KEY_VAULT_MODE": "azure", "KEY_VAULT_URL": "https://v.vault.azure.net/"})
+    assert s.key_vault_client_secret == ""
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    s = Settings.from_env({
+        "KEY_VAULT_MODE": "azure", "KEY_VAULT_URL": "https://v.vault.azure.net", "KEY_VAULT_TENANT_ID": "t",
+        "KEY_VAULT_CLIENT_ID": "c", "KEY_VAULT_CLIENT_SECRET": "topsecret", "DATABASE_URL": "postgresql://u:pw1@h/d",
+        "DataStorage": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=abc123==",
+    })
+    text = repr(s)
+    for secret in ("topsecret", "pw1", "abc123"):
+        assert secret not in text
+    assert s.database_url_redacted == "postgresql://u:***@h/d"
+
+
+def test_redact_url_leaves_passwordless_urls() -> None:
+    assert redact_url("postgresql://postgres@127.0.0.1:5432/postgres") == "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def test_identity_based_storage_connection() -> None:
+    s = Settings.from_env({"DataStorage__blobServiceUri": "https://acct.blob.core.windows.net"})
+    assert (s.data_storage_connection, s.data_storage_blob_uri) == ("", "https://acct.blob.core.windows.net")
