@@ -199,7 +199,8 @@ class FileKeyService:
             discarded = released and discard_pending and await repo.delete_pending(new.file_id, new.key_reference)
         if discarded:
             await self._vault.disable_version(*parse_key_reference(new.key_reference))
-        ROTATIONS.labels("abandoned").inc()
+        if released:
+            ROTATIONS.labels("abandoned").inc()
         return released
 
     async def retire_pending_disables(self, limit: int = 100, *, file_id: uuid.UUID | None = None) -> int:
