@@ -23,6 +23,7 @@ The tree::
     └── FileError                      a request about a file cannot be served
         ├── UnknownFileError           no such file id or name
         ├── FileNotReadyError          the file is not encrypted yet
+        ├── RangeNotSatisfiableError   a well-formed range outside the file
         └── InvalidRequestError        malformed id, range or header
 
 Every error carries keyword context (``operation``, ``details``) and never key material,
@@ -53,6 +54,7 @@ __all__ = [
     "KeyManagementError",
     "KeyRetiredError",
     "KeyVaultError",
+    "RangeNotSatisfiableError",
     "RotationConflictError",
     "SecretDisabledError",
     "SecretNotFoundError",
@@ -190,4 +192,8 @@ class FileNotReadyError(FileError):
 
 
 class InvalidRequestError(FileError):
+    pass
+
+
+class RangeNotSatisfiableError(FileError):
     pass

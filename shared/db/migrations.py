@@ -63,7 +63,39 @@ CREATE INDEX file_keys_disable_pending ON file_keys (retired_at)
     WHERE state = 'retired' AND vault_disabled_at IS NULL;
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "file_keys", _FILE_KEYS),)
+# File metadata for the function app: what was uploaded, where its ciphertext is, which key.
+# The original name lives here only (never as plaintext blob metadata).
+_FILES = """
+CREATE TABLE files (
+    file_id UUID PRIMARY KEY,
+    source_name TEXT NOT NULL,
+    source_etag TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size BIGINT CONSTRAINT files_size_check CHECK (size >= 0),
+    status TEXT NOT NULL DEFAULT 'pending'
+        CONSTRAINT files_status_check CHECK (status IN ('pending', 'encrypted')),
+    protected_blob TEXT,
+    key_reference TEXT,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    encrypted_at TIMESTAMP WITH TIME ZONE,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT files_encrypted_check CHECK (
+        (status = 'encrypted') = (protected_blob IS NOT NULL AND key_reference IS NOT NULL AND size IS NOT NULL))
+);
+CREATE INDEX files_source_name ON files (source_name, created_at DESC);
+CREATE TABLE retired_blobs (
+    blob_name TEXT PRIMARY KEY,
+    file_id UUID NOT NULL,
+    delete_after TIMESTAMP WITH TIME ZONE NOT NULL
+);
+CREATE INDEX retired_blobs_due ON retired_blobs (delete_after);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "file_keys", _FILE_KEYS),
+    Migration(2, "files", _FILES),
+)
 
 _CREATE_LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -1,0 +1,118 @@
+"""The one bootstrap: read settings once, build the real adapters lazily, reuse them.
+
+Nothing here does I/O at import. ``load_settings`` is the only reader of the process
+environment (plus ``local.settings.json`` for the CLI and the local host, environment
+first). ``services()`` builds the database pool, the vault (local JSON or Azure, wrapped in
+the TTL cache), the file key service, the blob store and the file service on first use in
+the running event loop, and returns the same objects afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.blobs import BlobStore
+from shared.config import Settings
+from shared.db.pool import Database
+from shared.deps import Deps
+from shared.errors import ConfigError
+from shared.keys import FileKeyService
+from shared.service import FileService
+from shared.vault.base import KeyVault
+from shared.vault.cache import CachedKeyVault
+
+__all__ = ["Services", "build_services", "close_services", "load_settings", "services", "settings_mapping"]
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = Path("local.settings.json")
+
+
+def settings_mapping(environ: Mapping[str, str] | None = None, settings_file: Path = SETTINGS_FILE) -> dict[str, str]:
+    """The environment over the ``Values`` of ``local.settings.json`` (when present)."""
+    values: dict[str, str] = {}
+    if settings_file.exists():
+        try:
+            document = json.loads(settings_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError([f"{settings_file} is not valid JSON ({type(exc).__name__})"]) from exc
+        values = {str(k): str(v) for k, v in (document.get("Values") or {}).items()}
+    values.update(os.environ if environ is None else environ)
+    return values
+
+
+def load_settings(environ: Mapping[str, str] | None = None, settings_file: Path = SETTINGS_FILE) -> Settings:
+    return Settings.from_env(settings_mapping(environ, settings_file))
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    vault: KeyVault
+    keys: FileKeyService
+    blobs: BlobStore
+    files: FileService
+
+    async def close(self) -> None:
+        for close in (self.blobs.close, self.vault.close, self.db.close):
+            try:
+                await close()
+            except Exception:  # closing is best effort; report, keep closing the rest
+                log.warning("closing %s failed", close.__qualname__, exc_info=True)
+
+
+def build_vault(settings: Settings) -> KeyVault:
+    vault: KeyVault
+    if settings.key_vault_mode == "azure":
+        from shared.vault.azure import AzureKeyVault  # the Azure SDK only where it is used
+
+        vault = AzureKeyVault.from_settings(settings)
+    else:
+        from shared.vault.local import LocalJsonVault
+
+        vault = LocalJsonVault(settings.key_vault_local_path)
+    if settings.key_vault_cache_enabled and settings.key_vault_cache_minutes > 0:
+        vault = CachedKeyVault(vault, ttl_seconds=settings.key_vault_cache_minutes * 60,
+                               max_entries=settings.key_vault_cache_max_entries)
+    return vault
+
+
+def build_services(settings: Settings) -> Services:
+    """Construct every adapter (no I/O: pools and clients connect on first use)."""
+    db = Database.from_settings(settings)
+    vault = build_vault(settings)
+    keys = FileKeyService(db, vault, rotation_days=settings.key_rotation_days)
+    blobs = BlobStore.from_settings(settings)
+    files = FileService(Deps(settings=settings, db=db, keys=keys, blobs=blobs, vault=vault))
+    return Services(settings, db, vault, keys, blobs, files)
+
+
+_services: Services | None = None
+_lock: asyncio.Lock | None = None
+
+
+async def services() -> Services:
+    """The worker's services, built once per process on first use."""
+    global _services, _lock
+    if _services is not None:
+        return _services
+    _lock = _lock or asyncio.Lock()
+    async with _lock:
+        if _services is None:
+            _services = build_services(load_settings())
+            log.info("blobseal services ready (vault mode %s)", _services.settings.key_vault_mode)
+    return _services
+
+
+async def close_services() -> None:
+    global _services
+    if _services is not None:
+        await _services.close()
+        _services = None

@@ -1,0 +1,117 @@
+"""Encrypting an upload: ingest blob -> protected blob, key and rows durable, then delete.
+
+Order (a crash anywhere leaves a state the next delivery completes):
+
+1. read the ingest blob's properties (gone: an earlier delivery finished; nothing to do);
+2. derive the file id (UUID at the start of the name, else stable from name and ETag);
+3. register the file row (``pending``); an ``encrypted`` row means a duplicate delivery;
+4. create or reuse the file's key (idempotent);
+5. stream-encrypt into ``<file_id>/<key version>`` as staged blocks, committed at the end;
+6. mark the row ``encrypted`` (size, key reference, blob);
+7. delete the plaintext, only if unchanged since step 1 (ETag) and unless KEEP_PLAINTEXT.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from shared.crypto import Encryptor
+from shared.db.files import FileRepository
+from shared.deps import Deps
+from shared.errors import BlobNotFoundError, KeyManagementError
+from shared.metrics import BYTES_PROCESSED, FILE_SIZE, OPERATION_SECONDS, OPERATIONS
+from shared.transfer import seal_stream
+
+__all__ = ["IngestOutcome", "Ingestor", "identify_upload", "protected_blob_name"]
+
+log = logging.getLogger(__name__)
+
+# Namespace of file ids derived from blob names (uuid5); fixed forever.
+UPLOAD_NAMESPACE = uuid.UUID("6f1d7a52-3b0e-5c8e-9a51-b10b5ea1f11e")
+_LEADING_UUID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?:[/.]|$)")
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    status: str  # encrypted | duplicate | gone | disabled
+    file_id: uuid.UUID | None = None
+
+
+def identify_upload(name: str, etag: str) -> tuple[uuid.UUID, str]:
+    """(file id, display name) of an ingest blob name: ``<uuid>``, ``<uuid>/<name>``, ``<uuid>.<ext>``."""
+    match = _LEADING_UUID.match(name)
+    if match:
+        rest = name[len(match.group(1)) :]
+        display = rest[1:] if rest.startswith("/") and len(rest) > 1 else name
+        return uuid.UUID(match.group(1)), display.rsplit("/", 1)[-1]
+    return uuid.uuid5(UPLOAD_NAMESPACE, f"{name}\n{etag}"), name.rsplit("/", 1)[-1]
+
+
+def protected_blob_name(file_id: uuid.UUID, key_reference: str) -> str:
+    """One protected blob per key version: rotation writes a new name, never over the old one."""
+    return f"{file_id}/{key_reference.rsplit('/', 1)[-1]}.bseal"
+
+
+class Ingestor:
+    def __init__(self, deps: Deps) -> None:
+        self._d = deps
+
+    async def encrypt(self, name: str) -> IngestOutcome:
+        started = time.perf_counter()
+        try:
+            outcome = await self._encrypt(name)
+        except Exception as exc:
+            OPERATIONS.labels("encrypt", type(exc).__name__).inc()
+            raise
+        OPERATIONS.labels("encrypt", outcome.status).inc()
+        OPERATION_SECONDS.labels("encrypt").observe(time.perf_counter() - started)
+        return outcome
+
+    async def _encrypt(self, name: str) -> IngestOutcome:
+        d = self._d
+        if not d.settings.encryption_enabled:
+            log.warning("encryption is disabled (ENCRYPTION_ENABLED=false): %s left in ingest", name)
+            return IngestOutcome("disabled")
+        try:
+            info = await d.blobs.info(d.settings.ingest_container, name)
+        except BlobNotFoundError:
+            log.info("ingest blob %s is gone: an earlier delivery completed it", name)
+            return IngestOutcome("gone")
+        file_id, display = identify_upload(name, info.etag)
+        async with d.db.transaction("register_file") as conn:
+            record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
+                                                         name=display, content_type=info.content_type)
+        if record.status == "encrypted":
+            return await self._duplicate(name, info.etag, record.source_etag, file_id)
+        key_ref = (await d.keys.create_key(file_id)).key_reference
+        blob_name = protected_blob_name(file_id, key_ref)
+        encryptor = Encryptor(await d.keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
+                              block_size=d.settings.block_size)
+        source = d.blobs.read(d.settings.ingest_container, name, etag=info.etag)
+        summary = await seal_stream(source, d.blobs.writer(d.settings.protected_container, blob_name), encryptor,
+                                    chunk_size=d.settings.chunk_size, file_id=file_id)
+        async with d.db.transaction("mark_encrypted") as conn:
+            await FileRepository(conn).mark_encrypted(file_id, size=summary.plaintext_size, key_reference=key_ref,
+                                                      protected_blob=blob_name, now=d.clock())
+        BYTES_PROCESSED.labels("encrypt").inc(summary.plaintext_size)
+        FILE_SIZE.observe(summary.plaintext_size)
+        log.info("encrypted %s as file %s (%d bytes)", name, file_id, summary.plaintext_size)
+        await self._discard_plaintext(name, info.etag)
+        return IngestOutcome("encrypted", file_id)
+
+    async def _duplicate(self, name: str, etag: str, recorded_etag: str, file_id: uuid.UUID) -> IngestOutcome:
+        if recorded_etag != etag:
+            raise KeyManagementError("file id already holds other content; upload refused and kept in ingest",
+                                     operation="ingest", details={"file_id": str(file_id)})
+        log.info("duplicate delivery of %s (file %s): already encrypted", name, file_id)
+        await self._discard_plaintext(name, etag)
+        return IngestOutcome("duplicate", file_id)
+
+    async def _discard_plaintext(self, name: str, etag: str) -> None:
+        if self._d.settings.keep_plaintext:
+            return
+        await self._d.blobs.delete(self._d.settings.ingest_container, name, etag=etag)
