@@ -1,11 +1,67 @@
-"""The Azure Functions app (Python v2 programming model).
+"""The Azure Functions app (Python v2 programming model): bindings, and nothing heavy.
 
-Functions are declared here and nothing heavy happens at import: each body reads its
-binding, makes one call into ``shared``, and maps errors. Built out in the function-app issue.
+Each function reads its binding, makes one call into ``shared``, and maps errors. Clients and
+pools are built lazily by ``shared.bootstrap`` on first use and reused by every invocation.
+Annotations stay real objects (no ``from __future__ import annotations``): the worker reads
+them to pick the SDK-type blob binding and the streaming HTTP types.
+
+- ``encrypt_ingest_blob``: blob trigger on ``%INGEST_CONTAINER%/{name}``; SDK-type binding,
+  so the host hands over a client (names only) and never loads the blob into memory.
+- ``download_file``, ``file_metadata``, ``find_file``, ``metrics``: HTTP, function key.
+- ``health``: HTTP, anonymous.
+- ``rotate_keys``: timer on ``%ROTATION_SCHEDULE%``.
 """
 
-from __future__ import annotations
+import logging
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from shared import bootstrap, http_api
+
+log = logging.getLogger("blobseal.functions")
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.blob_trigger(arg_name="client", path="%INGEST_CONTAINER%/{name}", connection="DataStorage",
+                  source=func.BlobSource(bootstrap.trigger_source()))
+async def encrypt_ingest_blob(client: blob.BlobClient) -> None:
+    service = (await bootstrap.services()).files
+    try:
+        await service.encrypt_ingest_blob(client.blob_name)
+    except Exception as exc:  # the host retries, then moves the blob to the poison queue
+        log.error("encrypting ingest blob %s failed: %s", client.blob_name, type(exc).__name__)
+        raise
+
+
+@app.route(route="files/{file_id}", methods=["GET", "HEAD"])
+async def download_file(req: Request) -> Response:
+    return await http_api.download(req)
+
+
+@app.route(route="files/{file_id}/metadata", methods=["GET"])
+async def file_metadata(req: Request) -> Response:
+    return await http_api.metadata(req)
+
+
+@app.route(route="files", methods=["GET"])
+async def find_file(req: Request) -> Response:
+    return await http_api.find_file(req)
+
+
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: Request) -> Response:
+    return await http_api.health(req)
+
+
+@app.route(route="metrics", methods=["GET"])
+async def metrics(req: Request) -> Response:
+    return await http_api.metrics(req)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%ROTATION_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def rotate_keys(timer: func.TimerRequest) -> None:
+    report = await (await bootstrap.services()).files.rotate_due()
+    log.info("rotation run (past due: %s): %s", timer.past_due, report.as_dict())

@@ -27,7 +27,15 @@ from shared.service import FileService
 from shared.vault.base import KeyVault
 from shared.vault.cache import CachedKeyVault
 
-__all__ = ["Services", "build_services", "close_services", "load_settings", "services", "settings_mapping"]
+__all__ = [
+    "Services",
+    "build_services",
+    "close_services",
+    "load_settings",
+    "services",
+    "settings_mapping",
+    "trigger_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,16 @@ def settings_mapping(environ: Mapping[str, str] | None = None, settings_file: Pa
 
 def load_settings(environ: Mapping[str, str] | None = None, settings_file: Path = SETTINGS_FILE) -> Settings:
     return Settings.from_env(settings_mapping(environ, settings_file))
+
+
+def trigger_source(environ: Mapping[str, str] | None = None) -> str:
+    """The blob trigger's source, needed when the worker indexes ``function_app.py``.
+
+    ``EventGrid`` in Azure (Flex Consumption supports nothing else), ``LogsAndContainerScan``
+    (polling) locally and against Azurite. Everything else is validated on first use.
+    """
+    return Settings.from_env({"BLOB_TRIGGER_SOURCE": settings_mapping(environ).get("BLOB_TRIGGER_SOURCE", "")}) \
+        .blob_trigger_source
 
 
 @dataclass
