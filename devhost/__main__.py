@@ -1,0 +1,115 @@
+"""``python -m devhost``: run blobseal locally with no Azure account (what ``make dev`` runs).
+
+Starts Azurite (standard ports 10000-10002, data in ``.azurite/``) unless one already
+answers, checks PostgreSQL at ``DATABASE_URL``, creates the containers and the schema, then
+runs the functions of ``function_app.py``: with ``func start`` when Core Tools are installed,
+else with the bundled host (HTTP on 127.0.0.1:7071, blob polling, timer). Settings come from
+the environment first, then ``local.settings.json`` (created from the example if missing).
+Ctrl-C stops everything this command started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from devhost.azurite import Azurite, listening, running_azurite
+from devhost.postgres import postgres_problem
+from shared import bootstrap
+from shared.errors import BlobsealError
+
+ROOT = Path(__file__).resolve().parents[1]
+AZURITE_PORTS = (10000, 10001, 10002)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=7071, help="HTTP port (default 7071)")
+    parser.add_argument("--no-azurite", action="store_true", help="use the storage the settings name as is")
+    parser.add_argument("--no-func", action="store_true", help="use the bundled host even if Core Tools exist")
+    parser.add_argument("--poll-seconds", type=float, default=2.0, help="blob polling interval")
+    return parser.parse_args(argv)
+
+
+def prepare_settings() -> dict[str, str]:
+    """Environment over local.settings.json; exported so function_app and bootstrap see the same."""
+    settings_file, example = ROOT / "local.settings.json", ROOT / "local.settings.json.example"
+    if not settings_file.exists() and example.exists():
+        shutil.copyfile(example, settings_file)
+        print(f"created {settings_file.name} from the example")
+    values = bootstrap.settings_mapping(settings_file=settings_file)
+    os.environ.update(values)
+    return values
+
+
+@contextlib.contextmanager
+def storage(args: argparse.Namespace) -> Iterator[Azurite | None]:
+    if args.no_azurite or listening(AZURITE_PORTS[0]):
+        if not args.no_azurite:
+            print("Azurite already answers on 127.0.0.1:10000: using it")
+        yield None
+        return
+    with running_azurite(ROOT / ".azurite", ports=AZURITE_PORTS, log=ROOT / ".azurite" / "azurite.log") as azurite:
+        print("Azurite started on 127.0.0.1:10000-10002 (data in .azurite/)")
+        yield azurite
+
+
+async def prepare_storage_and_schema() -> None:
+    services = bootstrap.build_services(bootstrap.load_settings())
+    try:
+        settings = services.settings
+        await services.blobs.ensure_containers(settings.ingest_container, settings.protected_container)
+        await services.db.ping()  # applies the migrations
+    finally:
+        await services.close()
+
+
+def banner(port: int, settings: dict[str, str]) -> str:
+    key = settings.get("LOCAL_FUNCTION_KEY", "")
+    ingest = settings.get("INGEST_CONTAINER", "ingest")
+    return f"""
+blobseal is running at http://127.0.0.1:{port}/api  (Ctrl-C stops it)
+  drop a file:   .venv/bin/python -m devhost.upload ./report.pdf        (into the '{ingest}' container)
+  find it:       curl -H "x-functions-key: {key}" "http://127.0.0.1:{port}/api/files?name=report.pdf"
+  download it:   curl -H "x-functions-key: {key}" -o report.pdf http://127.0.0.1:{port}/api/files/<file_id>
+  health:        curl http://127.0.0.1:{port}/api/health
+"""
+
+
+def run_func(port: int) -> int:
+    return subprocess.call(["func", "start", "--port", str(port)], cwd=ROOT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    values = prepare_settings()
+    try:
+        settings = bootstrap.load_settings()
+    except BlobsealError as exc:
+        print(f"blobseal: {exc}", file=sys.stderr)
+        return 2
+    problem = postgres_problem(settings.database_url)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    with storage(args):
+        asyncio.run(prepare_storage_and_schema())
+        print(banner(args.port, values))
+        if shutil.which("func") and not args.no_func:
+            return run_func(args.port)
+        from devhost.host import serve
+
+        asyncio.run(serve(port=args.port, poll_seconds=args.poll_seconds, settings=values))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
