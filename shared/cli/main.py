@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
-from shared.cli import format_commands
+from shared.cli import format_commands, ops_commands
 from shared.cli.io import UsageError
 from shared.errors import BlobsealError
 
@@ -25,12 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m shared.cli", description="blobseal operator commands")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     format_commands.register(commands)
+    ops_commands.register(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; ``environ`` replaces the process environment (tests, embedding)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.environ = environ
     handler: Handler = args.handler
     try:
         return handler(args)

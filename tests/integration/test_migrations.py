@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from shared.cli_db import main as cli_main
+from shared.cli.main import main as cli_main
 from shared.db import MIGRATIONS, Database, Migration, apply_migrations, migrate
 from shared.errors import KeyManagementError
 
@@ -25,16 +25,21 @@ async def _ledger(url: str) -> list[tuple[int, str]]:
     return [(r["version"], r["name"]) for r in rows]
 
 
+ALL = [(m.version, m.name) for m in MIGRATIONS]
+VERSIONS = [m.version for m in MIGRATIONS]
+NEXT = VERSIONS[-1] + 1
+
+
 async def test_migrate_applies_each_version_once(pg_empty_database_url: str) -> None:
-    assert await migrate(pg_empty_database_url) == [1]
+    assert await migrate(pg_empty_database_url) == VERSIONS
     assert await migrate(pg_empty_database_url) == []
-    assert await _ledger(pg_empty_database_url) == [(1, "file_keys")]
+    assert await _ledger(pg_empty_database_url) == ALL
 
 
 async def test_concurrent_migrators_do_not_collide(pg_empty_database_url: str) -> None:
     results = await asyncio.gather(*(migrate(pg_empty_database_url) for _ in range(4)))
-    assert sorted(v for applied in results for v in applied) == [1]
-    assert await _ledger(pg_empty_database_url) == [(1, "file_keys")]
+    assert sorted(v for applied in results for v in applied) == VERSIONS
+    assert await _ledger(pg_empty_database_url) == ALL
 
 
 async def test_first_use_of_a_database_migrates_it(pg_empty_database_url: str) -> None:
@@ -45,21 +50,21 @@ async def test_first_use_of_a_database_migrates_it(pg_empty_database_url: str) -
             assert await conn.fetchval("SELECT to_regclass('file_keys')::text") == "file_keys"
     finally:
         await asyncio.gather(*(db.close() for db in databases))
-    assert await _ledger(pg_empty_database_url) == [(1, "file_keys")]
+    assert await _ledger(pg_empty_database_url) == ALL
 
 
 async def test_a_failing_migration_rolls_back_entirely(pg_empty_database_url: str) -> None:
-    broken = (*MIGRATIONS, Migration(2, "broken", "CREATE TABLE half_done (id int); SELECT 1 / 0;"))
+    broken = (*MIGRATIONS, Migration(NEXT, "broken", "CREATE TABLE half_done (id int); SELECT 1 / 0;"))
     conn = await asyncpg.connect(pg_empty_database_url)
     try:
         with pytest.raises(asyncpg.DivisionByZeroError):
             await apply_migrations(conn, broken)
         assert await conn.fetchval("SELECT to_regclass('half_done')") is None
-        fixed = (*MIGRATIONS, Migration(2, "broken", "CREATE TABLE half_done (id int)"))
-        assert await apply_migrations(conn, fixed) == [2]
+        fixed = (*MIGRATIONS, Migration(NEXT, "broken", "CREATE TABLE half_done (id int)"))
+        assert await apply_migrations(conn, fixed) == [NEXT]
     finally:
         await conn.close()
-    assert await _ledger(pg_empty_database_url) == [(1, "file_keys"), (2, "broken")]
+    assert await _ledger(pg_empty_database_url) == [*ALL, (NEXT, "broken")]
 
 
 async def test_a_ledger_that_disagrees_with_the_code_is_refused(pg_empty_database_url: str) -> None:
@@ -153,7 +158,7 @@ def test_cli_migrate_reports_and_is_idempotent(pg_empty_database_url: str, capsy
     assert cli_main(["migrate"], env) == 0
     assert "applied 1" in capsys.readouterr().out
     assert cli_main(["migrate"], env) == 0
-    assert "already at version 1" in capsys.readouterr().out
+    assert f"already at version {MIGRATIONS[-1].version}" in capsys.readouterr().out
 
 
 def test_cli_migrate_fails_cleanly_without_leaking_the_password(capsys: pytest.CaptureFixture[str]) -> None:
