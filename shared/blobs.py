@@ -126,7 +126,9 @@ class BlobStore:
         client = self._service.get_blob_client(container, name)
         conditions: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         with _translated("download", container, name):
-            stream = await client.download_blob(offset=offset, length=length, max_concurrency=1, **conditions)
+            # offset None for a whole blob: the SDK then handles an empty blob (a range would get 416)
+            start = offset if offset or length is not None else None
+            stream = await client.download_blob(offset=start, length=length, max_concurrency=1, **conditions)
             async for chunk in stream.chunks():
                 yield chunk
 

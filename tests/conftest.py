@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from devhost.azurite import Azurite, running_azurite
 from shared.config import DEFAULT_DATABASE_URL
 from shared.db import Database, migrate
 
@@ -80,3 +81,20 @@ async def pg_db(pg_database_url: str) -> AsyncIterator[Database]:
 
 
 # ============================================================================ end PostgreSQL
+
+
+# =========================================================================================
+# Azurite
+#
+# One real Azurite per test session (from node_modules, free loopback ports, data in a
+# temporary folder). Tests isolate themselves with containers of their own.
+# =========================================================================================
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    with running_azurite(tmp_path_factory.mktemp("azurite")) as instance:
+        yield instance
+
+
+# ============================================================================== end Azurite

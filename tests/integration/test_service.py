@@ -1,0 +1,361 @@
+"""The file service against real Azurite, real PostgreSQL and the JSON vault: ingest, download, rotation.
+
+Crashes are injected by making one real adapter method fail once (after or before doing its
+work); the next delivery or run must complete the job with nothing lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devhost.azurite import Azurite
+from shared.blobs import BlobStore, BlockWriter
+from shared.bootstrap import Services
+from shared.crypto import Header
+from shared.db import migrate
+from shared.db.files import FileRepository
+from shared.errors import (
+    FileNotReadyError,
+    IntegrityError,
+    InvalidRequestError,
+    KeyManagementError,
+    RangeNotSatisfiableError,
+    SecretDisabledError,
+    UnknownFileError,
+)
+from shared.ingest import identify_upload
+from shared.keys import FileKeyService
+from tests.conftest import pg_scratch_database
+from tests.integration.service_fixtures import (
+    blob_names,
+    collect,
+    new_name,
+    open_stack,
+    random_bytes,
+    read_blob,
+    stack_settings,
+    upload,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
+
+
+class Crash(Exception):
+    """An injected crash."""
+
+
+StackFactory = Callable[..., Awaitable[Services]]
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    with pg_scratch_database() as url:
+        asyncio.run(migrate(url))
+        yield url
+
+
+@pytest.fixture
+async def make_stack(azurite: Azurite, database_url: str, tmp_path: Path) -> AsyncIterator[StackFactory]:
+    opened: list[Services] = []
+
+    async def make(**overrides: str) -> Services:
+        opened.append(await open_stack(stack_settings(azurite, database_url, tmp_path / "vault", **overrides)))
+        return opened[-1]
+
+    yield make
+    for services in opened:
+        await services.close()
+
+
+@pytest.fixture
+async def stack(make_stack: StackFactory) -> Services:
+    return await make_stack()
+
+
+async def ingest(stack: Services, azurite: Azurite, data: bytes, name: str | None = None) -> tuple[str, uuid.UUID]:
+    name = name or new_name()
+    await upload(azurite, stack.settings.ingest_container, name, data)
+    outcome = await stack.files.encrypt_ingest_blob(name)
+    assert outcome.status == "encrypted" and outcome.file_id is not None
+    return name, outcome.file_id
+
+
+async def download(stack: Services, file_id: uuid.UUID, range_header: str | None = None) -> bytes:
+    return await collect((await stack.files.open_download(str(file_id), range_header)).body)
+
+
+async def key_rows(stack: Services, file_id: uuid.UUID) -> list[tuple[str, str]]:
+    async with stack.db.connection() as conn:
+        rows = await conn.fetch("SELECT key_reference, state FROM file_keys WHERE file_id = $1 ORDER BY id", file_id)
+    return [(r["key_reference"], r["state"]) for r in rows]
+
+
+# --- ingest -----------------------------------------------------------------------------
+
+async def test_upload_is_encrypted_and_downloads_back(stack: Services, azurite: Azurite) -> None:
+    data = random_bytes(3 * 1024 * 1024 + 123)
+    name, file_id = await ingest(stack, azurite, data, new_name(".pdf"))
+    assert await download(stack, file_id) == data
+    protected = await blob_names(azurite, stack.settings.protected_container)
+    assert len(protected) == 1 and protected[0].startswith(f"{file_id}/")
+    stored = await read_blob(azurite, stack.settings.protected_container, protected[0])
+    assert data[:4096] not in stored and Header.parse(stored).file_id == file_id
+    assert await blob_names(azurite, stack.settings.ingest_container) == []  # plaintext deleted
+    info = await stack.files.describe(str(file_id))
+    assert info["name"] == name and info["size"] == len(data) and info["status"] == "encrypted"
+    assert info["key_reference"].startswith(f"file-{file_id}/")
+
+
+@pytest.mark.parametrize("name,expected_display", [
+    ("{id}", "{id}"), ("{id}/report final.pdf", "report final.pdf"), ("{id}.csv", "{id}.csv")])
+async def test_file_id_comes_from_a_leading_uuid(stack: Services, azurite: Azurite, name: str,
+                                                 expected_display: str) -> None:
+    file_id = uuid.uuid4()
+    _, got = await ingest(stack, azurite, b"x", name.format(id=file_id))
+    assert got == file_id
+    assert (await stack.files.describe(str(file_id)))["name"] == expected_display.format(id=file_id)
+
+
+def test_other_names_get_a_stable_id() -> None:
+    first, _ = identify_upload("inbox/report.pdf", '"0x1"')
+    assert identify_upload("inbox/report.pdf", '"0x1"')[0] == first
+    assert identify_upload("inbox/report.pdf", '"0x2"')[0] != first
+    assert identify_upload("inbox/report.pdf", '"0x1"')[1] == "report.pdf"
+
+
+async def test_duplicate_delivery_creates_nothing_new(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack(KEEP_PLAINTEXT="true")  # the plaintext stays, so it can be delivered again
+    settings = stack.settings
+    name, file_id = await ingest(stack, azurite, b"hello")
+    again = await stack.files.encrypt_ingest_blob(name)
+    assert again.status == "duplicate" and again.file_id == file_id
+    assert len(await key_rows(stack, file_id)) == 1
+    assert len(await blob_names(azurite, settings.protected_container)) == 1
+    versions = await stack.vault.list_versions(f"file-{file_id}")
+    assert len(versions) == 1
+
+
+async def test_delivery_after_completion_is_a_no_op(stack: Services, azurite: Azurite) -> None:
+    name, _ = await ingest(stack, azurite, b"hello")
+    assert (await stack.files.encrypt_ingest_blob(name)).status == "gone"
+
+
+async def test_concurrent_duplicate_deliveries(stack: Services, azurite: Azurite) -> None:
+    data = random_bytes(2 * 1024 * 1024)
+    name = new_name()
+    await upload(azurite, stack.settings.ingest_container, name, data)
+    outcomes = await asyncio.gather(*(stack.files.encrypt_ingest_blob(name) for _ in range(3)),
+                                    return_exceptions=True)
+    file_ids = {o.file_id for o in outcomes if not isinstance(o, BaseException)}
+    assert len(file_ids) == 1, outcomes
+    file_id = file_ids.pop()
+    assert file_id is not None
+    assert await download(stack, file_id) == data
+    assert [state for _, state in await key_rows(stack, file_id)] == ["active"]
+    assert len(await blob_names(azurite, stack.settings.protected_container)) == 1
+
+
+async def test_same_uuid_with_other_content_is_refused_and_kept(stack: Services, azurite: Azurite) -> None:
+    name = f"{uuid.uuid4()}.txt"
+    await ingest(stack, azurite, b"first", name)
+    await upload(azurite, stack.settings.ingest_container, name, b"second")
+    with pytest.raises(KeyManagementError, match="other content"):
+        await stack.files.encrypt_ingest_blob(name)
+    assert await blob_names(azurite, stack.settings.ingest_container) == [name]
+
+
+def _fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, method: str, *, after: bool, on_call: int = 1) -> None:
+    original = getattr(owner, method)
+    calls = {"n": 0}
+
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == on_call and not after:
+            raise Crash(method)
+        result = await original(self, *args, **kwargs)
+        if calls["n"] == on_call and after:
+            raise Crash(method)
+        return result
+
+    monkeypatch.setattr(owner, method, wrapper)
+
+
+CRASH_POINTS = [
+    ("after registering the file", FileRepository, "register", True, 1),
+    ("after creating the key", FileKeyService, "create_key", True, 1),
+    ("mid-upload, second block", BlockWriter, "stage", False, 2),
+    ("after committing the blob", BlockWriter, "commit", True, 1),
+    ("after marking it encrypted", FileRepository, "mark_encrypted", True, 1),
+    ("before deleting the plaintext", BlobStore, "delete", False, 1),
+]
+
+
+@pytest.mark.parametrize("label,owner,method,after,on_call", CRASH_POINTS, ids=[c[0] for c in CRASH_POINTS])
+async def test_crash_at_any_step_is_completed_by_the_next_delivery(
+        stack: Services, azurite: Azurite, monkeypatch: pytest.MonkeyPatch,
+        label: str, owner: Any, method: str, after: bool, on_call: int) -> None:
+    data = random_bytes(3 * 1024 * 1024)
+    name = new_name()
+    await upload(azurite, stack.settings.ingest_container, name, data)
+    with monkeypatch.context() as patch:
+        _fail_once(patch, owner, method, after=after, on_call=on_call)
+        with pytest.raises(Crash):
+            await stack.files.encrypt_ingest_blob(name)
+    assert await blob_names(azurite, stack.settings.ingest_container) == [name]  # plaintext kept
+    outcome = await stack.files.encrypt_ingest_blob(name)
+    assert outcome.status in ("encrypted", "duplicate") and outcome.file_id is not None
+    assert await download(stack, outcome.file_id) == data
+    assert [state for _, state in await key_rows(stack, outcome.file_id)] == ["active"]
+    assert len(await blob_names(azurite, stack.settings.protected_container)) == 1
+    assert await blob_names(azurite, stack.settings.ingest_container) == []
+
+
+async def test_ingest_memory_is_bounded_by_chunks_not_file_size(stack: Services, azurite: Azurite) -> None:
+    name = new_name()
+    size = 48 * 1024 * 1024
+    await upload(azurite, stack.settings.ingest_container, name, random_bytes(size))
+    tracemalloc.start()
+    try:
+        outcome = await stack.files.encrypt_ingest_blob(name)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert outcome.status == "encrypted"
+    assert peak < 8 * stack.settings.chunk_size, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB file"
+
+
+# --- download ---------------------------------------------------------------------------
+
+async def test_ranges(stack: Services, azurite: Azurite) -> None:
+    data = random_bytes(300_000)
+    _, file_id = await ingest(stack, azurite, data)
+    for header, expected in [("bytes=0-0", data[:1]), ("bytes=65535-65537", data[65535:65538]),
+                             ("bytes=299990-", data[299990:]), ("bytes=-70000", data[-70000:])]:
+        result = await stack.files.open_download(str(file_id), header)
+        assert result.status == 206 and await collect(result.body) == expected
+        assert result.headers["Content-Length"] == str(len(expected))
+
+
+async def test_head_and_request_errors(stack: Services, azurite: Azurite) -> None:
+    _, file_id = await ingest(stack, azurite, b"0123456789")
+    head = await stack.files.open_download(str(file_id), None, head=True)
+    assert head.body is None and head.headers["Content-Length"] == "10"
+    assert (await stack.files.open_download(str(file_id).upper(), None, head=True)).status == 200
+    for text, error in [("nope", InvalidRequestError), (file_id.hex, InvalidRequestError),
+                        (f"{{{file_id}}}", InvalidRequestError), (str(uuid.uuid4()), UnknownFileError)]:
+        with pytest.raises(error):
+            await stack.files.open_download(text, None)
+    with pytest.raises(RangeNotSatisfiableError):
+        await stack.files.open_download(str(file_id), "bytes=10-")
+
+
+async def test_pending_file_is_not_ready(stack: Services, azurite: Azurite) -> None:
+    file_id = uuid.uuid4()
+    async with stack.db.transaction() as conn:
+        await FileRepository(conn).register(file_id, source_name="x", source_etag="e", name="x",
+                                            content_type="text/plain")
+    with pytest.raises(FileNotReadyError):
+        await stack.files.open_download(str(file_id), None)
+
+
+async def test_empty_file(stack: Services, azurite: Azurite) -> None:
+    _, file_id = await ingest(stack, azurite, b"")
+    result = await stack.files.open_download(str(file_id), None)
+    assert result.headers["Content-Length"] == "0" and await collect(result.body) == b""
+
+
+@pytest.mark.parametrize("where", ["header", "middle", "final block"])
+async def test_tampered_protected_blob_is_refused(stack: Services, azurite: Azurite, where: str) -> None:
+    data = random_bytes(200_000)
+    _, file_id = await ingest(stack, azurite, data)
+    blob = (await blob_names(azurite, stack.settings.protected_container))[0]
+    stored = bytearray(await read_blob(azurite, stack.settings.protected_container, blob))
+    stored[{"header": 40, "middle": len(stored) // 2, "final block": len(stored) - 3}[where]] ^= 1
+    await upload(azurite, stack.settings.protected_container, blob, bytes(stored))
+    released = b""
+    with pytest.raises(IntegrityError):
+        result = await stack.files.open_download(str(file_id), None)
+        assert result.body is not None
+        async for piece in result.body:
+            released += piece
+    assert released == data[: len(released)] and len(released) < len(data)
+
+
+# --- rotation ---------------------------------------------------------------------------
+
+async def test_rotation_reencrypts_switches_and_retires(stack: Services, azurite: Azurite) -> None:
+    data = random_bytes(2 * 1024 * 1024 + 5)
+    _, file_id = await ingest(stack, azurite, data)
+    old_ref = (await stack.files.describe(str(file_id)))["key_reference"]
+    old_blob = (await blob_names(azurite, stack.settings.protected_container))[0]
+    new_ref = await stack.files.rotate_file(str(file_id))
+    assert new_ref != old_ref and (await stack.files.describe(str(file_id)))["key_reference"] == new_ref
+    assert await download(stack, file_id) == data
+    assert await key_rows(stack, file_id) == [(old_ref, "retired"), (new_ref, "active")]
+    name, version = old_ref.split("/")
+    with pytest.raises(SecretDisabledError):
+        await stack.vault.get_secret(name, version)
+    assert old_blob in await blob_names(azurite, stack.settings.protected_container)  # within its grace period
+
+
+async def test_download_in_flight_survives_rotation(stack: Services, azurite: Azurite) -> None:
+    data = random_bytes(4 * 1024 * 1024)
+    _, file_id = await ingest(stack, azurite, data)
+    result = await stack.files.open_download(str(file_id), None)
+    assert result.body is not None
+    first = await anext(result.body)
+    await stack.files.rotate_file(str(file_id))
+    rest = b"".join([piece async for piece in result.body])
+    assert first + rest == data
+
+
+async def test_rotate_due_takes_expired_keys_and_sweeps_old_blobs(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack(ROTATION_GRACE_MINUTES="0")
+    ids = [(await ingest(stack, azurite, random_bytes(1000)))[1] for _ in range(3)]
+    await stack.keys.expire(ids[1])
+    report = await stack.files.rotate_due(limit=10)
+    assert report.rotated == [str(ids[1])] and report.failed == [] and report.blobs_deleted == 1
+    assert len(await blob_names(azurite, stack.settings.protected_container)) == 3
+    again = await stack.files.rotate_due(limit=10)
+    assert again.rotated == [] and again.blobs_deleted == 0
+
+
+ROTATION_CRASHES = [
+    ("while re-encrypting", BlockWriter, "stage", False, 1),
+    ("after the new blob is committed", BlockWriter, "commit", True, 1),
+    ("after the switch, before disabling the old key", FileKeyService, "finish_rotation", False, 1),
+]
+
+
+@pytest.mark.parametrize("label,owner,method,after,on_call", ROTATION_CRASHES, ids=[c[0] for c in ROTATION_CRASHES])
+async def test_rotation_crash_leaves_file_readable_and_a_rerun_finishes(
+        stack: Services, azurite: Azurite, monkeypatch: pytest.MonkeyPatch,
+        label: str, owner: Any, method: str, after: bool, on_call: int) -> None:
+    data = random_bytes(1024 * 1024 + 1)
+    _, file_id = await ingest(stack, azurite, data)
+    with monkeypatch.context() as patch:
+        _fail_once(patch, owner, method, after=after, on_call=on_call)
+        with pytest.raises(Crash):
+            await stack.files.rotate_file(str(file_id))
+    assert await download(stack, file_id) == data
+    if method == "finish_rotation":
+        await stack.keys.retire_pending_disables()
+    else:
+        await stack.files.rotate_file(str(file_id))
+    states = [state for _, state in await key_rows(stack, file_id)]
+    assert states == ["retired", "active"]
+    old_ref = (await key_rows(stack, file_id))[0][0]
+    with pytest.raises(SecretDisabledError):
+        await stack.vault.get_secret(*old_ref.split("/"))
+    assert await download(stack, file_id) == data
+
+
+async def test_health_reports_each_dependency(stack: Services) -> None:
+    assert await stack.files.health() == {"storage": "ok", "database": "ok", "vault": "ok"}
