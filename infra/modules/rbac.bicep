@@ -1,0 +1,132 @@
+// Role assignments (Azure RBAC, data plane). Every grant is scoped to one resource.
+//
+//   function app identity -> Key Vault          Key Vault Secrets Officer
+//                                                (set/get/list/update(disable)/delete secrets;
+//                                                 also resolves the DATABASE_URL reference)
+//   function app identity -> data storage       Storage Blob Data Owner, Storage Queue Data Contributor
+//                                                (blob trigger connection: blobs + poison queue)
+//   function app identity -> host storage       Storage Blob Data Owner, Storage Queue Data Contributor,
+//                                                Storage Table Data Contributor (AzureWebJobsStorage,
+//                                                deployment package, timer locks, diagnostics)
+//   Event Grid system topic -> host storage     Storage Blob Data Contributor (dead-lettered events)
+//   operator (optional)     -> data storage     Storage Blob Data Contributor (upload test files with
+//                                                --auth-mode login)
+
+param functionPrincipalId string
+param keyVaultName string
+param dataStorageAccountName string
+param hostStorageAccountName string
+
+@description('Principal id of the Event Grid system topic\'s identity ("" = skip).')
+param systemTopicPrincipalId string = ''
+
+@description('Object id of a user, group or service principal that may read/write data blobs ("" = none).')
+param operatorPrincipalId string = ''
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'User'
+
+// Built-in role definition ids (the same in every tenant).
+var roles = {
+  keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: dataStorageAccountName
+}
+
+resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: hostStorageAccountName
+}
+
+resource fnVaultSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, functionPrincipalId, roles.keyVaultSecretsOfficer)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnDataBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataStorage.id, functionPrincipalId, roles.storageBlobDataOwner)
+  scope: dataStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnDataQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataStorage.id, functionPrincipalId, roles.storageQueueDataContributor)
+  scope: dataStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnHostBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionPrincipalId, roles.storageBlobDataOwner)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnHostQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionPrincipalId, roles.storageQueueDataContributor)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnHostTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionPrincipalId, roles.storageTableDataContributor)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource topicDeadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(systemTopicPrincipalId)) {
+  name: guid(hostStorage.id, systemTopicPrincipalId, roles.storageBlobDataContributor)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: systemTopicPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource operatorDataBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(dataStorage.id, operatorPrincipalId, roles.storageBlobDataContributor)
+  scope: dataStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}

@@ -1,0 +1,94 @@
+// One StorageV2 account: TLS 1.2 only, no anonymous blob access, Entra ID (identity) access only
+// by default, and the listed blob containers. Used twice by main.bicep: once for the Functions
+// host (AzureWebJobsStorage, deployment package, Event Grid dead letters) and once for data
+// (ingest + protected).
+
+@description('Storage account name: 3-24 lowercase letters and digits, globally unique.')
+@minLength(3)
+@maxLength(24)
+param name string
+
+param location string
+param tags object = {}
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+  'Standard_RAGRS'
+  'Standard_RAGZRS'
+])
+param skuName string = 'Standard_LRS'
+
+@description('Blob containers to create (private).')
+param containerNames array = []
+
+@description('Allow Shared Key (account key / SAS) authorization. false = Entra ID only.')
+param allowSharedKeyAccess bool = false
+
+@description('Days to keep deleted blobs (0 = blob soft delete off). Keep 0 on the data account: a soft-deleted plaintext from ingest would stay recoverable that long.')
+@minValue(0)
+@maxValue(365)
+param blobSoftDeleteDays int = 0
+
+@description('Days to keep deleted containers (0 = off).')
+@minValue(0)
+@maxValue(365)
+param containerSoftDeleteDays int = 7
+
+resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  properties: {
+    accessTier: 'Hot'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: allowSharedKeyAccess
+    defaultToOAuthAuthentication: true
+    allowCrossTenantReplication: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    isVersioningEnabled: false
+    deleteRetentionPolicy: {
+      enabled: blobSoftDeleteDays > 0
+      days: blobSoftDeleteDays > 0 ? blobSoftDeleteDays : null
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: containerSoftDeleteDays > 0
+      days: containerSoftDeleteDays > 0 ? containerSoftDeleteDays : null
+    }
+  }
+}
+
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
+  for containerName in containerNames: {
+    parent: blobService
+    name: containerName
+    properties: {
+      publicAccess: 'None'
+    }
+  }
+]
+
+output id string = account.id
+output name string = account.name
+output blobEndpoint string = account.properties.primaryEndpoints.blob
+output queueEndpoint string = account.properties.primaryEndpoints.queue
+output tableEndpoint string = account.properties.primaryEndpoints.table
