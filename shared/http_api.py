@@ -35,6 +35,13 @@ __all__ = ["download", "find_file", "health", "metadata", "metrics"]
 
 log = logging.getLogger(__name__)
 
+# Clients get these words for server-side failures; the details (hosts, URLs) go to the log only.
+UNAVAILABLE = {
+    DatabaseUnavailableError: "the database is unavailable; retry later",
+    VaultUnavailableError: "the key vault is unavailable; retry later",
+    StorageUnavailableError: "blob storage is unavailable; retry later",
+}
+
 STATUS: tuple[tuple[type[BlobsealError], int], ...] = (
     (InvalidRequestError, 400),
     (UnknownFileError, 404),
@@ -97,9 +104,11 @@ async def _answer(operation: str, run: Callable[[FileService], Awaitable[Respons
 def _from_error(operation: str, exc: BlobsealError) -> Response:
     status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
     ERRORS.labels(operation, type(exc).__name__).inc()
+    message = exc.message
     if status >= 500:
         log.error("%s failed: %s", operation, exc)
-    response = _error(status, type(exc).__name__, exc.message)
+        message = next((text for kind, text in UNAVAILABLE.items() if isinstance(exc, kind)), "internal error")
+    response = _error(status, type(exc).__name__, message)
     if isinstance(exc, RangeNotSatisfiableError):
         response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"
     return response

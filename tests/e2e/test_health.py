@@ -1,0 +1,105 @@
+"""Health and error statuses with a dependency down: PostgreSQL cut (through a proxy), Azurite
+stopped, the vault file corrupted. The host answers 503 naming the failing dependency, never a
+secret, and recovers when the dependency comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devhost.azurite import Azurite, running_azurite
+from shared.db import migrate
+from tests.conftest import pg_scratch_database
+from tests.e2e.devhost_process import DevHost, host_env
+from tests.support.pg_proxy import PgProxy
+
+pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    with pg_scratch_database() as url:
+        asyncio.run(migrate(url))
+        yield url
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[PgProxy]:
+    server = PgProxy.for_url(database_url)
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def health(client: httpx.AsyncClient, host: DevHost) -> tuple[int, dict[str, object]]:
+    response = await client.get(f"{host.url}/health", timeout=20)
+    return response.status_code, response.json()
+
+
+async def wait_health(client: httpx.AsyncClient, host: DevHost, status: int, within: float = 30) -> dict[str, object]:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        code, body = await health(client, host)
+        if code == status or asyncio.get_running_loop().time() > deadline:
+            assert code == status, body
+            return body
+        await asyncio.sleep(0.3)
+
+
+async def start(host: DevHost) -> DevHost:
+    return await asyncio.to_thread(host.start)
+
+
+async def test_dependencies_down_and_back(proxy: PgProxy, database_url: str, tmp_path: Path) -> None:
+    with running_azurite(tmp_path / "azurite") as azurite:
+        env = host_env(azurite, proxy.url(database_url), tmp_path / "vault")
+        host = await start(DevHost(env, tmp_path / "devhost.log"))
+        try:
+            async with httpx.AsyncClient() as client:
+                assert (await wait_health(client, host, 200))["dependencies"] == {
+                    "storage": "ok", "database": "ok", "vault": "ok"}
+                await _database_down(client, host, proxy)
+                await _vault_corrupted(client, host)
+                await _storage_down(client, host, azurite)
+        finally:
+            await asyncio.to_thread(host.stop)
+
+
+async def _database_down(client: httpx.AsyncClient, host: DevHost, proxy: PgProxy) -> None:
+    await proxy.cut()
+    body = await wait_health(client, host, 503)
+    assert body["dependencies"]["database"] == "DatabaseUnavailableError"  # type: ignore[index]
+    assert body["dependencies"]["storage"] == "ok"  # type: ignore[index]
+    response = await client.get(f"{host.url}/files/{uuid.uuid4()}", headers=host.headers, timeout=30)
+    assert response.status_code == 503 and response.json()["error"] == "DatabaseUnavailableError"
+    assert "postgres" not in response.text.lower() and "127.0.0.1" not in response.text
+    await proxy.restore()
+    await wait_health(client, host, 200)
+
+
+async def _vault_corrupted(client: httpx.AsyncClient, host: DevHost) -> None:
+    secrets_file = Path(host.env["KEY_VAULT_LOCAL_PATH"]) / "secrets.json"
+    original = secrets_file.read_bytes() if secrets_file.exists() else None
+    secrets_file.parent.mkdir(parents=True, exist_ok=True)
+    secrets_file.write_text("{ not json")
+    body = await wait_health(client, host, 503)
+    assert body["dependencies"]["vault"] == "KeyVaultError"  # type: ignore[index]
+    assert "not json" not in json.dumps(body)
+    if original is None:
+        secrets_file.unlink()
+    else:
+        secrets_file.write_bytes(original)
+    await wait_health(client, host, 200)
+
+
+async def _storage_down(client: httpx.AsyncClient, host: DevHost, azurite: Azurite) -> None:
+    await asyncio.to_thread(azurite.stop)
+    body = await wait_health(client, host, 503, within=90)
+    assert body["dependencies"]["storage"] in ("StorageUnavailableError", "TimeoutError")  # type: ignore[index]
+    assert "AccountKey" not in json.dumps(body)
