@@ -31,8 +31,14 @@ test: install lint
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
-bench: $(VENV)/.installed
+# Run the app locally: Azurite + JSON vault + local PostgreSQL, `func start` or the bundled host.
+dev: install
+	$(PY) -m devhost
+
+bench: install
 	$(PY) -m bench.format_bench
+	$(PY) -m bench.app_bench
+	$(PY) -m bench.vault_bench
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -24,6 +24,7 @@ from shared.deps import Deps
 from shared.errors import ConfigError
 from shared.keys import FileKeyService
 from shared.service import FileService
+from shared.telemetry import configure_telemetry
 from shared.vault.base import KeyVault
 from shared.vault.cache import CachedKeyVault
 
@@ -124,7 +125,9 @@ async def services() -> Services:
     _lock = _lock or asyncio.Lock()
     async with _lock:
         if _services is None:
-            _services = build_services(load_settings())
+            settings = load_settings()
+            configure_telemetry(settings)
+            _services = build_services(settings)
             log.info("blobseal services ready (vault mode %s)", _services.settings.key_vault_mode)
     return _services
 
