@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from shared.config import redact_url
 
-__all__ = ["HELP", "postgres_problem"]
+__all__ = ["HELP", "postgres_problem", "scratch_database"]
 
 HELP = """PostgreSQL does not answer at {url} ({reason}).
 Start it, or point DATABASE_URL at one that runs, e.g.:
@@ -29,3 +33,22 @@ def postgres_problem(url: str) -> str | None:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         return HELP.format(url=redact_url(url), reason=type(exc).__name__)
     return None
+
+
+async def _admin(server_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(server_url, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "blobseal_test") -> Iterator[str]:
+    """Create a throwaway database on the server at ``server_url``; yield its URL; drop it."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -98,7 +98,7 @@ async def _stream(source: AsyncIterator[bytes], opener: RangeOpener, file_id: uu
             plaintext = opener.update(chunk)
             if plaintext:
                 BYTES_PROCESSED.labels("decrypt").inc(len(plaintext))
-                yield bytes(plaintext)
+                yield plaintext
         opener.finalize()
     except Exception as exc:
         ERRORS.labels("download", type(exc).__name__).inc()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from devhost.azurite import Azurite, running_azurite
+from devhost.postgres import scratch_database
 from shared.config import DEFAULT_DATABASE_URL
 from shared.db import Database, migrate
 
@@ -29,28 +27,9 @@ from shared.db import Database, migrate
 PG_SERVER_URL = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
-def pg_url_for(database: str) -> str:
-    """The server's URL with another database name."""
-    return urlunsplit(urlsplit(PG_SERVER_URL)._replace(path="/" + database))
-
-
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_SERVER_URL, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextmanager
-def pg_scratch_database() -> Iterator[str]:
-    """Create a throwaway database; yield its URL; drop it (even if sessions remain)."""
-    name = f"blobseal_test_{secrets.token_hex(6)}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield pg_url_for(name)
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+def pg_scratch_database() -> contextlib.AbstractContextManager[str]:
+    """A throwaway database on the server at DATABASE_URL (dropped on exit, even with sessions)."""
+    return scratch_database(PG_SERVER_URL)
 
 
 @pytest.fixture(scope="session")

@@ -69,19 +69,22 @@ class RangeOpener:
         self._open_block(self._plan.final_block, sealed)
         self._final_verified = True
 
-    def update(self, data: Buffer) -> bytearray:
+    def update(self, data: Buffer) -> bytes:
         """Verified plaintext of the range, from the complete blocks fed so far."""
         if not self._final_verified:
             raise EncryptionError("verify the final block first", operation="open_range")
         self._pending += data
-        out = bytearray()
-        while self._index <= self._plan.last_block:
-            _, length = self._layout.block_span(self._index)
-            if len(self._pending) < length:
-                break
-            out += self._open_next(length)
-            del self._pending[:length]
-        return out
+        pieces = []
+        consumed = 0
+        with memoryview(self._pending) as pending:
+            while self._index <= self._plan.last_block:
+                _, length = self._layout.block_span(self._index)
+                if len(pending) - consumed < length:
+                    break
+                pieces.append(self._open_next(pending[consumed : consumed + length]))
+                consumed += length
+        del self._pending[:consumed]
+        return b"".join(pieces)
 
     def finalize(self) -> None:
         """Refuse a short feed or extra bytes."""
@@ -89,9 +92,9 @@ class RangeOpener:
             self._failed = True
             raise IntegrityError("range data incomplete or oversized", operation="open_range")
 
-    def _open_next(self, length: int) -> bytes:
+    def _open_next(self, sealed: memoryview) -> bytes:
         index, block_size = self._index, self._layout.block_size
-        plaintext = self._open_block(index, memoryview(self._pending)[:length])
+        plaintext = self._open_block(index, sealed)
         self._index += 1
         low = max(0, self._plan.offset - index * block_size)
         high = min(len(plaintext), self._plan.offset + self._plan.length - index * block_size)

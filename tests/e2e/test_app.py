@@ -20,9 +20,9 @@ from azure.storage.blob import BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueClient
 
 from devhost.azurite import Azurite
+from devhost.process import ROOT, DevHost, host_env
 from shared.db import migrate
 from tests.conftest import pg_scratch_database
-from tests.e2e.devhost_process import ROOT, DevHost, host_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from devhost.azurite import Azurite, running_azurite
+from devhost.process import DevHost, host_env
 from shared.db import migrate
 from tests.conftest import pg_scratch_database
-from tests.e2e.devhost_process import DevHost, host_env
 from tests.support.pg_proxy import PgProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""Starts the local host (``python -m devhost``) as a user would, against test services."""
+"""Starts the local host (``python -m devhost``) as a separate process: for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 
 from devhost.azurite import Azurite, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 KEY = "e2e-" + secrets.token_hex(8)
 
 
