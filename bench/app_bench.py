@@ -146,7 +146,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256, help="file size for the throughput rounds")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-mib", default="1,1024", help="file sizes for the peak-memory run")
     args = parser.parse_args()
     server = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL

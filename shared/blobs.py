@@ -9,6 +9,7 @@ commit wins whole. Azure SDK exceptions are translated to ``StorageError`` here.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -16,7 +17,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -63,6 +64,36 @@ def _translated(operation: str, container: str, name: str = "") -> Iterator[None
         status = getattr(exc, "status_code", None)
         raise StorageError(f"storage request failed (status {status})", operation=operation,
                            details={**details, "status": status}) from exc
+
+
+_DONE = object()
+
+
+async def prefetched(source: AsyncIterator[bytes], depth: int = 1) -> AsyncIterator[bytes]:
+    """Fetch up to ``depth`` chunks ahead while the caller works on the current one.
+
+    Overlaps network waits with the caller's processing; memory grows by ``depth`` chunks.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
+
+    async def pump() -> None:
+        try:
+            async for chunk in source:
+                await queue.put(chunk)
+            await queue.put(_DONE)
+        except Exception as exc:  # handed to the consumer, raised there (cancellation is not)
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, Exception):
+                raise item
+            yield cast(bytes, item)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class BlobStore:
@@ -129,7 +160,7 @@ class BlobStore:
             # offset None for a whole blob: the SDK then handles an empty blob (a range would get 416)
             start = offset if offset or length is not None else None
             stream = await client.download_blob(offset=start, length=length, max_concurrency=1, **conditions)
-            async for chunk in stream.chunks():
+            async for chunk in prefetched(stream.chunks()):
                 yield chunk
 
     async def read_exact(self, container: str, name: str, offset: int, length: int, *,

@@ -9,13 +9,17 @@ file truncated at a block boundary is refused even by a range that ends early.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared.crypto.cipher import BlockCipher
-from shared.crypto.format import Buffer, Layout
+from shared.crypto.format import TAG_SIZE, Buffer, Layout
 from shared.errors import EncryptionError, IntegrityError
 
 __all__ = ["RangeOpener", "RangePlan", "plan_range"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,21 +74,30 @@ class RangeOpener:
         self._final_verified = True
 
     def update(self, data: Buffer) -> bytes:
-        """Verified plaintext of the range, from the complete blocks fed so far."""
+        """Verified plaintext of the range, from the complete blocks fed so far.
+
+        Whole blocks are opened straight from ``data`` into the output; only a block split
+        across two calls is buffered.
+        """
         if not self._final_verified:
             raise EncryptionError("verify the final block first", operation="open_range")
-        self._pending += data
-        pieces = []
-        consumed = 0
-        with memoryview(self._pending) as pending:
-            while self._index <= self._plan.last_block:
-                _, length = self._layout.block_span(self._index)
-                if len(pending) - consumed < length:
-                    break
-                pieces.append(self._open_next(pending[consumed : consumed + length]))
-                consumed += length
-        del self._pending[:consumed]
-        return b"".join(pieces)
+        view = memoryview(data).cast("B")
+        out = bytearray(len(self._pending) + len(view))
+        written = 0
+        if self._pending:
+            taken = min(len(view), self._sealed_length() - len(self._pending))
+            self._pending += view[:taken]
+            view = view[taken:]
+            if len(self._pending) == self._sealed_length():
+                written = self._open_next(self._pending, out, written)
+                self._pending.clear()
+        while self._index <= self._plan.last_block and len(view) >= self._sealed_length():
+            length = self._sealed_length()
+            written = self._open_next(view[:length], out, written)
+            view = view[length:]
+        self._pending += view
+        del out[written:]
+        return bytes(out)
 
     def finalize(self) -> None:
         """Refuse a short feed or extra bytes."""
@@ -92,19 +105,33 @@ class RangeOpener:
             self._failed = True
             raise IntegrityError("range data incomplete or oversized", operation="open_range")
 
-    def _open_next(self, sealed: memoryview) -> bytes:
-        index, block_size = self._index, self._layout.block_size
-        plaintext = self._open_block(index, sealed)
-        self._index += 1
-        low = max(0, self._plan.offset - index * block_size)
-        high = min(len(plaintext), self._plan.offset + self._plan.length - index * block_size)
-        return plaintext[low:high]
+    def _sealed_length(self) -> int:
+        return self._layout.block_span(self._index)[1]
 
-    def _open_block(self, index: int, sealed: Buffer) -> bytes:
+    def _open_next(self, sealed: Buffer, out: bytearray, written: int) -> int:
+        """Open the next block into ``out`` at ``written``, trimmed to the range; returns the new end."""
+        index, block_size = self._index, self._layout.block_size
+        plain_length = len(sealed) - TAG_SIZE
+        low = max(0, self._plan.offset - index * block_size)
+        high = min(plain_length, self._plan.offset + self._plan.length - index * block_size)
+        if (low, high) == (0, plain_length):
+            with memoryview(out) as target:
+                self._guarded(lambda: self._cipher.open_into(index, index == self._plan.final_block, sealed,
+                                                              target[written : written + plain_length]))
+        else:
+            out[written : written + high - low] = self._open_block(index, sealed)[low:high]
+        self._index += 1
+        return written + high - low
+
+    def _guarded(self, step: Callable[[], T]) -> T:
+        """Run one opening step; any failure leaves the opener failed for good."""
         if self._failed:
             raise IntegrityError("stream failed earlier", operation="open_range")
         try:
-            return self._cipher.open(index, index == self._plan.final_block, sealed)
+            return step()
         except IntegrityError:
             self._failed = True
             raise
+
+    def _open_block(self, index: int, sealed: Buffer) -> bytes:
+        return self._guarded(lambda: self._cipher.open(index, index == self._plan.final_block, sealed))
