@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Download:
     status: int
     headers: dict[str, str]
-    body: AsyncIterator[bytes] | None
+    body: AsyncIterator[memoryview] | None
 
 
 def response_headers(record: FileRecord, byte_range: ByteRange | None) -> dict[str, str]:
@@ -59,7 +59,7 @@ def content_disposition(name: str) -> str:
 
 
 async def open_body(blobs: BlobStore, container: str, record: FileRecord, key: bytes,
-                    byte_range: ByteRange | None) -> AsyncIterator[bytes]:
+                    byte_range: ByteRange | None) -> AsyncIterator[memoryview]:
     """Check the stored file, then return the verified plaintext stream of the range."""
     assert record.protected_blob is not None and record.size is not None
     info = await blobs.info(container, record.protected_blob)
@@ -87,20 +87,21 @@ async def open_body(blobs: BlobStore, container: str, record: FileRecord, key: b
     return _stream(source, opener, record.file_id)
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    nothing: tuple[bytes, ...] = ()
+async def _empty() -> AsyncIterator[memoryview]:
+    nothing: tuple[memoryview, ...] = ()
     for piece in nothing:
         yield piece
 
 
-async def _stream(source: AsyncIterator[bytes], opener: RangeOpener, file_id: uuid.UUID) -> AsyncIterator[bytes]:
+async def _stream(source: AsyncIterator[bytes], opener: RangeOpener,
+                  file_id: uuid.UUID) -> AsyncIterator[memoryview]:
     try:
         async for chunk in source:
             # AES releases the GIL: opening in a thread lets the prefetch keep the network busy
             plaintext = await asyncio.to_thread(opener.update, chunk)
             if plaintext:
                 BYTES_PROCESSED.labels("decrypt").inc(len(plaintext))
-                yield plaintext
+                yield memoryview(plaintext)  # a fresh buffer per piece: no copy, never reused
         opener.finalize()
     except Exception as exc:
         ERRORS.labels("download", type(exc).__name__).inc()

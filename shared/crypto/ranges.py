@@ -73,7 +73,7 @@ class RangeOpener:
         self._open_block(self._plan.final_block, sealed)
         self._final_verified = True
 
-    def update(self, data: Buffer) -> bytes:
+    def update(self, data: Buffer) -> bytearray:
         """Verified plaintext of the range, from the complete blocks fed so far.
 
         Whole blocks are opened straight from ``data`` into the output; only a block split
@@ -97,7 +97,7 @@ class RangeOpener:
             view = view[length:]
         self._pending += view
         del out[written:]
-        return bytes(out)
+        return out
 
     def finalize(self) -> None:
         """Refuse a short feed or extra bytes."""

@@ -313,7 +313,7 @@ async def test_download_in_flight_survives_rotation(stack: Services, azurite: Az
     first = await anext(result.body)
     await stack.files.rotate_file(str(file_id))
     rest = b"".join([piece async for piece in result.body])
-    assert first + rest == data
+    assert bytes(first) + rest == data
 
 
 async def test_rotate_due_takes_expired_keys_and_sweeps_old_blobs(make_stack: StackFactory, azurite: Azurite) -> None:
