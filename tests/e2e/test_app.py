@@ -234,7 +234,9 @@ def test_memory_stays_bounded_for_a_large_file(host: DevHost, azurite: Azurite) 
             total += len(chunk)
     assert total == size
     growth = host.peak_rss_mib() - baseline
-    assert growth < 64, f"peak RSS grew {growth:.0f} MiB for a {size // MiB} MiB file"
+    # A few 5 MiB transfer chunks in flight (read, prefetched, sealed, staged, per-thread malloc
+    # arenas) and never the file: holding it would take 256 MiB or more.
+    assert growth < 96, f"peak RSS grew {growth:.0f} MiB for a {size // MiB} MiB file"
 
 
 def _stream_of(size: int) -> Iterator[bytes]:
