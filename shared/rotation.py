@@ -62,15 +62,15 @@ class Rotator:
             if time.monotonic() > deadline:
                 report.out_of_budget = True
                 break
-            await self._rotate_counted(key.file_id, report)
+            await self._rotate_counted(key.file_id, key.key_reference, report)
         report.blobs_deleted = await self.delete_retired_blobs()
         await d.keys.retire_pending_disables()
         return report
 
-    async def _rotate_counted(self, file_id: uuid.UUID, report: RotationReport) -> None:
+    async def _rotate_counted(self, file_id: uuid.UUID, due_reference: str, report: RotationReport) -> None:
         try:
-            await self.rotate_file(file_id)
-            report.rotated.append(str(file_id))
+            rotated = await self.rotate_file(file_id, only_from=due_reference)
+            (report.rotated if rotated else report.skipped).append(str(file_id))
         except RotationConflictError:
             report.skipped.append(str(file_id))
         except BlobsealError as exc:
@@ -78,16 +78,25 @@ class Rotator:
             log.error("rotation of file %s failed: %s", file_id, exc)
             report.failed.append(str(file_id))
 
-    async def rotate_file(self, file_id: uuid.UUID) -> str:
-        """Rotate one file now; returns the new key reference."""
+    async def rotate_file(self, file_id: uuid.UUID, *, only_from: str | None = None) -> str | None:
+        """Rotate one file now; returns the new key reference.
+
+        With ``only_from``, only if the file's key is still that one (another run may have
+        rotated it since the due list was read); returns None when it was not.
+        """
         started = time.perf_counter()
         d = self._d
+        if only_from is not None and (await d.keys.active_key(file_id)).key_reference != only_from:
+            return None
         async with d.db.connection("rotate_file") as conn:
             record = await FileRepository(conn).get(file_id)
         if record is None or record.status != "encrypted" or record.protected_blob is None:
             raise UnknownFileError("no encrypted file with this id", operation="rotate_file",
                                    details={"file_id": str(file_id)})
         ticket = await d.keys.begin_rotation(file_id, worker=self._worker)
+        if only_from is not None and ticket.old.key_reference != only_from:  # rotated between check and claim
+            await d.keys.abandon_rotation(ticket, discard_pending=True)
+            return None
         new_blob = protected_blob_name(file_id, ticket.new.key_reference)
         await self._reencrypt(file_id, record.protected_blob, new_blob, ticket)
         await self._switch(file_id, record.protected_blob, new_blob, ticket)

@@ -70,7 +70,9 @@ class FileService:
         return Download(status, headers, body)
 
     async def rotate_file(self, file_id_text: str) -> str:
-        return await self.rotator.rotate_file(parse_file_id(file_id_text))
+        reference = await self.rotator.rotate_file(parse_file_id(file_id_text))
+        assert reference is not None  # unconditional rotation always yields a new key
+        return reference
 
     async def rotate_due(self, *, limit: int | None = None, budget_seconds: float | None = None) -> RotationReport:
         return await self.rotator.rotate_due(limit=limit, budget_seconds=budget_seconds)

@@ -243,3 +243,28 @@ def _stream_of(size: int) -> Iterator[bytes]:
     piece = os.urandom(4 * MiB)
     for offset in range(0, size, len(piece)):
         yield piece[: min(len(piece), size - offset)]
+
+
+def cli(host: DevHost, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=host.env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_operator_commands_beside_the_running_app(host: DevHost, azurite: Azurite, tmp_path: Path) -> None:
+    data = os.urandom(700_000)
+    name = f"{uuid.uuid4()}/ledger.csv"
+    drop(host, azurite, name, data, "text/csv")
+    file_id = str(wait_encrypted(host, name)["file_id"])
+    shown = cli(host, "show", file_id)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["name"] == "ledger.csv"
+    assert cli(host, "decrypt-file", file_id, str(tmp_path / "out.csv")).returncode == 0
+    assert (tmp_path / "out.csv").read_bytes() == data
+    due = cli(host, "rotate", "--due")
+    assert due.returncode == 0 and json.loads(due.stdout)["failed"] == []
+    assert cli(host, "migrate").returncode == 0
+    for args, needle in [(("show", str(uuid.uuid4())), "no such file"), (("show", "nope"), "UUID"),
+                         (("decrypt-file", str(uuid.uuid4()), str(tmp_path / "x")), "no such file"),
+                         (("rotate", "--file-id", str(uuid.uuid4())), "no encrypted file")]:
+        failed = cli(host, *args)
+        assert failed.returncode == 1 and needle in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

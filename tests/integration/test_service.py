@@ -32,6 +32,7 @@ from shared.errors import (
 )
 from shared.ingest import identify_upload
 from shared.keys import FileKeyService
+from shared.rotation import Rotator
 from tests.conftest import pg_scratch_database
 from tests.integration.service_fixtures import (
     blob_names,
@@ -359,3 +360,17 @@ async def test_rotation_crash_leaves_file_readable_and_a_rerun_finishes(
 
 async def test_health_reports_each_dependency(stack: Services) -> None:
     assert await stack.files.health() == {"storage": "ok", "database": "ok", "vault": "ok"}
+
+
+async def test_two_rotation_runs_at_once_rotate_each_file_once(stack: Services, azurite: Azurite) -> None:
+    ids = [(await ingest(stack, azurite, random_bytes(200_000)))[1] for _ in range(4)]
+    for file_id in ids:
+        await stack.keys.expire(file_id)
+    second = Rotator(stack.files.deps, worker="second-timer")
+    first_report, second_report = await asyncio.gather(stack.files.rotate_due(limit=10),
+                                                       second.rotate_due(limit=10))
+    rotated = first_report.rotated + second_report.rotated
+    assert sorted(rotated) == sorted(map(str, ids)) and not first_report.failed and not second_report.failed
+    for file_id in ids:
+        assert [state for _, state in await key_rows(stack, file_id)] == ["retired", "active"]
+        assert len(await download(stack, file_id)) == 200_000
