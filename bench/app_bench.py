@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 from azure.storage.blob import BlobServiceClient
 
+from bench import table
 from devhost.azurite import Azurite, running_azurite
 from devhost.postgres import scratch_database
 from devhost.process import DevHost, host_env
@@ -136,11 +137,6 @@ def _wait_encrypted(host: DevHost, name: str) -> str:
             return str(response.json()["file_id"])
         time.sleep(0.5)
     raise TimeoutError(name)
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main() -> None:

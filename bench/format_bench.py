@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench import table
 from shared.crypto import Decryptor, Encryptor, Layout, plan_range
 
 MiB = 1024 * 1024
@@ -158,11 +159,6 @@ def _write_random_file(path: Path, size: int) -> None:
     with path.open("wb") as handle:
         for offset in range(0, size, len(piece)):
             handle.write(piece[: min(len(piece), size - offset)])
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main() -> None:

@@ -39,6 +39,14 @@ def pg_database_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def module_database_url() -> Iterator[str]:
+    """A migrated database of one test module's own (for tests that run the app on it)."""
+    with pg_scratch_database() as url:
+        asyncio.run(migrate(url))
+        yield url
+
+
 @pytest.fixture
 def pg_empty_database_url() -> Iterator[str]:
     with pg_scratch_database() as url:

@@ -21,8 +21,6 @@ from azure.storage.queue import QueueClient
 
 from devhost.azurite import Azurite
 from devhost.process import ROOT, DevHost, host_env
-from shared.db import migrate
-from tests.conftest import pg_scratch_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
 
@@ -30,10 +28,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with pg_scratch_database() as url:
-        asyncio.run(migrate(url))
-        yield url
+def database_url(module_database_url: str) -> str:
+    return module_database_url
 
 
 @pytest.fixture(scope="module")

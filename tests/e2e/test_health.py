@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,18 +15,14 @@ import pytest
 
 from devhost.azurite import Azurite, running_azurite
 from devhost.process import DevHost, host_env
-from shared.db import migrate
-from tests.conftest import pg_scratch_database
 from tests.support.pg_proxy import PgProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with pg_scratch_database() as url:
-        asyncio.run(migrate(url))
-        yield url
+def database_url(module_database_url: str) -> str:
+    return module_database_url
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from devhost.azurite import Azurite
 from shared.blobs import BlobStore, BlockWriter
 from shared.bootstrap import Services
 from shared.crypto import Header
-from shared.db import migrate
 from shared.db.files import FileRepository
 from shared.errors import (
     FileNotReadyError,
@@ -33,7 +32,6 @@ from shared.errors import (
 from shared.ingest import identify_upload
 from shared.keys import FileKeyService
 from shared.rotation import Rotator
-from tests.conftest import pg_scratch_database
 from tests.integration.service_fixtures import (
     blob_names,
     collect,
@@ -56,10 +54,8 @@ StackFactory = Callable[..., Awaitable[Services]]
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with pg_scratch_database() as url:
-        asyncio.run(migrate(url))
-        yield url
+def database_url(module_database_url: str) -> str:
+    return module_database_url
 
 
 @pytest.fixture
