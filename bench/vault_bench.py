@@ -29,10 +29,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import table
 from shared.vault.cache import CachedKeyVault
 from shared.vault.local import LocalJsonVault
 
 BUDGET_SECONDS = 1.5
+RESULTS = Path(__file__).with_name("results") / "vault.md"
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,13 @@ async def set_after_foreign_write(vault: LocalJsonVault, other: LocalJsonVault, 
     return statistics.median(samples)
 
 
-def print_table(rows: list[Row]) -> None:
-    header = ("entries", "file MB", "load ms", "get us", "cached get us", "set ms", "update ms",
-              "set after foreign write ms")
-    print(" | ".join(header))
-    print(" | ".join("-" * len(column) for column in header))
-    for row in rows:
-        print(f"{row.entries:,} | {row.file_mb:.1f} | {row.load_ms:.1f} | {row.get_us:.1f} | "
-              f"{row.cached_get_us:.2f} | {row.set_ms:.1f} | {row.update_ms:.1f} | {row.foreign_set_ms:.1f}")
+def report(rows: list[Row]) -> str:
+    header = ["entries", "file MB", "load ms", "get µs", "cached get µs", "set ms", "update ms",
+              "set after foreign write ms"]
+    cells = [[f"{row.entries:,}", f"{row.file_mb:.1f}", f"{row.load_ms:.1f}", f"{row.get_us:.1f}",
+              f"{row.cached_get_us:.2f}", f"{row.set_ms:.1f}", f"{row.update_ms:.1f}", f"{row.foreign_set_ms:.1f}"]
+             for row in rows]
+    return f"# Local vault benchmark ({time.strftime('%Y-%m-%d')})\n\n" + table(header, cells)
 
 
 async def run(sizes: list[int], scratch: Path) -> list[Row]:
@@ -138,7 +139,10 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     scratch = args.dir or Path(tempfile.mkdtemp(prefix="vault-bench-"))
     try:
-        print_table(asyncio.run(run(sizes, scratch)))
+        text = report(asyncio.run(run(sizes, scratch)))
+        print(text)
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(text + "\n")
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)

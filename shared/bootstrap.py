@@ -125,6 +125,8 @@ async def services() -> Services:
     _lock = _lock or asyncio.Lock()
     async with _lock:
         if _services is None:
+            # the Azure SDK logs every request at INFO; operators want our INFO, not its
+            logging.getLogger("azure").setLevel(logging.WARNING)
             settings = load_settings()
             configure_telemetry(settings)
             _services = build_services(settings)

@@ -24,6 +24,7 @@ The tree::
         ├── UnknownFileError           no such file id or name
         ├── FileNotReadyError          the file is not encrypted yet
         ├── RangeNotSatisfiableError   a well-formed range outside the file
+        ├── UploadConflictError        an upload reuses an encrypted file's id with other content
         └── InvalidRequestError        malformed id, range or header
 
 Every error carries keyword context (``operation``, ``details``) and never key material,
@@ -61,6 +62,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "UnknownFileError",
+    "UploadConflictError",
     "VaultUnavailableError",
 ]
 
@@ -196,4 +198,8 @@ class InvalidRequestError(FileError):
 
 
 class RangeNotSatisfiableError(FileError):
+    pass
+
+
+class UploadConflictError(FileError):
     pass

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from shared.crypto import Encryptor
 from shared.db.files import FileRepository
 from shared.deps import Deps
-from shared.errors import BlobNotFoundError, KeyManagementError
+from shared.errors import BlobNotFoundError, UploadConflictError
 from shared.metrics import BYTES_PROCESSED, FILE_SIZE, OPERATION_SECONDS, OPERATIONS
 from shared.transfer import seal_stream
 
@@ -105,8 +105,8 @@ class Ingestor:
 
     async def _duplicate(self, name: str, etag: str, recorded_etag: str, file_id: uuid.UUID) -> IngestOutcome:
         if recorded_etag != etag:
-            raise KeyManagementError("file id already holds other content; upload refused and kept in ingest",
-                                     operation="ingest", details={"file_id": str(file_id)})
+            raise UploadConflictError("file id already holds other content; upload refused and kept in ingest",
+                                      operation="ingest", details={"file_id": str(file_id)})
         log.info("duplicate delivery of %s (file %s): already encrypted", name, file_id)
         await self._discard_plaintext(name, etag)
         return IngestOutcome("duplicate", file_id)

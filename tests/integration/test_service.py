@@ -24,10 +24,10 @@ from shared.errors import (
     FileNotReadyError,
     IntegrityError,
     InvalidRequestError,
-    KeyManagementError,
     RangeNotSatisfiableError,
     SecretDisabledError,
     UnknownFileError,
+    UploadConflictError,
 )
 from shared.ingest import identify_upload
 from shared.keys import FileKeyService
@@ -163,7 +163,7 @@ async def test_same_uuid_with_other_content_is_refused_and_kept(stack: Services,
     name = f"{uuid.uuid4()}.txt"
     await ingest(stack, azurite, b"first", name)
     await upload(azurite, stack.settings.ingest_container, name, b"second")
-    with pytest.raises(KeyManagementError, match="other content"):
+    with pytest.raises(UploadConflictError, match="other content"):
         await stack.files.encrypt_ingest_blob(name)
     assert await blob_names(azurite, stack.settings.ingest_container) == [name]
 
