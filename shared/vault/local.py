@@ -1,7 +1,8 @@
 """The local key vault: one JSON file, ``secrets.json``, in the folder ``KEY_VAULT_LOCAL_PATH``.
 
-This module owns the file's shape, its atomic update with backups, and the cross-process
-lock. The shape is the spec's example file, extended without breaking it (see
+This module owns the file's shape and the ``KeyVault`` port over it; ``jsonfile`` owns the
+file on disk (lock, atomic update with backups). The shape is the spec's example file,
+extended without breaking it (see
 ``docs/VAULT_LOCAL.md``)::
 
     {"file-<id>": {"value": "<base64>", "content_type": "application/octet-stream",
@@ -13,14 +14,7 @@ The top-level fields always describe the latest version. An entry without ``vers
 the implicit id ``uuid5(NAMESPACE, "<name>\\n<created_on>").hex``: stable, and never derived
 from the key itself.
 
-Every update takes an exclusive ``flock`` on ``secrets.json.lock``, re-reads the file, writes
-a temp file in the same folder, fsyncs it, keeps the previous file as ``secrets.json.bak.1``
-(older ones shift to ``.bak.2`` ... ``.bak.<backups>``), renames the temp file over
-``secrets.json`` and fsyncs the folder. Readers need no lock: a rename is atomic, so they see
-the old file or the new one. The parsed file is kept in memory and reused while its stamp
-(inode, size, mtime, ctime) is unchanged; the file is written one entry per line and each
-entry's line is cached, so an update re-serialises only what changed. The file I/O is
-blocking and runs in ``asyncio.to_thread``. Local mode has no soft delete:
+The file I/O is blocking and runs in ``asyncio.to_thread``. Local mode has no soft delete:
 ``delete_secret`` removes the name and every version.
 """
 
@@ -29,16 +23,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
-import fcntl
-import json
 import logging
 import os
 import re
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,15 +35,12 @@ from typing import Any
 from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError
 from shared.metrics import timed
 from shared.vault.base import SecretProperties, SecretVersion
+from shared.vault.jsonfile import Entry, JsonFile
 
 __all__ = ["LocalJsonVault"]
 
 log = logging.getLogger(__name__)
 
-Entry = dict[str, Any]
-Entries = dict[str, Entry]
-
-FILE_NAME = "secrets.json"
 CONTENT_TYPE = "application/octet-stream"
 IMPLICIT_VERSION_NAMESPACE = uuid.UUID("6f1c3c1e-6a55-4b8e-9d6c-0b1e5ea1b0b5")
 MAX_VALUE_CHARS = 25 * 1024  # Azure's limit on a secret value, kept so both modes agree
@@ -171,196 +157,6 @@ def _check_name(name: str, operation: str) -> None:
                             details={"name_length": len(name) if isinstance(name, str) else None})
 
 
-# --- the file: lock, read, atomic write with backups ---------------------------------------
-
-
-def _render(entries: Entries, lines: dict[str, str]) -> bytes:
-    """One entry per line; ``lines`` caches each entry's text (filled in for what is missing).
-
-    At 100,000 entries this is what keeps an update cheap: only changed entries are
-    serialised again, the rest is a join (see ``docs/VAULT_LOCAL.md`` for the numbers).
-    """
-    if not entries:
-        return b"{}\n"
-    parts = []
-    for name, entry in entries.items():
-        line = lines.get(name)
-        if line is None:
-            line = lines[name] = f"  {json.dumps(name)}: {json.dumps(entry)}"
-        parts.append(line)
-    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
-
-
-def _stamp(status: os.stat_result) -> tuple[int, ...]:
-    """What identifies one version of the file: every update is a new inode and new times."""
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    """The parsed file as of ``stamp`` (``None``: no file). Never mutated once published."""
-
-    stamp: tuple[int, ...] | None
-    entries: Entries
-    lines: dict[str, str] = field(default_factory=dict)
-
-
-class _JsonFile:
-    """``secrets.json`` in a 0700 folder: parse, and replace atomically under a lock.
-
-    The last parsed content is kept and reused while the file's stamp (inode, size, times)
-    is unchanged, so neither reads nor this process's own updates parse the file again.
-    """
-
-    def __init__(self, folder: Path, backups: int) -> None:
-        self.folder = folder
-        self.path = folder / FILE_NAME
-        self.lock_path = folder / f"{FILE_NAME}.lock"
-        self.backups = backups
-        self._prepared = False
-        self._prepare_lock = threading.Lock()
-        self._snapshot = _Snapshot(None, {})
-
-    def backup_path(self, index: int) -> Path:
-        return self.folder / f"{FILE_NAME}.bak.{index}"
-
-    def prepare(self) -> None:
-        """Create the folder (0700) on first use and fix modes of what is already there."""
-        with self._prepare_lock:
-            if self._prepared:
-                return
-            try:
-                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(self.folder, 0o700)
-                for path in (self.path, self.lock_path, *map(self.backup_path, range(1, self.backups + 1))):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.chmod(path, 0o600)
-            except OSError as exc:
-                raise self._io_error("open", exc) from exc
-            self._prepared = True
-
-    def current(self) -> _Snapshot:
-        """The file as it is now; empty if it does not exist yet; refuses a corrupt one."""
-        self.prepare()
-        try:
-            with open(self.path, "rb") as handle:
-                # fstat of the open file: the stamp and the bytes are of the same inode.
-                stamp = _stamp(os.fstat(handle.fileno()))
-                if stamp == self._snapshot.stamp:
-                    return self._snapshot
-                snapshot = _Snapshot(stamp, self._parse(handle.read()))
-        except FileNotFoundError:
-            return _Snapshot(None, {})
-        except OSError as exc:
-            raise self._io_error("read", exc) from exc
-        self._snapshot = snapshot
-        return snapshot
-
-    def forget(self) -> None:
-        self._snapshot = _Snapshot(None, {})
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive across processes and threads (each call opens its own descriptor)."""
-        self.prepare()
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise self._io_error("lock", exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
-    def replace(self, base: _Snapshot, entries: Entries, changed: str) -> None:
-        """Write ``entries`` (``base`` with ``changed`` altered) atomically. Hold ``locked``.
-
-        The previous file becomes backup 1. On failure the kept snapshot is left as it was;
-        its stamp decides on the next read whether the file changed after all.
-        """
-        lines = dict(base.lines)
-        lines.pop(changed, None)
-        text = _render(entries, lines)
-        temp = self.folder / f".{FILE_NAME}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        try:
-            self._remove_stale_temps()
-            self._write_synced(temp, text)
-            self._rotate_backups()
-            os.replace(temp, self.path)
-            self._sync_folder()
-            self._snapshot = _Snapshot(_stamp(os.stat(self.path)), entries, lines)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise self._io_error("write", exc) from exc
-
-    def _remove_stale_temps(self) -> None:
-        """Temp files left by a killed writer (under the lock, no live writer owns one)."""
-        for stale in self.folder.glob(f".{FILE_NAME}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-
-    def _write_synced(self, temp: Path, data: bytes) -> None:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _rotate_backups(self) -> None:
-        """Shift ``.bak.N-1`` to ``.bak.N`` ... and hard-link the current file as ``.bak.1``.
-
-        The current file is never modified in place (only replaced), so a hard link is a
-        free, exact copy of it. Each step is an atomic rename; a crash in between leaves at
-        worst one backup slot duplicated, never ``secrets.json`` touched.
-        """
-        if not self.path.exists():
-            return
-        for index in range(self.backups - 1, 0, -1):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(self.backup_path(index), self.backup_path(index + 1))
-        staged = self.folder / f".{FILE_NAME}.bak.{uuid.uuid4().hex}.tmp"
-        os.link(self.path, staged)
-        os.replace(staged, self.backup_path(1))
-
-    def _sync_folder(self) -> None:
-        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _parse(self, raw: bytes) -> Entries:
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            # ``from None``: the decode error holds the whole document, keys included.
-            where = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "encoding"
-            raise self._corrupt(f"is not valid JSON ({where})") from None
-        if not isinstance(data, dict) or not all(isinstance(entry, dict) for entry in data.values()):
-            raise self._corrupt("is not an object of secret entries")
-        return data
-
-    def _corrupt(self, problem: str) -> KeyVaultError:
-        backups = [path.name for path in map(self.backup_path, range(1, self.backups + 1)) if path.exists()]
-        hint = f"backups exist: {', '.join(backups)}" if backups else "no backup exists"
-        return KeyVaultError(
-            f"local secrets file {self.path} {problem}; refusing to use it or start empty over it "
-            f"({hint}; restore one by hand after checking it)",
-            operation="load",
-            details={"path": str(self.path), "backups": backups},
-        )
-
-    def _io_error(self, action: str, exc: OSError) -> KeyVaultError:
-        return KeyVaultError(f"cannot {action} local secrets in {self.folder}: {exc.strerror}",
-                             operation=action, details={"path": str(self.folder), "errno": exc.errno})
-
-
 # --- the vault: the KeyVault port over the file --------------------------------------------
 
 
@@ -374,7 +170,7 @@ class LocalJsonVault:
     def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utcnow, backups: int = 3) -> None:
         if backups < 1:
             raise ValueError("backups must be at least 1")
-        self._file = _JsonFile(Path(path), backups)
+        self._file = JsonFile(Path(path), backups)
         self._clock = clock
 
     @property

@@ -296,7 +296,7 @@ async def test_parsed_file_is_reused_until_another_writer_changes_it(
         parses += 1
         return real_loads(raw)
 
-    monkeypatch.setattr("shared.vault.local.json.loads", counting_loads)
+    monkeypatch.setattr("shared.vault.jsonfile.json.loads", counting_loads)
     mine, other = LocalJsonVault(folder, clock=Clock()), LocalJsonVault(folder, clock=Clock())
     first = await mine.set_secret("file-a", key_for("a"))
     for _ in range(5):
