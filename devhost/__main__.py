@@ -27,6 +27,7 @@ from shared.errors import BlobsealError
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_PORTS = (10000, 10001, 10002)
+EXAMPLE_KEY = "local-dev-key"  # the example's development key (local.settings.json.example)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,6 +74,8 @@ async def prepare_storage_and_schema() -> None:
 
 def banner(port: int, settings: dict[str, str]) -> str:
     key = settings.get("LOCAL_FUNCTION_KEY", "")
+    if key != EXAMPLE_KEY:  # a key of your own is not echoed to the terminal
+        key = "$LOCAL_FUNCTION_KEY"
     ingest = settings.get("INGEST_CONTAINER", "ingest")
     return f"""
 blobseal is running at http://127.0.0.1:{port}/api  (Ctrl-C stops it)
