@@ -35,6 +35,7 @@ from devhost.process import DevHost, host_env
 from shared.bootstrap import Services, build_services
 from shared.config import DEFAULT_DATABASE_URL, Settings
 from shared.db import migrate
+from shared.ingest import protected_blob_name
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).with_name("results") / "app.md"
@@ -88,7 +89,7 @@ async def one_round(azurite: Azurite, s: Services, size: int) -> dict[str, float
     times = {"copy": await timed(lambda: plain_copy(s, name, f"copy-{name}")),
              "ingest": await timed(lambda: s.files.encrypt_ingest_blob(name))}
     info = await s.files.find_by_name(name)
-    blob = f"{info['file_id']}/{str(info['key_reference']).rsplit('/', 1)[-1]}.bseal"
+    blob = protected_blob_name(uuid.UUID(str(info["file_id"])), str(info["key_reference"]))
     times["plain get"] = await timed(lambda: plain_download(s, blob))
     times["service get"] = await timed(lambda: service_download(s, str(info["file_id"])))
     return times

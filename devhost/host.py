@@ -48,7 +48,6 @@ def background_tasks(specs: list[FunctionSpec], settings: Mapping[str, str],
 
 async def serve(*, port: int, poll_seconds: float, settings: Mapping[str, str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     app_module = importlib.import_module("function_app")
     specs = discover(app_module.app)
     http_app = build_http_app(specs, function_key=settings.get("LOCAL_FUNCTION_KEY", ""))

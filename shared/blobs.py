@@ -139,15 +139,6 @@ class BlobStore:
                         content_type=props.content_settings.content_type or "application/octet-stream",
                         created_on=props.creation_time, metadata=dict(props.metadata or {}))
 
-    async def list_names(self, container: str, *, limit: int = 5000) -> list[str]:
-        names: list[str] = []
-        with _translated("list_blobs", container):
-            async for item in self._service.get_container_client(container).list_blobs():
-                names.append(item.name)
-                if len(names) >= limit:
-                    break
-        return names
-
     async def read(self, container: str, name: str, *, offset: int = 0, length: int | None = None,
                    etag: str | None = None) -> AsyncIterator[bytes]:
         """The bytes of ``[offset, offset+length)`` in chunks of at most ``chunk_size``.

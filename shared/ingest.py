@@ -92,14 +92,14 @@ class Ingestor:
         encryptor = Encryptor(await d.keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
                               block_size=d.settings.block_size)
         source = d.blobs.read(d.settings.ingest_container, name, etag=info.etag)
-        summary = await seal_stream(source, d.blobs.writer(d.settings.protected_container, blob_name), encryptor,
+        size = await seal_stream(source, d.blobs.writer(d.settings.protected_container, blob_name), encryptor,
                                     chunk_size=d.settings.chunk_size, file_id=file_id)
         async with d.db.transaction("mark_encrypted") as conn:
-            await FileRepository(conn).mark_encrypted(file_id, size=summary.plaintext_size, key_reference=key_ref,
+            await FileRepository(conn).mark_encrypted(file_id, size=size, key_reference=key_ref,
                                                       protected_blob=blob_name, now=d.clock())
-        BYTES_PROCESSED.labels("encrypt").inc(summary.plaintext_size)
-        FILE_SIZE.observe(summary.plaintext_size)
-        log.info("encrypted %s as file %s (%d bytes)", name, file_id, summary.plaintext_size)
+        BYTES_PROCESSED.labels("encrypt").inc(size)
+        FILE_SIZE.observe(size)
+        log.info("encrypted %s as file %s (%d bytes)", name, file_id, size)
         await self._discard_plaintext(name, info.etag)
         return IngestOutcome("encrypted", file_id)
 

@@ -11,25 +11,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from shared.blobs import BlockWriter
 from shared.crypto import Decryptor, Encryptor
+from shared.crypto.format import FORMAT_VERSION
 
-__all__ = ["ResealSummary", "seal_stream"]
-
-FORMAT_METADATA = {"blobseal_format": "1"}
-
-
-@dataclass(frozen=True)
-class ResealSummary:
-    plaintext_size: int
-    etag: str
+__all__ = ["seal_stream"]
 
 
 async def seal_stream(source: AsyncIterator[bytes], writer: BlockWriter, encryptor: Encryptor, *,
-                      chunk_size: int, file_id: uuid.UUID, opener: Decryptor | None = None) -> ResealSummary:
-    """Encrypt ``source`` (plaintext, or ciphertext opened by ``opener``) into ``writer``; commit."""
+                      chunk_size: int, file_id: uuid.UUID, opener: Decryptor | None = None) -> int:
+    """Encrypt ``source`` (plaintext, or ciphertext opened by ``opener``) into ``writer``; commit.
+
+    Returns the plaintext size.
+    """
     out = bytearray(encryptor.buffer_size(chunk_size + encryptor.header.block_size))
     size = 0
     async for chunk in source:
@@ -41,8 +36,8 @@ async def seal_stream(source: AsyncIterator[bytes], writer: BlockWriter, encrypt
         size += len(final_plain)
         await _seal_into(final_plain, encryptor, writer, out)
     await writer.stage(encryptor.finalize())
-    etag = await writer.commit(metadata={**FORMAT_METADATA, "blobseal_file_id": str(file_id)})
-    return ResealSummary(size, etag)
+    await writer.commit(metadata={"blobseal_format": str(FORMAT_VERSION), "blobseal_file_id": str(file_id)})
+    return size
 
 
 async def _seal_into(plaintext: bytes | bytearray, encryptor: Encryptor, writer: BlockWriter,
