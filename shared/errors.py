@@ -8,10 +8,11 @@ The tree::
     │   ├── SecretNotFoundError        no such secret (or version)
     │   ├── SecretDisabledError        the secret version is disabled
     │   └── VaultUnavailableError      the vault did not answer (transient; retry later)
-    ├── KeyManagementError             file-key bookkeeping failed (database, rotation)
+    ├── KeyManagementError             file-key bookkeeping refused (no such key, rotation claimed)
     │   ├── FileKeyNotFoundError       no key is recorded for the file
     │   │   └── KeyRetiredError        the key was rotated out and its vault version disabled
-    │   ├── RotationConflictError      another worker holds the rotation of this file
+    │   └── RotationConflictError      another worker holds the rotation of this file
+    ├── DatabaseError                  PostgreSQL refused a statement or the schema disagrees
     │   └── DatabaseUnavailableError   the database did not answer (transient; retry later)
     ├── EncryptionError                encryption or decryption failed
     │   ├── FormatError                not a blobseal file, or a header we refuse
@@ -44,6 +45,7 @@ __all__ = [
     "BlobNotFoundError",
     "BlobsealError",
     "ConfigError",
+    "DatabaseError",
     "DatabaseUnavailableError",
     "EncryptionError",
     "FileError",
@@ -149,7 +151,11 @@ class RotationConflictError(KeyManagementError):
     pass
 
 
-class DatabaseUnavailableError(KeyManagementError):
+class DatabaseError(BlobsealError):
+    default_operation = "database"
+
+
+class DatabaseUnavailableError(DatabaseError):
     pass
 
 

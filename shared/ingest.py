@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 from shared.crypto import Encryptor
 from shared.db.files import FileRepository
@@ -35,9 +36,12 @@ UPLOAD_NAMESPACE = uuid.UUID("6f1d7a52-3b0e-5c8e-9a51-b10b5ea1f11e")
 _LEADING_UUID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?:[/.]|$)")
 
 
+IngestStatus = Literal["encrypted", "duplicate", "gone", "disabled"]
+
+
 @dataclass(frozen=True)
 class IngestOutcome:
-    status: str  # encrypted | duplicate | gone | disabled
+    status: IngestStatus
     file_id: uuid.UUID | None = None
 
 

@@ -13,7 +13,7 @@ never the key. Every step can be retried or resumed after a crash:
   (``finish_rotation``; ``retire_pending_disables`` sweeps up disables that failed). Until
   then the old key stays active and readable.
 
-Vault failures surface as ``KeyVaultError``; database failures as ``KeyManagementError``
+Vault failures surface as ``KeyVaultError``; database failures as ``DatabaseError``
 (``DatabaseUnavailableError`` when it is down). Time comes from the injected ``clock``.
 """
 
@@ -26,11 +26,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any
 
-from shared.db.file_keys import FileKeyRepository, KeyRow
+from shared.db.file_keys import FileKeyRepository, KeyRow, KeyState
 from shared.db.pool import Database
 from shared.errors import (
+    DatabaseError,
     FileKeyNotFoundError,
     KeyManagementError,
     KeyRetiredError,
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 KEY_BYTES = 32  # AES-256
 Clock = Callable[[], datetime]
-KeyState = Literal["pending", "active", "retired"]
 
 
 def _utcnow() -> datetime:
@@ -76,7 +76,7 @@ class RotationTicket:
 
 
 def _public(row: KeyRow) -> FileKey:
-    return FileKey(row.file_id, row.key_reference, row.created_at, row.expires_at, cast(KeyState, row.state))
+    return FileKey(row.file_id, row.key_reference, row.created_at, row.expires_at, row.state)
 
 
 class FileKeyService:
@@ -242,7 +242,7 @@ class FileKeyService:
         return await self._vault.set_secret(secret_name(file_id), key, expires_on=expires_at)
 
     async def _record(
-        self, file_id: uuid.UUID, props: SecretProperties, state: str, now: datetime, operation: str
+        self, file_id: uuid.UUID, props: SecretProperties, state: KeyState, now: datetime, operation: str
     ) -> KeyRow | None:
         """Insert the row of a new vault version; ``None`` if another one won the race."""
         try:
@@ -250,7 +250,7 @@ class FileKeyService:
                 return await FileKeyRepository(conn).insert(
                     file_id, props.key_reference, state=state, created_at=now, expires_at=now + self._rotation
                 )
-        except KeyManagementError as exc:
+        except DatabaseError as exc:
             if exc.details.get("stage") != "commit":  # surely not committed: the version is an orphan
                 await self._discard_version(props, operation)
             raise

@@ -1,8 +1,8 @@
-"""Translation of asyncpg and socket errors into ``KeyManagementError`` subclasses.
+"""Translation of asyncpg and socket errors into ``DatabaseError`` and its subclass.
 
 Owned here so that the pool, the migrator and the repositories report database trouble the
 same way: ``DatabaseUnavailableError`` when the server did not answer or the connection was
-lost (transient; retry later), plain ``KeyManagementError`` for everything else the server
+lost (transient; retry later), plain ``DatabaseError`` for everything else the server
 refused. Messages name the database by its redacted URL and never contain the password.
 
 ``details["stage"]`` tells a caller how far the failed attempt got: ``connect`` (no
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from shared.config import redact_url
-from shared.errors import DatabaseUnavailableError, KeyManagementError
+from shared.errors import DatabaseError, DatabaseUnavailableError
 
 __all__ = ["DATABASE_ERRORS", "Attempt", "Stage", "database_errors", "translate_error"]
 
@@ -61,10 +61,10 @@ class Attempt:
             raise
 
 
-def translate_error(exc: BaseException, *, operation: str, url: str, attempt: Attempt) -> KeyManagementError:
-    """The ``KeyManagementError`` to raise (``from exc``) for a database failure."""
+def translate_error(exc: BaseException, *, operation: str, url: str, attempt: Attempt) -> DatabaseError:
+    """The ``DatabaseError`` to raise (``from exc``) for a database failure."""
     unavailable = attempt.connection_lost or isinstance(exc, _UNAVAILABLE)
-    kind = DatabaseUnavailableError if unavailable else KeyManagementError
+    kind = DatabaseUnavailableError if unavailable else DatabaseError
     what = "database unavailable" if unavailable else "database error"
     target = redact_url(url)
     return kind(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["FileKeyRepository", "KeyRow"]
+__all__ = ["FileKeyRepository", "KeyRow", "KeyState"]
 
+KeyState = Literal["pending", "active", "retired"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class KeyRow:
     key_reference: str
     created_at: datetime
     expires_at: datetime | None
-    state: str
+    state: KeyState
     retired_at: datetime | None
     vault_disabled_at: datetime | None
     rotation_claimed_by: str | None
@@ -65,7 +66,7 @@ class FileKeyRepository:
         return _row(await self._conn.fetchrow(sql, file_id, reference))
 
     async def insert(
-        self, file_id: uuid.UUID, reference: str, *, state: str, created_at: datetime, expires_at: datetime | None
+        self, file_id: uuid.UUID, reference: str, *, state: KeyState, created_at: datetime, expires_at: datetime | None
     ) -> KeyRow | None:
         """Insert a key; ``None`` if the file already has one in that state (a lost race)."""
         sql = (

@@ -12,9 +12,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["FileRecord", "FileRepository"]
+__all__ = ["FileRecord", "FileRepository", "FileStatus"]
+
+
+FileStatus = Literal["pending", "encrypted"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class FileRecord:
     name: str
     content_type: str
     size: int | None
-    status: str
+    status: FileStatus
     protected_blob: str | None
     key_reference: str | None
     created_at: datetime

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from shared.db.errors import Attempt, database_errors
-from shared.errors import KeyManagementError
+from shared.errors import DatabaseError
 
 __all__ = ["MIGRATIONS", "Migration", "apply_migrations", "migrate"]
 
@@ -136,7 +136,7 @@ async def _up_to_date(conn: Any, migrations: tuple[Migration, ...]) -> bool:
     recorded = {r["version"]: r["name"] for r in await conn.fetch("SELECT version, name FROM schema_migrations")}
     for m in migrations:
         if m.version in recorded and recorded[m.version] != m.name:
-            raise KeyManagementError(
+            raise DatabaseError(
                 "schema_migrations disagrees with the code about a migration's name",
                 operation="migrate",
                 details={"version": m.version, "recorded": recorded[m.version], "expected": m.name},

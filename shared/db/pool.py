@@ -2,8 +2,8 @@
 
 ``Database`` does no I/O when built: the asyncpg pool is created (and the schema migrated)
 on first use, inside the worker's event loop, and reused after. Every way in (``connection``,
-``transaction``, ``ping``) translates asyncpg and socket errors into ``KeyManagementError``
-subclasses (``DatabaseUnavailableError`` for a server that is down or a lost connection) and
+``transaction``, ``ping``) translates asyncpg and socket errors into ``DatabaseError``
+(``DatabaseUnavailableError`` for a server that is down or a lost connection) and
 bounds the time it can take: connect timeout, per-statement timeout, acquire timeout. A pool
 survives a database restart: dead connections are replaced on the next acquire.
 """

@@ -25,7 +25,6 @@ import asyncio
 import base64
 import logging
 import random
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from shared.errors import (
     VaultUnavailableError,
 )
 from shared.metrics import timed
-from shared.vault.base import SecretProperties, SecretVersion
+from shared.vault.base import SecretProperties, SecretVersion, check_secret_name
 
 __all__ = ["AzureKeyVault", "RetryOptions", "build_credential"]
 
@@ -65,8 +64,6 @@ logger = logging.getLogger(__name__)
 BACKEND: Final = "azure"
 CONTENT_TYPE: Final = "application/octet-stream"
 PING_NAME: Final = "blobseal-ping"  # never created: a 404 for it proves reachability and auth
-_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
-_VERSION = re.compile(r"^[0-9a-zA-Z-]{1,64}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNAVAILABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SOFT_DELETED = frozenset({"ObjectIsDeletedButRecoverable", "ObjectIsBeingDeleted"})
@@ -262,7 +259,7 @@ class AzureKeyVault:
     def _call(self, operation: str, name: str, version: str | None = None) -> Iterator[None]:
         """Count the call, check its arguments, translate what the SDK raises."""
         with timed(operation, backend=BACKEND):
-            _check_name(operation, name, version)
+            check_secret_name(name, operation, version)
             try:
                 yield
             except (AzureError, ValueError, TimeoutError) as exc:
@@ -325,15 +322,6 @@ def _http_details(exc: HttpResponseError) -> dict[str, Any]:
 
 
 # --- values and properties ---
-
-
-def _check_name(operation: str, name: str, version: str | None) -> None:
-    if not _NAME.match(name) or (version is not None and not _VERSION.match(version)):
-        raise KeyVaultError(
-            "invalid secret name or version",
-            operation=operation,
-            details={"name_length": len(name), "version_length": len(version or "")},
-        )
 
 
 def _check_expiry(expires_on: datetime | None) -> None:

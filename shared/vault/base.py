@@ -20,6 +20,7 @@ __all__ = [
     "KeyVault",
     "SecretProperties",
     "SecretVersion",
+    "check_secret_name",
     "format_key_reference",
     "parse_key_reference",
     "secret_name",
@@ -86,6 +87,19 @@ class KeyVault(Protocol):
     async def close(self) -> None: ...
 
 
+def check_secret_name(name: object, operation: str, version: object = None) -> None:
+    """The one rule for names and versions (Key Vault's): refuse anything else, a trailing newline too."""
+    if not _valid(name, version):
+        raise KeyVaultError("invalid secret name or version", operation=operation,
+                            details={"name_length": len(name) if isinstance(name, str) else None,
+                                     "version_length": len(version) if isinstance(version, str) else None})
+
+
+def _valid(name: object, version: object) -> bool:
+    named = isinstance(name, str) and _NAME.fullmatch(name) is not None
+    return named and (version is None or (isinstance(version, str) and _VERSION.fullmatch(version) is not None))
+
+
 def secret_name(file_id: uuid.UUID) -> str:
     return f"file-{file_id}"
 
@@ -97,7 +111,7 @@ def format_key_reference(name: str, version: str) -> str:
 def parse_key_reference(reference: str) -> tuple[str, str]:
     """Split ``file-<id>/<version>`` into name and version, refusing anything else."""
     name, sep, version = reference.partition("/")
-    if not sep or not _NAME.fullmatch(name) or not _VERSION.fullmatch(version):
+    if not sep or not _valid(name, version):
         raise KeyVaultError("malformed key reference", operation="parse_key_reference",
                             details={"reference_length": len(reference)})
     return name, version

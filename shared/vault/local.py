@@ -25,7 +25,6 @@ import base64
 import binascii
 import logging
 import os
-import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from typing import Any
 
 from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError
 from shared.metrics import timed
-from shared.vault.base import SecretProperties, SecretVersion
+from shared.vault.base import SecretProperties, SecretVersion, check_secret_name
 from shared.vault.jsonfile import Entry, JsonFile
 
 __all__ = ["LocalJsonVault"]
@@ -45,7 +44,6 @@ CONTENT_TYPE = "application/octet-stream"
 IMPLICIT_VERSION_NAMESPACE = uuid.UUID("6f1c3c1e-6a55-4b8e-9d6c-0b1e5ea1b0b5")
 MAX_VALUE_CHARS = 25 * 1024  # Azure's limit on a secret value, kept so both modes agree
 _RECORD_FIELDS = ("value", "content_type", "enabled", "created_on", "expires_on")
-_NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
 _BACKEND = "local"
 
 
@@ -151,12 +149,6 @@ def _deleted(name: str, entry: Entry | None) -> None:
     _existing(name, entry, "delete_secret")
 
 
-def _check_name(name: str, operation: str) -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise KeyVaultError("invalid secret name", operation=operation,
-                            details={"name_length": len(name) if isinstance(name, str) else None})
-
-
 # --- the vault: the KeyVault port over the file --------------------------------------------
 
 
@@ -179,29 +171,29 @@ class LocalJsonVault:
         return self._file.path
 
     async def set_secret(self, name: str, value: bytes, *, expires_on: datetime | None = None) -> SecretProperties:
-        _check_name(name, "set_secret")
+        check_secret_name(name, "set_secret")
         with timed("set_secret", backend=_BACKEND):
             return await asyncio.to_thread(self._set, name, value, expires_on)
 
     async def get_secret(self, name: str, version: str | None = None) -> SecretVersion:
-        _check_name(name, "get_secret")
+        check_secret_name(name, "get_secret")
         with timed("get_secret", backend=_BACKEND):
             return await asyncio.to_thread(self._get, name, version)
 
     async def disable_version(self, name: str, version: str) -> None:
-        _check_name(name, "disable_version")
+        check_secret_name(name, "disable_version")
         with timed("disable_version", backend=_BACKEND):
             await asyncio.to_thread(self._update, name, lambda entry: _with_disabled(name, entry, version))
         log.info("disabled secret version %s/%s", name, version)
 
     async def delete_secret(self, name: str) -> None:
-        _check_name(name, "delete_secret")
+        check_secret_name(name, "delete_secret")
         with timed("delete_secret", backend=_BACKEND):
             await asyncio.to_thread(self._update, name, lambda entry: _deleted(name, entry))
         log.info("deleted secret %s and all its versions", name)
 
     async def list_versions(self, name: str) -> list[SecretProperties]:
-        _check_name(name, "list_versions")
+        check_secret_name(name, "list_versions")
         with timed("list_versions", backend=_BACKEND):
             return await asyncio.to_thread(self._list, name)
 

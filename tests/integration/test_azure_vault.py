@@ -140,6 +140,11 @@ async def test_invalid_arguments_refused_before_any_request(vault: AzureKeyVault
         await vault.get_secret("file/../../deletedsecrets")
     with pytest.raises(KeyVaultError):
         await vault.get_secret(NAME, "")
+    for name in (f"{NAME}\n", "file_a", "x" * 128):  # the same rule as the local vault and key references
+        with pytest.raises(KeyVaultError, match="invalid secret name or version"):
+            await vault.get_secret(name)
+    with pytest.raises(KeyVaultError, match="invalid secret name or version"):
+        await vault.get_secret(NAME, "v1\n")
     with pytest.raises(KeyVaultError):
         await vault.set_secret(NAME, b"k", expires_on=datetime(2031, 1, 1))  # naive
     assert server.requests == []

@@ -10,7 +10,7 @@ import pytest
 
 from shared.cli.main import main as cli_main
 from shared.db import MIGRATIONS, Database, Migration, apply_migrations, migrate
-from shared.errors import KeyManagementError
+from shared.errors import DatabaseError
 
 pytestmark = pytest.mark.postgres
 
@@ -72,7 +72,7 @@ async def test_a_ledger_that_disagrees_with_the_code_is_refused(pg_empty_databas
     conn = await asyncpg.connect(pg_empty_database_url)
     try:
         await conn.execute("UPDATE schema_migrations SET name = 'something_else' WHERE version = 1")
-        with pytest.raises(KeyManagementError, match="disagrees"):
+        with pytest.raises(DatabaseError, match="disagrees"):
             await apply_migrations(conn)
     finally:
         await conn.close()
@@ -117,7 +117,7 @@ async def test_file_keys_allows_one_active_and_one_pending_key_per_file(pg_db: D
     )
 
     async def refused(error: type[Exception], reference: str, state: str, fid: uuid.UUID = file_id) -> None:
-        with pytest.raises(KeyManagementError) as refusal:
+        with pytest.raises(DatabaseError) as refusal:
             async with pg_db.connection() as conn:
                 await conn.execute(insert, fid, reference, state)
         assert isinstance(refusal.value.__cause__, error)

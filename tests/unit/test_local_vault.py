@@ -202,7 +202,7 @@ async def test_delete_removes_every_version(vault: LocalJsonVault, folder: Path)
 
 @pytest.mark.parametrize("name", ["", "file_a", "file/a", "file-a\n", "x" * 128])
 async def test_invalid_names_are_refused(vault: LocalJsonVault, name: str) -> None:
-    with pytest.raises(KeyVaultError, match="invalid secret name"):
+    with pytest.raises(KeyVaultError, match="invalid secret name or version"):
         await vault.set_secret(name, os.urandom(32))
 
 
