@@ -115,7 +115,7 @@ def range_row(block: int, samples: int = 2000) -> list[str]:
     for _ in range(samples):
         offset = rng.randrange(0, size - MiB)
         plan = plan_range(layout, offset, MiB)
-        fetched.append(plan.cipher_length + (plan.final_span[1] if plan.final_span else 0))
+        fetched.append(plan.cipher_length + plan.final_span[1])
     mean, worst = sum(fetched) / len(fetched) / MiB, max(fetched) / MiB
     return [f"{block // 1024} KiB", f"{mean:.3f} MiB", f"{worst:.3f} MiB"]
 

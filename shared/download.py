@@ -71,24 +71,17 @@ async def open_body(blobs: BlobStore, container: str, record: FileRecord, key: b
     layout = Layout(header.size, header.block_size, info.size)
     if layout.plaintext_size != record.size:
         raise IntegrityError("stored blob size does not match the file", operation="download")
-    cipher = open_header(key, header)
-    if record.size == 0:
-        offset, length = layout.block_span(0)
-        cipher.open(0, True, await blobs.read_exact(container, record.protected_blob, offset, length, etag=info.etag))
-        return _empty()
-    start, length = (byte_range.start, byte_range.length) if byte_range else (0, record.size)
-    plan = plan_range(layout, start, length)
-    opener = RangeOpener(cipher, layout, plan)
-    if plan.final_span:
-        offset, span = plan.final_span
-        opener.verify_final(await blobs.read_exact(container, record.protected_blob, offset, span, etag=info.etag))
+    plan = plan_range(layout, *((byte_range.start, byte_range.length) if byte_range else (0, record.size)))
+    final_offset, final_length = plan.final_span
+    final_block = await blobs.read_exact(container, record.protected_blob, final_offset, final_length, etag=info.etag)
+    opener = RangeOpener(open_header(key, header), layout, plan, final_block)
     source = blobs.read(container, record.protected_blob, offset=plan.cipher_offset, length=plan.cipher_length,
-                        etag=info.etag)
+                        etag=info.etag) if plan.cipher_length else _nothing()
     return _stream(source, opener, record.file_id)
 
 
-async def _empty() -> AsyncIterator[memoryview]:
-    nothing: tuple[memoryview, ...] = ()
+async def _nothing() -> AsyncIterator[bytes]:
+    nothing: tuple[bytes, ...] = ()
     for piece in nothing:
         yield piece
 
@@ -102,7 +95,9 @@ async def _stream(source: AsyncIterator[bytes], opener: RangeOpener,
             if plaintext:
                 BYTES_PROCESSED.labels("decrypt").inc(len(plaintext))
                 yield memoryview(plaintext)  # a fresh buffer per piece: no copy, never reused
-        opener.finalize()
+        if last := opener.finalize():
+            BYTES_PROCESSED.labels("decrypt").inc(len(last))
+            yield memoryview(last)
     except Exception as exc:
         ERRORS.labels("download", type(exc).__name__).inc()
         log.error("download of file %s aborted: %s", file_id, type(exc).__name__)

@@ -103,10 +103,8 @@ def _decrypt_range(key: bytes, source: BinaryIO, sink: BinaryIO, size: int, offs
     if offset >= plaintext_size:
         raise UsageError(f"--offset {offset} is beyond the end of the file ({plaintext_size} bytes)")
     plan = plan_range(layout, offset, min(length or plaintext_size, plaintext_size - offset))
-    opener = RangeOpener(open_header(key, header), layout, plan)
-    if plan.final_span:
-        source.seek(plan.final_span[0])
-        opener.verify_final(source.read(plan.final_span[1]))
+    source.seek(plan.final_span[0])
+    opener = RangeOpener(open_header(key, header), layout, plan, source.read(plan.final_span[1]))
     source.seek(plan.cipher_offset)
     remaining = plan.cipher_length
     while remaining:
@@ -115,7 +113,7 @@ def _decrypt_range(key: bytes, source: BinaryIO, sink: BinaryIO, size: int, offs
             break
         remaining -= len(chunk)
         sink.write(opener.update(chunk))
-    opener.finalize()
+    sink.write(opener.finalize())
 
 
 class _Window:

@@ -1,25 +1,24 @@
 """Random access: which blocks cover a plaintext byte range, and opening just those.
 
 A range ``[offset, offset + length)`` of the plaintext maps to blocks
-``offset // B .. (offset + length - 1) // B``; only their sealed bytes are fetched (one
-contiguous span of the ciphertext). Because a range response reveals the file size, the
-final block is verified too (fetched separately when the range does not reach it), so a
-file truncated at a block boundary is refused even by a range that ends early.
+``offset // B .. (offset + length - 1) // B``. The file's final block is always fetched and
+verified first, when the ``RangeOpener`` is built: a range response reveals the file size,
+and a file truncated at a block boundary must be refused before any byte is released, even
+by a range that ends early. The covering blocks before the final one are then streamed (one
+contiguous span of the ciphertext); if the range reaches the final block, its already
+verified plaintext comes out of ``finalize``, so no block is fetched twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from shared.crypto.cipher import BlockCipher
-from shared.crypto.format import TAG_SIZE, Buffer, Layout
+from shared.crypto.engine import BlockStream, Opening
+from shared.crypto.format import Buffer, Layout
 from shared.errors import EncryptionError, IntegrityError
 
 __all__ = ["RangeOpener", "RangePlan", "plan_range"]
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,108 +29,81 @@ class RangePlan:
     length: int
     first_block: int
     last_block: int
-    cipher_offset: int
-    cipher_length: int
     final_block: int
-    final_span: tuple[int, int] | None  # (offset, length) of the final block to verify, if not covered
+    final_span: tuple[int, int]  # (offset, length) of the final block: fetched and verified first
+    cipher_offset: int  # the sealed span to stream: blocks first..min(last, final - 1)
+    cipher_length: int  # 0 when the range lies in the final block alone
+
+    @property
+    def covers_final(self) -> bool:
+        return self.last_block == self.final_block
 
 
 def plan_range(layout: Layout, offset: int, length: int) -> RangePlan:
-    """The blocks covering plaintext ``[offset, offset+length)``; EncryptionError if out of bounds."""
+    """The blocks covering plaintext ``[offset, offset+length)``; EncryptionError if out of bounds.
+
+    ``length`` 0 is accepted only for the whole of an empty file.
+    """
     size = layout.plaintext_size
-    if offset < 0 or length < 1 or offset + length > size:
+    empty_file = (size, offset, length) == (0, 0, 0)
+    if not empty_file and (offset < 0 or length < 1 or offset + length > size):
         raise EncryptionError("range outside the file", operation="plan_range",
                               details={"offset": offset, "length": length, "size": size})
-    first, last = offset // layout.block_size, (offset + length - 1) // layout.block_size
-    start, _ = layout.block_span(first)
-    end_offset, end_length = layout.block_span(last)
     final = layout.block_count - 1
-    return RangePlan(
-        offset=offset,
-        length=length,
-        first_block=first,
-        last_block=last,
-        cipher_offset=start,
-        cipher_length=end_offset + end_length - start,
-        final_block=final,
-        final_span=None if last == final else layout.block_span(final),
-    )
+    first, last = offset // layout.block_size, max(offset, offset + length - 1) // layout.block_size
+    start = layout.block_span(first)[0]
+    end = layout.block_span(min(last, final - 1))[0] + layout.sealed_block_size if first < final else start
+    return RangePlan(offset=offset, length=length, first_block=first, last_block=last, final_block=final,
+                     final_span=layout.block_span(final), cipher_offset=start, cipher_length=end - start)
 
 
-class RangeOpener:
-    """Opens the sealed bytes of ``plan`` (fed in order, any chunking) into the plaintext range."""
+class RangeOpener(BlockStream):
+    """Opens the sealed span of ``plan`` (fed in order, any chunking) into the plaintext range.
 
-    def __init__(self, cipher: BlockCipher, layout: Layout, plan: RangePlan) -> None:
-        self._cipher, self._layout, self._plan = cipher, layout, plan
-        self._index = plan.first_block
-        self._pending = bytearray()
-        self._final_verified = plan.final_span is None
-        self._failed = False
+    Built with the file's final sealed block, which it verifies at once: there is no way to
+    release a byte of a range before the final block has checked.
+    """
 
-    def verify_final(self, sealed: Buffer) -> None:
-        """Check the file's final block (needed first when the range does not cover it)."""
-        self._open_block(self._plan.final_block, sealed)
-        self._final_verified = True
-
-    def update(self, data: Buffer) -> bytearray:
-        """Verified plaintext of the range, from the complete blocks fed so far.
-
-        Whole blocks are opened straight from ``data`` into the output; only a block split
-        across two calls is buffered.
-        """
-        if not self._final_verified:
-            raise EncryptionError("verify the final block first", operation="open_range")
-        view = memoryview(data).cast("B")
-        out = bytearray(len(self._pending) + len(view))
-        written = 0
-        if self._pending:
-            taken = min(len(view), self._sealed_length() - len(self._pending))
-            self._pending += view[:taken]
-            view = view[taken:]
-            if len(self._pending) == self._sealed_length():
-                written = self._open_next(self._pending, out, written)
-                self._pending.clear()
-        while self._index <= self._plan.last_block and len(view) >= self._sealed_length():
-            length = self._sealed_length()
-            written = self._open_next(view[:length], out, written)
-            view = view[length:]
-        self._pending += view
-        del out[written:]
-        return out
-
-    def finalize(self) -> None:
-        """Refuse a short feed or extra bytes."""
-        if self._index <= self._plan.last_block or self._pending:
-            self._failed = True
-            raise IntegrityError("range data incomplete or oversized", operation="open_range")
-
-    def _sealed_length(self) -> int:
-        return self._layout.block_span(self._index)[1]
-
-    def _open_next(self, sealed: Buffer, out: bytearray, written: int) -> int:
-        """Open the next block into ``out`` at ``written``, trimmed to the range; returns the new end."""
-        index, block_size = self._index, self._layout.block_size
-        plain_length = len(sealed) - TAG_SIZE
-        low = max(0, self._plan.offset - index * block_size)
-        high = min(plain_length, self._plan.offset + self._plan.length - index * block_size)
-        if (low, high) == (0, plain_length):
-            with memoryview(out) as target:
-                self._guarded(lambda: self._cipher.open_into(index, index == self._plan.final_block, sealed,
-                                                              target[written : written + plain_length]))
-        else:
-            out[written : written + high - low] = self._open_block(index, sealed)[low:high]
-        self._index += 1
-        return written + high - low
-
-    def _guarded(self, step: Callable[[], T]) -> T:
-        """Run one opening step; any failure leaves the opener failed for good."""
-        if self._failed:
-            raise IntegrityError("stream failed earlier", operation="open_range")
+    def __init__(self, cipher: BlockCipher, layout: Layout, plan: RangePlan, final_block: Buffer) -> None:
+        super().__init__(Opening(cipher, layout.block_size), hold_back=False, first_index=plan.first_block)
+        self._plan, self._block = plan, layout.block_size
+        self._position = plan.first_block * layout.block_size  # plaintext offset of the next byte out
         try:
-            return step()
-        except IntegrityError:
-            self._failed = True
+            self._final_plain = cipher.open(plan.final_block, True, final_block)
+        except IntegrityError as exc:
+            self._failure = exc
             raise
 
-    def _open_block(self, index: int, sealed: Buffer) -> bytes:
-        return self._guarded(lambda: self._cipher.open(index, index == self._plan.final_block, sealed))
+    def update(self, data: Buffer) -> bytearray:
+        """Verified plaintext of the range, from the complete blocks fed so far."""
+        view = memoryview(data).cast("B")
+        out = bytearray(self._ready_units(len(view)) * self._block)
+        with self._step(out):
+            if self._index + self._ready_units(len(view)) > self._stream_end():
+                raise IntegrityError("range data oversized", operation="open_range")
+            del out[self._feed(view, memoryview(out)) :]
+        return self._cut(out)
+
+    def finalize(self) -> bytearray:
+        """Refuse a short feed or extra bytes; the final block's part of the range, if any."""
+        with self._step():
+            if self._index != self._stream_end() or self._pending:
+                raise IntegrityError("range data incomplete or oversized", operation="open_range")
+            self._finished = True
+        if not self._plan.covers_final:
+            return bytearray()
+        self._position = self._plan.final_block * self._block
+        return self._cut(bytearray(self._final_plain))
+
+    def _stream_end(self) -> int:
+        """One past the last block streamed (the final block never is: it was verified first)."""
+        return min(self._plan.last_block + 1, self._plan.final_block)
+
+    def _cut(self, piece: bytearray) -> bytearray:
+        """Trim a run of whole blocks (starting at ``_position``) to the range."""
+        start, self._position = self._position, self._position + len(piece)
+        low = max(0, self._plan.offset - start)
+        high = max(0, min(len(piece), self._plan.offset + self._plan.length - start))
+        del piece[high:]
+        del piece[:low]
+        return piece

@@ -21,15 +21,13 @@ LAYOUT = Layout(HEADER.size, BLOCK, len(CIPHERTEXT))
 def read_range(data: bytes, offset: int, length: int, *, chunk: int = 29) -> tuple[bytes, RangePlan]:
     layout = Layout(HEADER.size, BLOCK, len(data))
     plan = plan_range(layout, offset, length)
-    opener = RangeOpener(open_header(KEY, HEADER), layout, plan)
-    if plan.final_span:
-        start, size = plan.final_span
-        opener.verify_final(data[start : start + size])
+    start, size = plan.final_span
+    opener = RangeOpener(open_header(KEY, HEADER), layout, plan, data[start : start + size])
     span = data[plan.cipher_offset : plan.cipher_offset + plan.cipher_length]
     out = bytearray()
     for start in range(0, len(span), chunk):
         out += opener.update(span[start : start + chunk])
-    opener.finalize()
+    out += opener.finalize()
     return bytes(out), plan
 
 
@@ -44,14 +42,17 @@ def test_range_at_every_block_edge(start: int, end: int) -> None:
         return
     out, plan = read_range(CIPHERTEXT, start, end - start)
     assert out == PLAINTEXT[start:end]
-    assert plan.cipher_length == sum(LAYOUT.block_span(i)[1] for i in range(plan.first_block, plan.last_block + 1))
+    streamed = range(plan.first_block, min(plan.last_block, plan.final_block - 1) + 1)
+    assert plan.cipher_length == sum(LAYOUT.block_span(i)[1] for i in streamed)  # the final block: never twice
+    assert plan.final_span == LAYOUT.block_span(4)
 
 
 @pytest.mark.parametrize("suffix", [1, 9, 10, 11, BLOCK, BLOCK + 10, len(PLAINTEXT)])
 def test_suffix_ranges(suffix: int) -> None:
     out, plan = read_range(CIPHERTEXT, len(PLAINTEXT) - suffix, suffix)
     assert out == PLAINTEXT[-suffix:]
-    assert plan.final_span is None  # a suffix covers the final block already
+    assert plan.covers_final  # a suffix covers the final block, which is fetched once and verified first
+    assert plan.cipher_offset + plan.cipher_length == plan.final_span[0] or plan.cipher_length == 0
 
 
 def test_small_range_fetches_only_its_block_and_the_final_one() -> None:
@@ -70,9 +71,7 @@ def test_range_refuses_a_tampered_block_and_stays_failed() -> None:
     altered = bytearray(CIPHERTEXT)
     altered[LAYOUT.block_span(1)[0] + 2] ^= 1
     plan = plan_range(LAYOUT, 0, 3 * BLOCK)
-    opener = RangeOpener(open_header(KEY, HEADER), LAYOUT, plan)
-    assert plan.final_span is not None
-    opener.verify_final(bytes(altered[plan.final_span[0] :]))
+    opener = RangeOpener(open_header(KEY, HEADER), LAYOUT, plan, bytes(altered[plan.final_span[0] :]))
     released = opener.update(bytes(altered[plan.cipher_offset : plan.cipher_offset + BLOCK + 16]))
     assert released == PLAINTEXT[:BLOCK]
     with pytest.raises(IntegrityError):
@@ -81,18 +80,48 @@ def test_range_refuses_a_tampered_block_and_stays_failed() -> None:
         opener.update(CIPHERTEXT[LAYOUT.block_span(2)[0] : LAYOUT.block_span(3)[0]])
 
 
-def test_range_needs_final_verification_first() -> None:
-    plan = plan_range(LAYOUT, 0, 5)
-    with pytest.raises(EncryptionError, match="final block"):
-        RangeOpener(open_header(KEY, HEADER), LAYOUT, plan).update(CIPHERTEXT[plan.cipher_offset :])
+@pytest.mark.parametrize("offset,length", [(0, 5), (len(PLAINTEXT) - 5, 5), (0, len(PLAINTEXT))])
+def test_range_opener_verifies_the_final_block_before_anything(offset: int, length: int) -> None:
+    plan = plan_range(LAYOUT, offset, length)
+    start, size = plan.final_span
+    tampered = bytearray(CIPHERTEXT[start : start + size])
+    tampered[-1] ^= 1
+    with pytest.raises(IntegrityError):  # refused at construction: no update can run before
+        RangeOpener(open_header(KEY, HEADER), LAYOUT, plan, bytes(tampered))
+    with pytest.raises(IntegrityError):  # a non-final block passed as the final one
+        first, first_size = LAYOUT.block_span(0)
+        RangeOpener(open_header(KEY, HEADER), LAYOUT, plan, CIPHERTEXT[first : first + first_size])
+
+
+def _opener(plan: RangePlan) -> RangeOpener:
+    start, size = plan.final_span
+    return RangeOpener(open_header(KEY, HEADER), LAYOUT, plan, CIPHERTEXT[start : start + size])
 
 
 def test_short_or_long_feed_refused() -> None:
     plan = plan_range(LAYOUT, 0, len(PLAINTEXT))
-    opener = RangeOpener(open_header(KEY, HEADER), LAYOUT, plan)
-    opener.update(CIPHERTEXT[plan.cipher_offset : -1])
+    opener = _opener(plan)
+    opener.update(CIPHERTEXT[plan.cipher_offset : plan.cipher_offset + plan.cipher_length - 1])
     with pytest.raises(IntegrityError):
         opener.finalize()
+    oversized = _opener(plan)
+    assert oversized.update(CIPHERTEXT[plan.cipher_offset :]) == PLAINTEXT[: 4 * BLOCK]  # the final block fed again
+    with pytest.raises(IntegrityError, match="oversized"):
+        oversized.finalize()
+    with pytest.raises(IntegrityError, match="failed earlier"):
+        oversized.update(b"")
+    two_blocks = _opener(plan_range(LAYOUT, 0, BLOCK))
+    with pytest.raises(IntegrityError, match="oversized"):  # more whole blocks than the range covers
+        two_blocks.update(CIPHERTEXT[plan.cipher_offset : plan.cipher_offset + 2 * (BLOCK + 16)])
+
+
+def test_empty_file_reads_as_empty() -> None:
+    data = encrypt(KEY, b"", file_id=uuid.uuid4(), block_size=BLOCK)
+    layout = Layout(Header.parse(data).size, BLOCK, len(data))
+    plan = plan_range(layout, 0, 0)
+    assert plan.cipher_length == 0 and plan.covers_final
+    opener = RangeOpener(open_header(KEY, Header.parse(data)), layout, plan, data[plan.final_span[0] :])
+    assert opener.finalize() == b""
 
 
 @pytest.mark.parametrize("offset,length", [(-1, 5), (0, 0), (0, len(PLAINTEXT) + 1), (len(PLAINTEXT), 1)])

@@ -94,6 +94,17 @@ def test_streams_refuse_use_after_finalize() -> None:
         encryptor.finalize()
 
 
+def test_encryptor_stays_failed_after_a_failure() -> None:
+    encryptor = Encryptor(KEY, file_id=FILE_ID, block_size=64)
+    out = bytearray(10)  # too small for the header: the call fails part way
+    with pytest.raises(ValueError):
+        encryptor.update_into(os.urandom(200), out)
+    assert out == bytes(10)  # what it wrote is zeroed
+    for attempt in (lambda: encryptor.update(b"more"), encryptor.finalize):
+        with pytest.raises(EncryptionError, match="failed earlier"):
+            attempt()
+
+
 @pytest.mark.parametrize("block", [0, 1, 63, 16 * 1024 * 1024 + 1, 2**32 - 1])
 def test_encryptor_refuses_block_sizes_out_of_bounds(block: int) -> None:
     with pytest.raises(FormatError):
