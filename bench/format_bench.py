@@ -29,7 +29,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench import table
-from shared.crypto import Decryptor, Encryptor, Layout, plan_range
+from shared.crypto.format import Layout
+from shared.crypto.ranges import plan_range
+from shared.crypto.stream import Decryptor, Encryptor
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from shared.blobs import BlobStore
-from shared.crypto import MAX_HEADER_SIZE, Header, Layout, RangeOpener, open_header, plan_range
+from shared.crypto.cipher import open_header
+from shared.crypto.format import MAX_HEADER_SIZE, Header, Layout
+from shared.crypto.ranges import RangeOpener, plan_range
 from shared.db.files import FileRecord
 from shared.errors import IntegrityError
 from shared.http_range import ByteRange

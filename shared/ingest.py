@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.crypto import Encryptor
+from shared.crypto.stream import Encryptor
 from shared.db.files import FileRepository
 from shared.deps import Deps
 from shared.errors import BlobNotFoundError, UploadConflictError

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from shared.crypto import Decryptor, Encryptor
+from shared.crypto.stream import Decryptor, Encryptor
 from shared.db.files import FileRepository
 from shared.deps import Deps
 from shared.errors import BlobsealError, RotationConflictError, UnknownFileError

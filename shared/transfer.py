@@ -13,8 +13,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 from shared.blobs import BlockWriter
-from shared.crypto import Decryptor, Encryptor
 from shared.crypto.format import FORMAT_VERSION
+from shared.crypto.stream import Decryptor, Encryptor
 
 __all__ = ["seal_stream"]
 

@@ -1,4 +1,8 @@
-"""``encrypt``, ``decrypt`` and ``inspect``: the format on local files, for recovery and tests."""
+"""``encrypt``, ``decrypt`` and ``inspect``: the format on local files, for recovery and tests.
+
+Only the crypto core and the standard library are imported; ``inspect`` needs no key, so
+the modules that load ``cryptography`` are imported by the commands that use a key.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,7 @@ import uuid
 from typing import Any, BinaryIO
 
 from shared.cli.io import CHUNK, Progress, UsageError, atomic_output, input_size, open_input, read_key_file
-from shared.crypto import (
-    DEFAULT_BLOCK_SIZE,
-    MAX_HEADER_SIZE,
-    Decryptor,
-    Encryptor,
-    Header,
-    Layout,
-    RangeOpener,
-    open_header,
-    plan_range,
-)
+from shared.crypto.format import DEFAULT_BLOCK_SIZE, MAX_HEADER_SIZE, Header, Layout
 from shared.errors import FormatError
 
 __all__ = ["UsageError", "register"]
@@ -55,6 +49,8 @@ def _uuid(text: str) -> uuid.UUID:
 
 
 def run_encrypt(args: argparse.Namespace) -> int:
+    from shared.crypto.stream import Encryptor
+
     key = read_key_file(args.key_file)
     encryptor = Encryptor(key, file_id=args.file_id, key_reference=args.key_reference, block_size=args.block_size)
     with open_input(args.input) as source, atomic_output(args.output) as sink:
@@ -84,6 +80,8 @@ def run_decrypt(args: argparse.Namespace) -> int:
 def _decrypt_stream(key: bytes, source: BinaryIO, sink: BinaryIO, size: int | None,
                     offset: int, length: int | None) -> None:
     """Decrypt everything in order; the optional range is cut from the verified output."""
+    from shared.crypto.stream import Decryptor
+
     decryptor = Decryptor(key)
     window = _Window(offset, length)
     progress = Progress(size, "decrypt")
@@ -97,6 +95,9 @@ def _decrypt_stream(key: bytes, source: BinaryIO, sink: BinaryIO, size: int | No
 
 def _decrypt_range(key: bytes, source: BinaryIO, sink: BinaryIO, size: int, offset: int, length: int | None) -> None:
     """Random access: read only the blocks covering the range, plus the final block."""
+    from shared.crypto.cipher import open_header
+    from shared.crypto.ranges import RangeOpener, plan_range
+
     header = Header.parse(source.read(MAX_HEADER_SIZE))
     layout = Layout(header.size, header.block_size, size)
     plaintext_size = layout.plaintext_size

@@ -7,13 +7,12 @@ import binascii
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.crypto import KEY_SIZE
+from shared.crypto.format import KEY_SIZE
 
 __all__ = ["CHUNK", "Progress", "UsageError", "atomic_output", "open_input", "read_key_file"]
 
@@ -54,7 +53,8 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
         return
     target = Path(path)
     try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent or ".")
+        temporary = target.parent / f".{target.name}.{os.urandom(6).hex()}.partial"  # as mkstemp: 0600, new
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:

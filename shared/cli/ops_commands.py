@@ -1,98 +1,44 @@
 """Operator commands on the configured deployment: ``migrate``, ``show``, ``rotate``, ``decrypt-file``.
 
-They read the same settings as ``make dev`` (environment first, then ``local.settings.json``)
-and call the same service code as the functions, so ``rotate`` is the timer's code path.
+Only the parser lives here: the commands' code (``shared.cli.operations``) pulls in the Azure
+SDK, asyncpg and the settings, so it is imported when one of them runs, never for the format
+commands (``encrypt``, ``decrypt``, ``inspect``), which start in a fraction of that time.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
-
-from shared import bootstrap
-from shared.cli.io import atomic_output
-from shared.config import Settings, redact_url
-from shared.db.migrations import MIGRATIONS, migrate
-from shared.service import FileService, parse_file_id
+import importlib
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["register"]
 
-T = TypeVar("T")
+
+def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module("shared.cli.operations"), name)
+        return handler(args)
+
+    return run
 
 
 def register(commands: Any) -> None:
     migrate_cmd = commands.add_parser("migrate", help="apply pending database migrations (idempotent)")
-    migrate_cmd.set_defaults(handler=run_migrate)
+    migrate_cmd.set_defaults(handler=_lazy("run_migrate"))
 
     show = commands.add_parser("show", help="print a file's metadata as JSON")
     show.add_argument("file_id")
-    show.set_defaults(handler=run_show)
+    show.set_defaults(handler=_lazy("run_show"))
 
     rotate = commands.add_parser("rotate", help="rotate keys now (the timer's code path)")
     which = rotate.add_mutually_exclusive_group(required=True)
     which.add_argument("--due", action="store_true", help="every file whose key has expired (bounded per run)")
     which.add_argument("--file-id", help="this file, whether due or not")
     rotate.add_argument("--limit", type=int, default=None, help="at most this many files (with --due)")
-    rotate.set_defaults(handler=run_rotate)
+    rotate.set_defaults(handler=_lazy("run_rotate"))
 
     decrypt = commands.add_parser("decrypt-file", help="decrypt a protected blob with the configured vault")
     decrypt.add_argument("file_id")
     decrypt.add_argument("output", help="plaintext file, or - for stdout")
-    decrypt.set_defaults(handler=run_decrypt_file)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    environ: Mapping[str, str] | None = getattr(args, "environ", None)
-    return bootstrap.load_settings(environ)
-
-
-def _with_service(args: argparse.Namespace, work: Callable[[FileService], Awaitable[T]]) -> T:
-    async def run() -> T:
-        services = bootstrap.build_services(_settings(args))
-        try:
-            return await work(services.files)
-        finally:
-            await services.close()
-
-    return asyncio.run(run())
-
-
-def run_migrate(args: argparse.Namespace) -> int:
-    url = _settings(args).database_url
-    applied = asyncio.run(migrate(url))
-    latest = MIGRATIONS[-1].version
-    done = f"applied {', '.join(map(str, applied))}; schema" if applied else "schema already"
-    print(f"{redact_url(url)}: {done} at version {latest}")
-    return 0
-
-
-def run_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_with_service(args, lambda s: s.describe(args.file_id)), indent=2))
-    return 0
-
-
-def run_rotate(args: argparse.Namespace) -> int:
-    if args.file_id:
-        reference = _with_service(args, lambda s: s.rotate_file(args.file_id))
-        print(json.dumps({"rotated": [args.file_id], "key_reference": reference}))
-        return 0
-    report = _with_service(args, lambda s: s.rotate_due(limit=args.limit))
-    print(json.dumps(report.as_dict()))
-    return 1 if report.failed else 0
-
-
-def run_decrypt_file(args: argparse.Namespace) -> int:
-    parse_file_id(args.file_id)
-
-    async def work(service: FileService) -> None:
-        download = await service.open_download(args.file_id, None)
-        assert download.body is not None
-        with atomic_output(args.output) as sink:
-            async for piece in download.body:
-                sink.write(piece)
-
-    _with_service(args, work)
-    return 0
+    decrypt.set_defaults(handler=_lazy("run_decrypt_file"))

@@ -1,26 +1,11 @@
-"""The blobseal v1 encrypted format: pure, no I/O, no Azure, no database (see docs/FORMAT.md)."""
+"""The blobseal v1 encrypted format: pure, no I/O, no Azure, no database (see docs/FORMAT.md).
 
-from shared.crypto.cipher import KEY_SIZE, BlockCipher, open_header, seal_header
-from shared.crypto.format import MAX_HEADER_SIZE, TAG_SIZE, Header, Layout, header_size_from_prefix
-from shared.crypto.ranges import RangeOpener, RangePlan, plan_range
-from shared.crypto.stream import DEFAULT_BLOCK_SIZE, Decryptor, Encryptor, decrypt, encrypt
+Import from the module that owns a name; this package exports nothing itself, so that what
+needs only the header (``inspect``) never loads ``cryptography``:
 
-__all__ = [
-    "DEFAULT_BLOCK_SIZE",
-    "KEY_SIZE",
-    "MAX_HEADER_SIZE",
-    "TAG_SIZE",
-    "BlockCipher",
-    "Decryptor",
-    "Encryptor",
-    "Header",
-    "Layout",
-    "RangeOpener",
-    "RangePlan",
-    "decrypt",
-    "encrypt",
-    "header_size_from_prefix",
-    "open_header",
-    "plan_range",
-    "seal_header",
-]
+- ``format``: the header, its limits and the size arithmetic (standard library only);
+- ``cipher``: key derivation, key commitment, sealing and opening single blocks;
+- ``engine``: the block loop and the failure rule shared by every stream;
+- ``stream``: ``Encryptor`` and ``Decryptor`` (push style), one-shot ``encrypt``/``decrypt``;
+- ``ranges``: which blocks cover a byte range, and ``RangeOpener``.
+"""

@@ -26,12 +26,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from shared.crypto.format import COMMITMENT_SIZE, MAX_BLOCKS, TAG_SIZE, Buffer, Header
+from shared.crypto.format import COMMITMENT_SIZE, KEY_SIZE, MAX_BLOCKS, TAG_SIZE, Buffer, Header
 from shared.errors import EncryptionError, IntegrityError
 
-__all__ = ["KEY_SIZE", "BlockCipher", "aead_open_into", "aead_seal_into", "open_header", "seal_header"]
+__all__ = ["BlockCipher", "aead_open_into", "aead_seal_into", "open_header", "seal_header"]
 
-KEY_SIZE = 32
 _INFO = b"blobseal v1"
 _NONCE_PREFIX_SIZE = 7
 _NONCE = struct.Struct(">7sIB")

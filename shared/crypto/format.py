@@ -29,8 +29,10 @@ from shared.errors import FormatError
 
 __all__ = [
     "ALGORITHM_AES256GCM_HKDF",
+    "DEFAULT_BLOCK_SIZE",
     "FIXED_HEADER_SIZE",
     "FORMAT_VERSION",
+    "KEY_SIZE",
     "MAGIC",
     "MAX_BLOCKS",
     "MAX_BLOCK_SIZE",
@@ -46,6 +48,8 @@ __all__ = [
 
 Buffer = bytes | bytearray | memoryview
 
+KEY_SIZE = 32  # AES-256: the file key
+DEFAULT_BLOCK_SIZE = 64 * 1024
 MAGIC = b"\x89BSEAL\r\n"
 FORMAT_VERSION = 1
 ALGORITHM_AES256GCM_HKDF = 1

@@ -18,6 +18,7 @@ import uuid
 from shared.crypto.cipher import open_header, seal_header
 from shared.crypto.engine import BlockStream, Opening, Sealing
 from shared.crypto.format import (
+    DEFAULT_BLOCK_SIZE,
     FIXED_HEADER_SIZE,
     MAX_HEADER_SIZE,
     SALT_SIZE,
@@ -29,10 +30,7 @@ from shared.crypto.format import (
 )
 from shared.errors import FormatError, IntegrityError
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "Decryptor", "Encryptor", "decrypt", "encrypt"]
-
-DEFAULT_BLOCK_SIZE = 64 * 1024
-
+__all__ = ["Decryptor", "Encryptor", "decrypt", "encrypt"]
 
 class Encryptor(BlockStream):
     """Seals a plaintext stream into a blobseal v1 file."""

@@ -18,7 +18,7 @@ import pytest
 from devhost.azurite import Azurite
 from shared.blobs import BlobStore, BlockWriter
 from shared.bootstrap import Services
-from shared.crypto import Header
+from shared.crypto.format import Header
 from shared.db.files import FileRepository
 from shared.errors import (
     FileNotReadyError,

@@ -6,7 +6,7 @@ import os
 import uuid
 from dataclasses import dataclass
 
-from shared.crypto import Decryptor, encrypt
+from shared.crypto.stream import Decryptor, encrypt
 from shared.errors import BlobsealError
 
 BLOCK = 64

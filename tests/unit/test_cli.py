@@ -1,26 +1,69 @@
-"""The format command line, driven as a user would: a subprocess with files and pipes."""
+"""The format command line: in process (``main``) with real files and a real pipe on stdin, and
+as a subprocess where the process itself is what is tested (start-up, imports, a terminal)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shared.cli.io import Progress
+from shared.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+def subprocess_cli(*args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "shared.cli", *args], input=stdin, capture_output=True,
                           cwd=cwd, env=env, timeout=60, check=False)
+
+
+@contextlib.contextmanager
+def piped_stdin(data: bytes) -> Iterator[io.TextIOWrapper]:
+    """A real pipe as stdin (not seekable, like a shell pipe), fed by a thread."""
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as sink:
+            sink.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with io.TextIOWrapper(os.fdopen(read_fd, "rb")) as stdin:
+        yield stdin
+    writer.join()
+
+
+def cli(*args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """``main`` in this process, with the exit code, stdout and stderr a subprocess would give."""
+    stdout, stderr = io.TextIOWrapper(io.BytesIO()), io.StringIO()
+    saved = sys.stdin, sys.stdout, sys.stderr
+    previous = Path.cwd()
+    with contextlib.ExitStack() as stack:
+        sys.stdin = stack.enter_context(piped_stdin(stdin or b""))
+        sys.stdout, sys.stderr = stdout, stderr
+        os.chdir(cwd)
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            os.chdir(previous)
+            sys.stdin, sys.stdout, sys.stderr = saved
+    stdout.flush()
+    output = stdout.buffer.getvalue()  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(list(args), code, output, stderr.getvalue().encode())
 
 
 @pytest.fixture()
@@ -138,5 +181,26 @@ def test_progress_only_when_enabled_and_slow(capsys: pytest.CaptureFixture[str])
 
 
 def test_no_progress_when_stderr_is_not_a_terminal(work: Path) -> None:
-    result = cli("encrypt", "--key-file", "key", "--file-id", str(uuid.uuid4()), "plain", "enc", cwd=work)
+    result = subprocess_cli("encrypt", "--key-file", "key", "--file-id", str(uuid.uuid4()), "plain", "enc", cwd=work)
     assert result.returncode == 0 and result.stderr == b""
+
+
+def test_a_real_process_round_trips_through_pipes(work: Path) -> None:
+    plain = (work / "plain").read_bytes()
+    sealed = subprocess_cli("encrypt", "--key-file", "key", "--file-id", str(uuid.uuid4()), "-", "-", stdin=plain,
+                            cwd=work)
+    opened = subprocess_cli("decrypt", "--key-file", "key", "-", "-", stdin=sealed.stdout, cwd=work)
+    assert sealed.returncode == 0 and opened.returncode == 0 and opened.stdout == plain
+    failed = subprocess_cli("inspect", "plain", cwd=work)
+    assert failed.returncode == 1 and failed.stderr.decode().count("\n") == 1
+
+
+def test_the_format_commands_load_no_azure_sdk_or_database_driver(work: Path) -> None:
+    encrypt_sample(work)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "shared.cli", "inspect", "enc"],
+                            capture_output=True, cwd=work, env=env, timeout=60, check=True)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.decode().splitlines()]
+    assert "shared.crypto.format" in imported
+    heavy = [name for name in imported if name.split(".")[0] in ("azure", "asyncpg", "aiohttp", "cryptography")]
+    assert heavy == []  # inspect needs no key: not even cryptography

@@ -7,7 +7,10 @@ import uuid
 
 import pytest
 
-from shared.crypto import Header, Layout, RangeOpener, RangePlan, encrypt, open_header, plan_range
+from shared.crypto.cipher import open_header
+from shared.crypto.format import Header, Layout
+from shared.crypto.ranges import RangeOpener, RangePlan, plan_range
+from shared.crypto.stream import encrypt
 from shared.errors import EncryptionError, FormatError, IntegrityError
 
 KEY = os.urandom(32)

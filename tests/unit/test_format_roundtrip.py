@@ -9,15 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.crypto import (
-    DEFAULT_BLOCK_SIZE,
-    Decryptor,
-    Encryptor,
-    Header,
-    Layout,
-    decrypt,
-    encrypt,
-)
+from shared.crypto.format import DEFAULT_BLOCK_SIZE, Header, Layout
+from shared.crypto.stream import Decryptor, Encryptor, decrypt, encrypt
 from shared.errors import EncryptionError, FormatError
 
 KEY = os.urandom(32)

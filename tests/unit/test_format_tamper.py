@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from shared.crypto import Decryptor, Header, encrypt
-from shared.crypto.format import FIXED_HEADER_SIZE
+from shared.crypto.format import FIXED_HEADER_SIZE, Header
+from shared.crypto.stream import Decryptor, encrypt
 from shared.errors import EncryptionError, FormatError, IntegrityError
 from tests.unit.crypto_helpers import BLOCK, Sample, released_until_failure, sample
 

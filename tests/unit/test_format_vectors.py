@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from shared.crypto import decrypt, encrypt
 from shared.crypto.cipher import aead_open_into, aead_seal_into
+from shared.crypto.stream import decrypt, encrypt
 from shared.errors import IntegrityError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"

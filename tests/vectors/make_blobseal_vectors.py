@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared.crypto import Header, encrypt
+from shared.crypto.format import Header
+from shared.crypto.stream import encrypt
 
 KEY = bytes(range(32))
 FILE_ID = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
