@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test lint unit dev bench clean
+.PHONY: install test lint unit dev bench docs clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -39,6 +39,10 @@ bench: install
 	$(PY) -m bench.format_bench
 	$(PY) -m bench.app_bench
 	$(PY) -m bench.vault_bench
+
+# The README settings table and local.settings.json.example, from the declarations in shared/config.py.
+docs: $(VENV)/.installed
+	$(PY) scripts/settings_docs.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

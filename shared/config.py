@@ -1,22 +1,31 @@
-"""Settings: read from the environment once, validated, one error listing every problem.
+"""Settings: declared once, read from the environment once, validated with one error for all.
+
+Each setting is one field of ``Settings``, declared with ``setting(ENV_NAME, default, doc,
+bounds or choices)``: the default lives there and nowhere else. ``from_env`` parses every
+field by its type and declaration, then checks contradictions between fields; the README's
+settings table and ``local.settings.json.example`` are rendered from the same declarations
+(``make docs``; a unit test fails when they disagree).
 
 Nothing else in the project reads ``os.environ``: the bootstrap calls
 ``Settings.from_env(os.environ)`` once per worker and passes the object down. Secrets in the
-settings (client secret, database password) are kept out of ``repr``.
+settings (client secret, database URL, connection strings, function key) stay out of ``repr``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.errors import ConfigError
 
-__all__ = ["DATA_STORAGE", "LOCAL_STORAGE", "Settings", "redact_url"]
+__all__ = [
+    "DATA_STORAGE", "HOST_SETTINGS", "LOCAL_STORAGE", "Settings", "Spec", "redact_url", "render_default", "setting",
+    "specs",
+]
 
 T = TypeVar("T")
 
@@ -40,66 +49,39 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-class _Reader:
-    """Collects every problem instead of stopping at the first."""
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read: its name, bounds or choices, doc; the default is the field's."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.problems: list[str] = []
-
-    def raw(self, name: str) -> str | None:
-        value = self.environ.get(name)
-        if value is None or value.strip() == "":
-            return None
-        return value.strip()
-
-    def get(self, name: str, default: T, parse: Callable[[str], T], expect: str) -> T:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            return parse(value)
-        except ValueError:
-            self.problems.append(f"{name} must be {expect}, got {value!r}")
-            return default
-
-    def flag(self, name: str, default: bool) -> bool:
-        return self.get(name, default, _parse_bool, "true or false")
-
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.get(name, default, int, f"an integer from {low} to {high}")
-        if not low <= value <= high:
-            self.problems.append(f"{name} must be from {low} to {high}, got {value}")
-        return value
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.raw(name) or default
-        if value not in choices:
-            self.problems.append(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def text(self, name: str, default: str = "") -> str:
-        return self.raw(name) or default
+    env: str
+    doc: str
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # other names accepted when ``env`` is unset
+    example: str | None = None  # the value in local.settings.json.example, when not the default
+    in_example: bool = True  # False: left out of the example (it would change what the host resolves)
 
 
-def _app_settings(r: _Reader) -> dict[str, Any]:
-    """Settings of the function app: storage, containers, triggers, rotation schedule."""
-    blob_uri = r.text(f"{DATA_STORAGE}__blobServiceUri") or r.text(f"{DATA_STORAGE}__serviceUri")
-    return {
-        "data_storage_connection": r.text(DATA_STORAGE, "" if blob_uri else LOCAL_STORAGE),
-        "data_storage_blob_uri": blob_uri,
-        "ingest_container": r.text("INGEST_CONTAINER", "ingest"),
-        "protected_container": r.text("PROTECTED_CONTAINER", "protected"),
-        "keep_plaintext": r.flag("KEEP_PLAINTEXT", False),
-        "blob_trigger_source": r.choice("BLOB_TRIGGER_SOURCE", "LogsAndContainerScan",
-                                        ("LogsAndContainerScan", "EventGrid")),
-        "rotation_schedule": r.text("ROTATION_SCHEDULE", "0 0 * * * *"),
-        "rotation_batch_size": r.integer("ROTATION_BATCH_SIZE", 100, 1, 100_000),
-        "rotation_time_budget_seconds": r.integer("ROTATION_TIME_BUDGET_SECONDS", 240, 1, 3600),
-        "rotation_grace_minutes": r.integer("ROTATION_GRACE_MINUTES", 60, 0, 7 * 24 * 60),
-        "local_function_key": r.text("LOCAL_FUNCTION_KEY"),
-        "app_insights_connection_string": r.text("APPLICATIONINSIGHTS_CONNECTION_STRING"),
-    }
+def setting(env: str, default: T, doc: str, *, secret: bool = False, **spec: Any) -> T:
+    """Declare a setting where it lives: the ``Settings`` field, its default, parser bounds and doc."""
+    return field(default=default, repr=not secret, metadata={"spec": Spec(env, doc, **spec)})
+
+
+@dataclass(frozen=True)
+class HostSetting:
+    """A setting the Functions host reads, not the app (documented and put in the example)."""
+
+    env: str
+    example: str
+    doc: str
+
+
+HOST_SETTINGS = (
+    HostSetting("FUNCTIONS_WORKER_RUNTIME", "python", "Functions host: the language worker"),
+    HostSetting("AzureWebJobsStorage", LOCAL_STORAGE, "Functions host: its own storage (timers, receipts, leases)"),
+    HostSetting("PYTHON_ENABLE_INIT_INDEXING", "1", "Functions host: needed for HTTP streaming on Python <= 3.12"),
+)
 
 
 def _parse_bool(value: str) -> bool:
@@ -111,39 +93,98 @@ def _parse_bool(value: str) -> bool:
     raise ValueError(value)
 
 
+_PARSERS: dict[type, Callable[[str], Any]] = {bool: _parse_bool, int: int, Path: Path}
+
+
+def _parse(kind: type, spec: Spec, text: str, problems: list[str]) -> Any:
+    """``text`` as ``kind``, or None with the problem noted."""
+    try:
+        value = _PARSERS.get(kind, str)(text)
+    except ValueError:
+        expect = "true or false" if kind is bool else f"an integer from {spec.low} to {spec.high}"
+        problems.append(f"{spec.env} must be {expect}, got {text!r}")
+        return None
+    if spec.choices and value not in spec.choices:
+        problems.append(f"{spec.env} must be one of {', '.join(spec.choices)}, got {value!r}")
+    if kind is int and spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
+        problems.append(f"{spec.env} must be from {spec.low} to {spec.high}, got {value}")
+    return value
+
+
+def specs() -> list[tuple[Field[Any], Spec]]:
+    """Every app setting, in declaration order: the table the docs and the example come from."""
+    return [(f, f.metadata["spec"]) for f in fields(Settings)]
+
+
+def render_default(value: object) -> str:
+    """A default as it is written in the environment."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of the product, with its default."""
+    """Every setting of the product: one line each, with its default, bounds and meaning."""
 
-    encryption_enabled: bool = True
-    encryption_algorithm: str = "AES-256-GCM"
-    key_rotation_days: int = 30
-    chunk_size_mb: int = 5
-    block_size_kib: int = 64
-    key_vault_enabled: bool = True
-    key_vault_mode: str = "local"
-    key_vault_url: str = ""
-    key_vault_tenant_id: str = ""
-    key_vault_client_id: str = ""
-    key_vault_client_secret: str = field(default="", repr=False)
-    key_vault_cache_enabled: bool = True
-    key_vault_cache_minutes: int = 60
-    key_vault_cache_max_entries: int = 10_000
-    key_vault_local_path: Path = Path("secrets")
-    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
-    database_pool_max: int = 10
-    data_storage_connection: str = field(default=LOCAL_STORAGE, repr=False)
-    data_storage_blob_uri: str = ""
-    ingest_container: str = "ingest"
-    protected_container: str = "protected"
-    keep_plaintext: bool = False
-    blob_trigger_source: str = "LogsAndContainerScan"
-    rotation_schedule: str = "0 0 * * * *"
-    rotation_batch_size: int = 100
-    rotation_time_budget_seconds: int = 240
-    rotation_grace_minutes: int = 60
-    local_function_key: str = field(default="", repr=False)
-    app_insights_connection_string: str = field(default="", repr=False)
+    encryption_enabled: bool = setting(
+        "ENCRYPTION_ENABLED", True,
+        "`false`: uploads are left in ingest untouched (logged); downloads of existing files still work")
+    encryption_algorithm: str = setting(
+        "ENCRYPTION_ALGORITHM", "AES-256-GCM", "the only accepted value", choices=("AES-256-GCM",))
+    key_rotation_days: int = setting(
+        "ENCRYPTION_KEY_ROTATION_DAYS", 30, "key lifetime; expired keys are rotated by the timer", low=1, high=3650)
+    chunk_size_mb: int = setting(
+        "ENCRYPTION_CHUNK_SIZE_MB", 5, "transfer unit: read, staged and uploaded at a time", low=1, high=100)
+    block_size_kib: int = setting(
+        "ENCRYPTION_BLOCK_SIZE_KB", 64, "format block size for new files; readers take it from each header",
+        low=4, high=16 * 1024)
+    key_vault_enabled: bool = setting("KEY_VAULT_ENABLED", True, "must be true while encryption is on")
+    key_vault_mode: str = setting(
+        "KEY_VAULT_MODE", "local", "`local` (JSON file) or `azure` (Key Vault)", choices=("local", "azure"))
+    key_vault_url: str = setting("KEY_VAULT_URL", "", "`https://<vault>.vault.azure.net` (azure mode)")
+    key_vault_tenant_id: str = setting("KEY_VAULT_TENANT_ID", "", "service principal's tenant (azure mode)")
+    key_vault_client_id: str = setting(
+        "KEY_VAULT_CLIENT_ID", "", "service principal, or the user-assigned managed identity without a secret")
+    key_vault_client_secret: str = setting(
+        "KEY_VAULT_CLIENT_SECRET", "", "service principal secret; without it: managed identity "
+        "(`DefaultAzureCredential`)", secret=True)
+    key_vault_cache_enabled: bool = setting("KEY_VAULT_CACHE_ENABLED", True, "TTL cache of fetched keys (in memory)")
+    key_vault_cache_minutes: int = setting(
+        "KEY_VAULT_CACHE_DURATION_MINUTES", 60, "cache TTL", low=0, high=7 * 24 * 60)
+    key_vault_cache_max_entries: int = setting(
+        "KEY_VAULT_CACHE_MAX_ENTRIES", 10_000, "cache bound (LRU)", low=1, high=10_000_000)
+    key_vault_local_path: Path = setting(
+        "KEY_VAULT_LOCAL_PATH", Path("secrets"),
+        "folder of the local vault (`secrets.json`, mode 0600 in a 0700 folder)")
+    database_url: str = setting(
+        "DATABASE_URL", DEFAULT_DATABASE_URL, "PostgreSQL (asyncpg)", secret=True)
+    database_pool_max: int = setting("DATABASE_POOL_MAX", 10, "pool size per worker", low=1, high=100)
+    data_storage_connection: str = setting(
+        DATA_STORAGE, LOCAL_STORAGE, "storage connection string of the ingest/protected containers "
+        "(the blob trigger's connection)", secret=True)
+    data_storage_blob_uri: str = setting(
+        f"{DATA_STORAGE}__blobServiceUri", "", "instead of a connection string: identity-based access "
+        "(managed identity)", aliases=(f"{DATA_STORAGE}__serviceUri",), in_example=False)
+    ingest_container: str = setting("INGEST_CONTAINER", "ingest", "container uploads are dropped into")
+    protected_container: str = setting("PROTECTED_CONTAINER", "protected", "container of the encrypted files")
+    keep_plaintext: bool = setting("KEEP_PLAINTEXT", False, "keep the ingest blob after encryption")
+    blob_trigger_source: str = setting(
+        "BLOB_TRIGGER_SOURCE", "LogsAndContainerScan", "`EventGrid` in Azure (Flex Consumption needs it); "
+        "polling locally", choices=("LogsAndContainerScan", "EventGrid"))
+    rotation_schedule: str = setting(
+        "ROTATION_SCHEDULE", "0 0 * * * *", "NCRONTAB (six fields) of the rotation timer")
+    rotation_batch_size: int = setting(
+        "ROTATION_BATCH_SIZE", 100, "files per timer run at most", low=1, high=100_000)
+    rotation_time_budget_seconds: int = setting(
+        "ROTATION_TIME_BUDGET_SECONDS", 240, "time per timer run at most (the rest waits for the next run)",
+        low=1, high=3600)
+    rotation_grace_minutes: int = setting(
+        "ROTATION_GRACE_MINUTES", 60, "how long a rotated-out blob stays for downloads in flight",
+        low=0, high=7 * 24 * 60)
+    local_function_key: str = setting(
+        "LOCAL_FUNCTION_KEY", "", "the function key the local host checks (`x-functions-key` or `?code=`)",
+        secret=True, example="local-dev-key")
+    app_insights_connection_string: str = setting(
+        "APPLICATIONINSIGHTS_CONNECTION_STRING", "", "enables Azure Monitor export", secret=True)
 
     @property
     def chunk_size(self) -> int:
@@ -162,31 +203,19 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and validate; raise one ``ConfigError`` naming every bad or missing value."""
-        r = _Reader(environ)
-        values: dict[str, Any] = {
-            "encryption_enabled": r.flag("ENCRYPTION_ENABLED", True),
-            "encryption_algorithm": r.choice("ENCRYPTION_ALGORITHM", "AES-256-GCM", ("AES-256-GCM",)),
-            "key_rotation_days": r.integer("ENCRYPTION_KEY_ROTATION_DAYS", 30, 1, 3650),
-            "chunk_size_mb": r.integer("ENCRYPTION_CHUNK_SIZE_MB", 5, 1, 100),
-            "block_size_kib": r.integer("ENCRYPTION_BLOCK_SIZE_KB", 64, 4, 16 * 1024),
-            "key_vault_enabled": r.flag("KEY_VAULT_ENABLED", True),
-            "key_vault_mode": r.choice("KEY_VAULT_MODE", "local", ("local", "azure")),
-            "key_vault_url": r.text("KEY_VAULT_URL"),
-            "key_vault_tenant_id": r.text("KEY_VAULT_TENANT_ID"),
-            "key_vault_client_id": r.text("KEY_VAULT_CLIENT_ID"),
-            "key_vault_client_secret": r.text("KEY_VAULT_CLIENT_SECRET"),
-            "key_vault_cache_enabled": r.flag("KEY_VAULT_CACHE_ENABLED", True),
-            "key_vault_cache_minutes": r.integer("KEY_VAULT_CACHE_DURATION_MINUTES", 60, 0, 7 * 24 * 60),
-            "key_vault_cache_max_entries": r.integer("KEY_VAULT_CACHE_MAX_ENTRIES", 10_000, 1, 10_000_000),
-            "key_vault_local_path": Path(r.text("KEY_VAULT_LOCAL_PATH", "secrets")),
-            "database_url": r.text("DATABASE_URL", DEFAULT_DATABASE_URL),
-            "database_pool_max": r.integer("DATABASE_POOL_MAX", 10, 1, 100),
-            **_app_settings(r),
-        }
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for f, spec in specs():
+            text = next((v.strip() for name in (spec.env, *spec.aliases) if (v := environ.get(name, "")).strip()),
+                        None)
+            if text is not None and (value := _parse(_KINDS[f.name], spec, text, problems)) is not None:
+                values[f.name] = value
+        if values.get("data_storage_blob_uri") and "data_storage_connection" not in values:
+            values["data_storage_connection"] = ""  # identity-based: no connection string
         settings = cls(**values)
-        r.problems.extend(settings._contradictions())
-        if r.problems:
-            raise ConfigError(r.problems)
+        problems.extend(settings._contradictions())
+        if problems:
+            raise ConfigError(problems)
         return settings
 
     def _contradictions(self) -> list[str]:
@@ -230,3 +259,6 @@ class Settings:
                 if not value:
                     problems.append(f"{name} is required when KEY_VAULT_CLIENT_SECRET is set")
         return problems
+
+
+_KINDS: dict[str, type] = {name: kind for name, kind in get_type_hints(Settings).items()}

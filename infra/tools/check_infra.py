@@ -514,7 +514,7 @@ def check_app_contract(files: dict[Path, BicepFile], report: Report) -> None:
         report.fail(f"function_app.py connection {connection_name!r} differs from shared.config.DATA_STORAGE")
     if "%ROTATION_SCHEDULE%" not in app_source:
         report.fail("function_app.py: the timer does not bind %ROTATION_SCHEDULE%")
-    read = set(re.findall(r'r\.(?:text|flag|integer|choice|get)\(\s*"([A-Za-z_]+)"', config_source))
+    read = set(re.findall(r'setting\(\s*"([A-Za-z_]+)"', config_source))
     if data_storage:  # the identity-based connection: read by the app and by the blobs extension
         read |= {f"{data_storage.group(1)}__blobServiceUri", f"{data_storage.group(1)}__queueServiceUri"}
     settings_node = next(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from shared.config import Settings, redact_url
+from shared.config import Settings, redact_url, render_default, specs
 from shared.errors import ConfigError
 
 
@@ -83,3 +84,33 @@ def test_redact_url_leaves_passwordless_urls() -> None:
 def test_identity_based_storage_connection() -> None:
     s = Settings.from_env({"DataStorage__blobServiceUri": "https://acct.blob.core.windows.net"})
     assert (s.data_storage_connection, s.data_storage_blob_uri) == ("", "https://acct.blob.core.windows.net")
+
+
+def test_readme_table_and_example_file_are_rendered_from_the_declarations() -> None:
+    from scripts.settings_docs import EXAMPLE, README, example_file, readme_with_table
+
+    assert README.read_text() == readme_with_table(README.read_text()), "README settings table: run `make docs`"
+    assert EXAMPLE.read_text() == example_file(), "local.settings.json.example: run `make docs`"
+
+
+def test_each_default_is_written_once_and_everything_follows_it() -> None:
+    from scripts.settings_docs import EXAMPLE, readme_table
+
+    defaults, table = Settings.from_env({}), readme_table()
+    example = json.loads(EXAMPLE.read_text())["Values"]
+    for f, spec in specs():
+        assert getattr(defaults, f.name) == f.default, spec.env  # what the app uses when unset
+        rendered = render_default(f.default)
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{spec.env}`"))
+        cell = (f"`{rendered}`" if rendered else "") + (f" (example: `{spec.example}`)" if spec.example else "")
+        assert row.split("|")[2].strip() == cell.strip(), spec.env
+        if spec.in_example:
+            assert example[spec.env] == (spec.example if spec.example is not None else rendered), spec.env
+    assert Settings.from_env(example).local_function_key == "local-dev-key"  # the example is a valid setup
+
+
+def test_every_setting_is_validated_by_its_declaration() -> None:
+    bad = {spec.env: "not-a-number" for f, spec in specs() if f.type in ("int", int)}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(bad)
+    assert sorted(p.split(" ", 1)[0] for p in caught.value.problems) == sorted(bad)
