@@ -1,7 +1,8 @@
 """The Azure Functions app (Python v2 programming model): bindings, and nothing heavy.
 
-Each function reads its binding, makes one call into ``shared``, and maps errors. Clients and
-pools are built lazily by ``shared.bootstrap`` on first use and reused by every invocation.
+Each function reads its binding, makes one call into ``shared``, and maps errors. This module is
+the composition root: it alone asks ``shared.bootstrap`` for the services (built lazily on
+first use, reused by every invocation) and hands them to ``shared.http_api``.
 Annotations stay real objects (no ``from __future__ import annotations``): the worker reads
 them to pick the SDK-type blob binding and the streaming HTTP types.
 
@@ -19,6 +20,7 @@ import azurefunctions.extensions.bindings.blob as blob
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from shared import bootstrap, http_api
+from shared.errors import ConfigError
 
 log = logging.getLogger("blobseal.functions")
 
@@ -36,24 +38,33 @@ async def encrypt_ingest_blob(client: blob.BlobClient) -> None:
         raise
 
 
+async def _http(handler: http_api.Handler, req: Request) -> Response:
+    """The one place HTTP functions get the service (built once per worker by the bootstrap)."""
+    try:
+        files = (await bootstrap.services()).files
+    except ConfigError as exc:
+        return http_api.misconfigured(exc)
+    return await handler(req, files)
+
+
 @app.route(route="files/{file_id}", methods=["GET", "HEAD"])
 async def download_file(req: Request) -> Response:
-    return await http_api.download(req)
+    return await _http(http_api.download, req)
 
 
 @app.route(route="files/{file_id}/metadata", methods=["GET"])
 async def file_metadata(req: Request) -> Response:
-    return await http_api.metadata(req)
+    return await _http(http_api.metadata, req)
 
 
 @app.route(route="files", methods=["GET"])
 async def find_file(req: Request) -> Response:
-    return await http_api.find_file(req)
+    return await _http(http_api.find_file, req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
-    return await http_api.health(req)
+    return await _http(http_api.health, req)
 
 
 @app.route(route="metrics", methods=["GET"])

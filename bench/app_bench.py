@@ -66,19 +66,18 @@ async def timed(work: Callable[[], Awaitable[object]]) -> float:
 
 
 async def plain_copy(s: Services, source: str, target: str) -> None:
-    writer = s.blobs.writer(s.settings.protected_container, target)
-    async for chunk in s.blobs.read(s.settings.ingest_container, source):
+    writer = s.protected.writer(target)
+    async for chunk in s.ingest.read(source):
         await writer.stage(chunk)
     await writer.commit()
 
 
 async def plain_download(s: Services, blob: str) -> int:
-    return sum([len(chunk) async for chunk in s.blobs.read(s.settings.protected_container, blob)])
+    return sum([len(chunk) async for chunk in s.protected.read(blob)])
 
 
 async def service_download(s: Services, file_id: str) -> int:
-    body = (await s.files.open_download(file_id, None)).body
-    assert body is not None
+    body = await s.files.open(await s.files.encrypted_file(file_id), None)
     return sum([len(piece) async for piece in body])
 
 
@@ -97,7 +96,8 @@ async def one_round(azurite: Azurite, s: Services, size: int) -> dict[str, float
 
 async def throughput(azurite: Azurite, settings: Settings, size: int, rounds: int) -> list[list[str]]:
     s = build_services(settings)
-    await s.blobs.ensure_containers(settings.ingest_container, settings.protected_container)
+    await s.ingest.ensure()
+    await s.protected.ensure()
     try:
         runs = [await one_round(azurite, s, size) for _ in range(rounds)]
     finally:

@@ -65,8 +65,8 @@ def storage(args: argparse.Namespace) -> Iterator[Azurite | None]:
 async def prepare_storage_and_schema() -> None:
     services = bootstrap.build_services(bootstrap.load_settings())
     try:
-        settings = services.settings
-        await services.blobs.ensure_containers(settings.ingest_container, settings.protected_container)
+        await services.ingest.ensure()
+        await services.protected.ensure()
         await services.db.ping()  # applies the migrations
     finally:
         await services.close()

@@ -29,12 +29,12 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.storage.blob import BlobBlock, ContentSettings
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from shared.config import Settings
 from shared.errors import BlobChangedError, BlobNotFoundError, StorageError, StorageUnavailableError
 
-__all__ = ["BlobInfo", "BlobStore", "BlockWriter"]
+__all__ = ["BlobInfo", "BlobStore", "BlockWriter", "Container"]
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,14 @@ async def prefetched(source: AsyncIterator[bytes], depth: int = 1) -> AsyncItera
 
 
 class BlobStore:
-    """One async ``BlobServiceClient`` for the worker's lifetime (create lazily, close at exit)."""
+    """One async ``BlobServiceClient`` for the worker's lifetime (create lazily, close at exit).
 
-    def __init__(self, service: BlobServiceClient, *, chunk_size: int) -> None:
+    Use cases get a ``Container``: the store bound to one container, so that none of them
+    can reach a container it was not given.
+    """
+
+    def __init__(self, service: BlobServiceClient) -> None:
         self._service = service
-        self.chunk_size = chunk_size
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BlobStore:
@@ -118,61 +121,73 @@ class BlobStore:
             service = BlobServiceClient(settings.data_storage_blob_uri, credential=DefaultAzureCredential(), **options)
         else:
             service = BlobServiceClient.from_connection_string(settings.data_storage_connection, **options)
-        return cls(service, chunk_size=settings.chunk_size)
+        return cls(service)
+
+    def container(self, name: str) -> Container:
+        return Container(self._service.get_container_client(name), name)
 
     async def close(self) -> None:
         await self._service.close()
 
-    async def ensure_containers(self, *names: str) -> None:
-        for name in names:
-            with _translated("create_container", name), contextlib.suppress(ResourceExistsError):
-                await self._service.create_container(name)
 
-    async def ping(self, container: str) -> None:
-        with _translated("ping", container):
-            await self._service.get_container_client(container).get_container_properties()
+class Container:
+    """The blobs of one container: properties, streamed reads, staged writes, conditional deletes."""
 
-    async def info(self, container: str, name: str) -> BlobInfo:
-        with _translated("get_properties", container, name):
-            props = await self._service.get_blob_client(container, name).get_blob_properties()
+    def __init__(self, client: ContainerClient, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    async def ensure(self) -> None:
+        """Create the container unless it exists."""
+        with _translated("create_container", self.name), contextlib.suppress(ResourceExistsError):
+            await self._client.create_container()
+
+    async def ping(self) -> None:
+        with _translated("ping", self.name):
+            await self._client.get_container_properties()
+
+    async def info(self, name: str) -> BlobInfo:
+        with _translated("get_properties", self.name, name):
+            props = await self._client.get_blob_client(name).get_blob_properties()
         return BlobInfo(name=name, size=props.size, etag=props.etag,
                         content_type=props.content_settings.content_type or "application/octet-stream",
                         created_on=props.creation_time, metadata=dict(props.metadata or {}))
 
-    async def read(self, container: str, name: str, *, offset: int = 0, length: int | None = None,
+    async def read(self, name: str, *, offset: int = 0, length: int | None = None,
                    etag: str | None = None) -> AsyncIterator[bytes]:
-        """The bytes of ``[offset, offset+length)`` in chunks of at most ``chunk_size``.
+        """The bytes of ``[offset, offset+length)`` in chunks of at most the transfer unit.
 
         With ``etag``, the read fails with ``BlobChangedError`` if the blob changes meanwhile.
         """
-        client = self._service.get_blob_client(container, name)
-        conditions: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-        with _translated("download", container, name):
+        client = self._client.get_blob_client(name)
+        with _translated("download", self.name, name):
             # offset None for a whole blob: the SDK then handles an empty blob (a range would get 416)
             start = offset if offset or length is not None else None
-            stream = await client.download_blob(offset=start, length=length, max_concurrency=1, **conditions)
+            stream = await client.download_blob(offset=start, length=length, max_concurrency=1, **_if_match(etag))
             async for chunk in prefetched(stream.chunks()):
                 yield chunk
 
-    async def read_exact(self, container: str, name: str, offset: int, length: int, *,
-                         etag: str | None = None) -> bytes:
+    async def read_exact(self, name: str, offset: int, length: int, *, etag: str | None = None) -> bytes:
         """A small range (a header, one block) as one bytes object."""
-        parts = [chunk async for chunk in self.read(container, name, offset=offset, length=length, etag=etag)]
+        parts = [chunk async for chunk in self.read(name, offset=offset, length=length, etag=etag)]
         return b"".join(parts)
 
-    def writer(self, container: str, name: str) -> BlockWriter:
-        return BlockWriter(self._service.get_blob_client(container, name), container, name)
+    def writer(self, name: str) -> BlockWriter:
+        return BlockWriter(self._client.get_blob_client(name), self.name, name)
 
-    async def delete(self, container: str, name: str, *, etag: str | None = None) -> bool:
+    async def delete(self, name: str, *, etag: str | None = None) -> bool:
         """Delete (only if unchanged, with ``etag``); False if it was gone or changed."""
-        conditions: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
-            with _translated("delete", container, name):
-                await self._service.get_blob_client(container, name).delete_blob(**conditions)
+            with _translated("delete", self.name, name):
+                await self._client.get_blob_client(name).delete_blob(**_if_match(etag))
         except (BlobNotFoundError, BlobChangedError) as exc:
-            log.info("blob not deleted: %s", exc.message, extra={"container": container, "blob": name})
+            log.info("blob not deleted: %s", exc.message, extra={"container": self.name, "blob": name})
             return False
         return True
+
+
+def _if_match(etag: str | None) -> dict[str, Any]:
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
 
 
 class BlockWriter:

@@ -15,16 +15,19 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
-from shared.blobs import BlobStore
+from shared.blobs import BlobStore, Container
 from shared.config import Settings
 from shared.db.pool import Database
-from shared.deps import Deps
 from shared.errors import ConfigError
+from shared.ingest import Ingestor
 from shared.keys import FileKeyService
+from shared.rotation import RotationPolicy, Rotator
 from shared.service import FileService
 from shared.telemetry import configure_telemetry
+from shared.transfer import Transfer
 from shared.vault.base import KeyVault
 from shared.vault.cache import CachedKeyVault
 
@@ -33,8 +36,10 @@ __all__ = [
     "build_services",
     "close_services",
     "load_settings",
+    "rotation_policy",
     "services",
     "settings_mapping",
+    "transfer",
     "trigger_source",
 ]
 
@@ -72,11 +77,15 @@ def trigger_source(environ: Mapping[str, str] | None = None) -> str:
 
 @dataclass
 class Services:
+    """Every adapter of one worker, built from the settings, and the file service over them."""
+
     settings: Settings
     db: Database
     vault: KeyVault
     keys: FileKeyService
     blobs: BlobStore
+    ingest: Container
+    protected: Container
     files: FileService
 
     async def close(self) -> None:
@@ -103,14 +112,30 @@ def build_vault(settings: Settings) -> KeyVault:
     return vault
 
 
+def transfer(settings: Settings) -> Transfer:
+    return Transfer(chunk_size=settings.chunk_size, block_size=settings.block_size)
+
+
+def rotation_policy(settings: Settings) -> RotationPolicy:
+    return RotationPolicy(batch_size=settings.rotation_batch_size,
+                          time_budget_seconds=settings.rotation_time_budget_seconds,
+                          grace=timedelta(minutes=settings.rotation_grace_minutes))
+
+
 def build_services(settings: Settings) -> Services:
     """Construct every adapter (no I/O: pools and clients connect on first use)."""
     db = Database.from_settings(settings)
     vault = build_vault(settings)
     keys = FileKeyService(db, vault, rotation_days=settings.key_rotation_days)
     blobs = BlobStore.from_settings(settings)
-    files = FileService(Deps(settings=settings, db=db, keys=keys, blobs=blobs, vault=vault))
-    return Services(settings, db, vault, keys, blobs, files)
+    ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
+    ingestor = Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
+                        keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled)
+    rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
+                      policy=rotation_policy(settings))
+    files = FileService(db=db, keys=keys, protected=protected, ingestor=ingestor, rotator=rotator,
+                        probes={"storage": protected.ping, "database": db.ping, "vault": vault.ping})
+    return Services(settings, db, vault, keys, blobs, ingest, protected, files)
 
 
 _services: Services | None = None

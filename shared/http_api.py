@@ -1,22 +1,29 @@
-"""HTTP mapping: FastAPI requests in, service calls, JSON or streamed responses out.
+"""The HTTP face: every HTTP concern of blobseal, and nothing else.
 
-Used by the HTTP functions in ``function_app.py`` (under the Functions FastAPI extension) and
-by the local host (under uvicorn): both hand over a FastAPI/Starlette ``Request``. Errors
-become ``{"error": ..., "message": ...}`` with a status from ``STATUS``; never a stack
-trace, a key, a SAS token or a connection string.
+Requests come in as FastAPI/Starlette ``Request`` objects (the Functions FastAPI extension in
+Azure, uvicorn in the local host) together with the ``FileService`` that ``function_app.py``
+hands over. This module parses what HTTP sends (the ``Range`` header, RFC 9110 section 14:
+one range, ``bytes=a-b``, ``a-`` or ``-n``), chooses the status (200, 206, 416, errors),
+writes the response headers (``Content-Range``, ``Content-Disposition``, ``ETag``) and maps
+errors to ``{"error": ..., "message": ...}`` with a status from ``STATUS``: never a stack
+trace, a key, a SAS token or a connection string. The service below it answers in neutral
+terms: a file record, a byte span, a verified body.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared import bootstrap
+from shared.db.files import FileRecord
+from shared.download import Span
 from shared.errors import (
     BlobsealError,
     ConfigError,
@@ -31,7 +38,17 @@ from shared.errors import (
 from shared.metrics import ERRORS, REGISTRY
 from shared.service import FileService
 
-__all__ = ["download", "find_file", "health", "metadata", "metrics"]
+__all__ = [
+    "content_disposition",
+    "download",
+    "find_file",
+    "health",
+    "metadata",
+    "metrics",
+    "misconfigured",
+    "parse_range",
+    "response_headers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,29 +69,36 @@ STATUS: tuple[tuple[type[BlobsealError], int], ...] = (
     (StorageUnavailableError, 503),
 )
 
+Handler = Callable[[Request, FileService], Awaitable[Response]]
 
-async def download(req: Request) -> Response:
-    async def run(service: FileService) -> Response:
-        result = await service.open_download(req.path_params.get("file_id", ""), req.headers.get("range"),
-                                             head=req.method == "HEAD")
-        if result.body is None:
-            return Response(status_code=result.status, headers=result.headers)
-        return StreamingResponse(result.body, status_code=result.status, headers=result.headers)
+
+# --- the routes ---------------------------------------------------------------------------
+
+
+async def download(req: Request, files: FileService) -> Response:
+    async def run() -> Response:
+        record = await files.encrypted_file(req.path_params.get("file_id", ""))
+        assert record.size is not None
+        span = parse_range(req.headers.get("range"), record.size)
+        status, headers = (206 if span else 200), response_headers(record, span)
+        if req.method == "HEAD":
+            return Response(status_code=status, headers=headers)
+        return StreamingResponse(await files.open(record, span), status_code=status, headers=headers)
 
     return await _answer("download", run)
 
 
-async def metadata(req: Request) -> Response:
-    return await _answer("metadata", lambda s: _json(s.describe(req.path_params.get("file_id", ""))))
+async def metadata(req: Request, files: FileService) -> Response:
+    return await _answer("metadata", lambda: _json(files.describe(req.path_params.get("file_id", ""))))
 
 
-async def find_file(req: Request) -> Response:
-    return await _answer("find_file", lambda s: _json(s.find_by_name(req.query_params.get("name"))))
+async def find_file(req: Request, files: FileService) -> Response:
+    return await _answer("find_file", lambda: _json(files.find_by_name(req.query_params.get("name"))))
 
 
-async def health(req: Request) -> Response:
-    async def run(service: FileService) -> Response:
-        checks = await service.health()
+async def health(req: Request, files: FileService) -> Response:
+    async def run() -> Response:
+        checks = await files.health()
         healthy = all(v == "ok" for v in checks.values())
         body = {"status": "ok" if healthy else "unavailable", "dependencies": checks}
         return JSONResponse(body, status_code=200 if healthy else 503)
@@ -86,17 +110,84 @@ async def metrics(req: Request) -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
+def misconfigured(exc: ConfigError) -> Response:
+    """The answer while the settings are invalid (the problems go to the log, not to clients)."""
+    log.error("configuration error: %s", exc)
+    return _error(500, "ConfigError", "the service is misconfigured; see the logs")
+
+
+# --- Range and response headers -----------------------------------------------------------
+
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+def parse_range(header: str | None, size: int) -> Span | None:
+    """The requested span of a ``size``-byte file, or None for the whole file.
+
+    Malformed headers, other units and multiple ranges are refused (400); a well-formed range
+    outside the file is unsatisfiable (416).
+    """
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
+    if match is None or match.group(1) == match.group(2) == "":
+        raise InvalidRequestError("malformed Range header (one range: bytes=a-b, a- or -n)",
+                                  operation="parse_range")
+    first, last = match.group(1), match.group(2)
+    if first == "":
+        return _suffix(int(last), size)
+    start = int(first)
+    end = size - 1 if last == "" else int(last)
+    if last != "" and end < start:
+        raise InvalidRequestError("malformed Range header (last byte before first)", operation="parse_range")
+    if start >= size:
+        raise _unsatisfiable(size)
+    return Span(start, min(end, size - 1) - start + 1)
+
+
+def _suffix(count: int, size: int) -> Span:
+    if count == 0 or size == 0:
+        raise _unsatisfiable(size)
+    count = min(count, size)
+    return Span(size - count, count)
+
+
+def _unsatisfiable(size: int) -> RangeNotSatisfiableError:
+    return RangeNotSatisfiableError("range not satisfiable", operation="parse_range", details={"size": size})
+
+
+def response_headers(record: FileRecord, span: Span | None) -> dict[str, str]:
+    size = record.size or 0
+    headers = {
+        "Content-Type": record.content_type,
+        "Content-Disposition": content_disposition(record.name),
+        "Content-Length": str(span.length if span else size),
+        "ETag": f'"{record.file_id}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if span:
+        headers["Content-Range"] = f"bytes {span.start}-{span.end}/{size}"
+    return headers
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / 8187)."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
 async def _json(result: Awaitable[dict[str, Any]]) -> Response:
     return JSONResponse(await result)
 
 
-async def _answer(operation: str, run: Callable[[FileService], Awaitable[Response]]) -> Response:
+async def _answer(operation: str, run: Callable[[], Awaitable[Response]]) -> Response:
     try:
-        service = (await bootstrap.services()).files
-        return await run(service)
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return _error(500, "ConfigError", "the service is misconfigured; see the logs")
+        return await run()
     except BlobsealError as exc:
         return _from_error(operation, exc)
 

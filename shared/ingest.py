@@ -20,12 +20,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.crypto.stream import Encryptor
+from shared.blobs import Container
+from shared.clock import Clock, utcnow
 from shared.db.files import FileRepository
-from shared.deps import Deps
+from shared.db.pool import Database
 from shared.errors import BlobNotFoundError, UploadConflictError
+from shared.keys import FileKeyService
 from shared.metrics import BYTES_PROCESSED, FILE_SIZE, OPERATION_SECONDS, OPERATIONS
-from shared.transfer import seal_stream
+from shared.transfer import Transfer, seal
 
 __all__ = ["IngestOutcome", "Ingestor", "identify_upload", "protected_blob_name"]
 
@@ -61,8 +63,16 @@ def protected_blob_name(file_id: uuid.UUID, key_reference: str) -> str:
 
 
 class Ingestor:
-    def __init__(self, deps: Deps) -> None:
-        self._d = deps
+    """Encrypts uploads from the ``ingest`` container into the ``protected`` one."""
+
+    def __init__(self, *, db: Database, keys: FileKeyService, ingest: Container, protected: Container,
+                 transfer: Transfer, keep_plaintext: bool = False, enabled: bool = True,
+                 clock: Clock = utcnow) -> None:
+        self._db, self._keys = db, keys
+        self._ingest, self._protected = ingest, protected
+        self._transfer = transfer
+        self._keep_plaintext, self._enabled = keep_plaintext, enabled
+        self._clock = clock
 
     async def encrypt(self, name: str) -> IngestOutcome:
         started = time.perf_counter()
@@ -76,31 +86,28 @@ class Ingestor:
         return outcome
 
     async def _encrypt(self, name: str) -> IngestOutcome:
-        d = self._d
-        if not d.settings.encryption_enabled:
+        if not self._enabled:
             log.warning("encryption is disabled (ENCRYPTION_ENABLED=false): %s left in ingest", name)
             return IngestOutcome("disabled")
         try:
-            info = await d.blobs.info(d.settings.ingest_container, name)
+            info = await self._ingest.info(name)
         except BlobNotFoundError:
             log.info("ingest blob %s is gone: an earlier delivery completed it", name)
             return IngestOutcome("gone")
         file_id, display = identify_upload(name, info.etag)
-        async with d.db.transaction("register_file") as conn:
+        async with self._db.transaction("register_file") as conn:
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
                                                          name=display, content_type=info.content_type)
         if record.status == "encrypted":
             return await self._duplicate(name, info.etag, record.source_etag, file_id)
-        key_ref = (await d.keys.create_key(file_id)).key_reference
+        key_ref = (await self._keys.create_key(file_id)).key_reference
         blob_name = protected_blob_name(file_id, key_ref)
-        encryptor = Encryptor(await d.keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
-                              block_size=d.settings.block_size)
-        source = d.blobs.read(d.settings.ingest_container, name, etag=info.etag)
-        size = await seal_stream(source, d.blobs.writer(d.settings.protected_container, blob_name), encryptor,
-                                    chunk_size=d.settings.chunk_size, file_id=file_id)
-        async with d.db.transaction("mark_encrypted") as conn:
+        size = await seal(self._ingest.read(name, etag=info.etag), self._protected, blob_name,
+                          key=await self._keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
+                          transfer=self._transfer)
+        async with self._db.transaction("mark_encrypted") as conn:
             await FileRepository(conn).mark_encrypted(file_id, size=size, key_reference=key_ref,
-                                                      protected_blob=blob_name, now=d.clock())
+                                                      protected_blob=blob_name, now=self._clock())
         BYTES_PROCESSED.labels("encrypt").inc(size)
         FILE_SIZE.observe(size)
         log.info("encrypted %s as file %s (%d bytes)", name, file_id, size)
@@ -116,6 +123,5 @@ class Ingestor:
         return IngestOutcome("duplicate", file_id)
 
     async def _discard_plaintext(self, name: str, etag: str) -> None:
-        if self._d.settings.keep_plaintext:
-            return
-        await self._d.blobs.delete(self._d.settings.ingest_container, name, etag=etag)
+        if not self._keep_plaintext:
+            await self._ingest.delete(name, etag=etag)

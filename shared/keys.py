@@ -6,12 +6,13 @@ never the key. Every step can be retried or resumed after a crash:
 
 - ``create_key`` is idempotent: a file has at most one active key (a unique index decides a
   race; the loser disables the vault version it made and returns the winner's key).
-- Rotation is three calls around the caller's re-encryption: ``begin_rotation`` claims the
-  file (a lease) and adds a pending key, reusing one left by a crashed attempt;
-  ``complete_rotation`` switches pending -> active and active -> retired in one transaction
-  (the caller's, if given); only after the commit is the old vault version disabled
-  (``finish_rotation``; ``retire_pending_disables`` sweeps up disables that failed). Until
-  then the old key stays active and readable.
+- Rotation is driven by ``shared.rotation.Rotator``; this service offers its key steps, each
+  one call: ``claim_rotation`` claims the file (a lease) and adds a pending key, reusing one
+  left by a crashed attempt; ``switch_keys`` turns pending -> active and active -> retired on
+  the caller's connection, inside the caller's transaction (so the file's pointer moves in
+  the same commit); ``disable_old_key`` disables the old vault version once that committed
+  (``retire_pending_disables`` sweeps up disables that failed); ``release_claim`` gives a
+  claim up. Until the switch the old key stays active and readable.
 
 Vault failures surface as ``KeyVaultError``; database failures as ``DatabaseError``
 (``DatabaseUnavailableError`` when it is down). Time comes from the injected ``clock``.
@@ -23,11 +24,11 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from shared.clock import Clock, utcnow
 from shared.db.file_keys import FileKeyRepository, KeyRow, KeyState
 from shared.db.pool import Database
 from shared.errors import (
@@ -42,18 +43,11 @@ from shared.errors import (
 from shared.metrics import ROTATIONS
 from shared.vault.base import KeyVault, SecretProperties, parse_key_reference, secret_name
 
-__all__ = ["KEY_BYTES", "Clock", "FileKey", "FileKeyService", "KeyState", "RotationTicket"]
+__all__ = ["KEY_BYTES", "FileKey", "FileKeyService", "KeyState", "RotationTicket"]
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32  # AES-256
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class FileKey:
     """What the database knows about one key of a file (never the key itself)."""
@@ -82,7 +76,7 @@ def _public(row: KeyRow) -> FileKey:
 class FileKeyService:
     """Create, fetch, rotate, expire and delete the keys of files."""
 
-    def __init__(self, db: Database, vault: KeyVault, *, rotation_days: int, clock: Clock = _utcnow) -> None:
+    def __init__(self, db: Database, vault: KeyVault, *, rotation_days: int, clock: Clock = utcnow) -> None:
         if rotation_days < 1:
             raise ValueError("rotation_days must be at least 1")
         self._db = db
@@ -139,7 +133,7 @@ class FileKeyService:
 
     # --- rotation ---------------------------------------------------------------------------
 
-    async def begin_rotation(self, file_id: uuid.UUID, *, worker: str, lease_seconds: float = 900) -> RotationTicket:
+    async def claim_rotation(self, file_id: uuid.UUID, *, worker: str, lease_seconds: float = 900) -> RotationTicket:
         """Claim the file's rotation for ``worker`` and return the old and the new (pending) key.
 
         Raises ``RotationConflictError`` while another worker's lease is live. A pending key
@@ -149,7 +143,7 @@ class FileKeyService:
             raise ValueError("worker must be named and lease_seconds positive")
         now = self._clock()
         lease_until = now + timedelta(seconds=lease_seconds)
-        async with self._db.transaction("begin_rotation") as conn:
+        async with self._db.transaction("claim_rotation") as conn:
             repo = FileKeyRepository(conn)
             claimed = await repo.claim(file_id, worker, now=now, lease_until=lease_until)
             other = await repo.active(file_id) if claimed is None else await repo.pending(file_id)
@@ -159,41 +153,30 @@ class FileKeyService:
         ROTATIONS.labels("begun").inc()
         return RotationTicket(_public(claimed), _public(pending), worker, lease_until)
 
-    async def complete_rotation(self, ticket: RotationTicket, *, conn: Any = None) -> FileKey:
-        """Make the new key active and retire the old one; return the new active key.
+    async def switch_keys(self, conn: Any, ticket: RotationTicket) -> FileKey:
+        """On the caller's connection, inside its transaction: the new key active, the old one retired.
 
-        With ``conn`` the switch joins the caller's transaction (so the caller can move its own
-        pointer atomically) and the caller must call ``finish_rotation`` after committing;
-        without it the switch commits here and the old vault version is disabled right after
-        (a failed disable is logged and left for ``retire_pending_disables``). Idempotent.
+        The caller commits (with its own pointer change) and then calls ``disable_old_key``.
+        A rerun of a committed switch returns its result; a lost claim raises.
         """
-        if conn is not None:
-            with self._db.translating("complete_rotation", conn):
-                return await self._switch(conn, ticket)
-        async with self._db.transaction("complete_rotation") as own:
-            new = await self._switch(own, ticket)
-        try:
-            await self.finish_rotation(ticket)
-        except KeyVaultError as exc:
-            log.warning("rotation of file %s done; disabling the old key failed, left for the sweep: %s",
-                        ticket.old.file_id, exc)
-        return new
+        with self._db.translating("switch_keys", conn):
+            return await self._switch(conn, ticket)
 
-    async def finish_rotation(self, ticket: RotationTicket) -> None:
+    async def disable_old_key(self, ticket: RotationTicket) -> None:
         """Disable the retired old key's vault version (after the switch committed). Idempotent."""
         old = ticket.old
-        async with self._db.connection("finish_rotation") as conn:
+        async with self._db.connection("disable_old_key") as conn:
             row = await FileKeyRepository(conn).by_reference(old.file_id, old.key_reference)
         if row is None or row.state != "retired":
             raise RotationConflictError("the old key is not retired: the switch did not commit",
-                                        operation="finish_rotation", details={"key_reference": old.key_reference})
+                                        operation="disable_old_key", details={"key_reference": old.key_reference})
         if row.vault_disabled_at is None:
             await self._disable_retired(row)
 
-    async def abandon_rotation(self, ticket: RotationTicket, *, discard_pending: bool = False) -> bool:
+    async def release_claim(self, ticket: RotationTicket, *, discard_pending: bool = False) -> bool:
         """Release the claim (if still ours); optionally drop the unused pending key too."""
         new = ticket.new
-        async with self._db.transaction("abandon_rotation") as conn:
+        async with self._db.transaction("release_claim") as conn:
             repo = FileKeyRepository(conn)
             released = await repo.release_claim(new.file_id, ticket.worker)
             discarded = released and discard_pending and await repo.delete_pending(new.file_id, new.key_reference)
@@ -257,14 +240,14 @@ class FileKeyService:
 
     async def _create_pending(self, file_id: uuid.UUID, now: datetime) -> KeyRow:
         props = await self._new_version(file_id, now + self._rotation)
-        row = await self._record(file_id, props, "pending", now, "begin_rotation")
+        row = await self._record(file_id, props, "pending", now, "claim_rotation")
         if row is not None:
             return row
-        await self._discard_version(props, "begin_rotation")
-        async with self._db.connection("begin_rotation") as conn:
+        await self._discard_version(props, "claim_rotation")
+        async with self._db.connection("claim_rotation") as conn:
             row = await FileKeyRepository(conn).pending(file_id)
         if row is None:
-            raise RotationConflictError("another worker took over this rotation", operation="begin_rotation",
+            raise RotationConflictError("another worker took over this rotation", operation="claim_rotation",
                                         details={"file_id": str(file_id)})
         return row
 
@@ -274,7 +257,7 @@ class FileKeyService:
             return await _already_switched(repo, ticket)
         activated = await repo.activate_pending(new.file_id, new.key_reference)
         if activated is None:  # raising rolls the retirement back with the transaction
-            raise RotationConflictError("the pending key of this rotation is gone", operation="complete_rotation",
+            raise RotationConflictError("the pending key of this rotation is gone", operation="switch_keys",
                                         details={"key_reference": new.key_reference})
         ROTATIONS.labels("completed").inc()
         log.info("rotated file %s to %s", new.file_id, new.key_reference)
@@ -301,17 +284,17 @@ async def _already_switched(repo: FileKeyRepository, ticket: RotationTicket) -> 
     if old is not None and new is not None and old.state == "retired" and new.state == "active":
         return _public(new)
     raise RotationConflictError("this worker no longer holds the rotation of the file",
-                                operation="complete_rotation",
+                                operation="switch_keys",
                                 details={"file_id": str(ticket.old.file_id), "worker": ticket.worker})
 
 
 def _claim_refused(file_id: uuid.UUID, active: KeyRow | None) -> KeyManagementError:
     if active is None:
-        return FileKeyNotFoundError("no active key for the file", operation="begin_rotation",
+        return FileKeyNotFoundError("no active key for the file", operation="claim_rotation",
                                     details={"file_id": str(file_id)})
     ROTATIONS.labels("conflict").inc()
     lease = active.rotation_lease_until.isoformat() if active.rotation_lease_until else None
-    return RotationConflictError("another worker is rotating this file", operation="begin_rotation",
+    return RotationConflictError("another worker is rotating this file", operation="claim_rotation",
                                  details={"file_id": str(file_id), "claimed_by": active.rotation_claimed_by,
                                           "lease_until": lease})
 

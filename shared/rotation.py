@@ -1,16 +1,20 @@
-"""Lazy key rotation: re-encrypt a file under a new key version, switch, then retire the old.
+"""Lazy key rotation, the one orchestrator: re-encrypt a file under a new key version, switch, retire.
 
-Steps for one file (a crash anywhere leaves the file readable; a later run finishes):
+The whole sequence for one file lives here (the key service offers its single steps); a
+crash anywhere leaves the file readable, and a later run finishes:
 
-1. ``begin_rotation`` claims the file and adds (or reuses) a pending key version;
-2. the protected blob is decrypted and re-encrypted into ``<file_id>/<new version>.bseal``;
-3. one transaction switches the key states and the file's blob pointer, and schedules the
-   old blob for deletion after ``ROTATION_GRACE_MINUTES`` (downloads already streaming it
-   finish; they hold the old key already);
-4. the old key version is disabled in the vault (a sweep retries it if that fails).
+1. claim the file's rotation (a lease) and get its pending key version (reused after a crash);
+2. decrypt the protected blob and re-encrypt it into ``<file_id>/<new version>.bseal``;
+3. one transaction: the keys switch state, the file points at the new blob and key, and the
+   old blob is scheduled for deletion after the grace period (downloads already streaming it
+   finish: they hold the old key already);
+4. disable the old key version in the vault. One rule for a vault failure here: the rotation
+   is done (the switch committed), the failure is logged and counted, and the sweep at the
+   end of every ``rotate_due`` run retries the disable;
+5. ``rotate_due`` deletes retired blobs whose grace has passed.
 
-``rotate_due`` takes expired keys oldest first, bounded by a count and a time budget, skips
-files another worker is rotating, then deletes retired blobs whose grace has passed.
+``rotate_due`` takes expired keys oldest first, bounded by a count and a time budget, and
+skips files another worker is rotating.
 """
 
 from __future__ import annotations
@@ -23,18 +27,30 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from shared.crypto.stream import Decryptor, Encryptor
-from shared.db.files import FileRepository
-from shared.deps import Deps
-from shared.errors import BlobsealError, RotationConflictError, UnknownFileError
+from shared.blobs import Container
+from shared.clock import Clock, utcnow
+from shared.crypto.stream import Decryptor
+from shared.db.files import FileRecord, FileRepository
+from shared.db.pool import Database
+from shared.errors import BlobsealError, KeyVaultError, RotationConflictError, UnknownFileError
 from shared.ingest import protected_blob_name
-from shared.keys import RotationTicket
+from shared.keys import FileKeyService, RotationTicket
 from shared.metrics import ERRORS, OPERATION_SECONDS
-from shared.transfer import seal_stream
+from shared.transfer import Transfer, seal
 
-__all__ = ["RotationReport", "Rotator"]
+__all__ = ["RotationPolicy", "RotationReport", "Rotator"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    """How much one timer run may do, and how long a rotated-out blob stays for downloads in flight."""
+
+    batch_size: int = 100
+    time_budget_seconds: float = 240
+    grace: timedelta = timedelta(minutes=60)
+    lease_seconds: float = 900
 
 
 @dataclass
@@ -51,21 +67,55 @@ class RotationReport:
 
 
 class Rotator:
-    def __init__(self, deps: Deps, *, worker: str | None = None) -> None:
-        self._d = deps
+    def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, transfer: Transfer,
+                 policy: RotationPolicy, clock: Clock = utcnow, worker: str | None = None) -> None:
+        self._db, self._keys, self._protected = db, keys, protected
+        self._transfer, self._policy, self._clock = transfer, policy, clock
         self._worker = worker or f"{socket.gethostname()}:{os.getpid()}"
 
     async def rotate_due(self, *, limit: int | None = None, budget_seconds: float | None = None) -> RotationReport:
-        d, report = self._d, RotationReport()
-        deadline = time.monotonic() + (budget_seconds or d.settings.rotation_time_budget_seconds)
-        for key in await d.keys.due_for_rotation(d.clock(), limit or d.settings.rotation_batch_size):
+        report = RotationReport()
+        deadline = time.monotonic() + (budget_seconds or self._policy.time_budget_seconds)
+        for key in await self._keys.due_for_rotation(self._clock(), limit or self._policy.batch_size):
             if time.monotonic() > deadline:
                 report.out_of_budget = True
                 break
             await self._rotate_counted(key.file_id, key.key_reference, report)
         report.blobs_deleted = await self.delete_retired_blobs()
-        await d.keys.retire_pending_disables()
+        await self._keys.retire_pending_disables()
         return report
+
+    async def rotate_file(self, file_id: uuid.UUID, *, only_from: str | None = None) -> str | None:
+        """Rotate one file now; returns the new key reference.
+
+        With ``only_from``, only if the file's key is still that one (another run may have
+        rotated it since the due list was read); returns None when it was not.
+        """
+        started = time.perf_counter()
+        if only_from is not None and (await self._keys.active_key(file_id)).key_reference != only_from:
+            return None  # checked before claiming: a claim makes a pending key version
+        record = await self._encrypted(file_id)
+        ticket = await self._keys.claim_rotation(file_id, worker=self._worker,
+                                                 lease_seconds=self._policy.lease_seconds)
+        if only_from is not None and ticket.old.key_reference != only_from:  # rotated between check and claim
+            await self._keys.release_claim(ticket, discard_pending=True)
+            return None
+        new_blob = protected_blob_name(file_id, ticket.new.key_reference)
+        await self._reencrypt(record, new_blob, ticket)
+        await self._switch(record, new_blob, ticket)
+        await self._disable_old_key(ticket)
+        OPERATION_SECONDS.labels("rotate").observe(time.perf_counter() - started)
+        log.info("rotated file %s to a new key version", file_id)
+        return ticket.new.key_reference
+
+    async def delete_retired_blobs(self, limit: int = 1000) -> int:
+        async with self._db.connection("retired_blobs") as conn:
+            due = await FileRepository(conn).retired_blobs_due(self._clock(), limit)
+        for blob_name in due:
+            await self._protected.delete(blob_name)
+            async with self._db.connection("forget_retired_blob") as conn:
+                await FileRepository(conn).forget_retired_blob(blob_name)
+        return len(due)
 
     async def _rotate_counted(self, file_id: uuid.UUID, due_reference: str, report: RotationReport) -> None:
         try:
@@ -78,63 +128,40 @@ class Rotator:
             log.error("rotation of file %s failed: %s", file_id, exc)
             report.failed.append(str(file_id))
 
-    async def rotate_file(self, file_id: uuid.UUID, *, only_from: str | None = None) -> str | None:
-        """Rotate one file now; returns the new key reference.
-
-        With ``only_from``, only if the file's key is still that one (another run may have
-        rotated it since the due list was read); returns None when it was not.
-        """
-        started = time.perf_counter()
-        d = self._d
-        if only_from is not None and (await d.keys.active_key(file_id)).key_reference != only_from:
-            return None
-        async with d.db.connection("rotate_file") as conn:
+    async def _encrypted(self, file_id: uuid.UUID) -> FileRecord:
+        async with self._db.connection("rotate_file") as conn:
             record = await FileRepository(conn).get(file_id)
         if record is None or record.status != "encrypted" or record.protected_blob is None:
             raise UnknownFileError("no encrypted file with this id", operation="rotate_file",
                                    details={"file_id": str(file_id)})
-        ticket = await d.keys.begin_rotation(file_id, worker=self._worker)
-        if only_from is not None and ticket.old.key_reference != only_from:  # rotated between check and claim
-            await d.keys.abandon_rotation(ticket, discard_pending=True)
-            return None
-        new_blob = protected_blob_name(file_id, ticket.new.key_reference)
-        await self._reencrypt(file_id, record.protected_blob, new_blob, ticket)
-        await self._switch(file_id, record.protected_blob, new_blob, ticket)
-        await d.keys.finish_rotation(ticket)
-        OPERATION_SECONDS.labels("rotate").observe(time.perf_counter() - started)
-        log.info("rotated file %s to a new key version", file_id)
-        return ticket.new.key_reference
+        return record
 
-    async def _reencrypt(self, file_id: uuid.UUID, old_blob: str, new_blob: str, ticket: RotationTicket) -> None:
-        d = self._d
-        opener = Decryptor(await d.keys.get_key(ticket.old.key_reference), expect_file_id=file_id)
-        encryptor = Encryptor(await d.keys.get_key(ticket.new.key_reference), file_id=file_id,
-                              key_reference=ticket.new.key_reference, block_size=d.settings.block_size)
-        info = await d.blobs.info(d.settings.protected_container, old_blob)
-        source = d.blobs.read(d.settings.protected_container, old_blob, etag=info.etag)
-        await seal_stream(source, d.blobs.writer(d.settings.protected_container, new_blob), encryptor,
-                          chunk_size=d.settings.chunk_size, file_id=file_id, opener=opener)
+    async def _reencrypt(self, record: FileRecord, new_blob: str, ticket: RotationTicket) -> None:
+        assert record.protected_blob is not None
+        opener = Decryptor(await self._keys.get_key(ticket.old.key_reference), expect_file_id=record.file_id)
+        info = await self._protected.info(record.protected_blob)
+        await seal(self._protected.read(record.protected_blob, etag=info.etag), self._protected, new_blob,
+                   key=await self._keys.get_key(ticket.new.key_reference), file_id=record.file_id,
+                   key_reference=ticket.new.key_reference, transfer=self._transfer, opener=opener)
 
-    async def _switch(self, file_id: uuid.UUID, old_blob: str, new_blob: str, ticket: RotationTicket) -> None:
-        d = self._d
-        now = d.clock()
-        async with d.db.transaction("switch_rotation") as conn:
-            await d.keys.complete_rotation(ticket, conn=conn)
+    async def _switch(self, record: FileRecord, new_blob: str, ticket: RotationTicket) -> None:
+        """Keys, pointer and the old blob's retirement in one commit; a lost race rolls all of it back."""
+        assert record.protected_blob is not None
+        now = self._clock()
+        async with self._db.transaction("switch_rotation") as conn:
+            await self._keys.switch_keys(conn, ticket)
             files = FileRepository(conn)
-            switched = await files.switch(file_id, old_reference=ticket.old.key_reference,
-                                          key_reference=ticket.new.key_reference, protected_blob=new_blob, now=now)
-            if not switched:  # rolls the whole transaction back; the old key and blob stay in use
+            if not await files.switch(record.file_id, old_reference=ticket.old.key_reference,
+                                      key_reference=ticket.new.key_reference, protected_blob=new_blob, now=now):
                 raise RotationConflictError("file no longer uses the key being rotated", operation="switch_rotation",
-                                            details={"file_id": str(file_id)})
-            await files.retire_blob(old_blob, file_id,
-                                    delete_after=now + timedelta(minutes=d.settings.rotation_grace_minutes))
+                                            details={"file_id": str(record.file_id)})
+            await files.retire_blob(record.protected_blob, record.file_id, delete_after=now + self._policy.grace)
 
-    async def delete_retired_blobs(self, limit: int = 1000) -> int:
-        d = self._d
-        async with d.db.connection("retired_blobs") as conn:
-            due = await FileRepository(conn).retired_blobs_due(d.clock(), limit)
-        for blob_name in due:
-            await d.blobs.delete(d.settings.protected_container, blob_name)
-            async with d.db.connection("forget_retired_blob") as conn:
-                await FileRepository(conn).forget_retired_blob(blob_name)
-        return len(due)
+    async def _disable_old_key(self, ticket: RotationTicket) -> None:
+        """After the commit the rotation is done: a vault failure is left for the sweep, never raised."""
+        try:
+            await self._keys.disable_old_key(ticket)
+        except KeyVaultError as exc:
+            ERRORS.labels("rotate", "disable_deferred").inc()
+            log.warning("file %s rotated; disabling its old key version failed and is left for the sweep: %s",
+                        ticket.old.file_id, exc)

@@ -1,27 +1,32 @@
 """The file service: what the functions and the CLI call (one method per use case).
 
-It validates what users send (file ids, Range headers), maps the database row to the
-metadata view, and delegates the work: ``Ingestor`` (encrypt an upload), ``open_body``
-(verified streaming download), ``Rotator`` (lazy rotation). Health checks every dependency.
+It validates identifiers (file ids), maps the database row to the metadata view, and
+delegates the work: ``Ingestor`` (encrypt an upload), ``open_span`` (verified streaming
+read), ``Rotator`` (lazy rotation). Health checks every dependency. Answers are neutral (a
+file record, a verified body): HTTP lives in ``shared.http_api``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from shared.blobs import Container
 from shared.db.files import FileRecord, FileRepository
-from shared.deps import Deps
-from shared.download import Download, open_body, response_headers
+from shared.db.pool import Database
+from shared.download import Span, open_span
 from shared.errors import FileNotReadyError, InvalidRequestError, UnknownFileError
-from shared.http_range import parse_range
 from shared.ingest import Ingestor, IngestOutcome
+from shared.keys import FileKeyService
 from shared.rotation import RotationReport, Rotator
 
 __all__ = ["FileService", "parse_file_id"]
 
 HEALTH_TIMEOUT_SECONDS = 5.0
+
+Probe = Callable[[], Awaitable[None]]
 
 
 def parse_file_id(text: str) -> uuid.UUID:
@@ -35,10 +40,11 @@ def parse_file_id(text: str) -> uuid.UUID:
 
 
 class FileService:
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-        self._ingestor = Ingestor(deps)
-        self.rotator = Rotator(deps)
+    def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, ingestor: Ingestor,
+                 rotator: Rotator, probes: Mapping[str, Probe]) -> None:
+        self._db, self._keys, self._protected = db, keys, protected
+        self._ingestor, self.rotator = ingestor, rotator
+        self._probes = dict(probes)
 
     async def encrypt_ingest_blob(self, name: str) -> IngestOutcome:
         return await self._ingestor.encrypt(name)
@@ -49,25 +55,25 @@ class FileService:
     async def find_by_name(self, name: str | None) -> dict[str, Any]:
         if not name:
             raise InvalidRequestError("query parameter 'name' is required", operation="find_file")
-        async with self.deps.db.connection("find_file") as conn:
+        async with self._db.connection("find_file") as conn:
             record = await FileRepository(conn).by_source_name(name)
         if record is None:
             raise UnknownFileError("no file was uploaded under this name", operation="find_file")
         return await self._view(record)
 
-    async def open_download(self, file_id_text: str, range_header: str | None, *, head: bool = False) -> Download:
+    async def encrypted_file(self, file_id_text: str) -> FileRecord:
+        """The record of a file that can be read (``FileNotReadyError`` while it is not encrypted)."""
         record = await self._record(parse_file_id(file_id_text))
         if record.status != "encrypted" or record.size is None or record.key_reference is None:
             raise FileNotReadyError("file is not encrypted yet", operation="download",
                                     details={"file_id": str(record.file_id)})
-        byte_range = parse_range(range_header, record.size)
-        headers = response_headers(record, byte_range)
-        status = 206 if byte_range else 200
-        if head:
-            return Download(status, headers, None)
-        key = await self.deps.keys.get_key(record.key_reference)
-        body = await open_body(self.deps.blobs, self.deps.settings.protected_container, record, key, byte_range)
-        return Download(status, headers, body)
+        return record
+
+    async def open(self, record: FileRecord, span: Span | None) -> AsyncIterator[memoryview]:
+        """The verified plaintext of ``span`` (None: the whole file), checked before it starts."""
+        assert record.key_reference is not None
+        key = await self._keys.get_key(record.key_reference)
+        return await open_span(self._protected, record, key, span)
 
     async def rotate_file(self, file_id_text: str) -> str:
         reference = await self.rotator.rotate_file(parse_file_id(file_id_text))
@@ -79,16 +85,13 @@ class FileService:
 
     async def health(self) -> dict[str, str]:
         """``ok`` or the failing error type, per dependency (never a message with secrets)."""
-        d = self.deps
-        checks = {"storage": d.blobs.ping(d.settings.protected_container), "database": d.db.ping(),
-                  "vault": d.vault.ping()}
-        results = await asyncio.gather(*(asyncio.wait_for(c, HEALTH_TIMEOUT_SECONDS) for c in checks.values()),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(asyncio.wait_for(probe(), HEALTH_TIMEOUT_SECONDS)
+                                         for probe in self._probes.values()), return_exceptions=True)
         return {name: "ok" if not isinstance(r, BaseException) else type(r).__name__
-                for name, r in zip(checks, results, strict=True)}
+                for name, r in zip(self._probes, results, strict=True)}
 
     async def _record(self, file_id: uuid.UUID) -> FileRecord:
-        async with self.deps.db.connection("get_file") as conn:
+        async with self._db.connection("get_file") as conn:
             record = await FileRepository(conn).get(file_id)
         if record is None:
             raise UnknownFileError("no such file", operation="get_file", details={"file_id": str(file_id)})
@@ -98,7 +101,7 @@ class FileService:
         """The metadata a client may see: never key material."""
         expires = None
         if record.status == "encrypted":
-            expires = (await self.deps.keys.active_key(record.file_id)).expires_at
+            expires = (await self._keys.active_key(record.file_id)).expires_at
         return {
             "file_id": str(record.file_id),
             "name": record.name,

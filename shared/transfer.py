@@ -1,9 +1,10 @@
-"""Streaming pipelines between blobs: plaintext -> sealed, sealed -> resealed under a new key.
+"""The one seal step: a stream of plaintext (or of a file to re-encrypt) into a committed protected blob.
 
-One transfer chunk is read, transformed and staged at a time (the next one is prefetched),
-so memory stays at a few chunks whatever the file size. The crypto work runs in a worker
-thread (AES-GCM releases the GIL), so the event loop keeps serving other requests and the
-prefetch meanwhile.
+Ingest and rotation both call ``seal``: a key in, the bytes streamed through an
+``Encryptor`` into staged blocks, committed once. One transfer chunk is read, transformed and
+staged at a time (the next one is prefetched), so memory stays at a few chunks whatever the
+file size. The crypto work runs in a worker thread (AES-GCM releases the GIL), so the event
+loop keeps serving other requests and the prefetch meanwhile.
 """
 
 from __future__ import annotations
@@ -11,21 +12,32 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from shared.blobs import BlockWriter
+from shared.blobs import BlockWriter, Container
 from shared.crypto.format import FORMAT_VERSION
 from shared.crypto.stream import Decryptor, Encryptor
 
-__all__ = ["seal_stream"]
+__all__ = ["Transfer", "seal"]
 
 
-async def seal_stream(source: AsyncIterator[bytes], writer: BlockWriter, encryptor: Encryptor, *,
-                      chunk_size: int, file_id: uuid.UUID, opener: Decryptor | None = None) -> int:
-    """Encrypt ``source`` (plaintext, or ciphertext opened by ``opener``) into ``writer``; commit.
+@dataclass(frozen=True)
+class Transfer:
+    """How bytes move: ``chunk_size`` read and staged at a time, ``block_size`` of the format for new files."""
+
+    chunk_size: int
+    block_size: int
+
+
+async def seal(source: AsyncIterator[bytes], target: Container, blob_name: str, *, key: bytes, file_id: uuid.UUID,
+               key_reference: str, transfer: Transfer, opener: Decryptor | None = None) -> int:
+    """Encrypt ``source`` (plaintext, or ciphertext opened by ``opener``) into ``blob_name``; commit.
 
     Returns the plaintext size.
     """
-    out = bytearray(encryptor.buffer_size(chunk_size + encryptor.header.block_size))
+    encryptor = Encryptor(key, file_id=file_id, key_reference=key_reference, block_size=transfer.block_size)
+    writer = target.writer(blob_name)
+    out = bytearray(encryptor.buffer_size(transfer.chunk_size + transfer.block_size))
     size = 0
     async for chunk in source:
         plaintext = await asyncio.to_thread(opener.update, chunk) if opener is not None else chunk

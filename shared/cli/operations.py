@@ -67,10 +67,9 @@ def run_decrypt_file(args: argparse.Namespace) -> int:
     parse_file_id(args.file_id)
 
     async def work(service: FileService) -> None:
-        download = await service.open_download(args.file_id, None)
-        assert download.body is not None
+        body = await service.open(await service.encrypted_file(args.file_id), None)
         with atomic_output(args.output) as sink:
-            async for piece in download.body:
+            async for piece in body:
                 sink.write(piece)
 
     _with_service(args, work)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient
+from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from devhost.azurite import Azurite
+from shared import http_api
 from shared.bootstrap import Services, build_services
 from shared.config import Settings
 
@@ -33,7 +36,8 @@ def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overr
 
 async def open_stack(settings: Settings) -> Services:
     services = build_services(settings)
-    await services.blobs.ensure_containers(settings.ingest_container, settings.protected_container)
+    await services.ingest.ensure()
+    await services.protected.ensure()
     return services
 
 
@@ -59,6 +63,19 @@ async def read_blob(azurite: Azurite, container: str, name: str) -> bytes:
 async def collect(body: AsyncIterator[bytes] | None) -> bytes:
     assert body is not None
     return b"".join([piece async for piece in body])
+
+
+async def http_download(stack: Services, file_id: str, headers: dict[str, str] | None = None,
+                        method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """``GET /api/files/<id>`` through the HTTP face (``shared.http_api``), without a server."""
+    scope = {"type": "http", "method": method, "path": f"/api/files/{file_id}", "path_params": {"file_id": file_id},
+             "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    response = await http_api.download(Request(scope), stack.files)
+    if isinstance(response, StreamingResponse):
+        body = b"".join([bytes(piece) async for piece in response.body_iterator])  # type: ignore[arg-type]
+    else:
+        body = bytes(response.body)
+    return response.status_code, dict(response.headers), body
 
 
 def new_name(suffix: str = ".bin") -> str:

@@ -31,7 +31,7 @@ from shared.errors import (
     SecretDisabledError,
     VaultUnavailableError,
 )
-from shared.keys import FileKey, FileKeyService
+from shared.keys import FileKey, FileKeyService, RotationTicket
 from shared.metrics import REGISTRY
 from shared.vault.base import SecretProperties, SecretVersion, parse_key_reference, secret_name
 from shared.vault.local import LocalJsonVault
@@ -114,6 +114,14 @@ async def rows(db: Database, file_id: uuid.UUID) -> list[dict[str, Any]]:
 async def versions(vault: Any, file_id: uuid.UUID) -> dict[str, bool]:
     """``{key_reference: enabled}`` of every vault version of the file."""
     return {p.key_reference: p.enabled for p in await vault.list_versions(secret_name(file_id))}
+
+
+async def complete(service: FileKeyService, db: Database, ticket: RotationTicket) -> FileKey:
+    """The key steps that end a rotation (``shared.rotation.Rotator`` runs them around its blob switch)."""
+    async with db.transaction() as conn:
+        active = await service.switch_keys(conn, ticket)
+    await service.disable_old_key(ticket)
+    return active
 
 
 def rotations(outcome: str) -> float:
@@ -221,7 +229,7 @@ async def test_vault_failures_surface_as_key_vault_errors_and_record_nothing(
 
 
 async def test_due_for_rotation_lists_expired_active_keys_oldest_first(
-    service: FileKeyService, clock: FakeClock
+    service: FileKeyService, pg_db: Database, clock: FakeClock
 ) -> None:
     files = [uuid.uuid4() for _ in range(4)]
     keys = []
@@ -239,8 +247,8 @@ async def test_due_for_rotation_lists_expired_active_keys_oldest_first(
     assert await service.due_for_rotation(at, limit=2) == [forced, keys[0]]
     assert await service.due_for_rotation() == [forced]  # "now" defaults to the clock
 
-    ticket = await service.begin_rotation(files[0], worker="w1")
-    await service.complete_rotation(ticket)  # retired keys and fresh ones are not due
+    ticket = await service.claim_rotation(files[0], worker="w1")
+    await complete(service, pg_db, ticket)  # retired keys and fresh ones are not due
     assert await service.due_for_rotation(at) == [forced, keys[1], keys[2]]
     with pytest.raises(FileKeyNotFoundError):
         await service.expire(uuid.uuid4())
@@ -251,7 +259,7 @@ async def test_delete_file_keys_removes_every_version_and_row_idempotently(
 ) -> None:
     file_id, kept = uuid.uuid4(), uuid.uuid4()
     key = await service.create_key(file_id)
-    await service.complete_rotation(await service.begin_rotation(file_id, worker="w1"))
+    await complete(service, pg_db, await service.claim_rotation(file_id, worker="w1"))
     await service.create_key(kept)
 
     assert await service.delete_file_keys(file_id) == 2
@@ -268,9 +276,9 @@ async def test_no_key_material_reaches_the_database(service: FileKeyService, pg_
     for _ in range(3):
         file_id = uuid.uuid4()
         keys.append(await service.get_key((await service.create_key(file_id)).key_reference))
-        ticket = await service.begin_rotation(file_id, worker="w1")
+        ticket = await service.claim_rotation(file_id, worker="w1")
         keys.append(await service.get_key(ticket.new.key_reference))
-        await service.complete_rotation(ticket)
+        await complete(service, pg_db, ticket)
 
     dumped: list[str] = []
     async with pg_db.connection() as conn:
@@ -296,7 +304,7 @@ async def test_rotation_keeps_the_old_key_until_it_completes(
     clock.advance(days=DAYS + 1)
     completed = rotations("completed")
 
-    ticket = await service.begin_rotation(file_id, worker="w1")
+    ticket = await service.claim_rotation(file_id, worker="w1")
     assert ticket.old == old
     assert ticket.new.state == "pending" and ticket.new.key_reference != old.key_reference
     assert ticket.new.expires_at == clock.now + timedelta(days=DAYS)
@@ -307,7 +315,7 @@ async def test_rotation_keeps_the_old_key_until_it_completes(
     assert await versions(vault, file_id) == {old.key_reference: True, ticket.new.key_reference: True}
 
     clock.advance(minutes=5)
-    active = await service.complete_rotation(ticket)
+    active = await complete(service, pg_db, ticket)
     assert active == FileKey(file_id, ticket.new.key_reference, ticket.new.created_at, ticket.new.expires_at,
                              "active")
     assert await service.active_key(file_id) == active
@@ -320,7 +328,7 @@ async def test_rotation_keeps_the_old_key_until_it_completes(
     assert retired["rotation_claimed_by"] is None
     assert rotations("completed") == completed + 1
 
-    assert await service.complete_rotation(ticket) == active  # a rerun changes nothing
+    assert await complete(service, pg_db, ticket) == active  # a rerun changes nothing
     assert rotations("completed") == completed + 1
     assert [r["state"] for r in await rows(pg_db, file_id)] == ["retired", "active"]
 
@@ -333,19 +341,19 @@ async def test_two_workers_rotating_one_file_one_wins_and_nothing_is_lost(
     old = await one.create_key(file_id)
     old_key = await one.get_key(old.key_reference)
 
-    outcomes = await asyncio.gather(one.begin_rotation(file_id, worker="w1"),
-                                    two.begin_rotation(file_id, worker="w2"), return_exceptions=True)
+    outcomes = await asyncio.gather(one.claim_rotation(file_id, worker="w1"),
+                                    two.claim_rotation(file_id, worker="w2"), return_exceptions=True)
     [ticket] = [o for o in outcomes if not isinstance(o, BaseException)]
     [refusal] = [o for o in outcomes if isinstance(o, BaseException)]
     assert isinstance(refusal, RotationConflictError)
     assert refusal.details["claimed_by"] == ticket.worker
     loser = two if ticket.worker == "w1" else one
     with pytest.raises(RotationConflictError):
-        await loser.begin_rotation(file_id, worker="w3")
+        await loser.claim_rotation(file_id, worker="w3")
     assert await loser.get_key(old.key_reference) == old_key  # the loser can still read the file
 
     winner = one if loser is two else two
-    active = await winner.complete_rotation(ticket)
+    active = await complete(winner, pg_db, ticket)
     assert [(r["key_reference"], r["state"]) for r in await rows(pg_db, file_id)] == [
         (old.key_reference, "retired"), (active.key_reference, "active")]
     assert await versions(vault, file_id) == {old.key_reference: False, active.key_reference: True}
@@ -357,66 +365,66 @@ async def test_an_expired_lease_passes_the_rotation_on_and_the_stale_worker_cann
     other = FileKeyService(second_db, vault, rotation_days=DAYS, clock=clock)
     file_id = uuid.uuid4()
     await service.create_key(file_id)
-    stale = await service.begin_rotation(file_id, worker="w1", lease_seconds=60)
+    stale = await service.claim_rotation(file_id, worker="w1", lease_seconds=60)
     clock.advance(seconds=59)
     with pytest.raises(RotationConflictError):
-        await other.begin_rotation(file_id, worker="w2")
+        await other.claim_rotation(file_id, worker="w2")
     clock.advance(seconds=2)
 
-    fresh = await other.begin_rotation(file_id, worker="w2")
+    fresh = await other.claim_rotation(file_id, worker="w2")
     assert fresh.new == stale.new  # the pending key is reused, not duplicated
     with pytest.raises(RotationConflictError):
-        await service.complete_rotation(stale)
+        await complete(service, second_db, stale)
     assert (await service.active_key(file_id)) == stale.old
-    assert (await other.complete_rotation(fresh)).key_reference == stale.new.key_reference
+    assert (await complete(other, second_db, fresh)).key_reference == stale.new.key_reference
     assert len(await versions(vault, file_id)) == 2
 
 
-async def test_a_crash_between_begin_and_complete_resumes_with_the_pending_key(
+async def test_a_crash_between_claim_and_switch_resumes_with_the_pending_key(
     pg_database_url: str, vault: LocalJsonVault, clock: FakeClock, pg_db: Database
 ) -> None:
     file_id = uuid.uuid4()
     crashed_db = Database(pg_database_url, pool_max=2)
     crashed = FileKeyService(crashed_db, vault, rotation_days=DAYS, clock=clock)
     old = await crashed.create_key(file_id)
-    lost_ticket = await crashed.begin_rotation(file_id, worker="host-a", lease_seconds=300)
+    lost_ticket = await crashed.claim_rotation(file_id, worker="host-a", lease_seconds=300)
     await crashed_db.close()  # the worker dies; its claim and pending key stay behind
 
     restarted = FileKeyService(pg_db, vault, rotation_days=DAYS, clock=clock)
-    same_worker = await restarted.begin_rotation(file_id, worker="host-a", lease_seconds=300)  # its own: no wait
+    same_worker = await restarted.claim_rotation(file_id, worker="host-a", lease_seconds=300)  # its own: no wait
     assert same_worker.new == lost_ticket.new
     clock.advance(seconds=301)
-    ticket = await restarted.begin_rotation(file_id, worker="host-b")
+    ticket = await restarted.claim_rotation(file_id, worker="host-b")
     assert (ticket.old, ticket.new) == (old, lost_ticket.new)
-    active = await restarted.complete_rotation(ticket)
+    active = await complete(restarted, pg_db, ticket)
     assert active.key_reference == lost_ticket.new.key_reference
     assert await versions(vault, file_id) == {old.key_reference: False, active.key_reference: True}
 
 
-async def test_complete_rotation_joins_the_callers_transaction(
+async def test_switch_keys_joins_the_callers_transaction(
     service: FileKeyService, pg_db: Database, vault: LocalJsonVault
 ) -> None:
     file_id = uuid.uuid4()
     old = await service.create_key(file_id)
-    ticket = await service.begin_rotation(file_id, worker="w1")
+    ticket = await service.claim_rotation(file_id, worker="w1")
 
     class Abort(Exception):
         pass
 
     with pytest.raises(Abort):
         async with pg_db.transaction() as conn:
-            await service.complete_rotation(ticket, conn=conn)
+            await service.switch_keys(conn, ticket)
             raise Abort  # e.g. the caller's pointer update failed: everything rolls back
     assert [r["state"] for r in await rows(pg_db, file_id)] == ["active", "pending"]
     with pytest.raises(RotationConflictError):
-        await service.finish_rotation(ticket)  # never disables a key that is still active
+        await service.disable_old_key(ticket)  # never disables a key that is still active
     assert (await versions(vault, file_id))[old.key_reference] is True
 
     async with pg_db.transaction() as conn:
-        await service.complete_rotation(ticket, conn=conn)
+        await service.switch_keys(conn, ticket)
     assert await service.get_key(old.key_reference)  # committed, not yet disabled: downloads in flight finish
-    await service.finish_rotation(ticket)
-    await service.finish_rotation(ticket)
+    await service.disable_old_key(ticket)
+    await service.disable_old_key(ticket)
     with pytest.raises(KeyRetiredError):
         await service.get_key(old.key_reference)
     assert (await versions(vault, file_id))[old.key_reference] is False
@@ -437,7 +445,11 @@ async def test_a_failed_disable_leaves_the_rotation_done_and_the_sweep_finishes_
     service = FileKeyService(pg_db, FlakyDisable(vault), rotation_days=DAYS, clock=clock)
     file_id = uuid.uuid4()
     old = await service.create_key(file_id)
-    active = await service.complete_rotation(await service.begin_rotation(file_id, worker="w1"))
+    ticket = await service.claim_rotation(file_id, worker="w1")
+    async with pg_db.transaction() as conn:
+        active = await service.switch_keys(conn, ticket)
+    with pytest.raises(VaultUnavailableError):
+        await service.disable_old_key(ticket)  # the Rotator logs this and leaves it for the sweep
 
     assert await service.active_key(file_id) == active
     assert (await versions(vault, file_id))[old.key_reference] is True
@@ -454,18 +466,18 @@ async def test_abandon_releases_the_claim_and_can_discard_the_pending_key(
 ) -> None:
     file_id = uuid.uuid4()
     old = await service.create_key(file_id)
-    ticket = await service.begin_rotation(file_id, worker="w1")
-    assert await service.abandon_rotation(ticket, discard_pending=True) is True
+    ticket = await service.claim_rotation(file_id, worker="w1")
+    assert await service.release_claim(ticket, discard_pending=True) is True
     assert [r["key_reference"] for r in await rows(pg_db, file_id)] == [old.key_reference]
     assert await versions(vault, file_id) == {old.key_reference: True, ticket.new.key_reference: False}
     with pytest.raises(SecretDisabledError):
         await vault.get_secret(*parse_key_reference(ticket.new.key_reference))
 
-    retry = await service.begin_rotation(file_id, worker="w2")  # free at once
+    retry = await service.claim_rotation(file_id, worker="w2")  # free at once
     assert retry.new.key_reference != ticket.new.key_reference
-    assert await service.abandon_rotation(ticket) is False  # not w1's any more
-    assert await service.abandon_rotation(retry) is True
-    again = await service.begin_rotation(file_id, worker="w3")
+    assert await service.release_claim(ticket) is False  # not w1's any more
+    assert await service.release_claim(retry) is True
+    again = await service.claim_rotation(file_id, worker="w3")
     assert again.new == retry.new  # kept: the next attempt reuses it
 
 
@@ -526,12 +538,12 @@ async def test_a_connection_lost_before_commit_rolls_the_switch_back(
     service = FileKeyService(proxied_db, vault, rotation_days=DAYS, clock=clock)
     file_id = uuid.uuid4()
     old = await service.create_key(file_id)
-    ticket = await service.begin_rotation(file_id, worker="w1")
+    ticket = await service.claim_rotation(file_id, worker="w1")
 
     started = time.monotonic()
     with pytest.raises(DatabaseUnavailableError) as failure:
         async with proxied_db.transaction() as conn:
-            await service.complete_rotation(ticket, conn=conn)
+            await service.switch_keys(conn, ticket)
             await proxy.cut()
     assert time.monotonic() - started < 3
     assert failure.value.details["stage"] == "commit"  # outcome unknown to the client: it must re-check
@@ -540,7 +552,7 @@ async def test_a_connection_lost_before_commit_rolls_the_switch_back(
     assert (await versions(vault, file_id))[old.key_reference] is True
 
     await proxy.restore()
-    active = await service.complete_rotation(ticket)
+    active = await complete(service, pg_db, ticket)
     assert active.key_reference == ticket.new.key_reference
     assert [r["state"] for r in await rows(pg_db, file_id)] == ["retired", "active"]
 
@@ -553,7 +565,7 @@ async def test_a_statement_in_flight_when_the_database_goes_away_fails_promptly(
     await service.create_key(file_id)
     async with pg_db.transaction() as blocker:  # holds the row lock: begin_rotation's UPDATE waits
         await blocker.execute("SELECT 1 FROM file_keys WHERE file_id = $1 FOR UPDATE", file_id)
-        attempt = asyncio.create_task(service.begin_rotation(file_id, worker="w1"))
+        attempt = asyncio.create_task(service.claim_rotation(file_id, worker="w1"))
         await asyncio.sleep(0.3)
         assert not attempt.done()
         started = time.monotonic()
@@ -564,7 +576,7 @@ async def test_a_statement_in_flight_when_the_database_goes_away_fails_promptly(
     assert all(r["rotation_claimed_by"] is None for r in await rows(pg_db, file_id))
 
     await proxy.restore()
-    ticket = await service.begin_rotation(file_id, worker="w1")
+    ticket = await service.claim_rotation(file_id, worker="w1")
     assert [r["state"] for r in await rows(pg_db, file_id)] == ["active", "pending"]
     assert ticket.worker == "w1"
 
@@ -593,7 +605,7 @@ async def test_a_stuck_statement_is_bounded_by_the_command_timeout(
             await blocker.execute("SELECT 1 FROM file_keys WHERE file_id = $1 FOR UPDATE", file_id)
             started = time.monotonic()
             with pytest.raises(DatabaseUnavailableError):
-                await service.begin_rotation(file_id, worker="w1")
+                await service.claim_rotation(file_id, worker="w1")
             assert time.monotonic() - started < 2
     finally:
         await impatient.close()

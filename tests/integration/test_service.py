@@ -7,6 +7,7 @@ work); the next delivery or run must complete the job with nothing lost or dupli
 from __future__ import annotations
 
 import asyncio
+import json
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,10 +17,11 @@ from typing import Any
 import pytest
 
 from devhost.azurite import Azurite
-from shared.blobs import BlobStore, BlockWriter
-from shared.bootstrap import Services
+from shared.blobs import BlockWriter, Container
+from shared.bootstrap import Services, rotation_policy, transfer
 from shared.crypto.format import Header
 from shared.db.files import FileRepository
+from shared.download import Span
 from shared.errors import (
     FileNotReadyError,
     IntegrityError,
@@ -28,13 +30,16 @@ from shared.errors import (
     SecretDisabledError,
     UnknownFileError,
     UploadConflictError,
+    VaultUnavailableError,
 )
 from shared.ingest import identify_upload
 from shared.keys import FileKeyService
 from shared.rotation import Rotator
+from shared.vault.local import LocalJsonVault
 from tests.integration.service_fixtures import (
     blob_names,
     collect,
+    http_download,
     new_name,
     open_stack,
     random_bytes,
@@ -84,8 +89,13 @@ async def ingest(stack: Services, azurite: Azurite, data: bytes, name: str | Non
     return name, outcome.file_id
 
 
-async def download(stack: Services, file_id: uuid.UUID, range_header: str | None = None) -> bytes:
-    return await collect((await stack.files.open_download(str(file_id), range_header)).body)
+async def open_file(stack: Services, file_id: uuid.UUID | str, span: Span | None = None) -> AsyncIterator[memoryview]:
+    """The neutral read the HTTP face and the CLI both use."""
+    return await stack.files.open(await stack.files.encrypted_file(str(file_id)), span)
+
+
+async def download(stack: Services, file_id: uuid.UUID) -> bytes:
+    return await collect(await open_file(stack, file_id))
 
 
 async def key_rows(stack: Services, file_id: uuid.UUID) -> list[tuple[str, str]]:
@@ -190,7 +200,7 @@ CRASH_POINTS = [
     ("mid-upload, second block", BlockWriter, "stage", False, 2),
     ("after committing the blob", BlockWriter, "commit", True, 1),
     ("after marking it encrypted", FileRepository, "mark_encrypted", True, 1),
-    ("before deleting the plaintext", BlobStore, "delete", False, 1),
+    ("before deleting the plaintext", Container, "delete", False, 1),
 ]
 
 
@@ -230,27 +240,32 @@ async def test_ingest_memory_is_bounded_by_chunks_not_file_size(stack: Services,
 
 # --- download ---------------------------------------------------------------------------
 
-async def test_ranges(stack: Services, azurite: Azurite) -> None:
+async def test_ranges_over_the_http_face(stack: Services, azurite: Azurite) -> None:
     data = random_bytes(300_000)
     _, file_id = await ingest(stack, azurite, data)
     for header, expected in [("bytes=0-0", data[:1]), ("bytes=65535-65537", data[65535:65538]),
                              ("bytes=299990-", data[299990:]), ("bytes=-70000", data[-70000:])]:
-        result = await stack.files.open_download(str(file_id), header)
-        assert result.status == 206 and await collect(result.body) == expected
-        assert result.headers["Content-Length"] == str(len(expected))
+        status, headers, body = await http_download(stack, str(file_id), {"Range": header})
+        assert status == 206 and body == expected
+        assert headers["content-length"] == str(len(expected))
+    status, headers, body = await http_download(stack, str(file_id))
+    assert status == 200 and body == data and "content-range" not in headers
 
 
 async def test_head_and_request_errors(stack: Services, azurite: Azurite) -> None:
     _, file_id = await ingest(stack, azurite, b"0123456789")
-    head = await stack.files.open_download(str(file_id), None, head=True)
-    assert head.body is None and head.headers["Content-Length"] == "10"
-    assert (await stack.files.open_download(str(file_id).upper(), None, head=True)).status == 200
+    status, headers, body = await http_download(stack, str(file_id), method="HEAD")
+    assert (status, body, headers["content-length"]) == (200, b"", "10")
+    assert (await http_download(stack, str(file_id).upper(), method="HEAD"))[0] == 200
     for text, error in [("nope", InvalidRequestError), (file_id.hex, InvalidRequestError),
                         (f"{{{file_id}}}", InvalidRequestError), (str(uuid.uuid4()), UnknownFileError)]:
         with pytest.raises(error):
-            await stack.files.open_download(text, None)
-    with pytest.raises(RangeNotSatisfiableError):
-        await stack.files.open_download(str(file_id), "bytes=10-")
+            await stack.files.encrypted_file(text)
+        status, _, body = await http_download(stack, text)
+        assert json.loads(body)["error"] == error.__name__ and status in (400, 404)
+    status, headers, body = await http_download(stack, str(file_id), {"Range": "bytes=10-"})
+    assert (status, headers["content-range"], json.loads(body)["error"]) == (
+        416, "bytes */10", RangeNotSatisfiableError.__name__)
 
 
 async def test_pending_file_is_not_ready(stack: Services, azurite: Azurite) -> None:
@@ -259,13 +274,15 @@ async def test_pending_file_is_not_ready(stack: Services, azurite: Azurite) -> N
         await FileRepository(conn).register(file_id, source_name="x", source_etag="e", name="x",
                                             content_type="text/plain")
     with pytest.raises(FileNotReadyError):
-        await stack.files.open_download(str(file_id), None)
+        await open_file(stack, file_id)
+    assert (await http_download(stack, str(file_id)))[0] == 409
 
 
 async def test_empty_file(stack: Services, azurite: Azurite) -> None:
     _, file_id = await ingest(stack, azurite, b"")
-    result = await stack.files.open_download(str(file_id), None)
-    assert result.headers["Content-Length"] == "0" and await collect(result.body) == b""
+    status, headers, body = await http_download(stack, str(file_id))
+    assert (status, headers["content-length"], body) == (200, "0", b"")
+    assert await download(stack, file_id) == b""
 
 
 @pytest.mark.parametrize("where", ["header", "middle", "final block"])
@@ -278,9 +295,7 @@ async def test_tampered_protected_blob_is_refused(stack: Services, azurite: Azur
     await upload(azurite, stack.settings.protected_container, blob, bytes(stored))
     released = b""
     with pytest.raises(IntegrityError):
-        result = await stack.files.open_download(str(file_id), None)
-        assert result.body is not None
-        async for piece in result.body:
+        async for piece in await open_file(stack, file_id):
             released += piece
     assert released == data[: len(released)] and len(released) < len(data)
     if where != "middle":
@@ -307,11 +322,10 @@ async def test_rotation_reencrypts_switches_and_retires(stack: Services, azurite
 async def test_download_in_flight_survives_rotation(stack: Services, azurite: Azurite) -> None:
     data = random_bytes(4 * 1024 * 1024)
     _, file_id = await ingest(stack, azurite, data)
-    result = await stack.files.open_download(str(file_id), None)
-    assert result.body is not None
-    first = await anext(result.body)
+    body = await open_file(stack, file_id)
+    first = await anext(body)
     await stack.files.rotate_file(str(file_id))
-    rest = b"".join([piece async for piece in result.body])
+    rest = b"".join([piece async for piece in body])
     assert bytes(first) + rest == data
 
 
@@ -329,7 +343,7 @@ async def test_rotate_due_takes_expired_keys_and_sweeps_old_blobs(make_stack: St
 ROTATION_CRASHES = [
     ("while re-encrypting", BlockWriter, "stage", False, 1),
     ("after the new blob is committed", BlockWriter, "commit", True, 1),
-    ("after the switch, before disabling the old key", FileKeyService, "finish_rotation", False, 1),
+    ("after the switch, before disabling the old key", FileKeyService, "disable_old_key", False, 1),
 ]
 
 
@@ -344,7 +358,7 @@ async def test_rotation_crash_leaves_file_readable_and_a_rerun_finishes(
         with pytest.raises(Crash):
             await stack.files.rotate_file(str(file_id))
     assert await download(stack, file_id) == data
-    if method == "finish_rotation":
+    if method == "disable_old_key":
         await stack.keys.retire_pending_disables()
     else:
         await stack.files.rotate_file(str(file_id))
@@ -356,6 +370,27 @@ async def test_rotation_crash_leaves_file_readable_and_a_rerun_finishes(
     assert await download(stack, file_id) == data
 
 
+async def test_a_vault_failure_after_the_switch_leaves_the_rotation_done_for_the_sweep(
+        stack: Services, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = random_bytes(70_000)
+    _, file_id = await ingest(stack, azurite, data)
+    old_ref = (await stack.files.describe(str(file_id)))["key_reference"]
+
+    async def vault_down(self: Any, name: str, version: str) -> None:
+        raise VaultUnavailableError("vault down", operation="disable_version")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LocalJsonVault, "disable_version", vault_down)
+        new_ref = await stack.files.rotate_file(str(file_id))  # the one rule: done, not failed
+    assert await key_rows(stack, file_id) == [(old_ref, "retired"), (new_ref, "active")]
+    assert (await stack.vault.get_secret(*old_ref.split("/"))).value  # still enabled: left for the sweep
+    assert await download(stack, file_id) == data
+    report = await stack.files.rotate_due()
+    assert report.failed == [] and report.rotated == []
+    with pytest.raises(SecretDisabledError):
+        await stack.vault.get_secret(*old_ref.split("/"))
+
+
 async def test_health_reports_each_dependency(stack: Services) -> None:
     assert await stack.files.health() == {"storage": "ok", "database": "ok", "vault": "ok"}
 
@@ -364,7 +399,8 @@ async def test_two_rotation_runs_at_once_rotate_each_file_once(stack: Services, 
     ids = [(await ingest(stack, azurite, random_bytes(200_000)))[1] for _ in range(4)]
     for file_id in ids:
         await stack.keys.expire(file_id)
-    second = Rotator(stack.files.deps, worker="second-timer")
+    second = Rotator(db=stack.db, keys=stack.keys, protected=stack.protected, transfer=transfer(stack.settings),
+                     policy=rotation_policy(stack.settings), worker="second-timer")
     first_report, second_report = await asyncio.gather(stack.files.rotate_due(limit=10),
                                                        second.rotate_due(limit=10))
     rotated = first_report.rotated + second_report.rotated
