@@ -29,9 +29,9 @@ import httpx
 from azure.storage.blob import BlobServiceClient
 
 from bench import table
-from devhost.azurite import Azurite, running_azurite
-from devhost.postgres import scratch_database
-from devhost.process import DevHost, host_env
+from localinfra.azurite import Azurite, running_azurite
+from localinfra.hostprocess import DevHost, host_env
+from localinfra.postgres import scratch_database
 from shared.bootstrap import Services, build_services
 from shared.config import DEFAULT_DATABASE_URL, Settings
 from shared.db import migrate

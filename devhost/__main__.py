@@ -20,8 +20,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from devhost.azurite import Azurite, listening, running_azurite
-from devhost.postgres import postgres_problem
+from localinfra.azurite import Azurite, listening, running_azurite
+from localinfra.postgres import postgres_problem
 from shared import bootstrap
 from shared.errors import BlobsealError
 

@@ -28,7 +28,6 @@ from azure.storage.queue.aio import QueueClient
 
 from devhost.functions import FunctionSpec
 from devhost.ncrontab import Schedule
-from shared.metrics import ERRORS
 
 __all__ = ["BlobPoller", "TimerRunner"]
 
@@ -93,7 +92,6 @@ class BlobPoller:
             except Exception:  # already exists
                 log.debug("poison queue exists")
             await queue.send_message(json.dumps(message))
-        ERRORS.labels("ingest", "poisoned").inc()
         log.error("blob %s moved to the %s queue after %d failures", version[0], POISON_QUEUE, self.poison_threshold)
         self.receipts.add(version)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devhost.postgres import postgres_problem
+from localinfra.postgres import postgres_problem
 from shared.bootstrap import load_settings
 
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from devhost.azurite import Azurite, running_azurite
-from devhost.postgres import scratch_database
+from localinfra.azurite import Azurite, running_azurite
+from localinfra.postgres import scratch_database
 from shared.config import DEFAULT_DATABASE_URL
 from shared.db import Database, migrate
 

@@ -19,8 +19,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueClient
 
-from devhost.azurite import Azurite
-from devhost.process import ROOT, DevHost, host_env
+from localinfra.azurite import Azurite
+from localinfra.hostprocess import ROOT, DevHost, host_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
 
@@ -189,7 +189,7 @@ def test_failing_blob_lands_in_the_poison_queue(host: DevHost, azurite: Azurite)
     wait_for(poisoned, timeout=60)
     assert name in blobs(azurite, host.env["INGEST_CONTAINER"])  # the upload is kept, nothing lost
     metrics = httpx.get(f"{host.url}/metrics", headers=host.headers, timeout=10).text
-    assert 'blobseal_errors_total{error="poisoned",operation="ingest"}' in metrics
+    assert 'blobseal_operations_total{operation="encrypt",outcome="UploadConflictError"}' in metrics  # by the app
     assert "first" not in metrics
 
 

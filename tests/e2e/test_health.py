@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devhost.azurite import Azurite, running_azurite
-from devhost.process import DevHost, host_env
+from localinfra.azurite import Azurite, running_azurite
+from localinfra.hostprocess import DevHost, host_env
 from tests.support.pg_proxy import PgProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]

@@ -13,7 +13,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from devhost.azurite import Azurite
+from localinfra.azurite import Azurite
 from shared import http_api
 from shared.bootstrap import Services, build_services
 from shared.config import Settings

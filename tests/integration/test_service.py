@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from devhost.azurite import Azurite
+from localinfra.azurite import Azurite
 from shared.blobs import BlockWriter, Container
 from shared.bootstrap import Services, rotation_policy, transfer
 from shared.crypto.format import Header

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from devhost.azurite import Azurite, free_port
+from localinfra.azurite import Azurite, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "e2e-" + secrets.token_hex(8)

@@ -1,0 +1,71 @@
+"""The layering, checked on the source: which module may import or call what.
+
+Each rule would fail on the code it guards against (an HTTP import in a use case, a second
+composition root, the Azure SDK in the format CLI, a product metric written by the local host).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+
+def imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    """Every module ``path`` imports (absolute names); with ``top_level_only``, not those inside functions."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def roots(names: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in names}
+
+
+def python_files(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", ["download", "service", "rotation", "ingest", "keys", "transfer"])
+def test_use_cases_know_no_http(module: str) -> None:
+    found = imports(ROOT / "shared" / f"{module}.py")
+    http = {name for name in found if name.split(".")[0] in ("fastapi", "starlette", "azure")
+            and not name.startswith("azure.storage")} | (found & {"shared.http_api", "azure.functions"})
+    assert http == set(), f"shared/{module}.py imports HTTP: {http}"
+
+
+def test_only_function_app_asks_the_bootstrap_for_the_services() -> None:
+    callers = [str(p.relative_to(ROOT)) for p in [ROOT / "function_app.py", *python_files("shared", "devhost", "bench")]
+               if "bootstrap.services()" in p.read_text() and p.name != "bootstrap.py"]
+    assert callers == ["function_app.py"]
+
+
+def test_the_crypto_core_is_pure() -> None:
+    for path in python_files("shared/crypto"):
+        allowed = {name for name in imports(path) if name.startswith(("shared.crypto", "shared.errors"))}
+        outside = roots(imports(path) - allowed) - STDLIB - {"cryptography"}
+        assert outside == set(), f"{path.name} imports {outside}"
+
+
+def test_the_format_cli_loads_only_the_crypto_core_and_the_standard_library() -> None:
+    for name in ("main.py", "format_commands.py", "io.py", "ops_commands.py", "__init__.py", "__main__.py"):
+        found = imports(ROOT / "shared" / "cli" / name, top_level_only=True)
+        ours = {n for n in found if n.startswith(("shared.crypto", "shared.errors", "shared.cli"))}
+        assert roots(found - ours) - STDLIB == set(), name
+        assert "shared.cli.operations" not in found  # the operator commands' code comes in on use only
+
+
+def test_product_metrics_are_written_by_product_code_only() -> None:
+    for path in python_files("devhost", "localinfra"):
+        assert "shared.metrics" not in imports(path), path.name
