@@ -196,10 +196,6 @@ class Settings:
         """The encrypted format's block size in bytes (recorded in each file's header)."""
         return self.block_size_kib * 1024
 
-    @property
-    def database_url_redacted(self) -> str:
-        return redact_url(self.database_url)
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and validate; raise one ``ConfigError`` naming every bad or missing value."""

@@ -98,7 +98,7 @@ class BlobsealError(Exception):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view for logs and API bodies (already free of secrets)."""
+        """A JSON-ready view for structured logs (``extra``; Azure Monitor keeps it as custom dimensions)."""
         return {
             "error": type(self).__name__,
             "message": self.message,

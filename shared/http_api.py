@@ -197,7 +197,7 @@ def _from_error(operation: str, exc: BlobsealError) -> Response:
     ERRORS.labels(operation, type(exc).__name__).inc()
     message = exc.message
     if status >= 500:
-        log.error("%s failed: %s", operation, exc)
+        log.error("%s failed: %s", operation, exc, extra={"blobseal_error": exc.to_dict()})
         message = next((text for kind, text in UNAVAILABLE.items() if isinstance(exc, kind)), "internal error")
     response = _error(status, type(exc).__name__, message)
     if isinstance(exc, RangeNotSatisfiableError):

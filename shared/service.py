@@ -80,6 +80,12 @@ class FileService:
         assert reference is not None  # unconditional rotation always yields a new key
         return reference
 
+    async def expire_key(self, file_id_text: str) -> str:
+        """Make the file's key due now (the next rotation run rotates it); returns the new expiry."""
+        expires = (await self._keys.expire(parse_file_id(file_id_text))).expires_at
+        assert expires is not None
+        return expires.isoformat()
+
     async def rotate_due(self, *, limit: int | None = None, budget_seconds: float | None = None) -> RotationReport:
         return await self.rotator.rotate_due(limit=limit, budget_seconds=budget_seconds)
 

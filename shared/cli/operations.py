@@ -18,7 +18,7 @@ from shared.config import Settings, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
 from shared.service import FileService, parse_file_id
 
-__all__ = ["run_decrypt_file", "run_migrate", "run_rotate", "run_show"]
+__all__ = ["run_decrypt_file", "run_expire", "run_migrate", "run_rotate", "run_show"]
 
 T = TypeVar("T")
 
@@ -61,6 +61,12 @@ def run_rotate(args: argparse.Namespace) -> int:
     report = _with_service(args, lambda s: s.rotate_due(limit=args.limit))
     print(json.dumps(report.as_dict()))
     return 1 if report.failed else 0
+
+
+def run_expire(args: argparse.Namespace) -> int:
+    expires = _with_service(args, lambda s: s.expire_key(args.file_id))
+    print(json.dumps({"file_id": args.file_id, "key_expires_at": expires}))
+    return 0
 
 
 def run_decrypt_file(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Operator commands on the configured deployment: ``migrate``, ``show``, ``rotate``, ``decrypt-file``.
+"""Operator commands on the configured deployment: ``migrate``, ``show``, ``rotate``, ``expire``, ``decrypt-file``.
 
 Only the parser lives here: the commands' code (``shared.cli.operations``) pulls in the Azure
 SDK, asyncpg and the settings, so it is imported when one of them runs, never for the format
@@ -37,6 +37,10 @@ def register(commands: Any) -> None:
     which.add_argument("--file-id", help="this file, whether due or not")
     rotate.add_argument("--limit", type=int, default=None, help="at most this many files (with --due)")
     rotate.set_defaults(handler=_lazy("run_rotate"))
+
+    expire = commands.add_parser("expire", help="make a file's key due: the next rotation run rotates it")
+    expire.add_argument("file_id")
+    expire.set_defaults(handler=_lazy("run_expire"))
 
     decrypt = commands.add_parser("decrypt-file", help="decrypt a protected blob with the configured vault")
     decrypt.add_argument("file_id")

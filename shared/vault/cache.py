@@ -52,6 +52,7 @@ class CachedKeyVault:
         self._generation = 0
 
     def __len__(self) -> int:
+        """Entries held (the tests check the LRU bound with it)."""
         return len(self._entries)
 
     async def get_secret(self, name: str, version: str | None = None) -> SecretVersion:

@@ -255,8 +255,13 @@ def test_operator_commands_beside_the_running_app(host: DevHost, azurite: Azurit
     assert shown.returncode == 0 and json.loads(shown.stdout)["name"] == "ledger.csv"
     assert cli(host, "decrypt-file", file_id, str(tmp_path / "out.csv")).returncode == 0
     assert (tmp_path / "out.csv").read_bytes() == data
+    before = json.loads(shown.stdout)["key_reference"]
+    expired = cli(host, "expire", file_id)
+    assert expired.returncode == 0 and json.loads(expired.stdout)["file_id"] == file_id
     due = cli(host, "rotate", "--due")
-    assert due.returncode == 0 and json.loads(due.stdout)["failed"] == []
+    report = json.loads(due.stdout)
+    assert due.returncode == 0 and report["failed"] == [] and file_id in report["rotated"]
+    assert json.loads(cli(host, "show", file_id).stdout)["key_reference"] != before
     assert cli(host, "migrate").returncode == 0
     for args, needle in [(("show", str(uuid.uuid4())), "no such file"), (("show", "nope"), "UUID"),
                          (("decrypt-file", str(uuid.uuid4()), str(tmp_path / "x")), "no such file"),

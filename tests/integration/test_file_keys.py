@@ -563,7 +563,7 @@ async def test_a_statement_in_flight_when_the_database_goes_away_fails_promptly(
     service = FileKeyService(proxied_db, vault, rotation_days=DAYS, clock=clock)
     file_id = uuid.uuid4()
     await service.create_key(file_id)
-    async with pg_db.transaction() as blocker:  # holds the row lock: begin_rotation's UPDATE waits
+    async with pg_db.transaction() as blocker:  # holds the row lock: claim_rotation's UPDATE waits
         await blocker.execute("SELECT 1 FROM file_keys WHERE file_id = $1 FOR UPDATE", file_id)
         attempt = asyncio.create_task(service.claim_rotation(file_id, worker="w1"))
         await asyncio.sleep(0.3)
