@@ -134,7 +134,7 @@ def build_services(settings: Settings) -> Services:
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                       policy=rotation_policy(settings))
     files = FileService(db=db, keys=keys, protected=protected, ingestor=ingestor, rotator=rotator,
-                        probes={"storage": protected.ping, "database": db.ping, "vault": vault.ping})
+                        probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault})
     return Services(settings, db, vault, keys, blobs, ingest, protected, files)
 
 

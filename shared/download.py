@@ -21,9 +21,9 @@ from shared.crypto.format import MAX_HEADER_SIZE, Header, Layout
 from shared.crypto.ranges import RangeOpener, plan_range
 from shared.db.files import FileRecord
 from shared.errors import IntegrityError
-from shared.metrics import BYTES_PROCESSED, ERRORS
+from shared.metrics import BYTES_PROCESSED, ERRORS, INTEGRITY_FAILURES
 
-__all__ = ["Span", "open_span"]
+__all__ = ["Span", "integrity_failed", "open_span"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ class Span:
 async def open_span(protected: Container, record: FileRecord, key: bytes,
                     span: Span | None) -> AsyncIterator[memoryview]:
     """Check the stored file, then return the verified plaintext stream of ``span`` (None: all of it)."""
+    try:
+        return await _open_checked(protected, record, key, span)
+    except IntegrityError as exc:
+        integrity_failed("download", record.file_id, exc)
+        raise
+
+
+async def _open_checked(protected: Container, record: FileRecord, key: bytes,
+                        span: Span | None) -> AsyncIterator[memoryview]:
     assert record.protected_blob is not None and record.size is not None
     blob = record.protected_blob
     info = await protected.info(blob)
@@ -80,7 +89,18 @@ async def _stream(source: AsyncIterator[bytes], opener: RangeOpener,
         if last := opener.finalize():
             BYTES_PROCESSED.labels("decrypt").inc(len(last))
             yield memoryview(last)
+    except IntegrityError as exc:
+        integrity_failed("download", file_id, exc)
+        raise
     except Exception as exc:
         ERRORS.labels("download", type(exc).__name__).inc()
         log.error("download of file %s aborted: %s", file_id, type(exc).__name__)
         raise
+
+
+def integrity_failed(operation: str, file_id: uuid.UUID, exc: IntegrityError) -> None:
+    """Count and log a stored file that failed authentication: what an operator alerts on."""
+    INTEGRITY_FAILURES.labels(operation).inc()
+    log.error("integrity check failed for file %s (block %s): %s; nothing unverified was served",
+              file_id, exc.details.get("block", "header"), exc.message,
+              extra={"blobseal_error": exc.to_dict(), "file_id": str(file_id)})

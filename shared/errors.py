@@ -7,10 +7,12 @@ The tree::
     ├── KeyVaultError                  key storage or retrieval failed
     │   ├── SecretNotFoundError        no such secret (or version)
     │   ├── SecretDisabledError        the secret version is disabled
-    │   └── VaultUnavailableError      the vault did not answer (transient; retry later)
+    │   ├── VaultUnavailableError      the vault did not answer (transient; retry later)
+    │   └── VaultMissingError          the local vault file is missing or empty (created only where no key is recorded)
     ├── KeyManagementError             file-key bookkeeping refused (no such key, rotation claimed)
     │   ├── FileKeyNotFoundError       no key is recorded for the file
     │   │   └── KeyRetiredError        the key was rotated out and its vault version disabled
+    │   ├── KeyMissingError            a recorded key is not in the vault (an operator must restore it)
     │   └── RotationConflictError      another worker holds the rotation of this file
     ├── DatabaseError                  PostgreSQL refused a statement or the schema disagrees
     │   └── DatabaseUnavailableError   the database did not answer (transient; retry later)
@@ -27,6 +29,11 @@ The tree::
         ├── RangeNotSatisfiableError   a well-formed range outside the file
         ├── UploadConflictError        an upload reuses an encrypted file's id with other content
         └── InvalidRequestError        malformed id, range or header
+
+``transient`` marks the errors worth retrying soon (a dependency that did not answer): the
+ingest retries them with backoff, for minutes. Everything else is retried later by the
+reconciler, except what ``permanent`` marks: those wait for an operator (``failed``,
+``replay``).
 
 Every error carries keyword context (``operation``, ``details``) and never key material,
 plaintext, SAS tokens or connection strings: callers put only identifiers and sizes in
@@ -55,6 +62,7 @@ __all__ = [
     "IntegrityError",
     "InvalidRequestError",
     "KeyManagementError",
+    "KeyMissingError",
     "KeyRetiredError",
     "KeyVaultError",
     "RangeNotSatisfiableError",
@@ -65,7 +73,9 @@ __all__ = [
     "StorageUnavailableError",
     "UnknownFileError",
     "UploadConflictError",
+    "VaultMissingError",
     "VaultUnavailableError",
+    "is_transient",
 ]
 
 
@@ -73,6 +83,8 @@ class BlobsealError(Exception):
     """Base of every error this project raises on purpose."""
 
     default_operation = "unknown"
+    transient = False  # a dependency did not answer: retry soon, with backoff
+    permanent = False  # retrying cannot help until someone changes something
 
     def __init__(
         self,
@@ -132,6 +144,10 @@ class SecretDisabledError(KeyVaultError):
 
 
 class VaultUnavailableError(KeyVaultError):
+    transient = True
+
+
+class VaultMissingError(KeyVaultError):
     pass
 
 
@@ -147,6 +163,10 @@ class KeyRetiredError(FileKeyNotFoundError):
     pass
 
 
+class KeyMissingError(KeyManagementError):
+    pass
+
+
 class RotationConflictError(KeyManagementError):
     pass
 
@@ -156,7 +176,7 @@ class DatabaseError(BlobsealError):
 
 
 class DatabaseUnavailableError(DatabaseError):
-    pass
+    transient = True
 
 
 class EncryptionError(BlobsealError):
@@ -184,7 +204,7 @@ class BlobChangedError(StorageError):
 
 
 class StorageUnavailableError(StorageError):
-    pass
+    transient = True
 
 
 class FileError(BlobsealError):
@@ -208,4 +228,9 @@ class RangeNotSatisfiableError(FileError):
 
 
 class UploadConflictError(FileError):
-    pass
+    permanent = True
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying soon: one of ours marked transient, or a timeout that escaped an adapter."""
+    return isinstance(exc, TimeoutError) or (isinstance(exc, BlobsealError) and exc.transient)

@@ -35,12 +35,14 @@ from shared.errors import (
     DatabaseError,
     FileKeyNotFoundError,
     KeyManagementError,
+    KeyMissingError,
     KeyRetiredError,
     KeyVaultError,
     RotationConflictError,
     SecretNotFoundError,
+    VaultMissingError,
 )
-from shared.metrics import ROTATIONS
+from shared.metrics import KEYS_MISSING, ROTATIONS
 from shared.vault.base import KeyVault, SecretProperties, parse_key_reference, secret_name
 
 __all__ = ["KEY_BYTES", "FileKey", "FileKeyService", "KeyState", "RotationTicket"]
@@ -117,7 +119,14 @@ class FileKeyService:
         async with self._db.connection("get_key") as conn:
             row = await FileKeyRepository(conn).by_reference(file_id, key_reference)
         _check_readable(row, key_reference)
-        secret = await self._vault.get_secret(name, version)
+        try:
+            secret = await self._vault.get_secret(name, version)
+        except SecretNotFoundError as exc:
+            KEYS_MISSING.inc()
+            log.error("key %s is recorded but missing from the vault: restore it from the vault's backups",
+                      key_reference)
+            raise KeyMissingError("the file's key is missing from the vault", operation="get_key",
+                                  details={"key_reference": key_reference}) from exc
         if len(secret.value) != KEY_BYTES:
             raise KeyManagementError("the vault returned a key of the wrong size", operation="get_key",
                                      details={"key_reference": key_reference, "size": len(secret.value)})
@@ -220,9 +229,28 @@ class FileKeyService:
         async with self._db.connection(operation) as conn:
             return await FileKeyRepository(conn).active(file_id)
 
+    async def check_vault(self) -> None:
+        """The vault answers; a missing or empty store is an error only while the database records keys."""
+        try:
+            await self._vault.ping()
+        except VaultMissingError:
+            await self._refuse_if_keys_recorded()
+
     async def _new_version(self, file_id: uuid.UUID, expires_at: datetime) -> SecretProperties:
         key = secrets.token_bytes(KEY_BYTES)
-        return await self._vault.set_secret(secret_name(file_id), key, expires_on=expires_at)
+        try:
+            return await self._vault.set_secret(secret_name(file_id), key, expires_on=expires_at)
+        except VaultMissingError:
+            await self._refuse_if_keys_recorded()  # fail closed: never start a new vault beside recorded keys
+            await self._vault.initialize()
+            return await self._vault.set_secret(secret_name(file_id), key, expires_on=expires_at)
+
+    async def _refuse_if_keys_recorded(self) -> None:
+        async with self._db.connection("check_vault") as conn:
+            recorded = await FileKeyRepository(conn).any_recorded()
+        if recorded:
+            raise VaultMissingError("the vault is missing or empty while the database records keys; "
+                                    "restore it (keys are never written into a new vault)", operation="check_vault")
 
     async def _record(
         self, file_id: uuid.UUID, props: SecretProperties, state: KeyState, now: datetime, operation: str

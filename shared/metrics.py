@@ -11,18 +11,24 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
     "BYTES_PROCESSED",
     "ERRORS",
+    "FAILED_UPLOADS",
     "FILE_SIZE",
+    "INGEST_RETRIES",
+    "INTEGRITY_FAILURES",
+    "KEYS_MISSING",
     "KEY_CACHE",
     "KEY_OPERATIONS",
     "KEY_OPERATION_SECONDS",
+    "OLDEST_PLAINTEXT",
     "OPERATIONS",
     "OPERATION_SECONDS",
     "REGISTRY",
+    "REPAIRS",
     "ROTATIONS",
     "timed",
 ]
@@ -57,6 +63,22 @@ FILE_SIZE = Histogram(
     registry=REGISTRY,
 )
 ERRORS = Counter("blobseal_errors_total", "Errors by operation and type.", ["operation", "error"], registry=REGISTRY)
+INTEGRITY_FAILURES = Counter(
+    "blobseal_integrity_failures_total", "Stored files that failed authentication (tampered, truncated, wrong key).",
+    ["operation"], registry=REGISTRY)
+KEYS_MISSING = Counter(
+    "blobseal_keys_missing_total", "Recorded keys the vault did not have (an operator must restore them).",
+    registry=REGISTRY)
+REPAIRS = Counter("blobseal_repairs_total", "Repairs made by the reconciler, by kind.", ["kind"], registry=REGISTRY)
+INGEST_RETRIES = Counter(
+    "blobseal_ingest_retries_total", "Ingest attempts retried after a transient failure.", registry=REGISTRY)
+OLDEST_PLAINTEXT = Gauge(
+    "blobseal_ingest_oldest_plaintext_seconds",
+    "Age of the oldest upload still in plaintext in the ingest container (as of the last reconcile).",
+    registry=REGISTRY)
+FAILED_UPLOADS = Gauge(
+    "blobseal_failed_uploads", "Uploads recorded as failed and not yet encrypted (as of the last reconcile).",
+    ["kind"], registry=REGISTRY)
 
 
 @contextmanager

@@ -73,17 +73,22 @@ def aead_seal_into(aead: AESGCM, nonce: bytes, plaintext: Buffer, aad: bytes, ou
     aead.encrypt_into(nonce, plaintext, aad, out)
 
 
-def aead_open_into(aead: AESGCM, nonce: bytes, sealed: Buffer, aad: bytes, out: Buffer) -> None:
+def _refused(index: int) -> IntegrityError:
+    """Every authentication failure alike: no hint of why, only where (the block index is no secret)."""
+    return IntegrityError("authentication failed", operation="open_block", details={"block": index})
+
+
+def aead_open_into(aead: AESGCM, nonce: bytes, sealed: Buffer, aad: bytes, out: Buffer, index: int = 0) -> None:
     """AES-GCM: check the tag of ciphertext || tag and write the plaintext into ``out``.
 
     Every failure is the same ``IntegrityError``; ``out`` must then be discarded.
     """
     if len(memoryview(sealed)) < TAG_SIZE:
-        raise IntegrityError("authentication failed", operation="open_block")
+        raise _refused(index)
     try:
         aead.decrypt_into(nonce, sealed, aad, out)
     except InvalidTag:
-        raise IntegrityError("authentication failed", operation="open_block") from None
+        raise _refused(index) from None
 
 
 class BlockCipher:
@@ -113,7 +118,7 @@ class BlockCipher:
 
         On failure ``out`` may hold unverified bytes: the caller must discard it.
         """
-        aead_open_into(self._aead, self.nonce(index, last), sealed, self.aad, out)
+        aead_open_into(self._aead, self.nonce(index, last), sealed, self.aad, out, index)
 
     def seal_run_into(self, index: int, count: int, block: int, plaintext: memoryview, out: memoryview) -> None:
         """Seal ``count`` consecutive full, non-final blocks (the hot path: one tight loop)."""
@@ -127,12 +132,13 @@ class BlockCipher:
         """Open ``count`` consecutive full, non-final blocks into ``out``; IntegrityError on any failure."""
         self._check_run(index, count)
         aead, pack, prefix, aad, sealed = self._aead, _NONCE.pack, self._nonce_prefix, self.aad, block + TAG_SIZE
+        i = 0
         try:
             for i in range(count):
                 aead.decrypt_into(pack(prefix, index + i, False), sealed_data[i * sealed : (i + 1) * sealed], aad,
                                   out[i * block : (i + 1) * block])
         except InvalidTag:
-            raise IntegrityError("authentication failed", operation="open_block") from None
+            raise _refused(index + i) from None
 
     def _check_run(self, index: int, count: int) -> None:
         if index < 0 or index + count > MAX_BLOCKS:

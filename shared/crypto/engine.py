@@ -63,7 +63,8 @@ class Opening:
     def final(self, index: int, unit: bytearray) -> bytearray:
         # The final block holds 1..block_size bytes; an empty one only when it is the only block.
         if len(unit) < TAG_SIZE or (len(unit) == TAG_SIZE and index > 0):
-            raise IntegrityError("authentication failed (truncated file)", operation="open_block")
+            raise IntegrityError("authentication failed (truncated file)", operation="open_block",
+                                 details={"block": index})
         out = bytearray(len(unit) - TAG_SIZE)
         self._cipher.open_into(index, True, unit, out)
         return out

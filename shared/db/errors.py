@@ -31,12 +31,15 @@ Stage = Literal["connect", "query", "commit"]
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     OSError,
     TimeoutError,
 )
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
+    # The pool's bookkeeping tripping over a connection cut under it (seen during cuts): transient.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.PostgresConnectionError,  # class 08, incl. "connection was closed mid-operation"
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cannot connect now
     asyncpg.TooManyConnectionsError,

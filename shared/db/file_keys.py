@@ -154,6 +154,10 @@ class FileKeyRepository:
         )
         return _rows(await self._conn.fetch(sql, limit, file_id))
 
+    async def any_recorded(self) -> bool:
+        """Whether any key is recorded at all (a vault must then hold keys)."""
+        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM file_keys)"))
+
     async def delete_file(self, file_id: uuid.UUID) -> int:
         return _count(await self._conn.execute("DELETE FROM file_keys WHERE file_id = $1", file_id))
 

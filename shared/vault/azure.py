@@ -232,6 +232,9 @@ class AzureKeyVault:
             except ResourceNotFoundError:
                 return
 
+    async def initialize(self) -> None:
+        """Nothing to create: a Key Vault is deployed (``infra/``), never made by the app."""
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -81,7 +81,16 @@ class KeyVault(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise ``KeyVaultError`` if the vault cannot be reached (for health checks)."""
+        """Raise ``KeyVaultError`` if the vault cannot be reached (for health checks).
+
+        ``VaultMissingError`` when the store itself is not there or holds nothing (the local
+        file): the key service decides whether that is an error (keys are recorded) or a new
+        deployment.
+        """
+        ...
+
+    async def initialize(self) -> None:
+        """Create the store if absent and allow the first key into it (only after checking no key is recorded)."""
         ...
 
     async def close(self) -> None: ...

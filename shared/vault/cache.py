@@ -93,6 +93,9 @@ class CachedKeyVault:
     async def ping(self) -> None:
         await self._inner.ping()
 
+    async def initialize(self) -> None:
+        await self._inner.initialize()
+
     async def close(self) -> None:
         self.clear()
         await self._inner.close()

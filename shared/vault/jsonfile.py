@@ -84,13 +84,19 @@ class JsonFile:
     def backup_path(self, index: int) -> Path:
         return self.folder / f"{FILE_NAME}.bak.{index}"
 
-    def prepare(self) -> None:
-        """Create the folder (0700) on first use and fix modes of what is already there."""
+    def prepare(self, *, create: bool = False) -> None:
+        """Fix the modes of what is there (0700 folder, 0600 files); create the folder only if told.
+
+        Reading never creates anything: a vault that is not there is reported missing.
+        """
         with self._prepare_lock:
             if self._prepared:
                 return
             try:
-                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if create:
+                    self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if not self.folder.is_dir():
+                    return
                 os.chmod(self.folder, 0o700)
                 for path in (self.path, self.lock_path, *map(self.backup_path, range(1, self.backups + 1))):
                     with contextlib.suppress(FileNotFoundError):
@@ -100,7 +106,7 @@ class JsonFile:
             self._prepared = True
 
     def current(self) -> Snapshot:
-        """The file as it is now; empty if it does not exist yet; refuses a corrupt one."""
+        """The file as it is now (stamp ``None``: there is no file); refuses a corrupt one."""
         self.prepare()
         try:
             with open(self.path, "rb") as handle:

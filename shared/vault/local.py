@@ -16,6 +16,11 @@ from the key itself.
 
 The file I/O is blocking and runs in ``asyncio.to_thread``. Local mode has no soft delete:
 ``delete_secret`` removes the name and every version.
+
+Fail closed: nothing here creates the file, or writes the first secret into an empty one,
+unless ``initialize`` was called first (by the key service, after checking that the database
+records no key). A missing file or folder, and an empty file, raise ``VaultMissingError``, so a
+deleted vault, or one looked for in the wrong place, never silently becomes a new empty one.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError
+from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError, VaultMissingError
 from shared.metrics import timed
 from shared.vault.base import SecretProperties, SecretVersion, check_secret_name
-from shared.vault.jsonfile import Entry, JsonFile
+from shared.vault.jsonfile import Entry, JsonFile, Snapshot
 
 __all__ = ["LocalJsonVault"]
 
@@ -164,6 +169,7 @@ class LocalJsonVault:
             raise ValueError("backups must be at least 1")
         self._file = JsonFile(Path(path), backups)
         self._clock = clock
+        self._may_start_empty = False  # set by ``initialize``: the first secret may go into an empty file
 
     @property
     def path(self) -> Path:
@@ -201,6 +207,11 @@ class LocalJsonVault:
         with timed("ping", backend=_BACKEND):
             await asyncio.to_thread(self._ping)
 
+    async def initialize(self) -> None:
+        """Create the vault's folder if there is none, and allow the first secret into a missing or empty file."""
+        await asyncio.to_thread(self._initialize)
+        log.warning("initialized an empty local vault at %s", self._file.path)
+
     async def close(self) -> None:
         """Drop the parsed copy of the file (no descriptor is held between operations)."""
         self._file.forget()
@@ -210,7 +221,7 @@ class LocalJsonVault:
     def _set(self, name: str, value: bytes, expires_on: datetime | None) -> SecretProperties:
         record = self._new_record(name, value, expires_on)
         version = uuid.uuid4().hex
-        self._update(name, lambda entry: _with_new_version(name, entry, record, version))
+        self._update(name, lambda entry: _with_new_version(name, entry, record, version), adding=True)
         log.info("stored secret %s version %s", name, version)
         return _properties(name, version, record)
 
@@ -235,22 +246,41 @@ class LocalJsonVault:
         return SecretVersion(properties=properties, value=_decode(name, record))
 
     def _list(self, name: str) -> list[SecretProperties]:
-        entry = self._file.current().entries.get(name)
+        entry = self._present("list_versions").entries.get(name)
         if entry is None:
             return []
         return [_properties(name, version, record) for version, record in _versions(name, entry)]
 
     def _entry(self, name: str, operation: str) -> Entry:
-        return _existing(name, self._file.current().entries.get(name), operation)
+        return _existing(name, self._present(operation).entries.get(name), operation)
 
-    def _update(self, name: str, change: Callable[[Entry | None], Entry | None]) -> None:
+    def _present(self, operation: str) -> Snapshot:
+        """The file as it is now; ``VaultMissingError`` if there is none (unless this is a new vault)."""
+        snapshot = self._file.current()
+        if snapshot.stamp is None and not self._may_start_empty:
+            raise self._missing(operation, "does not exist")
+        return snapshot
+
+    def _missing(self, operation: str, problem: str) -> VaultMissingError:
+        return VaultMissingError(
+            f"local vault {self._file.path} {problem}; keys are never written into a new or empty vault "
+            "while the database records keys: restore the file (or its backup), or fix KEY_VAULT_LOCAL_PATH",
+            operation=operation, details={"path": str(self._file.path)})
+
+    def _update(self, name: str, change: Callable[[Entry | None], Entry | None], *, adding: bool = False) -> None:
         """Read-modify-write of one entry under the lock; ``None`` from ``change`` deletes it.
 
         The file is re-read under the lock (another process may have changed it) and the
         published snapshot is copied, never modified: readers in other threads keep theirs.
+        Adding the first secret to an empty file needs ``initialize`` first.
         """
+        starting = adding and self._may_start_empty
+        if not self._file.folder.is_dir():
+            raise self._missing("update", "does not exist")
         with self._file.locked():
-            base = self._file.current()
+            base = self._present("update")
+            if adding and not base.entries and not starting:
+                raise self._missing("set_secret", "is empty")
             entries = dict(base.entries)
             changed = change(entries.get(name))
             if changed is None:
@@ -258,10 +288,21 @@ class LocalJsonVault:
             else:
                 entries[name] = changed
             self._file.replace(base, entries, name)
+        self._may_start_empty = False
+
+    def _initialize(self) -> None:
+        self._file.prepare(create=True)  # the folder; the file comes with the first secret
+        self._may_start_empty = True
 
     def _ping(self) -> None:
         self._file.prepare()
         if not os.access(self._file.folder, os.R_OK | os.W_OK | os.X_OK):
+            if not self._file.folder.exists():
+                raise self._missing("ping", "does not exist")
             raise KeyVaultError(f"local secrets folder {self._file.folder} is not readable and writable",
                                 operation="ping", details={"path": str(self._file.folder)})
-        self._file.current()
+        snapshot = self._file.current()
+        if snapshot.stamp is None:
+            raise self._missing("ping", "does not exist")
+        if not snapshot.entries:
+            raise self._missing("ping", "is empty")

@@ -25,10 +25,12 @@ from shared.db import Database
 from shared.errors import (
     DatabaseUnavailableError,
     FileKeyNotFoundError,
+    KeyMissingError,
     KeyRetiredError,
     KeyVaultError,
     RotationConflictError,
     SecretDisabledError,
+    VaultMissingError,
     VaultUnavailableError,
 )
 from shared.keys import FileKey, FileKeyService, RotationTicket
@@ -77,6 +79,9 @@ class DelegatingVault:
 
     async def ping(self) -> None:
         await self.inner.ping()
+
+    async def initialize(self) -> None:
+        await self.inner.initialize()
 
     async def close(self) -> None:
         await self.inner.close()
@@ -223,6 +228,41 @@ async def test_vault_failures_surface_as_key_vault_errors_and_record_nothing(
     with pytest.raises(VaultUnavailableError):
         await FileKeyService(pg_db, Down(vault), rotation_days=DAYS, clock=clock).create_key(file_id)
     assert await rows(pg_db, file_id) == []
+
+
+async def test_a_new_deployment_starts_its_vault_but_a_lost_one_is_never_replaced(
+    service: FileKeyService, pg_db: Database, tmp_path: Path
+) -> None:
+    await service.check_vault()  # nothing recorded, no vault yet: a new deployment, healthy
+    first = await service.create_key(uuid.uuid4())  # the first key starts the vault
+    secrets_file = tmp_path / "secrets" / "secrets.json"
+    saved = secrets_file.read_bytes()
+    secrets_file.unlink()  # the vault file is lost (deleted, or looked for in the wrong folder)
+
+    with pytest.raises(VaultMissingError):
+        await service.check_vault()  # health: 503 for the vault
+    other = uuid.uuid4()
+    with pytest.raises(VaultMissingError, match="database records keys"):
+        await service.create_key(other)
+    assert not secrets_file.exists() and await rows(pg_db, other) == []  # no key, no new vault
+    with pytest.raises(VaultMissingError):
+        await service.get_key(first.key_reference)
+
+    secrets_file.write_bytes(saved)  # restored: nothing was lost
+    await service.check_vault()
+    assert len(await service.get_key(first.key_reference)) == 32
+    assert (await service.create_key(other)).file_id == other
+
+
+async def test_a_recorded_key_missing_from_the_vault_is_its_own_error(
+    service: FileKeyService, vault: LocalJsonVault
+) -> None:
+    key = await service.create_key(uuid.uuid4())
+    await vault.delete_secret(parse_key_reference(key.key_reference)[0])
+    before = REGISTRY.get_sample_value("blobseal_keys_missing_total") or 0.0
+    with pytest.raises(KeyMissingError):
+        await service.get_key(key.key_reference)
+    assert REGISTRY.get_sample_value("blobseal_keys_missing_total") == before + 1
 
 
 # --- due for rotation, expire, delete ------------------------------------------------------

@@ -63,12 +63,18 @@ def database_url(module_database_url: str) -> str:
     return module_database_url
 
 
+@pytest.fixture(scope="module")
+def vault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One vault for the module's database: a new vault beside recorded keys is refused (fail closed)."""
+    return tmp_path_factory.mktemp("vault") / "secrets"
+
+
 @pytest.fixture
-async def make_stack(azurite: Azurite, database_url: str, tmp_path: Path) -> AsyncIterator[StackFactory]:
+async def make_stack(azurite: Azurite, database_url: str, vault_dir: Path) -> AsyncIterator[StackFactory]:
     opened: list[Services] = []
 
     async def make(**overrides: str) -> Services:
-        opened.append(await open_stack(stack_settings(azurite, database_url, tmp_path / "vault", **overrides)))
+        opened.append(await open_stack(stack_settings(azurite, database_url, vault_dir, **overrides)))
         return opened[-1]
 
     yield make

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError
+from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError, VaultMissingError
 from shared.metrics import REGISTRY
 from shared.vault.local import IMPLICIT_VERSION_NAMESPACE, LocalJsonVault
 
@@ -65,8 +65,14 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def vault(folder: Path) -> LocalJsonVault:
-    return LocalJsonVault(folder, clock=Clock())
+async def vault(folder: Path) -> LocalJsonVault:
+    return await initialized(LocalJsonVault(folder, clock=Clock()))
+
+
+async def initialized(vault: LocalJsonVault) -> LocalJsonVault:
+    """A new vault, as the key service makes one (after checking that no key is recorded)."""
+    await vault.initialize()
+    return vault
 
 
 def write_file(folder: Path, text: str) -> Path:
@@ -217,8 +223,14 @@ async def test_bad_values_and_naive_expiry_are_refused(vault: LocalJsonVault) ->
 
 
 async def test_ping_checks_the_folder_and_the_file(vault: LocalJsonVault, folder: Path) -> None:
+    with pytest.raises(VaultMissingError, match="does not exist"):  # initialized, no key yet: no file
+        await vault.ping()
+    await vault.set_secret("file-a", os.urandom(32))
     await vault.ping()
     assert mode(folder) == 0o700
+    (folder / "secrets.json").write_text("{}")
+    with pytest.raises(VaultMissingError, match="is empty"):
+        await vault.ping()
     (folder / "secrets.json").write_text("{")
     with pytest.raises(KeyVaultError, match="not valid JSON"):
         await vault.ping()
@@ -297,7 +309,7 @@ async def test_parsed_file_is_reused_until_another_writer_changes_it(
         return real_loads(raw)
 
     monkeypatch.setattr("shared.vault.jsonfile.json.loads", counting_loads)
-    mine, other = LocalJsonVault(folder, clock=Clock()), LocalJsonVault(folder, clock=Clock())
+    mine, other = [await initialized(LocalJsonVault(folder, clock=Clock())) for _ in range(2)]
     first = await mine.set_secret("file-a", key_for("a"))
     for _ in range(5):
         await mine.get_secret("file-a")
@@ -351,7 +363,7 @@ async def test_open_fixes_loose_modes(folder: Path) -> None:
 
 
 async def test_each_update_backs_up_the_previous_file(folder: Path) -> None:
-    vault = LocalJsonVault(folder, clock=Clock(), backups=3)
+    vault = await initialized(LocalJsonVault(folder, clock=Clock(), backups=3))
     states = []
     for index in range(5):
         await vault.set_secret(f"file-{index}", key_for(f"file-{index}"))
@@ -429,6 +441,7 @@ os.write, os.replace, os.link = write, replace, link
 async def main():
     global armed
     vault = LocalJsonVault(folder)
+    await vault.initialize()
     for i in range(20):
         await vault.set_secret(f"file-{i}", bytes([i]) * 32)
         print(f"OK file-{i}", flush=True)
@@ -449,6 +462,7 @@ folder, prefix, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Pa
 
 async def main():
     vault = LocalJsonVault(folder)
+    await vault.initialize()
     print("READY", flush=True)
     while not go.exists():
         await asyncio.sleep(0.001)
@@ -564,3 +578,44 @@ async def test_two_processes_writing_concurrently_lose_nothing(
     assert len(data) == 400
     vault = LocalJsonVault(folder)
     assert (await vault.get_secret("file-q-199")).value == key_for("file-q-199")
+
+
+# --- fail closed: never a new empty vault by accident ----------------------------------------
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
+async def test_a_vault_that_was_never_initialized_creates_nothing(folder: Path) -> None:
+    vault = LocalJsonVault(folder)
+    for attempt in (lambda: vault.set_secret("file-a", os.urandom(32)), lambda: vault.get_secret("file-a"),
+                    lambda: vault.list_versions("file-a"), vault.ping):
+        with pytest.raises(VaultMissingError, match="does not exist"):
+            await attempt()
+    assert not exists(folder)  # not even the folder
+
+
+async def test_an_empty_file_takes_no_first_key_unless_initialized(folder: Path) -> None:
+    write_file(folder, "{}")
+    vault = LocalJsonVault(folder)
+    with pytest.raises(VaultMissingError, match="is empty"):
+        await vault.set_secret("file-a", os.urandom(32))
+    assert read_json(folder) == {}
+    await vault.initialize()
+    await vault.set_secret("file-a", os.urandom(32))
+    assert list(read_json(folder)) == ["file-a"]
+
+
+async def test_a_deleted_vault_file_is_missing_not_new(vault: LocalJsonVault, folder: Path) -> None:
+    await vault.set_secret("file-a", os.urandom(32))
+    saved = (folder / "secrets.json").read_bytes()
+    (folder / "secrets.json").unlink()
+    for attempt in (lambda: vault.set_secret("file-b", os.urandom(32)), lambda: vault.get_secret("file-a"),
+                    vault.ping):
+        with pytest.raises(VaultMissingError):
+            await attempt()
+    assert not exists(folder / "secrets.json")  # no new, empty vault took its place
+    (folder / "secrets.json").write_bytes(saved)  # the operator restores it
+    assert len((await vault.get_secret("file-a")).value) == 32
+    await vault.set_secret("file-b", os.urandom(32))

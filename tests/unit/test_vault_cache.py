@@ -37,8 +37,10 @@ class Clock:
 
 
 @pytest.fixture
-def inner(tmp_path: Path) -> CountingVault:
-    return CountingVault(tmp_path / "secrets")
+async def inner(tmp_path: Path) -> CountingVault:
+    vault = CountingVault(tmp_path / "secrets")
+    await vault.initialize()  # a new vault, as the key service starts one
+    return vault
 
 
 @pytest.fixture
