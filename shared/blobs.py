@@ -29,7 +29,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.storage.blob import BlobBlock, ContentSettings
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from shared.config import Settings
 from shared.errors import BlobChangedError, BlobNotFoundError, StorageError, StorageUnavailableError
@@ -58,7 +58,7 @@ def _translated(operation: str, container: str, name: str = "") -> Iterator[None
         raise BlobNotFoundError("blob not found", operation=operation, details=details) from exc
     except ResourceModifiedError as exc:
         raise BlobChangedError("blob changed while being read", operation=operation, details=details) from exc
-    except (ServiceRequestError, ServiceResponseError) as exc:
+    except (ServiceRequestError, ServiceResponseError, TimeoutError) as exc:
         raise StorageUnavailableError("storage did not answer", operation=operation, details=details) from exc
     except AzureError as exc:
         status = getattr(exc, "status_code", None)
@@ -96,6 +96,20 @@ async def prefetched(source: AsyncIterator[bytes], depth: int = 1) -> AsyncItera
             await task
 
 
+# Storage answers fast or is down: fail within seconds and let the caller's retry (ingest: minutes
+# of backoff; a download: the client's) decide. The SDK default (15 s, 18 s, 24 s ... backoff)
+# kept a request waiting 87 s for its 503. Values in docs/RELIABILITY.md.
+SDK_TIMEOUTS = {"connection_timeout": 3, "read_timeout": 20}
+SDK_RETRY_TOTAL, SDK_INITIAL_BACKOFF = 2, 0.2  # waits ~0.2 s, then ~2.2 s (initial + 2**n, jittered)
+CALL_DEADLINE_SECONDS = 8.0  # any single non-streaming call, retries included
+
+
+def _retry_policy() -> ExponentialRetry:
+    # The SDK annotates these as int; it computes with floats (initial + base**n, uniform jitter).
+    fractional: dict[str, Any] = {"initial_backoff": SDK_INITIAL_BACKOFF, "random_jitter_range": SDK_INITIAL_BACKOFF}
+    return ExponentialRetry(increment_base=2, retry_total=SDK_RETRY_TOTAL, **fractional)
+
+
 class BlobStore:
     """One async ``BlobServiceClient`` for the worker's lifetime (create lazily, close at exit).
 
@@ -111,9 +125,8 @@ class BlobStore:
         options: dict[str, Any] = {
             "max_single_get_size": settings.chunk_size,
             "max_chunk_get_size": settings.chunk_size,
-            "connection_timeout": 10,
-            "read_timeout": 60,
-            "retry_total": 4,
+            **SDK_TIMEOUTS,
+            "retry_policy": _retry_policy(),
         }
         if settings.data_storage_blob_uri:
             from azure.identity.aio import DefaultAzureCredential
@@ -140,15 +153,18 @@ class Container:
     async def ensure(self) -> None:
         """Create the container unless it exists."""
         with _translated("create_container", self.name), contextlib.suppress(ResourceExistsError):
-            await self._client.create_container()
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                await self._client.create_container()
 
     async def ping(self) -> None:
         with _translated("ping", self.name):
-            await self._client.get_container_properties()
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                await self._client.get_container_properties()
 
     async def info(self, name: str) -> BlobInfo:
         with _translated("get_properties", self.name, name):
-            props = await self._client.get_blob_client(name).get_blob_properties()
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                props = await self._client.get_blob_client(name).get_blob_properties()
         return BlobInfo(name=name, size=props.size, etag=props.etag,
                         content_type=props.content_settings.content_type or "application/octet-stream",
                         created_on=props.creation_time, metadata=dict(props.metadata or {}))
@@ -163,7 +179,9 @@ class Container:
         with _translated("download", self.name, name):
             # offset None for a whole blob: the SDK then handles an empty blob (a range would get 416)
             start = offset if offset or length is not None else None
-            stream = await client.download_blob(offset=start, length=length, max_concurrency=1, **_if_match(etag))
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                stream = await client.download_blob(offset=start, length=length, max_concurrency=1,
+                                                    **_if_match(etag))
             async for chunk in prefetched(stream.chunks()):
                 yield chunk
 
@@ -179,7 +197,8 @@ class Container:
         """Delete (only if unchanged, with ``etag``); False if it was gone or changed."""
         try:
             with _translated("delete", self.name, name):
-                await self._client.get_blob_client(name).delete_blob(**_if_match(etag))
+                async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                    await self._client.get_blob_client(name).delete_blob(**_if_match(etag))
         except (BlobNotFoundError, BlobChangedError) as exc:
             log.info("blob not deleted: %s", exc.message, extra={"container": self.name, "blob": name})
             return False
@@ -210,6 +229,7 @@ class BlockWriter:
                      content_type: str = "application/octet-stream") -> str:
         """Commit the staged blocks as the blob's whole content; returns the new ETag."""
         with _translated("commit_block_list", self._container, self._name):
-            result = await self._client.commit_block_list(
-                self._blocks, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                result = await self._client.commit_block_list(
+                    self._blocks, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
         return str(result.get("etag", ""))

@@ -45,7 +45,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = Path("local.settings.json")
+# The app folder (where function_app.py is): the settings file and a relative local vault path
+# are found from here, whatever the working directory of the process (host, CLI, tests).
+APP_ROOT = Path(__file__).resolve().parents[1]
+SETTINGS_FILE = APP_ROOT / "local.settings.json"
 
 
 def settings_mapping(environ: Mapping[str, str] | None = None, settings_file: Path = SETTINGS_FILE) -> dict[str, str]:
@@ -54,8 +57,11 @@ def settings_mapping(environ: Mapping[str, str] | None = None, settings_file: Pa
     if settings_file.exists():
         try:
             document = json.loads(settings_file.read_text())
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            raise ConfigError([f"{settings_file} is not valid JSON ({where})"]) from None
         except (OSError, ValueError) as exc:
-            raise ConfigError([f"{settings_file} is not valid JSON ({type(exc).__name__})"]) from exc
+            raise ConfigError([f"{settings_file} cannot be read ({type(exc).__name__})"]) from exc
         values = {str(k): str(v) for k, v in (document.get("Values") or {}).items()}
     values.update(os.environ if environ is None else environ)
     return values
@@ -96,6 +102,12 @@ class Services:
                 log.warning("closing %s failed", close.__qualname__, exc_info=True)
 
 
+def local_vault_path(settings: Settings) -> Path:
+    """``KEY_VAULT_LOCAL_PATH``, a relative one taken from the app folder (never the working directory)."""
+    return settings.key_vault_local_path if settings.key_vault_local_path.is_absolute() \
+        else APP_ROOT / settings.key_vault_local_path
+
+
 def build_vault(settings: Settings) -> KeyVault:
     vault: KeyVault
     if settings.key_vault_mode == "azure":
@@ -105,7 +117,7 @@ def build_vault(settings: Settings) -> KeyVault:
     else:
         from shared.vault.local import LocalJsonVault
 
-        vault = LocalJsonVault(settings.key_vault_local_path)
+        vault = LocalJsonVault(local_vault_path(settings))
     if settings.key_vault_cache_enabled and settings.key_vault_cache_minutes > 0:
         vault = CachedKeyVault(vault, ttl_seconds=settings.key_vault_cache_minutes * 60,
                                max_entries=settings.key_vault_cache_max_entries)

@@ -154,7 +154,8 @@ class Settings:
         "KEY_VAULT_CACHE_MAX_ENTRIES", 10_000, "cache bound (LRU)", low=1, high=10_000_000)
     key_vault_local_path: Path = setting(
         "KEY_VAULT_LOCAL_PATH", Path("secrets"),
-        "folder of the local vault (`secrets.json`, mode 0600 in a 0700 folder)")
+        "folder of the local vault (`secrets.json`, mode 0600 in a 0700 folder); a relative path is taken "
+        "from the app folder (where `function_app.py` is), whatever the working directory")
     database_url: str = setting(
         "DATABASE_URL", DEFAULT_DATABASE_URL, "PostgreSQL (asyncpg)", secret=True)
     database_pool_max: int = setting("DATABASE_POOL_MAX", 10, "pool size per worker", low=1, high=100)

@@ -114,3 +114,22 @@ def test_every_setting_is_validated_by_its_declaration() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(bad)
     assert sorted(p.split(" ", 1)[0] for p in caught.value.problems) == sorted(bad)
+
+
+def test_a_relative_local_vault_path_is_taken_from_the_app_folder_not_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.bootstrap import APP_ROOT, local_vault_path
+
+    monkeypatch.chdir(tmp_path)  # a CLI run from another directory
+    assert local_vault_path(Settings.from_env({})) == APP_ROOT / "secrets"
+    assert local_vault_path(Settings.from_env({"KEY_VAULT_LOCAL_PATH": "/srv/vault"})) == Path("/srv/vault")
+    assert (APP_ROOT / "function_app.py").exists()
+
+
+def test_a_broken_settings_file_is_reported_with_line_and_column(tmp_path: Path) -> None:
+    from shared.bootstrap import load_settings
+
+    broken = tmp_path / "local.settings.json"
+    broken.write_text('{\n  "Values": {\n    "KEY_VAULT_MODE": "local",\n  }\n}\n')
+    with pytest.raises(ConfigError, match=r"line 4, column 3"):
+        load_settings({}, broken)
