@@ -11,6 +11,7 @@ them to pick the SDK-type blob binding and the streaming HTTP types.
 - ``download_file``, ``file_metadata``, ``find_file``, ``metrics``: HTTP, function key.
 - ``health``: HTTP, anonymous.
 - ``rotate_keys``: timer on ``%ROTATION_SCHEDULE%``.
+- ``reconcile``: timer on ``%RECONCILE_SCHEDULE%``: repairs what faults and races left behind.
 """
 
 import logging
@@ -31,11 +32,9 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
                   source=func.BlobSource(bootstrap.trigger_source()))
 async def encrypt_ingest_blob(client: blob.BlobClient) -> None:
     service = (await bootstrap.services()).files
-    try:
-        await service.encrypt_ingest_blob(client.blob_name)
-    except Exception as exc:  # the host retries, then moves the blob to the poison queue
-        log.error("encrypting ingest blob %s failed: %s", client.blob_name, type(exc).__name__)
-        raise
+    # Transient failures are retried inside (minutes of backoff); what still fails is recorded with its
+    # reason and raised: the host retries, then poisons; the reconciler takes the upload up again.
+    await service.encrypt_ingest_blob(client.blob_name)
 
 
 async def _http(handler: http_api.Handler, req: Request) -> Response:
@@ -76,3 +75,9 @@ async def metrics(req: Request) -> Response:
 async def rotate_keys(timer: func.TimerRequest) -> None:
     report = await (await bootstrap.services()).files.rotate_due()
     log.info("rotation run (past due: %s): %s", timer.past_due, report.as_dict())
+
+
+@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def reconcile(timer: func.TimerRequest) -> None:
+    report = await (await bootstrap.services()).files.reconcile()
+    log.info("reconcile run (past due: %s): %s", timer.past_due, report.as_dict())

@@ -35,7 +35,6 @@ from localinfra.postgres import scratch_database
 from shared.bootstrap import Services, build_services
 from shared.config import DEFAULT_DATABASE_URL, Settings
 from shared.db import migrate
-from shared.ingest import protected_blob_name
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).with_name("results") / "app.md"
@@ -88,7 +87,8 @@ async def one_round(azurite: Azurite, s: Services, size: int) -> dict[str, float
     times = {"copy": await timed(lambda: plain_copy(s, name, f"copy-{name}")),
              "ingest": await timed(lambda: s.files.encrypt_ingest_blob(name))}
     info = await s.files.find_by_name(name)
-    blob = protected_blob_name(uuid.UUID(str(info["file_id"])), str(info["key_reference"]))
+    blob = (await s.files.encrypted_file(str(info["file_id"]))).protected_blob
+    assert blob is not None
     times["plain get"] = await timed(lambda: plain_download(s, blob))
     times["service get"] = await timed(lambda: service_download(s, str(info["file_id"])))
     return times

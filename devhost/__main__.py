@@ -40,12 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare_settings() -> dict[str, str]:
-    """Environment over local.settings.json; exported so function_app and bootstrap see the same."""
+    """Environment over local.settings.json over the example's values (for settings added since the
+    file was made); exported so function_app and bootstrap see the same."""
     settings_file, example = ROOT / "local.settings.json", ROOT / "local.settings.json.example"
     if not settings_file.exists() and example.exists():
         shutil.copyfile(example, settings_file)
         print(f"created {settings_file.name} from the example")
-    values = bootstrap.settings_mapping(settings_file=settings_file)
+    defaults = bootstrap.settings_mapping({}, settings_file=example)
+    values = {**defaults, **bootstrap.settings_mapping(settings_file=settings_file)}
     os.environ.update(values)
     return values
 

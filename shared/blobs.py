@@ -47,6 +47,7 @@ class BlobInfo:
     content_type: str
     created_on: datetime | None
     metadata: dict[str, str]
+    modified_on: datetime | None = None
 
 
 @contextlib.contextmanager
@@ -167,7 +168,8 @@ class Container:
                 props = await self._client.get_blob_client(name).get_blob_properties()
         return BlobInfo(name=name, size=props.size, etag=props.etag,
                         content_type=props.content_settings.content_type or "application/octet-stream",
-                        created_on=props.creation_time, metadata=dict(props.metadata or {}))
+                        created_on=props.creation_time, metadata=dict(props.metadata or {}),
+                        modified_on=props.last_modified)
 
     async def read(self, name: str, *, offset: int = 0, length: int | None = None,
                    etag: str | None = None) -> AsyncIterator[bytes]:
@@ -190,6 +192,37 @@ class Container:
         parts = [chunk async for chunk in self.read(name, offset=offset, length=length, etag=etag)]
         return b"".join(parts)
 
+    async def discard(self, name: str) -> None:
+        """Remove a blob and any blocks staged for it but never committed (an abandoned attempt).
+
+        Uncommitted blocks cannot be deleted on their own: committing an empty block list turns
+        them into an empty blob (dropping them), which is then deleted.
+        """
+        if await self.delete(name):
+            return
+        with _translated("commit_block_list", self.name, name):
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                await self._client.get_blob_client(name).commit_block_list([])
+        await self.delete(name)
+
+    async def page(self, *, marker: str | None = None, size: int = 1000, prefix: str | None = None,
+                   uncommitted: bool = False) -> tuple[list[BlobInfo], str | None]:
+        """One page of the listing from ``marker`` (None: the start), and the marker of the next (None: done).
+
+        With ``uncommitted`` also blobs that have only staged blocks (size 0, never committed).
+        """
+        include = ["uncommittedblobs"] if uncommitted else None
+        with _translated("list_blobs", self.name):
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                pages = self._client.list_blobs(name_starts_with=prefix, include=include,
+                                                results_per_page=size).by_page(continuation_token=marker)
+                items = [item async for item in await anext(pages, _empty_page())]
+        infos = [BlobInfo(name=i.name, size=i.size or 0, etag=str(i.etag or ""),
+                          content_type=i.content_settings.content_type or "application/octet-stream",
+                          created_on=i.creation_time, metadata=dict(i.metadata or {}), modified_on=i.last_modified)
+                 for i in items]
+        return infos, pages.continuation_token or None  # type: ignore[attr-defined]
+
     def writer(self, name: str) -> BlockWriter:
         return BlockWriter(self._client.get_blob_client(name), self.name, name)
 
@@ -203,6 +236,12 @@ class Container:
             log.info("blob not deleted: %s", exc.message, extra={"container": self.name, "blob": name})
             return False
         return True
+
+
+async def _empty_page() -> AsyncIterator[Any]:
+    nothing: tuple[Any, ...] = ()
+    for item in nothing:
+        yield item
 
 
 def _if_match(etag: str | None) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from shared.blobs import BlobStore, Container
 from shared.config import Settings
 from shared.db.pool import Database
 from shared.errors import ConfigError
-from shared.ingest import Ingestor
+from shared.ingest import Ingestor, RetryPolicy
 from shared.keys import FileKeyService
+from shared.reconcile import ReconcilePolicy, Reconciler
 from shared.rotation import RotationPolicy, Rotator
 from shared.service import FileService
 from shared.telemetry import configure_telemetry
@@ -36,6 +37,7 @@ __all__ = [
     "build_services",
     "close_services",
     "load_settings",
+    "reconcile_policy",
     "rotation_policy",
     "services",
     "settings_mapping",
@@ -134,6 +136,11 @@ def rotation_policy(settings: Settings) -> RotationPolicy:
                           grace=timedelta(minutes=settings.rotation_grace_minutes))
 
 
+def reconcile_policy(settings: Settings) -> ReconcilePolicy:
+    return ReconcilePolicy(batch_size=settings.reconcile_batch_size,
+                           settle=timedelta(seconds=settings.reconcile_after_seconds))
+
+
 def build_services(settings: Settings) -> Services:
     """Construct every adapter (no I/O: pools and clients connect on first use)."""
     db = Database.from_settings(settings)
@@ -142,11 +149,16 @@ def build_services(settings: Settings) -> Services:
     blobs = BlobStore.from_settings(settings)
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
     ingestor = Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
-                        keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled)
+                        keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled,
+                        retry=RetryPolicy(patience_seconds=settings.ingest_retry_seconds))
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                       policy=rotation_policy(settings))
+    reconciler = Reconciler(db=db, keys=keys, vault=vault, ingest=ingest, protected=protected, ingestor=ingestor,
+                            rotator=rotator, policy=reconcile_policy(settings), keep_plaintext=settings.keep_plaintext)
     files = FileService(db=db, keys=keys, protected=protected, ingestor=ingestor, rotator=rotator,
-                        probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault})
+                        reconciler=reconciler, probes={"storage": protected.ping, "database": db.ping,
+                                                       "vault": keys.check_vault},
+                        plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
     return Services(settings, db, vault, keys, blobs, ingest, protected, files)
 
 

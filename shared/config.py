@@ -181,6 +181,19 @@ class Settings:
     rotation_grace_minutes: int = setting(
         "ROTATION_GRACE_MINUTES", 60, "how long a rotated-out blob stays for downloads in flight",
         low=0, high=7 * 24 * 60)
+    reconcile_schedule: str = setting(
+        "RECONCILE_SCHEDULE", "0 */5 * * * *", "NCRONTAB of the reconciler timer (repairs what faults left)")
+    reconcile_batch_size: int = setting(
+        "RECONCILE_BATCH_SIZE", 200, "repairs of each kind per reconciler run at most", low=1, high=100_000)
+    reconcile_after_seconds: int = setting(
+        "RECONCILE_AFTER_SECONDS", 300, "the reconciler leaves alone what changed more recently than this "
+        "(attempts in flight)", low=0, high=7 * 24 * 3600)
+    ingest_retry_seconds: int = setting(
+        "INGEST_RETRY_SECONDS", 120, "how long one delivery retries transient failures (backoff, Retry-After)",
+        low=0, high=3600)
+    plaintext_alert_minutes: int = setting(
+        "PLAINTEXT_ALERT_MINUTES", 30, "health is `degraded` while an upload older than this is still plaintext",
+        low=1, high=7 * 24 * 60)
     local_function_key: str = setting(
         "LOCAL_FUNCTION_KEY", "", "the function key the local host checks (`x-functions-key` or `?code=`)",
         secret=True, example="local-dev-key")
@@ -234,8 +247,10 @@ class Settings:
                 problems.append(f"{name} must be a container name (3-63 of a-z, 0-9, -), got {value!r}")
         if self.ingest_container == self.protected_container:
             problems.append("INGEST_CONTAINER and PROTECTED_CONTAINER must differ")
-        if not _NCRONTAB.fullmatch(self.rotation_schedule):
-            problems.append(f"ROTATION_SCHEDULE must be a 6-field NCRONTAB expression, got {self.rotation_schedule!r}")
+        for name, schedule in (("ROTATION_SCHEDULE", self.rotation_schedule),
+                               ("RECONCILE_SCHEDULE", self.reconcile_schedule)):
+            if not _NCRONTAB.fullmatch(schedule):
+                problems.append(f"{name} must be a 6-field NCRONTAB expression, got {schedule!r}")
         if not self.data_storage_connection and not self.data_storage_blob_uri:
             problems.append(f"{DATA_STORAGE} (connection string) or {DATA_STORAGE}__blobServiceUri is required")
         return problems

@@ -27,7 +27,8 @@ The tree::
         ├── UnknownFileError           no such file id or name
         ├── FileNotReadyError          the file is not encrypted yet
         ├── RangeNotSatisfiableError   a well-formed range outside the file
-        ├── UploadConflictError        an upload reuses an encrypted file's id with other content
+        ├── UploadConflictError        an upload reuses a file id held by other content or another name
+        ├── UploadRaceError            an older attempt held the upload's row (transient; retried)
         └── InvalidRequestError        malformed id, range or header
 
 ``transient`` marks the errors worth retrying soon (a dependency that did not answer): the
@@ -73,6 +74,7 @@ __all__ = [
     "StorageUnavailableError",
     "UnknownFileError",
     "UploadConflictError",
+    "UploadRaceError",
     "VaultMissingError",
     "VaultUnavailableError",
     "is_transient",
@@ -229,6 +231,10 @@ class RangeNotSatisfiableError(FileError):
 
 class UploadConflictError(FileError):
     permanent = True
+
+
+class UploadRaceError(FileError):
+    transient = True
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -98,10 +98,10 @@ async def find_file(req: Request, files: FileService) -> Response:
 
 async def health(req: Request, files: FileService) -> Response:
     async def run() -> Response:
-        checks = await files.health()
-        healthy = all(v == "ok" for v in checks.values())
-        body = {"status": "ok" if healthy else "unavailable", "dependencies": checks}
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        report = await files.health()
+        healthy = all(v == "ok" for v in report["dependencies"].values())
+        status = "unavailable" if not healthy else "degraded" if report.get("degraded") else "ok"
+        return JSONResponse({"status": status, **report}, status_code=200 if healthy else 503)
 
     return await _answer("health", run)
 

@@ -1,35 +1,63 @@
 """Encrypting an upload: ingest blob -> protected blob, key and rows durable, then delete.
 
-Order (a crash anywhere leaves a state the next delivery completes):
+One attempt (a crash anywhere leaves a state the next attempt completes):
 
 1. read the ingest blob's properties (gone: an earlier delivery finished; nothing to do);
 2. derive the file id (UUID at the start of the name, else stable from name and ETag);
-3. register the file row (``pending``); an ``encrypted`` row means a duplicate delivery;
+3. register the upload's row (``pending``, with its name and ETag); the newest attempt of the
+   same upload name takes a pending row over. An ``encrypted`` row with the same name and ETag
+   is a duplicate delivery; any other owner of the id (other content, another name) makes the
+   upload refused, permanently: it stays in ingest and is listed by ``failed``;
 4. create or reuse the file's key (idempotent);
-5. stream-encrypt into ``<file_id>/<key version>`` as staged blocks, committed at the end;
-6. mark the row ``encrypted`` (size, key reference, blob);
+5. stream-encrypt into ``<file_id>/<key version>.<tag>.bseal`` as staged blocks committed at the
+   end; the tag comes from the ETag, so attempts at different contents never share a blob;
+6. mark the row ``encrypted``, only if it is still this attempt's (same name and ETag);
 7. delete the plaintext, only if unchanged since step 1 (ETag) and unless KEEP_PLAINTEXT.
+
+An attempt whose content was overwritten meanwhile removes its own blob (staged blocks
+included) and ends ``superseded``: the newer content has a delivery of its own. If its content
+is still the newest (an older attempt took the row back), it retries.
+
+Transient failures (a dependency that did not answer) are retried with jittered exponential
+backoff, honouring ``Retry-After``, for up to ``RetryPolicy.patience_seconds``; after that, and at
+once for anything else, the failure is recorded with its reason (``ingest_failures``) and
+raised: the host retries the delivery, and the reconciler picks the upload up again later
+unless the failure is permanent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import random
 import re
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
+from itertools import count
 from typing import Literal
 
-from shared.blobs import Container
+from shared.blobs import BlobInfo, Container
 from shared.clock import Clock, utcnow
-from shared.db.files import FileRepository
+from shared.db.failures import FailureRepository
+from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
-from shared.errors import BlobNotFoundError, UploadConflictError
+from shared.errors import (
+    BlobChangedError,
+    BlobNotFoundError,
+    BlobsealError,
+    DatabaseError,
+    UploadConflictError,
+    UploadRaceError,
+    is_transient,
+)
 from shared.keys import FileKeyService
-from shared.metrics import BYTES_PROCESSED, FILE_SIZE, OPERATION_SECONDS, OPERATIONS
+from shared.metrics import BYTES_PROCESSED, FILE_SIZE, INGEST_RETRIES, OPERATION_SECONDS, OPERATIONS
 from shared.transfer import Transfer, seal
 
-__all__ = ["IngestOutcome", "Ingestor", "identify_upload", "protected_blob_name"]
+__all__ = ["IngestOutcome", "Ingestor", "RetryPolicy", "identify_upload", "protected_blob_name", "upload_tag"]
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +65,32 @@ log = logging.getLogger(__name__)
 UPLOAD_NAMESPACE = uuid.UUID("6f1d7a52-3b0e-5c8e-9a51-b10b5ea1f11e")
 _LEADING_UUID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?:[/.]|$)")
 
-
-IngestStatus = Literal["encrypted", "duplicate", "gone", "disabled"]
+IngestStatus = Literal["encrypted", "duplicate", "gone", "disabled", "superseded"]
 
 
 @dataclass(frozen=True)
 class IngestOutcome:
     status: IngestStatus
     file_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one delivery keeps retrying transient failures, and how the reconciler backs off."""
+
+    patience_seconds: float = 120.0
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Jittered exponential backoff (0.5-1.0 of the step, so instances spread), at least ``Retry-After``."""
+        step = min(self.max_delay, self.first_delay * float(2 ** (attempt - 1)))
+        return max(step * random.uniform(0.5, 1.0), retry_after or 0.0)
+
+    @staticmethod
+    def next_attempt(attempts: int) -> timedelta:
+        """When the reconciler may try a failed upload again: 1, 2, 4 ... minutes, at most an hour."""
+        return timedelta(minutes=min(60, 2 ** (attempts - 1)))
 
 
 def identify_upload(name: str, etag: str) -> tuple[uuid.UUID, str]:
@@ -57,9 +103,17 @@ def identify_upload(name: str, etag: str) -> tuple[uuid.UUID, str]:
     return uuid.uuid5(UPLOAD_NAMESPACE, f"{name}\n{etag}"), name.rsplit("/", 1)[-1]
 
 
-def protected_blob_name(file_id: uuid.UUID, key_reference: str) -> str:
-    """One protected blob per key version: rotation writes a new name, never over the old one."""
-    return f"{file_id}/{key_reference.rsplit('/', 1)[-1]}.bseal"
+def protected_blob_name(file_id: uuid.UUID, key_reference: str, source_etag: str | None = None) -> str:
+    """One protected blob per key version (and, for an upload, per content): never written over."""
+    version = key_reference.rsplit("/", 1)[-1]
+    if source_etag is None:
+        return f"{file_id}/{version}.bseal"
+    return f"{file_id}/{version}.{hashlib.sha256(source_etag.encode()).hexdigest()[:12]}.bseal"
+
+
+def upload_tag(name: str) -> str:
+    """A short stand-in for an upload's name in logs (names are user data: kept out of logs above DEBUG)."""
+    return "upload-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 class Ingestor:
@@ -67,17 +121,19 @@ class Ingestor:
 
     def __init__(self, *, db: Database, keys: FileKeyService, ingest: Container, protected: Container,
                  transfer: Transfer, keep_plaintext: bool = False, enabled: bool = True,
-                 clock: Clock = utcnow) -> None:
+                 retry: RetryPolicy | None = None, clock: Clock = utcnow) -> None:
         self._db, self._keys = db, keys
         self._ingest, self._protected = ingest, protected
         self._transfer = transfer
         self._keep_plaintext, self._enabled = keep_plaintext, enabled
+        self._retry = retry or RetryPolicy()
         self._clock = clock
 
-    async def encrypt(self, name: str) -> IngestOutcome:
+    async def encrypt(self, name: str, *, patience: float | None = None) -> IngestOutcome:
+        """Encrypt one upload, retrying transient failures for ``patience`` seconds (default: the policy's)."""
         started = time.perf_counter()
         try:
-            outcome = await self._encrypt(name)
+            outcome = await self._with_retries(name, patience)
         except Exception as exc:
             OPERATIONS.labels("encrypt", type(exc).__name__).inc()
             raise
@@ -85,43 +141,121 @@ class Ingestor:
         OPERATION_SECONDS.labels("encrypt").observe(time.perf_counter() - started)
         return outcome
 
-    async def _encrypt(self, name: str) -> IngestOutcome:
+    async def _with_retries(self, name: str, patience: float | None) -> IngestOutcome:
         if not self._enabled:
-            log.warning("encryption is disabled (ENCRYPTION_ENABLED=false): %s left in ingest", name)
+            log.warning("encryption is disabled (ENCRYPTION_ENABLED=false): %s left in ingest", upload_tag(name))
             return IngestOutcome("disabled")
-        try:
-            info = await self._ingest.info(name)
-        except BlobNotFoundError:
-            log.info("ingest blob %s is gone: an earlier delivery completed it", name)
-            return IngestOutcome("gone")
+        deadline = time.monotonic() + (self._retry.patience_seconds if patience is None else patience)
+        for attempt in count(1):
+            info: BlobInfo | None = None
+            try:
+                info = await self._ingest.info(name)
+                return await self._attempt(name, info)
+            except BlobNotFoundError:
+                log.debug("ingest blob %s is gone: an earlier delivery completed it", name)
+                return IngestOutcome("gone")
+            except Exception as exc:
+                delay = self._retry.delay(attempt, _retry_after(exc))
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    await self._record_failure(name, info, exc)
+                    raise
+                INGEST_RETRIES.inc()
+                log.warning("%s: %s; retrying in %.1f s (attempt %d)", upload_tag(name), _reason(exc), delay, attempt)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, name: str, info: BlobInfo) -> IngestOutcome:
         file_id, display = identify_upload(name, info.etag)
         async with self._db.transaction("register_file") as conn:
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
                                                          name=display, content_type=info.content_type)
-        if record.status == "encrypted":
-            return await self._duplicate(name, info.etag, record.source_etag, file_id)
+        if record.status == "encrypted" or record.source_name != name:
+            return await self._already_taken(name, info.etag, record)
         key_ref = (await self._keys.create_key(file_id)).key_reference
-        blob_name = protected_blob_name(file_id, key_ref)
-        size = await seal(self._ingest.read(name, etag=info.etag), self._protected, blob_name,
-                          key=await self._keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
-                          transfer=self._transfer)
+        blob_name = protected_blob_name(file_id, key_ref, info.etag)
+        try:
+            size = await seal(self._ingest.read(name, etag=info.etag), self._protected, blob_name,
+                              key=await self._keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
+                              transfer=self._transfer)
+        except BlobChangedError:  # overwritten while being read: this content is no longer the upload
+            return await self._lost(name, info.etag, file_id, blob_name)
         async with self._db.transaction("mark_encrypted") as conn:
-            await FileRepository(conn).mark_encrypted(file_id, size=size, key_reference=key_ref,
-                                                      protected_blob=blob_name, now=self._clock())
+            marked = await FileRepository(conn).mark_encrypted(
+                file_id, source_name=name, source_etag=info.etag, size=size, key_reference=key_ref,
+                protected_blob=blob_name, now=self._clock())
+            if marked:
+                await FailureRepository(conn).clear(name)
+        if not marked:
+            return await self._lost(name, info.etag, file_id, blob_name)
         BYTES_PROCESSED.labels("encrypt").inc(size)
         FILE_SIZE.observe(size)
-        log.info("encrypted %s as file %s (%d bytes)", name, file_id, size)
+        log.info("encrypted file %s (%d bytes)", file_id, size)
         await self._discard_plaintext(name, info.etag)
         return IngestOutcome("encrypted", file_id)
 
-    async def _duplicate(self, name: str, etag: str, recorded_etag: str, file_id: uuid.UUID) -> IngestOutcome:
-        if recorded_etag != etag:
+    async def _already_taken(self, name: str, etag: str, record: FileRecord) -> IngestOutcome:
+        """The file id has a row of another upload or another content: a duplicate, or refused."""
+        if record.source_name != name:
+            raise UploadConflictError("the file id at the start of this name is already used by another upload; "
+                                      "upload refused and kept in ingest", operation="ingest",
+                                      details={"file_id": str(record.file_id)})
+        if record.source_etag != etag:
             raise UploadConflictError("file id already holds other content; upload refused and kept in ingest",
-                                      operation="ingest", details={"file_id": str(file_id)})
-        log.info("duplicate delivery of %s (file %s): already encrypted", name, file_id)
+                                      operation="ingest", details={"file_id": str(record.file_id)})
+        log.info("duplicate delivery of file %s: already encrypted", record.file_id)
         await self._discard_plaintext(name, etag)
-        return IngestOutcome("duplicate", file_id)
+        return IngestOutcome("duplicate", record.file_id)
+
+    async def _lost(self, name: str, etag: str, file_id: uuid.UUID, blob_name: str) -> IngestOutcome:
+        """This attempt does not hold the row (any more): a twin finished, or newer content won."""
+        async with self._db.connection("ingest_lost") as conn:
+            record = await FileRepository(conn).get(file_id)
+        if record is not None and record.status == "encrypted" and (record.source_name, record.source_etag) == (
+                name, etag):
+            return await self._already_taken(name, etag, record)  # a concurrent delivery finished first
+        await self._protected.discard(blob_name)
+        if await self._current_etag(name) == etag:  # still the newest content: take the row back
+            raise UploadRaceError("an older attempt held the upload's row; retrying", operation="ingest",
+                                  details={"file_id": str(file_id)})
+        log.info("file %s: the upload was overwritten while it was encrypted; the newer content is encrypted "
+                 "by its own delivery", file_id)
+        return IngestOutcome("superseded", file_id)
+
+    async def _current_etag(self, name: str) -> str | None:
+        try:
+            return (await self._ingest.info(name)).etag
+        except BlobNotFoundError:
+            return None
 
     async def _discard_plaintext(self, name: str, etag: str) -> None:
         if not self._keep_plaintext:
             await self._ingest.delete(name, etag=etag)
+
+    async def _record_failure(self, name: str, info: BlobInfo | None, exc: Exception) -> None:
+        """Keep the reason where ``failed`` lists it; best effort (the reconciler finds the upload anyway)."""
+        permanent = isinstance(exc, BlobsealError) and exc.permanent
+        file_id = identify_upload(name, info.etag)[0] if info is not None else None
+        attempts = 0
+        try:
+            if info is not None:
+                async with self._db.transaction("record_failure") as conn:
+                    repo, now = FailureRepository(conn), self._clock()
+                    done = await repo.attempts(name, info.etag)
+                    attempts = await repo.record(
+                        source_name=name, source_etag=info.etag, file_id=file_id, error=type(exc).__name__,
+                        reason=_reason(exc), permanent=permanent, now=now,
+                        next_attempt_at=None if permanent else now + RetryPolicy.next_attempt(done + 1))
+        except DatabaseError as db_exc:
+            log.warning("%s: the failure could not be recorded (%s)", upload_tag(name), type(db_exc).__name__)
+        log.error("%s (file %s) failed%s, attempt %d: %s", upload_tag(name), file_id,
+                  " permanently" if permanent else "", attempts, _reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """Our own messages (free of secrets by construction); for anything else only its type."""
+    return str(exc) if isinstance(exc, BlobsealError) else f"{type(exc).__name__} (unexpected)"
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    value = exc.details.get("retry_after") if isinstance(exc, BlobsealError) else None
+    return float(value) if isinstance(value, int | float) else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -194,6 +195,22 @@ class FileKeyService:
         if released:
             ROTATIONS.labels("abandoned").inc()
         return released
+
+    async def rotation_failed(self, file_id: uuid.UUID, key_reference: str, *, error: str) -> int:
+        """Count a failed rotation of the file's active key; it is not due again before a backoff
+        (1, 2, 4 ... minutes, at most a day, jittered) runs out. Returns the failures in a row."""
+        async with self._db.transaction("rotation_failed") as conn:
+            repo = FileKeyRepository(conn)
+            row = await repo.by_reference(file_id, key_reference)
+            failures = (row.rotation_failures if row is not None else 0) + 1
+            wait = timedelta(minutes=min(24 * 60, 2 ** (failures - 1)) * random.uniform(0.8, 1.2))
+            return await repo.rotation_failed(file_id, key_reference, error=error,
+                                              next_attempt_at=self._clock() + wait)
+
+    async def stalled_rotations(self, limit: int = 100) -> list[FileKey]:
+        """Active keys whose rotation was begun and left (lease run out, or a pending key without a claim)."""
+        async with self._db.connection("stalled_rotations") as conn:
+            return [_public(row) for row in await FileKeyRepository(conn).stalled_rotations(self._clock(), limit)]
 
     async def retire_pending_disables(self, limit: int = 100, *, file_id: uuid.UUID | None = None) -> int:
         """Disable vault versions of retired keys whose disable failed earlier; return how many."""

@@ -32,7 +32,7 @@ from shared.clock import Clock, utcnow
 from shared.crypto.stream import Decryptor
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
-from shared.errors import BlobsealError, KeyVaultError, RotationConflictError, UnknownFileError
+from shared.errors import BlobsealError, KeyMissingError, KeyVaultError, RotationConflictError, UnknownFileError
 from shared.ingest import protected_blob_name
 from shared.keys import FileKeyService, RotationTicket
 from shared.metrics import ERRORS, OPERATION_SECONDS
@@ -101,8 +101,12 @@ class Rotator:
             await self._keys.release_claim(ticket, discard_pending=True)
             return None
         new_blob = protected_blob_name(file_id, ticket.new.key_reference)
-        await self._reencrypt(record, new_blob, ticket)
-        await self._switch(record, new_blob, ticket)
+        try:
+            await self._reencrypt(record, new_blob, ticket)
+            await self._switch(record, new_blob, ticket)
+        except Exception as exc:
+            await self._give_up(ticket, exc)
+            raise
         await self._disable_old_key(ticket)
         OPERATION_SECONDS.labels("rotate").observe(time.perf_counter() - started)
         log.info("rotated file %s to a new key version", file_id)
@@ -118,6 +122,7 @@ class Rotator:
         return len(due)
 
     async def _rotate_counted(self, file_id: uuid.UUID, due_reference: str, report: RotationReport) -> None:
+        """One file of a run: a failure is counted and backs this file off; the run goes on."""
         try:
             rotated = await self.rotate_file(file_id, only_from=due_reference)
             (report.rotated if rotated else report.skipped).append(str(file_id))
@@ -125,8 +130,27 @@ class Rotator:
             report.skipped.append(str(file_id))
         except BlobsealError as exc:
             ERRORS.labels("rotate", type(exc).__name__).inc()
-            log.error("rotation of file %s failed: %s", file_id, exc)
+            failures = await self._back_off(file_id, due_reference, exc)
+            log.error("rotation of file %s failed (%d in a row; backing off): %s", file_id, failures, exc)
             report.failed.append(str(file_id))
+
+    async def _back_off(self, file_id: uuid.UUID, reference: str, exc: BlobsealError) -> int:
+        try:
+            return await self._keys.rotation_failed(file_id, reference, error=str(exc))
+        except BlobsealError as record_exc:  # the database may be what failed: the next run retries anyway
+            log.warning("file %s: the rotation failure could not be recorded: %s", file_id, record_exc)
+            return 0
+
+    async def _give_up(self, ticket: RotationTicket, exc: Exception) -> None:
+        """Release the claim at once (so the next attempt need not wait out the lease); a pending key
+        the vault lost is dropped, so that the next attempt makes a new one."""
+        lost_pending = isinstance(exc, KeyMissingError) and exc.details.get("key_reference") == \
+            ticket.new.key_reference
+        try:
+            await self._keys.release_claim(ticket, discard_pending=lost_pending)
+        except BlobsealError as release_exc:
+            log.warning("file %s: releasing the rotation claim failed (the lease ends it): %s",
+                        ticket.old.file_id, release_exc)
 
     async def _encrypted(self, file_id: uuid.UUID) -> FileRecord:
         async with self._db.connection("rotate_file") as conn:

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.blobs import Container
+from shared.clock import Clock, utcnow
+from shared.db.failures import FailureRecord, FailureRepository
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
 from shared.download import Span, open_span
-from shared.errors import FileNotReadyError, InvalidRequestError, UnknownFileError
+from shared.errors import BlobsealError, FileNotReadyError, InvalidRequestError, UnknownFileError
 from shared.ingest import Ingestor, IngestOutcome
 from shared.keys import FileKeyService
+from shared.reconcile import LAST_RUN_STATE, OLDEST_PLAINTEXT_STATE, Reconciler, ReconcileReport
 from shared.rotation import RotationReport, Rotator
 
 __all__ = ["FileService", "parse_file_id"]
@@ -41,10 +45,12 @@ def parse_file_id(text: str) -> uuid.UUID:
 
 class FileService:
     def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, ingestor: Ingestor,
-                 rotator: Rotator, probes: Mapping[str, Probe]) -> None:
+                 rotator: Rotator, reconciler: Reconciler, probes: Mapping[str, Probe],
+                 plaintext_alert: timedelta = timedelta(minutes=30), clock: Clock = utcnow) -> None:
         self._db, self._keys, self._protected = db, keys, protected
-        self._ingestor, self.rotator = ingestor, rotator
+        self._ingestor, self.rotator, self._reconciler = ingestor, rotator, reconciler
         self._probes = dict(probes)
+        self._plaintext_alert, self._clock = plaintext_alert, clock
 
     async def encrypt_ingest_blob(self, name: str) -> IngestOutcome:
         return await self._ingestor.encrypt(name)
@@ -89,12 +95,40 @@ class FileService:
     async def rotate_due(self, *, limit: int | None = None, budget_seconds: float | None = None) -> RotationReport:
         return await self.rotator.rotate_due(limit=limit, budget_seconds=budget_seconds)
 
-    async def health(self) -> dict[str, str]:
-        """``ok`` or the failing error type, per dependency (never a message with secrets)."""
+    async def reconcile(self) -> ReconcileReport:
+        return await self._reconciler.run()
+
+    async def failed_uploads(self, limit: int = 1000) -> list[FailureRecord]:
+        async with self._db.connection("failed_uploads") as conn:
+            return await FailureRepository(conn).listed(limit)
+
+    async def replay(self, name: str) -> IngestOutcome:
+        """Ingest an upload again now, whatever its recorded failure said (an operator fixed the cause)."""
+        return await self._ingestor.encrypt(name)
+
+    async def health(self) -> dict[str, Any]:
+        """``ok`` or the failing error type, per dependency (never a message with secrets); whether an
+        upload has waited in plaintext for longer than the alert threshold."""
         results = await asyncio.gather(*(asyncio.wait_for(probe(), HEALTH_TIMEOUT_SECONDS)
                                          for probe in self._probes.values()), return_exceptions=True)
-        return {name: "ok" if not isinstance(r, BaseException) else type(r).__name__
-                for name, r in zip(self._probes, results, strict=True)}
+        checks = {name: "ok" if not isinstance(r, BaseException) else type(r).__name__
+                  for name, r in zip(self._probes, results, strict=True)}
+        report: dict[str, Any] = {"dependencies": checks}
+        if checks.get("database") == "ok":
+            report.update(await self._plaintext_report())
+        return report
+
+    async def _plaintext_report(self) -> dict[str, Any]:
+        """What the last reconciler run saw in ``ingest`` (health must not list a container itself)."""
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS), self._db.connection("health") as conn:
+                repo = FailureRepository(conn)
+                oldest, last_run = await repo.state(OLDEST_PLAINTEXT_STATE), await repo.state(LAST_RUN_STATE)
+        except (BlobsealError, TimeoutError):
+            return {}
+        age = (self._clock() - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
+        return {"oldest_plaintext_seconds": round(age), "reconciled_at": last_run or None,
+                "degraded": age > self._plaintext_alert.total_seconds()}
 
     async def _record(self, file_id: uuid.UUID) -> FileRecord:
         async with self._db.connection("get_file") as conn:

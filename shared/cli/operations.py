@@ -16,9 +16,13 @@ from shared import bootstrap
 from shared.cli.io import atomic_output
 from shared.config import Settings, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
+from shared.errors import BlobsealError
 from shared.service import FileService, parse_file_id
 
-__all__ = ["run_decrypt_file", "run_expire", "run_migrate", "run_rotate", "run_show"]
+__all__ = [
+    "run_decrypt_file", "run_expire", "run_failed", "run_migrate", "run_reconcile", "run_replay", "run_rotate",
+    "run_show",
+]
 
 T = TypeVar("T")
 
@@ -67,6 +71,46 @@ def run_expire(args: argparse.Namespace) -> int:
     expires = _with_service(args, lambda s: s.expire_key(args.file_id))
     print(json.dumps({"file_id": args.file_id, "key_expires_at": expires}))
     return 0
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    report = _with_service(args, lambda s: s.reconcile())
+    print(json.dumps(report.as_dict()))
+    return 1 if report.failed else 0
+
+
+def run_failed(args: argparse.Namespace) -> int:
+    failures = _with_service(args, lambda s: s.failed_uploads())
+    rows = [{"name": f.source_name, "etag": f.source_etag, "file_id": str(f.file_id) if f.file_id else None,
+             "error": f.error, "reason": f.reason, "permanent": f.permanent, "attempts": f.attempts,
+             "first_failed_at": f.first_failed_at.isoformat(), "last_failed_at": f.last_failed_at.isoformat(),
+             "next_attempt_at": f.next_attempt_at.isoformat() if f.next_attempt_at else None} for f in failures]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no failed uploads")
+    for row in rows:
+        when = "waits for an operator (replay)" if row["permanent"] else f"retried after {row['next_attempt_at']}"
+        print(f"{row['name']}  [{row['error']}, {row['attempts']} attempt(s); {when}]\n    {row['reason']}")
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    async def work(service: FileService) -> list[dict[str, str]]:
+        names = [f.source_name for f in await service.failed_uploads()] if args.all else args.names
+        results = []
+        for name in dict.fromkeys(names):
+            try:
+                outcome = await service.replay(name)
+                results.append({"name": name, "outcome": outcome.status})
+            except BlobsealError as exc:
+                results.append({"name": name, "outcome": "failed", "reason": str(exc)})
+        return results
+
+    results = _with_service(args, work)
+    print(json.dumps(results, indent=2))
+    return 1 if any(r["outcome"] == "failed" for r in results) else 0
 
 
 def run_decrypt_file(args: argparse.Namespace) -> int:

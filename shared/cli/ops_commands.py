@@ -1,4 +1,5 @@
-"""Operator commands on the configured deployment: ``migrate``, ``show``, ``rotate``, ``expire``, ``decrypt-file``.
+"""Operator commands on the configured deployment: ``migrate``, ``show``, ``rotate``, ``expire``,
+``reconcile``, ``failed``, ``replay``, ``decrypt-file``.
 
 Only the parser lives here: the commands' code (``shared.cli.operations``) pulls in the Azure
 SDK, asyncpg and the settings, so it is imported when one of them runs, never for the format
@@ -41,6 +42,19 @@ def register(commands: Any) -> None:
     expire = commands.add_parser("expire", help="make a file's key due: the next rotation run rotates it")
     expire.add_argument("file_id")
     expire.set_defaults(handler=_lazy("run_expire"))
+
+    reconcile = commands.add_parser("reconcile", help="repair what faults left behind now (the timer's code path)")
+    reconcile.set_defaults(handler=_lazy("run_reconcile"))
+
+    failed = commands.add_parser("failed", help="list uploads that failed, with the reason and when they retry")
+    failed.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    failed.set_defaults(handler=_lazy("run_failed"))
+
+    replay = commands.add_parser("replay", help="ingest failed uploads again now (after fixing the cause)")
+    which_uploads = replay.add_mutually_exclusive_group(required=True)
+    which_uploads.add_argument("names", nargs="*", default=[], help="ingest blob names, as `failed` lists them")
+    which_uploads.add_argument("--all", action="store_true", help="every upload `failed` lists")
+    replay.set_defaults(handler=_lazy("run_replay"))
 
     decrypt = commands.add_parser("decrypt-file", help="decrypt a protected blob with the configured vault")
     decrypt.add_argument("file_id")

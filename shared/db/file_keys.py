@@ -33,6 +33,9 @@ class KeyRow:
     rotation_claimed_by: str | None
     rotation_claimed_at: datetime | None
     rotation_lease_until: datetime | None
+    rotation_failures: int = 0
+    rotation_next_attempt_at: datetime | None = None
+    rotation_last_error: str | None = None
 
 
 _FIELDS = tuple(f.name for f in fields(KeyRow))
@@ -40,11 +43,11 @@ _FIELDS = tuple(f.name for f in fields(KeyRow))
 
 def _row(record: Any) -> KeyRow | None:
     # Picks the known columns, so a later migration may add columns without breaking this.
-    return None if record is None else KeyRow(**{name: record[name] for name in _FIELDS})
+    return None if record is None else KeyRow(**{name: record[name] for name in _FIELDS if name in record})
 
 
 def _rows(records: list[Any]) -> list[KeyRow]:
-    return [KeyRow(**{name: r[name] for name in _FIELDS}) for r in records]
+    return [row for row in map(_row, records) if row is not None]
 
 
 class FileKeyRepository:
@@ -123,12 +126,47 @@ class FileKeyRepository:
         return _count(status) == 1
 
     async def due(self, now: datetime, limit: int) -> list[KeyRow]:
-        """Active keys expired at ``now``, oldest ``expires_at`` first (index ``file_keys_due``)."""
+        """Active keys of encrypted files, expired at ``now`` and not backing off, oldest expiry first.
+
+        A file whose rotation keeps failing waits for its ``rotation_next_attempt_at``, so it
+        never holds the head of the list; a key whose file is not (or no longer) encrypted with
+        it is not listed at all.
+        """
         sql = (
-            "SELECT * FROM file_keys WHERE state = 'active' AND expires_at <= $1 "
-            "ORDER BY expires_at, id LIMIT $2"
+            "SELECT k.* FROM file_keys k JOIN files f ON f.file_id = k.file_id "
+            "AND f.status = 'encrypted' AND f.key_reference = k.key_reference "
+            "WHERE k.state = 'active' AND k.expires_at <= $1 "
+            "AND (k.rotation_next_attempt_at IS NULL OR k.rotation_next_attempt_at <= $1) "
+            "ORDER BY k.expires_at, k.id LIMIT $2"
         )
         return _rows(await self._conn.fetch(sql, now, limit))
+
+    async def rotation_failed(self, file_id: uuid.UUID, reference: str, *, error: str,
+                              next_attempt_at: datetime) -> int:
+        """Count a failed rotation of the active key and set when to try again; returns the count."""
+        sql = (
+            "UPDATE file_keys SET rotation_failures = rotation_failures + 1, rotation_next_attempt_at = $4, "
+            "rotation_last_error = $3 WHERE file_id = $1 AND key_reference = $2 AND state = 'active' "
+            "RETURNING rotation_failures"
+        )
+        return int(await self._conn.fetchval(sql, file_id, reference, error[:500], next_attempt_at) or 0)
+
+    async def stalled_rotations(self, now: datetime, limit: int) -> list[KeyRow]:
+        """Active keys whose rotation was begun and left: a claim whose lease ran out, or a pending key
+        with no live claim (a forced rotation that stopped half way)."""
+        sql = (
+            "SELECT a.* FROM file_keys a WHERE a.state = 'active' "
+            "AND (a.rotation_next_attempt_at IS NULL OR a.rotation_next_attempt_at <= $1) AND ("
+            "(a.rotation_claimed_by IS NOT NULL AND a.rotation_lease_until <= $1) OR "
+            "(a.rotation_claimed_by IS NULL AND EXISTS (SELECT 1 FROM file_keys p "
+            "WHERE p.file_id = a.file_id AND p.state = 'pending'))) ORDER BY a.id LIMIT $2"
+        )
+        return _rows(await self._conn.fetch(sql, now, limit))
+
+    async def references(self, file_id: uuid.UUID) -> set[str]:
+        """Every key reference recorded for the file, whatever its state."""
+        rows = await self._conn.fetch("SELECT key_reference FROM file_keys WHERE file_id = $1", file_id)
+        return {r["key_reference"] for r in rows}
 
     async def expire(self, file_id: uuid.UUID, now: datetime) -> KeyRow | None:
         sql = (

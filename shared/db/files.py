@@ -1,7 +1,8 @@
 """The ``files`` and ``retired_blobs`` repository: one statement per method, caller's connection.
 
-A file row is registered (``pending``) when its upload is first seen, marked ``encrypted``
-once its protected blob, key and metadata are durable, and switched to a new blob and key
+A file row is registered (``pending``) when its upload is first seen (a newer attempt of the
+same upload name takes the pending row over with its ETag), marked ``encrypted`` by the attempt
+that holds it once its protected blob, key and metadata are durable, and switched to a new blob and key
 reference by rotation (a compare-and-set on the old reference). Old protected blobs wait in
 ``retired_blobs`` until their grace period ends, so downloads that started before a
 rotation can finish.
@@ -49,14 +50,16 @@ class FileRepository:
 
     async def register(self, file_id: uuid.UUID, *, source_name: str, source_etag: str, name: str,
                        content_type: str) -> FileRecord:
-        """Insert a pending row, or refresh a still-pending one; an encrypted row is returned as is."""
+        """Insert a pending row, or take over a pending one of the same upload name (the newest
+        attempt registers its ETag); any other row (encrypted, or pending under another name)
+        is returned as it is, for the caller to refuse or treat as a duplicate."""
         sql = """
             INSERT INTO files (file_id, source_name, source_etag, name, content_type)
             VALUES ($1, $2, $3, $4, $5)
             ON CONFLICT (file_id) DO UPDATE
-               SET source_name = EXCLUDED.source_name, source_etag = EXCLUDED.source_etag,
-                   name = EXCLUDED.name, content_type = EXCLUDED.content_type, updated_at = now()
-             WHERE files.status = 'pending'
+               SET source_etag = EXCLUDED.source_etag, name = EXCLUDED.name,
+                   content_type = EXCLUDED.content_type, updated_at = now()
+             WHERE files.status = 'pending' AND files.source_name = EXCLUDED.source_name
             RETURNING *"""
         row = await self._conn.fetchrow(sql, file_id, source_name, source_etag, name, content_type)
         record = _record(row) or await self.get(file_id)
@@ -70,13 +73,43 @@ class FileRepository:
         sql = "SELECT * FROM files WHERE source_name = $1 ORDER BY created_at DESC LIMIT 1"
         return _record(await self._conn.fetchrow(sql, source_name))
 
-    async def mark_encrypted(self, file_id: uuid.UUID, *, size: int, key_reference: str, protected_blob: str,
-                             now: datetime) -> None:
+    async def mark_encrypted(self, file_id: uuid.UUID, *, source_name: str, source_etag: str, size: int,
+                             key_reference: str, protected_blob: str, now: datetime) -> bool:
+        """Mark the file encrypted, only for the attempt that holds its row (same upload and ETag)."""
         sql = """
-            UPDATE files SET status = 'encrypted', size = $2, key_reference = $3, protected_blob = $4,
-                   encrypted_at = $5, updated_at = $5
-             WHERE file_id = $1"""
-        await self._conn.execute(sql, file_id, size, key_reference, protected_blob, now)
+            UPDATE files SET status = 'encrypted', size = $4, key_reference = $5, protected_blob = $6,
+                   encrypted_at = $7, updated_at = $7
+             WHERE file_id = $1 AND status = 'pending' AND source_name = $2 AND source_etag = $3"""
+        status = await self._conn.execute(sql, file_id, source_name, source_etag, size, key_reference,
+                                          protected_blob, now)
+        return str(status) == "UPDATE 1"
+
+    async def pending_before(self, cutoff: datetime, limit: int) -> list[FileRecord]:
+        """Pending rows untouched since ``cutoff``, oldest first (index ``files_pending``)."""
+        sql = "SELECT * FROM files WHERE status = 'pending' AND updated_at < $1 ORDER BY updated_at LIMIT $2"
+        return [r for r in map(_record, await self._conn.fetch(sql, cutoff, limit)) if r is not None]
+
+    async def updated_since(self, since: datetime, limit: int) -> list[FileRecord]:
+        """Rows changed at or after ``since``, oldest change first (index ``files_updated``)."""
+        sql = "SELECT * FROM files WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2"
+        return [r for r in map(_record, await self._conn.fetch(sql, since, limit)) if r is not None]
+
+    async def delete_pending(self, file_id: uuid.UUID, source_etag: str) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM files WHERE file_id = $1 AND status = 'pending' AND source_etag = $2", file_id, source_etag)
+        return str(status) == "DELETE 1"
+
+    async def encrypted_versions(self, source_names: list[str]) -> set[tuple[str, str]]:
+        """``(source_name, source_etag)`` of the encrypted files among ``source_names``."""
+        sql = "SELECT source_name, source_etag FROM files WHERE status = 'encrypted' AND source_name = ANY($1)"
+        return {(r["source_name"], r["source_etag"]) for r in await self._conn.fetch(sql, source_names)}
+
+    async def referenced_blobs(self, blob_names: list[str]) -> set[str]:
+        """The protected blobs among ``blob_names`` that a file points at or that wait out their grace."""
+        sql = """
+            SELECT protected_blob AS name FROM files WHERE protected_blob = ANY($1)
+            UNION SELECT blob_name FROM retired_blobs WHERE blob_name = ANY($1)"""
+        return {r["name"] for r in await self._conn.fetch(sql, blob_names)}
 
     async def switch(self, file_id: uuid.UUID, *, old_reference: str, key_reference: str, protected_blob: str,
                      now: datetime) -> bool:

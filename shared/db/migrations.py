@@ -92,9 +92,39 @@ CREATE TABLE retired_blobs (
 CREATE INDEX retired_blobs_due ON retired_blobs (delete_after);
 """
 
+# Self-healing: uploads that failed (with the reason, and when to try again), rotation backoff
+# per file, and what the reconciler remembers between runs.
+_RELIABILITY = """
+CREATE TABLE ingest_failures (
+    source_name TEXT NOT NULL,
+    source_etag TEXT NOT NULL,
+    file_id UUID,
+    error TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    permanent BOOLEAN NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    first_failed_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    last_failed_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    next_attempt_at TIMESTAMP WITH TIME ZONE,
+    PRIMARY KEY (source_name, source_etag),
+    CONSTRAINT ingest_failures_next_check CHECK (permanent = (next_attempt_at IS NULL))
+);
+ALTER TABLE file_keys
+    ADD COLUMN rotation_failures INTEGER NOT NULL DEFAULT 0,
+    ADD COLUMN rotation_next_attempt_at TIMESTAMP WITH TIME ZONE,
+    ADD COLUMN rotation_last_error TEXT;
+CREATE INDEX files_pending ON files (updated_at) WHERE status = 'pending';
+CREATE INDEX files_updated ON files (updated_at);
+CREATE TABLE reconciler_state (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "file_keys", _FILE_KEYS),
     Migration(2, "files", _FILES),
+    Migration(3, "reliability", _RELIABILITY),
 )
 
 _CREATE_LEDGER = """

@@ -317,11 +317,23 @@ def _inner_code(exc: HttpResponseError) -> str | None:
 
 
 def _http_details(exc: HttpResponseError) -> dict[str, Any]:
-    return {
+    details: dict[str, Any] = {
         "status": exc.status_code,
         "error_code": exc.error.code if exc.error is not None else None,
         "inner_code": _inner_code(exc),
     }
+    retry_after = _retry_after(exc)
+    if retry_after is not None:  # what the vault asked for, for the caller's own backoff
+        details["retry_after"] = retry_after
+    return details
+
+
+def _retry_after(exc: HttpResponseError) -> float | None:
+    headers = getattr(exc.response, "headers", None) or {}
+    try:
+        return float(headers.get("Retry-After", ""))
+    except ValueError:
+        return None
 
 
 # --- values and properties ---

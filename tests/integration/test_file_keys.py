@@ -129,6 +129,15 @@ async def complete(service: FileKeyService, db: Database, ticket: RotationTicket
     return active
 
 
+async def encrypted_row(db: Database, file_id: uuid.UUID, key_reference: str) -> None:
+    """A ``files`` row encrypted under ``key_reference`` (rotation lists only keys of encrypted files)."""
+    async with db.connection() as conn:
+        await conn.execute(
+            "INSERT INTO files (file_id, source_name, source_etag, name, content_type, size, status, "
+            "protected_blob, key_reference) VALUES ($1, $2, 'e', 'n', 'text/plain', 0, 'encrypted', 'b', $3)",
+            file_id, str(file_id), key_reference)
+
+
 def rotations(outcome: str) -> float:
     return REGISTRY.get_sample_value("blobseal_key_rotations_total", {"outcome": outcome}) or 0.0
 
@@ -275,7 +284,10 @@ async def test_due_for_rotation_lists_expired_active_keys_oldest_first(
     keys = []
     for file_id in files:  # created a day apart: expire at T0+30d, +31d, +32d, +33d
         keys.append(await service.create_key(file_id))
+        await encrypted_row(pg_db, file_id, keys[-1].key_reference)
         clock.advance(days=1)
+    pending_file = uuid.uuid4()  # a key whose file never got encrypted is never due (it cannot be rotated)
+    await service.create_key(pending_file)
 
     at = T0 + timedelta(days=32)
     assert await service.due_for_rotation(T0 + timedelta(days=29)) == []
@@ -292,6 +304,16 @@ async def test_due_for_rotation_lists_expired_active_keys_oldest_first(
     assert await service.due_for_rotation(at) == [forced, keys[1], keys[2]]
     with pytest.raises(FileKeyNotFoundError):
         await service.expire(uuid.uuid4())
+
+    clock.now = at
+    failures = await service.rotation_failed(files[3], forced.key_reference, error="storage down")
+    assert failures == 1  # the failing file backs off: the next ones are not starved behind it
+    assert await service.due_for_rotation(limit=2) == [keys[1], keys[2]]
+    clock.advance(minutes=2)  # the first backoff is about a minute (jittered 0.8-1.2)
+    assert await service.due_for_rotation(limit=1) == [forced]
+    assert await service.rotation_failed(files[3], forced.key_reference, error="still down") == 2
+    clock.advance(minutes=1.5)  # the second waits about two minutes (at least 1.6)
+    assert await service.due_for_rotation(limit=1) == [keys[1]]
 
 
 async def test_delete_file_keys_removes_every_version_and_row_idempotently(

@@ -398,7 +398,9 @@ async def test_a_vault_failure_after_the_switch_leaves_the_rotation_done_for_the
 
 
 async def test_health_reports_each_dependency(stack: Services) -> None:
-    assert await stack.files.health() == {"storage": "ok", "database": "ok", "vault": "ok"}
+    report = await stack.files.health()
+    assert report["dependencies"] == {"storage": "ok", "database": "ok", "vault": "ok"}
+    assert report["degraded"] is False and report["oldest_plaintext_seconds"] == 0
 
 
 async def test_two_rotation_runs_at_once_rotate_each_file_once(stack: Services, azurite: Azurite) -> None:

@@ -22,6 +22,7 @@ EXPECTED = {
     "health": ("httpTrigger", {"route": "health", "methods": ["GET"], "authLevel": "anonymous"}),
     "metrics": ("httpTrigger", {"route": "metrics", "methods": ["GET"], "authLevel": "function"}),
     "rotate_keys": ("timerTrigger", {"schedule": "%ROTATION_SCHEDULE%", "runOnStartup": False}),
+    "reconcile": ("timerTrigger", {"schedule": "%RECONCILE_SCHEDULE%", "runOnStartup": False}),
 }
 
 

@@ -1,0 +1,254 @@
+"""The reconciler: finds what faults and races left behind, and repairs it, with no operator.
+
+Run by a timer (``RECONCILE_SCHEDULE``, every 5 minutes) and by ``python -m shared.cli
+reconcile``. One run at a time per database (a session advisory lock: other instances skip
+the run), bounded per run (``RECONCILE_BATCH_SIZE`` items of each kind; long listings go on
+from a saved cursor next run), idempotent. Only what is older than ``RECONCILE_AFTER_SECONDS``
+is touched, so attempts still in flight are left alone. Each repair is counted in
+``blobseal_repairs_total{kind}`` and logged once, with the file id:
+
+- ``stranded``: an ingest blob whose content has no encrypted row (missed, poisoned after a
+  transient fault, overwritten) is ingested again, unless its failure is permanent (``failed``
+  lists it) or still backing off;
+- ``stale_pending``: a pending row whose upload is gone, or whose name now holds content with
+  another id, is removed with its keys (vault versions deleted) and its blobs;
+- ``orphan_blob``: a protected blob no row points at (an abandoned attempt, or blocks staged
+  and never committed) is discarded;
+- ``unrecorded_version``: an enabled vault version of a recently changed file that no row
+  records (a worker died between creating it and recording it) is disabled;
+- ``stalled_rotation``: a rotation claim whose lease ran out, or a pending key without a claim,
+  is resumed (the pending key is reused; a lost one is replaced).
+
+It also publishes the age of the oldest upload still in plaintext (metric; health reports
+``degraded`` past ``PLAINTEXT_ALERT_MINUTES``) and the counts of failed uploads.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.blobs import BlobInfo, Container
+from shared.clock import Clock, utcnow
+from shared.db.failures import FailureRepository
+from shared.db.file_keys import FileKeyRepository
+from shared.db.files import FileRecord, FileRepository
+from shared.db.pool import Database
+from shared.errors import BlobNotFoundError, BlobsealError, SecretNotFoundError
+from shared.ingest import Ingestor, identify_upload
+from shared.keys import FileKeyService
+from shared.metrics import FAILED_UPLOADS, OLDEST_PLAINTEXT, REPAIRS
+from shared.rotation import Rotator
+from shared.vault.base import KeyVault, secret_name
+
+__all__ = ["ReconcilePolicy", "ReconcileReport", "Reconciler"]
+
+log = logging.getLogger(__name__)
+
+# pg_try_advisory_lock key: "blobrcnl" as a signed 64-bit integer (one reconciler per database).
+LOCK_KEY = int.from_bytes(b"blobrcnl", "big", signed=True)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+OLDEST_PLAINTEXT_STATE, LAST_RUN_STATE = "oldest_plaintext_at", "last_run_at"
+
+
+@dataclass(frozen=True)
+class ReconcilePolicy:
+    batch_size: int = 200
+    settle: timedelta = timedelta(minutes=5)  # leave alone what changed more recently than this
+    ingest_patience_seconds: float = 10.0  # retries of one stranded upload within a run
+
+
+@dataclass
+class ReconcileReport:
+    repairs: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    skipped: bool = False  # another instance held the run
+    oldest_plaintext_seconds: float | None = None
+
+    def count(self, kind: str, file_id: uuid.UUID | None, what: str) -> None:
+        self.repairs[kind] = self.repairs.get(kind, 0) + 1
+        REPAIRS.labels(kind).inc()
+        log.info("reconciler: %s (file %s): %s", kind, file_id, what)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"repairs": self.repairs, "failed": self.failed, "skipped": self.skipped,
+                "oldest_plaintext_seconds": self.oldest_plaintext_seconds}
+
+
+class Reconciler:
+    def __init__(self, *, db: Database, keys: FileKeyService, vault: KeyVault, ingest: Container,
+                 protected: Container, ingestor: Ingestor, rotator: Rotator, policy: ReconcilePolicy,
+                 keep_plaintext: bool = False, clock: Clock = utcnow) -> None:
+        self._db, self._keys, self._vault = db, keys, vault
+        self._ingest, self._protected = ingest, protected
+        self._ingestor, self._rotator = ingestor, rotator
+        self._policy, self._keep_plaintext, self._clock = policy, keep_plaintext, clock
+
+    async def run(self) -> ReconcileReport:
+        """One bounded pass over every kind of repair (skipped while another instance runs one)."""
+        report = ReconcileReport()
+        async with self._db.connection("reconcile_lock") as lock:
+            if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+                report.skipped = True
+                return report
+            try:
+                for step in (self._stranded_uploads, self._stale_pending, self._orphan_blobs,
+                             self._unrecorded_versions, self._stalled_rotations):
+                    await self._guarded(step, report)
+                await self._publish(report)
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+        return report
+
+    async def _guarded(self, step: Callable[[ReconcileReport], Awaitable[None]], report: ReconcileReport) -> None:
+        """A step that fails (a dependency down) ends; the others still run, and the next run retries it."""
+        try:
+            await step(report)
+        except BlobsealError as exc:
+            report.failed += 1
+            log.warning("reconciler: %s stopped: %s", step.__name__.strip("_"), exc)
+
+    # --- stranded uploads ---------------------------------------------------------------------
+
+    async def _stranded_uploads(self, report: ReconcileReport) -> None:
+        blobs, complete = await self._listing(self._ingest, "ingest_cursor")
+        cutoff, now = self._cutoff(), self._clock()
+        unencrypted = await self._unencrypted(blobs)
+        oldest = min((_when(b) for b in unencrypted), default=None)
+        report.oldest_plaintext_seconds = (now - oldest).total_seconds() if oldest else 0.0
+        async with self._db.transaction("reconcile_state") as conn:
+            failures = FailureRepository(conn)
+            held = await failures.held([b.name for b in unencrypted], now)
+            listed = None if complete else [b.name for b in blobs]
+            await failures.forget_absent({(b.name, b.etag) for b in blobs}, listed)
+            await failures.set_state(OLDEST_PLAINTEXT_STATE, oldest.isoformat() if oldest else "")
+        due = [b for b in unencrypted if _when(b) < cutoff and (b.name, b.etag) not in held]
+        for blob in due[: self._policy.batch_size]:
+            try:
+                outcome = await self._ingestor.encrypt(blob.name, patience=self._policy.ingest_patience_seconds)
+            except BlobsealError:
+                report.failed += 1  # recorded (with its reason and backoff) by the ingestor
+                continue
+            report.count("stranded", outcome.file_id, f"upload ingested again: {outcome.status}")
+
+    async def _unencrypted(self, blobs: list[BlobInfo]) -> list[BlobInfo]:
+        """The ingest blobs whose content is not encrypted (with KEEP_PLAINTEXT, encrypted ones stay)."""
+        async with self._db.connection("reconcile_ingest") as conn:
+            done = await FileRepository(conn).encrypted_versions([b.name for b in blobs])
+        return [b for b in blobs if (b.name, b.etag) not in done or not self._keep_plaintext]
+
+    # --- stale pending rows -----------------------------------------------------------------
+
+    async def _stale_pending(self, report: ReconcileReport) -> None:
+        async with self._db.connection("reconcile_pending") as conn:
+            pending = await FileRepository(conn).pending_before(self._cutoff(), self._policy.batch_size)
+        for record in pending:
+            if await self._upload_still_there(record):
+                continue  # the stranded-upload pass completes it
+            await self._remove_pending(record)
+            report.count("stale_pending", record.file_id, "pending row of a vanished upload removed with its keys")
+
+    async def _upload_still_there(self, record: FileRecord) -> bool:
+        """Whether the upload this row waits for can still arrive: its name holds content with this id."""
+        try:
+            info = await self._ingest.info(record.source_name)
+        except BlobNotFoundError:
+            return False
+        return identify_upload(record.source_name, info.etag)[0] == record.file_id
+
+    async def _remove_pending(self, record: FileRecord) -> None:
+        blobs, _ = await self._protected.page(prefix=f"{record.file_id}/", size=100, uncommitted=True)
+        for blob in blobs:
+            await self._protected.discard(blob.name)
+        async with self._db.transaction("reconcile_pending") as conn:
+            await FileRepository(conn).delete_pending(record.file_id, record.source_etag)
+        await self._keys.delete_file_keys(record.file_id)
+
+    # --- orphan blobs -----------------------------------------------------------------------
+
+    async def _orphan_blobs(self, report: ReconcileReport) -> None:
+        blobs, _ = await self._listing(self._protected, "protected_cursor", uncommitted=True)
+        settled = [b for b in blobs if _when(b) < self._cutoff()]
+        async with self._db.connection("reconcile_blobs") as conn:
+            referenced = await FileRepository(conn).referenced_blobs([b.name for b in settled])
+        for blob in [b for b in settled if b.name not in referenced][: self._policy.batch_size]:
+            await self._protected.discard(blob.name)
+            report.count("orphan_blob", _file_id_of(blob.name), "protected blob no row points at discarded")
+
+    # --- vault versions nobody recorded -----------------------------------------------------
+
+    async def _unrecorded_versions(self, report: ReconcileReport) -> None:
+        async with self._db.connection("reconcile_versions") as conn:
+            since = await FailureRepository(conn).state("versions_checked_until")
+            start = datetime.fromisoformat(since) if since else _EPOCH
+            records = await FileRepository(conn).updated_since(start - self._policy.settle, self._policy.batch_size)
+        cutoff = self._cutoff()
+        for record in records:
+            await self._disable_unrecorded(record.file_id, cutoff, report)
+        if records:
+            async with self._db.connection("reconcile_versions") as conn:
+                await FailureRepository(conn).set_state("versions_checked_until", records[-1].updated_at.isoformat())
+
+    async def _disable_unrecorded(self, file_id: uuid.UUID, cutoff: datetime, report: ReconcileReport) -> None:
+        async with self._db.connection("reconcile_versions") as conn:
+            recorded = await FileKeyRepository(conn).references(file_id)
+        try:
+            versions = await self._vault.list_versions(secret_name(file_id))
+        except SecretNotFoundError:
+            return
+        for version in versions:
+            if version.enabled and version.created_on < cutoff and version.key_reference not in recorded:
+                await self._vault.disable_version(version.name, version.version)
+                report.count("unrecorded_version", file_id, "vault version no row records disabled")
+
+    # --- stalled rotations ------------------------------------------------------------------
+
+    async def _stalled_rotations(self, report: ReconcileReport) -> None:
+        for key in await self._keys.stalled_rotations(self._policy.batch_size):
+            try:
+                await self._rotator.rotate_file(key.file_id)
+            except BlobsealError as exc:
+                report.failed += 1
+                await self._keys.rotation_failed(key.file_id, key.key_reference, error=str(exc))
+                continue
+            report.count("stalled_rotation", key.file_id, "rotation left half way resumed and finished")
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _listing(self, container: Container, cursor: str, **options: Any) -> tuple[list[BlobInfo], bool]:
+        """One page of a container per run, going on from where the last run stopped; and whether
+        that page was the whole container."""
+        async with self._db.connection("reconcile_cursor") as conn:
+            marker = await FailureRepository(conn).state(cursor) or None
+        blobs, following = await container.page(marker=marker, size=5 * self._policy.batch_size, **options)
+        async with self._db.connection("reconcile_cursor") as conn:
+            await FailureRepository(conn).set_state(cursor, following or "")
+        return blobs, marker is None and following is None
+
+    async def _publish(self, report: ReconcileReport) -> None:
+        async with self._db.transaction("reconcile_state") as conn:
+            failures = FailureRepository(conn)
+            for kind, number in (await failures.counts()).items():
+                FAILED_UPLOADS.labels(kind).set(number)
+            await failures.set_state(LAST_RUN_STATE, self._clock().isoformat())
+        OLDEST_PLAINTEXT.set(report.oldest_plaintext_seconds or 0.0)
+
+    def _cutoff(self) -> datetime:
+        return self._clock() - self._policy.settle
+
+
+def _when(blob: BlobInfo) -> datetime:
+    """When the blob last changed (a listing without times counts as now: never touched early)."""
+    return blob.modified_on or blob.created_on or datetime.now(UTC)
+
+
+def _file_id_of(blob_name: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(blob_name.split("/", 1)[0])
+    except ValueError:
+        return None
+
