@@ -150,7 +150,8 @@ def build_services(settings: Settings) -> Services:
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
     ingestor = Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
                         keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled,
-                        retry=RetryPolicy(patience_seconds=settings.ingest_retry_seconds))
+                        retry=RetryPolicy(patience_seconds=settings.ingest_retry_seconds),
+                        replace_grace=timedelta(minutes=settings.rotation_grace_minutes))
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                       policy=rotation_policy(settings))
     reconciler = Reconciler(db=db, keys=keys, vault=vault, ingest=ingest, protected=protected, ingestor=ingestor,

@@ -12,6 +12,7 @@ terms: a file record, a byte span, a verified body.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -162,7 +163,7 @@ def response_headers(record: FileRecord, span: Span | None) -> dict[str, str]:
         "Content-Type": record.content_type,
         "Content-Disposition": content_disposition(record.name),
         "Content-Length": str(span.length if span else size),
-        "ETag": f'"{record.file_id}"',
+        "ETag": etag(record),
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-store",
         "X-Content-Type-Options": "nosniff",
@@ -170,6 +171,11 @@ def response_headers(record: FileRecord, span: Span | None) -> dict[str, str]:
     if span:
         headers["Content-Range"] = f"bytes {span.start}-{span.end}/{size}"
     return headers
+
+
+def etag(record: FileRecord) -> str:
+    """Names the content: the same across rotations (only the ciphertext changes), new for a new version."""
+    return f'"{record.file_id}.{hashlib.sha256(record.source_etag.encode()).hexdigest()[:16]}"'
 
 
 def content_disposition(name: str) -> str:

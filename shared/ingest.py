@@ -4,14 +4,17 @@ One attempt (a crash anywhere leaves a state the next attempt completes):
 
 1. read the ingest blob's properties (gone: an earlier delivery finished; nothing to do);
 2. derive the file id (UUID at the start of the name, else stable from name and ETag);
-3. register the upload's row (``pending``, with its name and ETag); the newest attempt of the
-   same upload name takes a pending row over. An ``encrypted`` row with the same name and ETag
-   is a duplicate delivery; any other owner of the id (other content, another name) makes the
-   upload refused, permanently: it stays in ingest and is listed by ``failed``;
+3. claim the file's row for this attempt (``pending_etag``): a new row, or one of the same upload
+   name (an earlier attempt, or an encrypted earlier version: the newest content wins). An
+   encrypted row already holding this content is a duplicate delivery; a row of another upload
+   name means the UUID is taken, and the upload is refused, permanently: it stays in ingest and
+   ``failed`` lists it;
 4. create or reuse the file's key (idempotent);
 5. stream-encrypt into ``<file_id>/<key version>.<tag>.bseal`` as staged blocks committed at the
    end; the tag comes from the ETag, so attempts at different contents never share a blob;
-6. mark the row ``encrypted``, only if it is still this attempt's (same name and ETag);
+6. point the row at the blob, only if the attempt still holds it (its ETag is the newest) and
+   its key is still the file's; a new version's old blob is retired after the grace period
+   (downloads in flight finish);
 7. delete the plaintext, only if unchanged since step 1 (ETag) and unless KEEP_PLAINTEXT.
 
 An attempt whose content was overwritten meanwhile removes its own blob (staged blocks
@@ -121,12 +124,14 @@ class Ingestor:
 
     def __init__(self, *, db: Database, keys: FileKeyService, ingest: Container, protected: Container,
                  transfer: Transfer, keep_plaintext: bool = False, enabled: bool = True,
-                 retry: RetryPolicy | None = None, clock: Clock = utcnow) -> None:
+                 retry: RetryPolicy | None = None, replace_grace: timedelta = timedelta(minutes=60),
+                 clock: Clock = utcnow) -> None:
         self._db, self._keys = db, keys
         self._ingest, self._protected = ingest, protected
         self._transfer = transfer
         self._keep_plaintext, self._enabled = keep_plaintext, enabled
         self._retry = retry or RetryPolicy()
+        self._replace_grace = replace_grace  # how long a new version's old blob stays for downloads in flight
         self._clock = clock
 
     async def encrypt(self, name: str, *, patience: float | None = None) -> IngestOutcome:
@@ -169,8 +174,8 @@ class Ingestor:
         async with self._db.transaction("register_file") as conn:
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
                                                          name=display, content_type=info.content_type)
-        if record.status == "encrypted" or record.source_name != name:
-            return await self._already_taken(name, info.etag, record)
+        if record.pending_etag != info.etag or record.source_name != name:
+            return await self._not_ours(name, info.etag, record)
         key_ref = (await self._keys.create_key(file_id)).key_reference
         blob_name = protected_blob_name(file_id, key_ref, info.etag)
         try:
@@ -180,28 +185,28 @@ class Ingestor:
         except BlobChangedError:  # overwritten while being read: this content is no longer the upload
             return await self._lost(name, info.etag, file_id, blob_name)
         async with self._db.transaction("mark_encrypted") as conn:
-            marked = await FileRepository(conn).mark_encrypted(
-                file_id, source_name=name, source_etag=info.etag, size=size, key_reference=key_ref,
-                protected_blob=blob_name, now=self._clock())
+            files = FileRepository(conn)
+            marked, replaced = await files.mark_encrypted(
+                file_id, source_name=name, source_etag=info.etag, name=display, content_type=info.content_type,
+                size=size, key_reference=key_ref, protected_blob=blob_name, now=self._clock())
             if marked:
                 await FailureRepository(conn).clear(name)
+            if marked and replaced and replaced != blob_name:  # a new version: the old content's blob retires
+                await files.retire_blob(replaced, file_id, delete_after=self._clock() + self._replace_grace)
         if not marked:
             return await self._lost(name, info.etag, file_id, blob_name)
         BYTES_PROCESSED.labels("encrypt").inc(size)
         FILE_SIZE.observe(size)
-        log.info("encrypted file %s (%d bytes)", file_id, size)
+        log.info("encrypted file %s (%d bytes%s)", file_id, size, ", a new version" if replaced else "")
         await self._discard_plaintext(name, info.etag)
         return IngestOutcome("encrypted", file_id)
 
-    async def _already_taken(self, name: str, etag: str, record: FileRecord) -> IngestOutcome:
-        """The file id has a row of another upload or another content: a duplicate, or refused."""
+    async def _not_ours(self, name: str, etag: str, record: FileRecord) -> IngestOutcome:
+        """The file id's row belongs to another upload name (refused) or holds this content already."""
         if record.source_name != name:
             raise UploadConflictError("the file id at the start of this name is already used by another upload; "
                                       "upload refused and kept in ingest", operation="ingest",
                                       details={"file_id": str(record.file_id)})
-        if record.source_etag != etag:
-            raise UploadConflictError("file id already holds other content; upload refused and kept in ingest",
-                                      operation="ingest", details={"file_id": str(record.file_id)})
         log.info("duplicate delivery of file %s: already encrypted", record.file_id)
         await self._discard_plaintext(name, etag)
         return IngestOutcome("duplicate", record.file_id)
@@ -212,11 +217,11 @@ class Ingestor:
             record = await FileRepository(conn).get(file_id)
         if record is not None and record.status == "encrypted" and (record.source_name, record.source_etag) == (
                 name, etag):
-            return await self._already_taken(name, etag, record)  # a concurrent delivery finished first
+            return await self._not_ours(name, etag, record)  # a concurrent delivery of this content finished
         await self._protected.discard(blob_name)
         if await self._current_etag(name) == etag:  # still the newest content: take the row back
-            raise UploadRaceError("an older attempt held the upload's row; retrying", operation="ingest",
-                                  details={"file_id": str(file_id)})
+            raise UploadRaceError("another attempt held the upload's row, or the file's key changed; retrying",
+                                  operation="ingest", details={"file_id": str(file_id)})
         log.info("file %s: the upload was overwritten while it was encrypted; the newer content is encrypted "
                  "by its own delivery", file_id)
         return IngestOutcome("superseded", file_id)

@@ -10,8 +10,9 @@ is touched, so attempts still in flight are left alone. Each repair is counted i
 - ``stranded``: an ingest blob whose content has no encrypted row (missed, poisoned after a
   transient fault, overwritten) is ingested again, unless its failure is permanent (``failed``
   lists it) or still backing off;
-- ``stale_pending``: a pending row whose upload is gone, or whose name now holds content with
-  another id, is removed with its keys (vault versions deleted) and its blobs;
+- ``stale_pending``: an attempt whose upload is gone, or whose name now holds content with
+  another id, is dropped: a pending row is removed with its keys (vault versions deleted) and
+  its blobs; an encrypted file keeps its content and forgets the attempt;
 - ``orphan_blob``: a protected blob no row points at (an abandoned attempt, or blocks staged
   and never committed) is discarded;
 - ``unrecorded_version``: an enabled vault version of a recently changed file that no row
@@ -145,12 +146,12 @@ class Reconciler:
 
     async def _stale_pending(self, report: ReconcileReport) -> None:
         async with self._db.connection("reconcile_pending") as conn:
-            pending = await FileRepository(conn).pending_before(self._cutoff(), self._policy.batch_size)
-        for record in pending:
+            stalled = await FileRepository(conn).pending_before(self._cutoff(), self._policy.batch_size)
+        for record in stalled:
             if await self._upload_still_there(record):
                 continue  # the stranded-upload pass completes it
-            await self._remove_pending(record)
-            report.count("stale_pending", record.file_id, "pending row of a vanished upload removed with its keys")
+            await self._forget_attempt(record)
+            report.count("stale_pending", record.file_id, "attempt of a vanished upload dropped")
 
     async def _upload_still_there(self, record: FileRecord) -> bool:
         """Whether the upload this row waits for can still arrive: its name holds content with this id."""
@@ -160,13 +161,18 @@ class Reconciler:
             return False
         return identify_upload(record.source_name, info.etag)[0] == record.file_id
 
-    async def _remove_pending(self, record: FileRecord) -> None:
+    async def _forget_attempt(self, record: FileRecord) -> None:
+        assert record.pending_etag is not None
         blobs, _ = await self._protected.page(prefix=f"{record.file_id}/", size=100, uncommitted=True)
+        async with self._db.connection("reconcile_pending") as conn:
+            referenced = await FileRepository(conn).referenced_blobs([b.name for b in blobs])
         for blob in blobs:
-            await self._protected.discard(blob.name)
+            if blob.name not in referenced:
+                await self._protected.discard(blob.name)
         async with self._db.transaction("reconcile_pending") as conn:
-            await FileRepository(conn).delete_pending(record.file_id, record.source_etag)
-        await self._keys.delete_file_keys(record.file_id)
+            outcome = await FileRepository(conn).forget_attempt(record.file_id, record.pending_etag)
+        if outcome == "deleted":  # the file never got encrypted: its keys protect nothing
+            await self._keys.delete_file_keys(record.file_id)
 
     # --- orphan blobs -----------------------------------------------------------------------
 

@@ -176,8 +176,10 @@ class Rotator:
             await self._keys.switch_keys(conn, ticket)
             files = FileRepository(conn)
             if not await files.switch(record.file_id, old_reference=ticket.old.key_reference,
-                                      key_reference=ticket.new.key_reference, protected_blob=new_blob, now=now):
-                raise RotationConflictError("file no longer uses the key being rotated", operation="switch_rotation",
+                                      old_blob=record.protected_blob, key_reference=ticket.new.key_reference,
+                                      protected_blob=new_blob, now=now):
+                raise RotationConflictError("the file changed (a new version, or another rotation) while it was "
+                                            "re-encrypted", operation="switch_rotation",
                                             details={"file_id": str(record.file_id)})
             await files.retire_blob(record.protected_blob, record.file_id, delete_after=now + self._policy.grace)
 

@@ -1,11 +1,12 @@
 """The ``files`` and ``retired_blobs`` repository: one statement per method, caller's connection.
 
-A file row is registered (``pending``) when its upload is first seen (a newer attempt of the
-same upload name takes the pending row over with its ETag), marked ``encrypted`` by the attempt
-that holds it once its protected blob, key and metadata are durable, and switched to a new blob and key
-reference by rotation (a compare-and-set on the old reference). Old protected blobs wait in
-``retired_blobs`` until their grace period ends, so downloads that started before a
-rotation can finish.
+A file row is registered (``pending``) when its upload is first seen. ``pending_etag`` names
+the newest attempt at the upload's name (a newer attempt, or a new version of an encrypted
+file, takes it over); only that attempt marks the row ``encrypted`` (pointing it at its blob),
+once its protected blob, key and metadata are durable. Rotation switches the row to a new blob
+and key (a compare-and-set on the old blob and key). Old protected blobs (rotated out, or an
+old version's content) wait in ``retired_blobs`` until their grace period ends, so downloads
+that started before can finish.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ class FileRecord:
     created_at: datetime
     encrypted_at: datetime | None
     updated_at: datetime
+    pending_etag: str | None = None  # the ETag of the newest attempt in flight (a first upload or a new version)
 
 
 _FIELDS = tuple(f.name for f in fields(FileRecord))
 
 
 def _record(row: Any) -> FileRecord | None:
-    return None if row is None else FileRecord(**{name: row[name] for name in _FIELDS})
+    return None if row is None else FileRecord(**{name: row[name] for name in _FIELDS if name in row})
 
 
 class FileRepository:
@@ -50,16 +52,19 @@ class FileRepository:
 
     async def register(self, file_id: uuid.UUID, *, source_name: str, source_etag: str, name: str,
                        content_type: str) -> FileRecord:
-        """Insert a pending row, or take over a pending one of the same upload name (the newest
-        attempt registers its ETag); any other row (encrypted, or pending under another name)
-        is returned as it is, for the caller to refuse or treat as a duplicate."""
+        """Claim the file's row for this attempt: insert it (``pending``), or set ``pending_etag`` on a
+        row of the same upload name (a newer attempt, or a new version of an encrypted file).
+
+        A row of another upload name, or an encrypted row already holding this very content, is
+        returned untouched, for the caller to refuse or treat as a duplicate.
+        """
         sql = """
-            INSERT INTO files (file_id, source_name, source_etag, name, content_type)
-            VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO files (file_id, source_name, source_etag, pending_etag, name, content_type)
+            VALUES ($1, $2, $3, $3, $4, $5)
             ON CONFLICT (file_id) DO UPDATE
-               SET source_etag = EXCLUDED.source_etag, name = EXCLUDED.name,
-                   content_type = EXCLUDED.content_type, updated_at = now()
-             WHERE files.status = 'pending' AND files.source_name = EXCLUDED.source_name
+               SET pending_etag = EXCLUDED.pending_etag, updated_at = now()
+             WHERE files.source_name = EXCLUDED.source_name
+               AND NOT (files.status = 'encrypted' AND files.source_etag = EXCLUDED.source_etag)
             RETURNING *"""
         row = await self._conn.fetchrow(sql, file_id, source_name, source_etag, name, content_type)
         record = _record(row) or await self.get(file_id)
@@ -73,31 +78,49 @@ class FileRepository:
         sql = "SELECT * FROM files WHERE source_name = $1 ORDER BY created_at DESC LIMIT 1"
         return _record(await self._conn.fetchrow(sql, source_name))
 
-    async def mark_encrypted(self, file_id: uuid.UUID, *, source_name: str, source_etag: str, size: int,
-                             key_reference: str, protected_blob: str, now: datetime) -> bool:
-        """Mark the file encrypted, only for the attempt that holds its row (same upload and ETag)."""
+    async def mark_encrypted(self, file_id: uuid.UUID, *, source_name: str, source_etag: str, name: str,
+                             content_type: str, size: int, key_reference: str, protected_blob: str,
+                             now: datetime) -> tuple[bool, str | None]:
+        """Point the file at this attempt's blob, only if the attempt still holds the row (its name and
+        ETag are the newest) and the key it used is still the file's (a rotation did not switch it).
+
+        Returns whether it did, and the blob it replaced (a new version's old content), if any.
+        """
+        # ``previous`` is read in the statement's snapshot: the blob before this update. Two marks
+        # cannot both succeed (each needs its own ETag to be the pending one), so it is never stale.
         sql = """
-            UPDATE files SET status = 'encrypted', size = $4, key_reference = $5, protected_blob = $6,
-                   encrypted_at = $7, updated_at = $7
-             WHERE file_id = $1 AND status = 'pending' AND source_name = $2 AND source_etag = $3"""
-        status = await self._conn.execute(sql, file_id, source_name, source_etag, size, key_reference,
-                                          protected_blob, now)
-        return str(status) == "UPDATE 1"
+            UPDATE files SET status = 'encrypted', source_etag = $3, pending_etag = NULL, name = $4,
+                   content_type = $5, size = $6, key_reference = $7, protected_blob = $8, encrypted_at = $9,
+                   updated_at = $9
+              FROM (SELECT protected_blob AS blob FROM files WHERE file_id = $1) previous
+             WHERE files.file_id = $1 AND files.source_name = $2 AND files.pending_etag = $3
+               AND (files.key_reference IS NULL OR files.key_reference = $7)
+            RETURNING previous.blob AS replaced"""
+        row = await self._conn.fetchrow(sql, file_id, source_name, source_etag, name, content_type, size,
+                                        key_reference, protected_blob, now)
+        return row is not None, (row["replaced"] if row is not None else None)
 
     async def pending_before(self, cutoff: datetime, limit: int) -> list[FileRecord]:
-        """Pending rows untouched since ``cutoff``, oldest first (index ``files_pending``)."""
-        sql = "SELECT * FROM files WHERE status = 'pending' AND updated_at < $1 ORDER BY updated_at LIMIT $2"
+        """Rows with an attempt in flight untouched since ``cutoff``, oldest first (index ``files_pending``)."""
+        sql = ("SELECT * FROM files WHERE pending_etag IS NOT NULL AND updated_at < $1 "
+               "ORDER BY updated_at LIMIT $2")
         return [r for r in map(_record, await self._conn.fetch(sql, cutoff, limit)) if r is not None]
+
+    async def forget_attempt(self, file_id: uuid.UUID, pending_etag: str) -> Literal["deleted", "kept", None]:
+        """Drop an abandoned attempt: a pending row is deleted; an encrypted one keeps its content
+        (``kept``); None when the row moved on meanwhile (another attempt holds it)."""
+        status = await self._conn.execute(
+            "DELETE FROM files WHERE file_id = $1 AND status = 'pending' AND pending_etag = $2", file_id, pending_etag)
+        if str(status) == "DELETE 1":
+            return "deleted"
+        status = await self._conn.execute(
+            "UPDATE files SET pending_etag = NULL WHERE file_id = $1 AND pending_etag = $2", file_id, pending_etag)
+        return "kept" if str(status) == "UPDATE 1" else None
 
     async def updated_since(self, since: datetime, limit: int) -> list[FileRecord]:
         """Rows changed at or after ``since``, oldest change first (index ``files_updated``)."""
         sql = "SELECT * FROM files WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2"
         return [r for r in map(_record, await self._conn.fetch(sql, since, limit)) if r is not None]
-
-    async def delete_pending(self, file_id: uuid.UUID, source_etag: str) -> bool:
-        status = await self._conn.execute(
-            "DELETE FROM files WHERE file_id = $1 AND status = 'pending' AND source_etag = $2", file_id, source_etag)
-        return str(status) == "DELETE 1"
 
     async def encrypted_versions(self, source_names: list[str]) -> set[tuple[str, str]]:
         """``(source_name, source_etag)`` of the encrypted files among ``source_names``."""
@@ -111,14 +134,15 @@ class FileRepository:
             UNION SELECT blob_name FROM retired_blobs WHERE blob_name = ANY($1)"""
         return {r["name"] for r in await self._conn.fetch(sql, blob_names)}
 
-    async def switch(self, file_id: uuid.UUID, *, old_reference: str, key_reference: str, protected_blob: str,
-                     now: datetime) -> bool:
-        """Point the file at its re-encrypted blob, only if it still uses ``old_reference``."""
+    async def switch(self, file_id: uuid.UUID, *, old_reference: str, old_blob: str, key_reference: str,
+                     protected_blob: str, now: datetime) -> bool:
+        """Point the file at its re-encrypted blob, only if it still is the blob and key that were
+        re-encrypted (a new version uploaded meanwhile wins; the rotation is tried again later)."""
         sql = """
-            UPDATE files SET key_reference = $3, protected_blob = $4, updated_at = $5
-             WHERE file_id = $1 AND key_reference = $2 AND status = 'encrypted'"""
-        return str(await self._conn.execute(sql, file_id, old_reference, key_reference, protected_blob, now)) \
-            == "UPDATE 1"
+            UPDATE files SET key_reference = $4, protected_blob = $5, updated_at = $6
+             WHERE file_id = $1 AND key_reference = $2 AND protected_blob = $3 AND status = 'encrypted'"""
+        status = await self._conn.execute(sql, file_id, old_reference, old_blob, key_reference, protected_blob, now)
+        return str(status) == "UPDATE 1"
 
     async def retire_blob(self, blob_name: str, file_id: uuid.UUID, *, delete_after: datetime) -> None:
         sql = """

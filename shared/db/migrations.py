@@ -113,7 +113,9 @@ ALTER TABLE file_keys
     ADD COLUMN rotation_failures INTEGER NOT NULL DEFAULT 0,
     ADD COLUMN rotation_next_attempt_at TIMESTAMP WITH TIME ZONE,
     ADD COLUMN rotation_last_error TEXT;
-CREATE INDEX files_pending ON files (updated_at) WHERE status = 'pending';
+ALTER TABLE files ADD COLUMN pending_etag TEXT;
+UPDATE files SET pending_etag = source_etag WHERE status = 'pending';
+CREATE INDEX files_pending ON files (updated_at) WHERE pending_etag IS NOT NULL;
 CREATE INDEX files_updated ON files (updated_at);
 CREATE TABLE reconciler_state (
     name TEXT PRIMARY KEY,

@@ -174,10 +174,11 @@ def test_function_key_is_required_but_health_is_anonymous(host: DevHost) -> None
 
 
 def test_failing_blob_lands_in_the_poison_queue(host: DevHost, azurite: Azurite) -> None:
-    name = f"{uuid.uuid4()}.bin"
-    drop(host, azurite, name, b"first")
-    wait_encrypted(host, name)
-    drop(host, azurite, name, b"other content under the same file id")  # refused on every attempt
+    file_id = uuid.uuid4()
+    drop(host, azurite, f"{file_id}/first.bin", b"first")
+    wait_encrypted(host, f"{file_id}/first.bin")
+    name = f"{file_id}/second.bin"
+    drop(host, azurite, name, b"another upload claiming the same file id")  # refused on every attempt
     queue = QueueClient.from_connection_string(azurite.connection_string, "webjobs-blobtrigger-poison")
 
     def poisoned() -> bool:

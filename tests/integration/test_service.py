@@ -175,13 +175,36 @@ async def test_concurrent_duplicate_deliveries(stack: Services, azurite: Azurite
     assert len(await blob_names(azurite, stack.settings.protected_container)) == 1
 
 
-async def test_same_uuid_with_other_content_is_refused_and_kept(stack: Services, azurite: Azurite) -> None:
+async def test_a_new_version_under_the_same_name_replaces_the_content(stack: Services, azurite: Azurite) -> None:
     name = f"{uuid.uuid4()}.txt"
-    await ingest(stack, azurite, b"first", name)
-    await upload(azurite, stack.settings.ingest_container, name, b"second")
-    with pytest.raises(UploadConflictError, match="other content"):
-        await stack.files.encrypt_ingest_blob(name)
-    assert await blob_names(azurite, stack.settings.ingest_container) == [name]
+    first, second = random_bytes(200_000), random_bytes(90_000)
+    _, file_id = await ingest(stack, azurite, first, name)
+    old_etag = (await http_download(stack, str(file_id), method="HEAD"))[1]["etag"]
+    in_flight = await open_file(stack, file_id)
+    head = await anext(in_flight)
+
+    _, again = await ingest(stack, azurite, second, name)  # the newest content wins, under the same file id
+    assert again == file_id and await download(stack, file_id) == second
+    assert bytes(head) + b"".join([bytes(p) async for p in in_flight]) == first  # a download in flight finishes
+    _, headers, _ = await http_download(stack, str(file_id), method="HEAD")
+    assert headers["content-length"] == str(len(second)) and headers["etag"] != old_etag
+    assert [state for _, state in await key_rows(stack, file_id)] == ["active"]  # the same key
+    async with stack.db.connection() as conn:
+        retired = await conn.fetchval("SELECT count(*) FROM retired_blobs WHERE file_id = $1", file_id)
+    assert retired == 1 and await blob_names(azurite, stack.settings.ingest_container) == []
+
+
+async def test_a_second_name_with_a_taken_uuid_is_refused_kept_and_listed(stack: Services, azurite: Azurite) -> None:
+    file_id = uuid.uuid4()
+    await ingest(stack, azurite, b"first", f"{file_id}/a.txt")
+    await upload(azurite, stack.settings.ingest_container, f"{file_id}/b.txt", b"second")
+    with pytest.raises(UploadConflictError, match="already used by another upload"):
+        await stack.files.encrypt_ingest_blob(f"{file_id}/b.txt")
+    assert await blob_names(azurite, stack.settings.ingest_container) == [f"{file_id}/b.txt"]
+    [failure] = [f for f in await stack.files.failed_uploads() if f.source_name == f"{file_id}/b.txt"]
+    assert failure.permanent and failure.error == "UploadConflictError" and failure.next_attempt_at is None
+    assert "already used by another upload" in failure.reason and failure.file_id == file_id
+    assert await download(stack, file_id) == b"first"
 
 
 def _fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, method: str, *, after: bool, on_call: int = 1) -> None:
