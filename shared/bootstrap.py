@@ -133,7 +133,8 @@ def transfer(settings: Settings) -> Transfer:
 def rotation_policy(settings: Settings) -> RotationPolicy:
     return RotationPolicy(batch_size=settings.rotation_batch_size,
                           time_budget_seconds=settings.rotation_time_budget_seconds,
-                          grace=timedelta(minutes=settings.rotation_grace_minutes))
+                          grace=timedelta(minutes=settings.rotation_grace_minutes),
+                          lease_seconds=settings.rotation_lease_seconds)
 
 
 def reconcile_policy(settings: Settings) -> ReconcilePolicy:
@@ -141,10 +142,14 @@ def reconcile_policy(settings: Settings) -> ReconcilePolicy:
                            settle=timedelta(seconds=settings.reconcile_after_seconds))
 
 
-def build_services(settings: Settings) -> Services:
-    """Construct every adapter (no I/O: pools and clients connect on first use)."""
+def build_services(settings: Settings, *, vault: KeyVault | None = None) -> Services:
+    """Construct every adapter (no I/O: pools and clients connect on first use).
+
+    ``vault`` replaces the one the settings name (tests drive the Azure adapter against a
+    loopback Key Vault stand-in this way; nothing else does).
+    """
     db = Database.from_settings(settings)
-    vault = build_vault(settings)
+    vault = vault or build_vault(settings)
     keys = FileKeyService(db, vault, rotation_days=settings.key_rotation_days)
     blobs = BlobStore.from_settings(settings)
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)

@@ -181,6 +181,9 @@ class Settings:
     rotation_grace_minutes: int = setting(
         "ROTATION_GRACE_MINUTES", 60, "how long a rotated-out blob stays for downloads in flight",
         low=0, high=7 * 24 * 60)
+    rotation_lease_seconds: int = setting(
+        "ROTATION_LEASE_SECONDS", 900, "a rotation claim lasts this long; a worker that died holding one is "
+        "taken over after it", low=5, high=24 * 3600)
     reconcile_schedule: str = setting(
         "RECONCILE_SCHEDULE", "0 */5 * * * *", "NCRONTAB of the reconciler timer (repairs what faults left)")
     reconcile_batch_size: int = setting(

@@ -30,11 +30,13 @@ from shared.errors import (
     ConfigError,
     DatabaseUnavailableError,
     FileNotReadyError,
+    IntegrityError,
     InvalidRequestError,
+    KeyMissingError,
+    KeyVaultError,
     RangeNotSatisfiableError,
     StorageUnavailableError,
     UnknownFileError,
-    VaultUnavailableError,
 )
 from shared.metrics import ERRORS, REGISTRY
 from shared.service import FileService
@@ -54,19 +56,22 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Clients get these words for server-side failures; the details (hosts, URLs) go to the log only.
-UNAVAILABLE = {
-    DatabaseUnavailableError: "the database is unavailable; retry later",
-    VaultUnavailableError: "the key vault is unavailable; retry later",
-    StorageUnavailableError: "blob storage is unavailable; retry later",
-}
+SERVER_MESSAGES: tuple[tuple[type[BlobsealError], str], ...] = (
+    (DatabaseUnavailableError, "the database is unavailable; retry later"),
+    (KeyMissingError, "the file's key is missing from the vault; an operator must restore it"),
+    (KeyVaultError, "the key vault is unavailable; retry later"),
+    (StorageUnavailableError, "blob storage is unavailable; retry later"),
+    (IntegrityError, "the stored file failed its integrity check; nothing of it was served"),
+)
 
+# The first match wins. A vault problem answers 503 ("vault"), as health does for the same cause.
 STATUS: tuple[tuple[type[BlobsealError], int], ...] = (
     (InvalidRequestError, 400),
     (UnknownFileError, 404),
     (FileNotReadyError, 409),
     (RangeNotSatisfiableError, 416),
     (DatabaseUnavailableError, 503),
-    (VaultUnavailableError, 503),
+    (KeyVaultError, 503),
     (StorageUnavailableError, 503),
 )
 
@@ -204,7 +209,7 @@ def _from_error(operation: str, exc: BlobsealError) -> Response:
     message = exc.message
     if status >= 500:
         log.error("%s failed: %s", operation, exc, extra={"blobseal_error": exc.to_dict()})
-        message = next((text for kind, text in UNAVAILABLE.items() if isinstance(exc, kind)), "internal error")
+        message = next((text for kind, text in SERVER_MESSAGES if isinstance(exc, kind)), "internal error")
     response = _error(status, type(exc).__name__, message)
     if isinstance(exc, RangeNotSatisfiableError):
         response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"

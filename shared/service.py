@@ -29,6 +29,7 @@ from shared.rotation import RotationReport, Rotator
 __all__ = ["FileService", "parse_file_id"]
 
 HEALTH_TIMEOUT_SECONDS = 5.0
+MAX_BLOB_NAME = 1024
 
 Probe = Callable[[], Awaitable[None]]
 
@@ -61,6 +62,9 @@ class FileService:
     async def find_by_name(self, name: str | None) -> dict[str, Any]:
         if not name:
             raise InvalidRequestError("query parameter 'name' is required", operation="find_file")
+        if "\x00" in name or len(name) > MAX_BLOB_NAME:  # PostgreSQL text cannot hold NUL; no blob name is longer
+            raise InvalidRequestError(f"name must be a blob name: no NUL, at most {MAX_BLOB_NAME} characters",
+                                      operation="find_file")
         async with self._db.connection("find_file") as conn:
             record = await FileRepository(conn).by_source_name(name)
         if record is None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from azure.storage.blob import BlobServiceClient
 
 from localinfra.azurite import Azurite, running_azurite
 from localinfra.hostprocess import DevHost, host_env
@@ -61,7 +63,9 @@ async def test_dependencies_down_and_back(proxy: PgProxy, database_url: str, tmp
                 assert (await wait_health(client, host, 200))["dependencies"] == {
                     "storage": "ok", "database": "ok", "vault": "ok"}
                 await _database_down(client, host, proxy)
+                await _one_encrypted_file(client, host, azurite)  # the vault now holds keys
                 await _vault_corrupted(client, host)
+                await _vault_deleted(client, host)
                 await _storage_down(client, host, azurite)
         finally:
             await asyncio.to_thread(host.stop)
@@ -95,7 +99,39 @@ async def _vault_corrupted(client: httpx.AsyncClient, host: DevHost) -> None:
 
 
 async def _storage_down(client: httpx.AsyncClient, host: DevHost, azurite: Azurite) -> None:
+    file_id = await _one_encrypted_file(client, host, azurite)
     await asyncio.to_thread(azurite.stop)
-    body = await wait_health(client, host, 503, within=90)
+    started = time.monotonic()
+    code, body = await health(client, host)
+    assert code == 503 and time.monotonic() - started < 6  # health answers within 5 s (observed before: 87 s)
     assert body["dependencies"]["storage"] in ("StorageUnavailableError", "TimeoutError")  # type: ignore[index]
     assert "AccountKey" not in json.dumps(body)
+    started = time.monotonic()
+    response = await client.get(f"{host.url}/files/{file_id}", headers=host.headers, timeout=30)
+    waited = time.monotonic() - started
+    assert response.status_code == 503 and response.json()["error"] == "StorageUnavailableError"
+    assert waited < 10, f"a download with storage down waited {waited:.1f} s for its 503"
+
+
+async def _vault_deleted(client: httpx.AsyncClient, host: DevHost) -> None:
+    """The vault file deleted while the host runs: 503 for the vault, no new vault; restored: healthy."""
+    secrets_file = Path(host.env["KEY_VAULT_LOCAL_PATH"]) / "secrets.json"
+    saved = secrets_file.read_bytes()
+    secrets_file.unlink()
+    body = await wait_health(client, host, 503)
+    assert body["dependencies"]["vault"] == "VaultMissingError"  # type: ignore[index]
+    assert not secrets_file.exists()
+    secrets_file.write_bytes(saved)
+    await wait_health(client, host, 200)
+
+
+async def _one_encrypted_file(client: httpx.AsyncClient, host: DevHost, azurite: Azurite) -> str:
+    name = f"{uuid.uuid4()}.bin"
+    await asyncio.to_thread(lambda: BlobServiceClient.from_connection_string(azurite.connection_string)
+                            .get_blob_client(host.env["INGEST_CONTAINER"], name).upload_blob(b"x" * 1000))
+    for _ in range(150):
+        response = await client.get(f"{host.url}/files", params={"name": name}, headers=host.headers, timeout=10)
+        if response.status_code == 200 and response.json()["status"] == "encrypted":
+            return str(response.json()["file_id"])
+        await asyncio.sleep(0.2)
+    raise AssertionError("the upload was not encrypted")

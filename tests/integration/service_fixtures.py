@@ -17,6 +17,7 @@ from localinfra.azurite import Azurite
 from shared import http_api
 from shared.bootstrap import Services, build_services
 from shared.config import Settings
+from shared.vault.base import KeyVault
 
 
 def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overrides: str) -> Settings:
@@ -34,8 +35,8 @@ def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overr
     return Settings.from_env(env)
 
 
-async def open_stack(settings: Settings) -> Services:
-    services = build_services(settings)
+async def open_stack(settings: Settings, *, vault: KeyVault | None = None) -> Services:
+    services = build_services(settings, vault=vault)
     await services.ingest.ensure()
     await services.protected.ensure()
     return services

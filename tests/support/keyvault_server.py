@@ -16,7 +16,9 @@ depends on (checked against the REST reference and SDK sources, see ``docs/VAULT
 - versions are listed in version-id order, not creation order, as the service does.
 
 Fault injection applies to the next authorized requests: an HTTP status (429 with Retry-After,
-503), a dropped connection, or a response delayed past the client's read timeout. Every request
+503), a dropped connection, or a response delayed past the client's read timeout. A rate limit
+can be set on secret creates, as Key Vault enforces one (300 per 10 s per vault): beyond it the
+server answers 429 with the Retry-After that the window says. Every request
 is recorded (method, path, api-version, bearer present, status, arrival time) for assertions.
 TLS material is generated at test time; nothing is committed.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import math
 import secrets
 import socket
 import ssl
@@ -246,6 +249,9 @@ class KeyVaultServer:
         self.secrets: dict[str, list[_Version]] = {}
         self.deleted: dict[str, _Deleted] = {}
         self._faults: deque[_Fault] = deque()
+        self._create_limit: tuple[int, float] | None = None
+        self._creates: deque[float] = deque()  # monotonic times of the creates accepted in the window
+        self.throttled = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -287,6 +293,27 @@ class KeyVaultServer:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def limit_creates(self, count: int, per_seconds: float) -> None:
+        """At most ``count`` secret creates (PUT) in any ``per_seconds``; beyond that 429 + Retry-After."""
+        self._create_limit = (count, per_seconds)
+        self._creates.clear()
+
+    def _throttled_create(self) -> web.Response | None:
+        if self._create_limit is None:
+            return None
+        count, window = self._create_limit
+        now = time.monotonic()
+        while self._creates and self._creates[0] <= now - window:
+            self._creates.popleft()
+        if len(self._creates) < count:
+            self._creates.append(now)
+            return None
+        self.throttled += 1
+        response = _Reply(429, "Throttled", "Request was not processed because too many requests were received. "
+                          "Reason: VaultRequestTypeLimitReached").response(self.error_marker)
+        response.headers["Retry-After"] = str(max(1, math.ceil(self._creates[0] + window - now)))
+        return response
+
     # --- helpers for assertions ---
 
     def value_of(self, name: str, version: str) -> str:
@@ -317,6 +344,9 @@ class KeyVaultServer:
             return self._challenge(record.bearer)
         if record.api_version is None:
             return _Reply(400, "BadParameter", "The api-version query parameter is missing.").response()
+        if request.method == "PUT" and (throttled := self._throttled_create()) is not None:
+            record.fault = "throttled"
+            return throttled
         fault = self._faults.popleft() if self._faults else None
         if fault is not None:
             record.fault = fault.kind

@@ -1,0 +1,195 @@
+"""The reconciler repairs each kind of leftover, once, counted; a second run finds nothing; two at once
+do not collide; a bad row does not starve rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from localinfra.azurite import Azurite
+from shared.db.files import FileRepository
+from shared.errors import SecretDisabledError
+from shared.metrics import REGISTRY
+from shared.vault.base import parse_key_reference
+from tests.faults.conftest import StackFactory, all_blobs, assert_clean, download, enabled_unrecorded_versions
+from tests.integration.service_fixtures import blob_names, upload
+
+pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
+
+
+def repairs(kind: str) -> float:
+    return REGISTRY.get_sample_value("blobseal_repairs_total", {"kind": kind}) or 0.0
+
+
+async def test_an_upload_never_delivered_is_encrypted(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()
+    name, data = f"{uuid.uuid4()}.bin", os.urandom(200_000)
+    await upload(azurite, stack.settings.ingest_container, name, data)  # no trigger ever fires for it
+    before = repairs("stranded")
+    report = await stack.files.reconcile()
+    assert report.repairs == {"stranded": 1} and repairs("stranded") == before + 1
+    file_id = uuid.UUID(name.removesuffix(".bin"))
+    await assert_clean(stack, azurite, {file_id: data})
+    assert (await stack.files.reconcile()).repairs == {}  # idempotent: nothing left to do
+
+
+async def test_an_upload_that_failed_permanently_is_left_to_the_operator(
+        make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()
+    file_id = uuid.uuid4()
+    await upload(azurite, stack.settings.ingest_container, f"{file_id}/a", b"a")
+    await stack.files.encrypt_ingest_blob(f"{file_id}/a")
+    await upload(azurite, stack.settings.ingest_container, f"{file_id}/b", b"b")
+    with pytest.raises(Exception, match="already used"):
+        await stack.files.encrypt_ingest_blob(f"{file_id}/b")
+    assert (await stack.files.reconcile()).repairs == {}  # permanent: not retried, listed by `failed`
+    assert await blob_names(azurite, stack.settings.ingest_container) == [f"{file_id}/b"]
+    await stack.ingest.delete(f"{file_id}/b")  # the operator removes it: the failure record goes too
+    await stack.files.reconcile()
+    assert [f for f in await stack.files.failed_uploads() if f.source_name == f"{file_id}/b"] == []
+
+
+async def test_a_vanished_upload_leaves_no_row_key_or_blocks(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()
+    file_id = uuid.uuid4()
+    async with stack.db.transaction() as conn:  # an attempt that got as far as its key and some blocks
+        await FileRepository(conn).register(file_id, source_name=f"{file_id}.bin", source_etag='"0x1"',
+                                            name="x", content_type="text/plain")
+    key = await stack.keys.create_key(file_id)
+    writer = stack.protected.writer(f"{file_id}/{key.key_reference.split('/')[1]}.abc.bseal")
+    await writer.stage(b"staged, never committed")
+    report = await stack.files.reconcile()  # the upload itself is gone from ingest
+    assert report.repairs.get("stale_pending") == 1
+    async with stack.db.connection() as conn:
+        assert await FileRepository(conn).get(file_id) is None
+        assert await conn.fetchval("SELECT count(*) FROM file_keys WHERE file_id = $1", file_id) == 0
+    assert await stack.vault.list_versions(f"file-{file_id}") == []
+    assert [n for n in await all_blobs(azurite, stack.settings.protected_container) if n.startswith(str(file_id))] \
+        == []
+
+
+async def test_orphan_blobs_and_staged_blocks_are_discarded_and_live_ones_kept(
+        make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()
+    name, data = f"{uuid.uuid4()}.bin", os.urandom(100_000)
+    await upload(azurite, stack.settings.ingest_container, name, data)
+    live = (await stack.files.encrypt_ingest_blob(name)).file_id
+    assert live is not None
+    orphan = stack.protected.writer(f"{uuid.uuid4()}/v.bseal")
+    await orphan.stage(b"x")
+    await orphan.commit()
+    staged = stack.protected.writer(f"{uuid.uuid4()}/w.bseal")
+    await staged.stage(b"y")
+    report = await stack.files.reconcile()
+    assert report.repairs.get("orphan_blob") == 2
+    await assert_clean(stack, azurite, {live: data})
+
+
+async def test_a_vault_version_nobody_recorded_is_disabled(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()
+    name, data = f"{uuid.uuid4()}.bin", os.urandom(1000)
+    await upload(azurite, stack.settings.ingest_container, name, data)
+    file_id = (await stack.files.encrypt_ingest_blob(name)).file_id
+    assert file_id is not None
+    stray = await stack.vault.set_secret(f"file-{file_id}", os.urandom(32))  # a worker died before recording it
+    assert await enabled_unrecorded_versions(stack, [file_id]) == [stray.key_reference]
+    report = await stack.files.reconcile()
+    assert report.repairs.get("unrecorded_version") == 1
+    await assert_clean(stack, azurite, {file_id: data})
+
+
+def drop_version(secrets_file: Path, name: str, version: str) -> None:
+    """Remove one version from the local vault's file, as if it had been written to another vault."""
+    entries = json.loads(secrets_file.read_text())
+    entry = entries[name]
+    older = entry.pop("versions", {})
+    if entry.get("version") == version:  # the latest: the newest older version takes the top level
+        latest_id, latest = list(older.items())[-1]
+        del older[latest_id]
+        entry = {**latest, "version": latest_id}
+    else:
+        del older[version]
+    entries[name] = {**entry, **({"versions": older} if older else {})}
+    secrets_file.write_text(json.dumps(entries))
+
+
+async def test_a_stalled_rotation_is_resumed_and_a_lost_pending_key_replaced(
+        make_stack: StackFactory, azurite: Azurite, vault_dir: Path) -> None:
+    stack = await make_stack()
+    ids, data = [], {}
+    for _ in range(2):
+        name, content = f"{uuid.uuid4()}.bin", os.urandom(150_000)
+        await upload(azurite, stack.settings.ingest_container, name, content)
+        file_id = (await stack.files.encrypt_ingest_blob(name)).file_id
+        assert file_id is not None
+        ids.append(file_id)
+        data[file_id] = content
+    left = await stack.keys.claim_rotation(ids[0], worker="dead-host", lease_seconds=0.1)  # the worker died
+    lost = await stack.keys.claim_rotation(ids[1], worker="other-host", lease_seconds=0.1)
+    drop_version(vault_dir / "secrets.json", *parse_key_reference(lost.new.key_reference))  # made in another vault
+    await asyncio.sleep(0.2)
+    old_key_of_second = lost.old.key_reference
+
+    report = await stack.files.reconcile()
+    assert report.repairs.get("stalled_rotation") == 1 and report.failed == 1  # the second: its pending key lost
+    first = await stack.files.describe(str(ids[0]))
+    assert first["key_reference"] == left.new.key_reference  # resumed with the pending key it had
+    with pytest.raises(SecretDisabledError):
+        await stack.vault.get_secret(*parse_key_reference(left.old.key_reference))
+    assert (await stack.files.describe(str(ids[1])))["key_reference"] == old_key_of_second  # still readable
+    async with stack.db.connection() as conn:  # the lost pending key is dropped, the claim released
+        states = [r["state"] for r in await conn.fetch("SELECT state FROM file_keys WHERE file_id = $1", ids[1])]
+        await conn.execute("UPDATE file_keys SET rotation_next_attempt_at = now() WHERE file_id = $1", ids[1])
+    assert states == ["active"]
+    await stack.keys.expire(ids[1])  # due now, and its backoff over: the next run makes a new pending key
+    assert (await stack.files.rotate_due()).rotated == [str(ids[1])]
+    for file_id, content in data.items():
+        assert await download(stack, file_id) == content
+
+
+async def test_two_reconcilers_at_once_one_runs(make_stack: StackFactory, azurite: Azurite) -> None:
+    one, two = await make_stack(), await make_stack()
+    reports = await asyncio.gather(one.files.reconcile(), two.files.reconcile())
+    assert sorted(r.skipped for r in reports) in ([False, True], [False, False])  # never both inside at once
+
+
+async def test_a_bad_row_does_not_starve_rotation(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack(ROTATION_BATCH_SIZE="1")
+    broken_id = uuid.uuid4()  # a pending file whose key expired first: it can never be rotated
+    async with stack.db.transaction() as conn:
+        await FileRepository(conn).register(broken_id, source_name="gone.bin", source_etag='"0x9"', name="gone.bin",
+                                            content_type="text/plain")
+    await stack.keys.create_key(broken_id)
+    await stack.keys.expire(broken_id)
+    failing, healthy = [], {}
+    for _ in range(2):
+        name, content = f"{uuid.uuid4()}.bin", os.urandom(80_000)
+        await upload(azurite, stack.settings.ingest_container, name, content)
+        file_id = (await stack.files.encrypt_ingest_blob(name)).file_id
+        assert file_id is not None
+        healthy[file_id] = content
+        failing.append(file_id)
+    bad, good = failing
+    record = await stack.files.encrypted_file(str(bad))
+    assert record.protected_blob is not None
+    await stack.protected.delete(record.protected_blob)  # its rotation fails every time
+    await stack.keys.expire(bad)
+    await asyncio.sleep(0.01)
+    await stack.keys.expire(good)
+
+    first = await stack.files.rotate_due()  # batch of 1: the oldest due file, which fails and backs off
+    second = await stack.files.rotate_due()
+    assert first.failed == [str(bad)] and second.rotated == [str(good)]
+    assert await download(stack, good) == healthy[good]
+    async with stack.db.connection() as conn:
+        row = await conn.fetchrow("SELECT rotation_failures, rotation_next_attempt_at, rotation_last_error "
+                                  "FROM file_keys WHERE file_id = $1 AND state = 'active'", bad)
+    assert row["rotation_failures"] == 1 and row["rotation_next_attempt_at"] > datetime.now(UTC)
+    assert "not found" in row["rotation_last_error"]
+
