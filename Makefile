@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test lint unit dev bench docs clean
+.PHONY: install test lint unit faults dev bench docs clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -26,6 +26,11 @@ lint: $(VENV)/.installed
 test: install lint
 	$(PY) scripts/check_postgres.py
 	$(PY) -m pytest
+
+# The long fault cases (docs/RELIABILITY.md): 100 race trials, 1,000 throttled uploads, killed hosts.
+faults: install
+	$(PY) scripts/check_postgres.py
+	BLOBSEAL_FAULT_TRIALS=100 $(PY) -m pytest -m "long or not long" -s --durations=0 tests/faults
 
 # Only the tests that need neither PostgreSQL nor Azurite.
 unit: $(VENV)/.installed

@@ -35,6 +35,7 @@ def host_env(azurite: Azurite, database_url: str, vault_dir: Path, **overrides: 
         "ENCRYPTION_CHUNK_SIZE_MB": "5",
         "LOCAL_FUNCTION_KEY": KEY,
         "ROTATION_SCHEDULE": "0 0 0 1 1 *",
+        "RECONCILE_SCHEDULE": "0 0 0 1 1 *",
         "ROTATION_GRACE_MINUTES": "60",
         **overrides,
     }
