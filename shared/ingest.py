@@ -90,10 +90,9 @@ class RetryPolicy:
         step = min(self.max_delay, self.first_delay * float(2 ** (attempt - 1)))
         return max(step * random.uniform(0.5, 1.0), retry_after or 0.0)
 
-    @staticmethod
-    def next_attempt(attempts: int) -> timedelta:
-        """When the reconciler may try a failed upload again: 1, 2, 4 ... minutes, at most an hour."""
-        return timedelta(minutes=min(60, 2 ** (attempts - 1)))
+    # The reconciler leaves a failed upload alone this long (the host may still be retrying it);
+    # then every run retries it until it succeeds, unless the failure is permanent.
+    hold: timedelta = timedelta(minutes=1)
 
 
 def identify_upload(name: str, etag: str) -> tuple[uuid.UUID, str]:
@@ -244,12 +243,11 @@ class Ingestor:
         try:
             if info is not None:
                 async with self._db.transaction("record_failure") as conn:
-                    repo, now = FailureRepository(conn), self._clock()
-                    done = await repo.attempts(name, info.etag)
-                    attempts = await repo.record(
+                    now = self._clock()
+                    attempts = await FailureRepository(conn).record(
                         source_name=name, source_etag=info.etag, file_id=file_id, error=type(exc).__name__,
                         reason=_reason(exc), permanent=permanent, now=now,
-                        next_attempt_at=None if permanent else now + RetryPolicy.next_attempt(done + 1))
+                        next_attempt_at=None if permanent else now + self._retry.hold)
         except DatabaseError as db_exc:
             log.warning("%s: the failure could not be recorded (%s)", upload_tag(name), type(db_exc).__name__)
         log.error("%s (file %s) failed%s, attempt %d: %s", upload_tag(name), file_id,

@@ -198,12 +198,12 @@ class FileKeyService:
 
     async def rotation_failed(self, file_id: uuid.UUID, key_reference: str, *, error: str) -> int:
         """Count a failed rotation of the file's active key; it is not due again before a backoff
-        (1, 2, 4 ... minutes, at most a day, jittered) runs out. Returns the failures in a row."""
+        (1, 2, 4 ... minutes, at most an hour, jittered) runs out. Returns the failures in a row."""
         async with self._db.transaction("rotation_failed") as conn:
             repo = FileKeyRepository(conn)
             row = await repo.by_reference(file_id, key_reference)
             failures = (row.rotation_failures if row is not None else 0) + 1
-            wait = timedelta(minutes=min(24 * 60, 2 ** (failures - 1)) * random.uniform(0.8, 1.2))
+            wait = timedelta(minutes=min(60, 2 ** (failures - 1)) * random.uniform(0.8, 1.2))
             return await repo.rotation_failed(file_id, key_reference, error=error,
                                               next_attempt_at=self._clock() + wait)
 

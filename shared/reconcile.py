@@ -3,13 +3,13 @@
 Run by a timer (``RECONCILE_SCHEDULE``, every 5 minutes) and by ``python -m shared.cli
 reconcile``. One run at a time per database (a session advisory lock: other instances skip
 the run), bounded per run (``RECONCILE_BATCH_SIZE`` items of each kind; long listings go on
-from a saved cursor next run), idempotent. Only what is older than ``RECONCILE_AFTER_SECONDS``
-is touched, so attempts still in flight are left alone. Each repair is counted in
+from a saved cursor next run), idempotent. The destructive repairs touch only what is older
+than ``RECONCILE_AFTER_SECONDS``, so attempts still in flight are left alone. Each repair is counted in
 ``blobseal_repairs_total{kind}`` and logged once, with the file id:
 
-- ``stranded``: an ingest blob whose content has no encrypted row (missed, poisoned after a
-  transient fault, overwritten) is ingested again, unless its failure is permanent (``failed``
-  lists it) or still backing off;
+- ``stranded``: an ingest blob a minute old whose content has no encrypted row (missed,
+  poisoned after a transient fault, overwritten) is ingested again, unless its failure is
+  permanent (``failed`` lists it) or less than a minute old (the host may be retrying it);
 - ``stale_pending``: an attempt whose upload is gone, or whose name now holds content with
   another id, is dropped: a pending row is removed with its keys (vault versions deleted) and
   its blobs; an encrypted file keeps its content and forgets the attempt;
@@ -59,7 +59,8 @@ OLDEST_PLAINTEXT_STATE, LAST_RUN_STATE = "oldest_plaintext_at", "last_run_at"
 @dataclass(frozen=True)
 class ReconcilePolicy:
     batch_size: int = 200
-    settle: timedelta = timedelta(minutes=5)  # leave alone what changed more recently than this
+    settle: timedelta = timedelta(minutes=5)  # destructive repairs leave alone what changed more recently
+    stranded_after: timedelta = timedelta(minutes=1)  # an upload the host had this long to deliver
     ingest_patience_seconds: float = 10.0  # retries of one stranded upload within a run
 
 
@@ -117,7 +118,8 @@ class Reconciler:
 
     async def _stranded_uploads(self, report: ReconcileReport) -> None:
         blobs, complete = await self._listing(self._ingest, "ingest_cursor")
-        cutoff, now = self._cutoff(), self._clock()
+        now = self._clock()
+        cutoff = now - min(self._policy.stranded_after, self._policy.settle)
         unencrypted = await self._unencrypted(blobs)
         oldest = min((_when(b) for b in unencrypted), default=None)
         report.oldest_plaintext_seconds = (now - oldest).total_seconds() if oldest else 0.0
@@ -131,8 +133,10 @@ class Reconciler:
         for blob in due[: self._policy.batch_size]:
             try:
                 outcome = await self._ingestor.encrypt(blob.name, patience=self._policy.ingest_patience_seconds)
-            except BlobsealError:
-                report.failed += 1  # recorded (with its reason and backoff) by the ingestor
+            except BlobsealError as exc:
+                report.failed += 1  # recorded (with its reason) by the ingestor
+                if exc.transient:
+                    break  # a dependency is down: the next run tries again, not each upload now
                 continue
             report.count("stranded", outcome.file_id, f"upload ingested again: {outcome.status}")
 

@@ -57,10 +57,6 @@ class FailureRepository:
         return int(await self._conn.fetchval(sql, source_name, source_etag, file_id, error, reason[:1000],
                                              permanent, now, next_attempt_at))
 
-    async def attempts(self, source_name: str, source_etag: str) -> int:
-        sql = "SELECT attempts FROM ingest_failures WHERE source_name = $1 AND source_etag = $2"
-        return int(await self._conn.fetchval(sql, source_name, source_etag) or 0)
-
     async def clear(self, source_name: str) -> None:
         """Forget every failure of this upload name (its current content is encrypted or gone)."""
         await self._conn.execute("DELETE FROM ingest_failures WHERE source_name = $1", source_name)
