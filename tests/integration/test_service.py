@@ -13,10 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from fastapi import Request
 
 from localinfra.azurite import Azurite
+from shared import http_api
 from shared.blobs import BlockWriter, Container
 from shared.bootstrap import Services, rotation_policy, transfer
 from shared.crypto.format import Header
@@ -34,6 +37,7 @@ from shared.errors import (
 )
 from shared.ingest import identify_upload
 from shared.keys import FileKeyService
+from shared.metrics import REGISTRY
 from shared.rotation import Rotator
 from shared.vault.local import LocalJsonVault
 from tests.integration.service_fixtures import (
@@ -322,13 +326,36 @@ async def test_tampered_protected_blob_is_refused(stack: Services, azurite: Azur
     stored = bytearray(await read_blob(azurite, stack.settings.protected_container, blob))
     stored[{"header": 40, "middle": len(stored) // 2, "final block": len(stored) - 3}[where]] ^= 1
     await upload(azurite, stack.settings.protected_container, blob, bytes(stored))
+    failures = REGISTRY.get_sample_value("blobseal_integrity_failures_total", {"operation": "download"}) or 0.0
     released = b""
     with pytest.raises(IntegrityError):
         async for piece in await open_file(stack, file_id):
             released += piece
     assert released == data[: len(released)] and len(released) < len(data)
+    assert REGISTRY.get_sample_value("blobseal_integrity_failures_total", {"operation": "download"}) == failures + 1
     if where != "middle":
         assert released == b""  # the header and the final block are checked before the first byte
+        status, _, body = await http_download(stack, str(file_id))  # so HTTP answers with a status, not a cut
+        message = "the stored file failed its integrity check; nothing of it was served"
+        assert status == 500 and json.loads(body) == {"error": "IntegrityError", "message": message}
+
+
+async def test_a_key_missing_from_the_vault_answers_with_what_to_do(stack: Services, azurite: Azurite) -> None:
+    _, file_id = await ingest(stack, azurite, b"data")
+    record = await stack.files.encrypted_file(str(file_id))
+    assert record.key_reference is not None
+    await stack.vault.delete_secret(record.key_reference.split("/")[0])
+    status, _, body = await http_download(stack, str(file_id))
+    assert status == 500 and json.loads(body)["error"] == "KeyMissingError"
+    assert "an operator must restore it" in json.loads(body)["message"]
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "x" * 1025])
+async def test_names_that_cannot_be_blob_names_are_400(stack: Services, name: str) -> None:
+    scope = {"type": "http", "method": "GET", "path": "/api/files", "path_params": {}, "headers": [],
+             "query_string": urlencode({"name": name}).encode()}
+    response = await http_api.find_file(Request(scope), stack.files)
+    assert response.status_code == 400 and json.loads(bytes(response.body))["error"] == "InvalidRequestError"
 
 
 # --- rotation ---------------------------------------------------------------------------
