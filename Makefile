@@ -37,8 +37,9 @@ unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
 # Run the app locally: Azurite + JSON vault + local PostgreSQL, `func start` or the bundled host.
+PORT ?= 7071
 dev: install
-	$(PY) -m devhost
+	$(PY) -m devhost --port $(PORT)
 
 bench: install
 	$(PY) -m bench.format_bench

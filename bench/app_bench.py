@@ -30,10 +30,10 @@ from azure.storage.blob import BlobServiceClient
 
 from bench import table
 from localinfra.azurite import Azurite, running_azurite
-from localinfra.hostprocess import DevHost, host_env
-from localinfra.postgres import scratch_database
+from localinfra.hostprocess import ROOT, DevHost, host_env
+from localinfra.postgres import database, scratch_database
 from shared.bootstrap import Services, build_services
-from shared.config import DEFAULT_DATABASE_URL, Settings
+from shared.config import Settings
 from shared.db import migrate
 
 MiB = 1024 * 1024
@@ -146,9 +146,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-mib", default="1,1024", help="file sizes for the peak-memory run")
     args = parser.parse_args()
-    server = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     with tempfile.TemporaryDirectory(prefix="blobseal-app-bench-") as scratch, \
             running_azurite(Path(scratch) / "azurite") as azurite, \
+            database(os.environ.get("DATABASE_URL"), ROOT / ".dev" / "pgdata-test") as server, \
             scratch_database(server, prefix="blobseal_bench") as database_url:
         asyncio.run(migrate(database_url))
         settings = settings_for(azurite, database_url, Path(scratch) / "vault")

@@ -1,7 +1,8 @@
 """``python -m devhost``: run blobseal locally with no Azure account (what ``make dev`` runs).
 
 Starts Azurite (standard ports 10000-10002, data in ``.azurite/``) unless one already
-answers, checks PostgreSQL at ``DATABASE_URL``, creates the containers and the schema, then
+answers; uses PostgreSQL at ``DATABASE_URL`` if set, else the one on 127.0.0.1:5432, else an
+embedded one (data in ``.dev/pgdata``); creates the containers and the schema, then
 runs the functions of ``function_app.py``: with ``func start`` when Core Tools are installed,
 else with the bundled host (HTTP on 127.0.0.1:7071, blob polling, timer). Settings come from
 the environment first, then ``local.settings.json`` (created from the example if missing).
@@ -21,13 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from localinfra.azurite import Azurite, listening, running_azurite
-from localinfra.postgres import postgres_problem
+from localinfra.postgres import DatabaseProblem, database
 from shared import bootstrap
 from shared.errors import BlobsealError
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_PORTS = (10000, 10001, 10002)
 EXAMPLE_KEY = "local-dev-key"  # the example's development key (local.settings.json.example)
+
+
+class DevProblem(RuntimeError):
+    """Something on this machine stops the local host from starting; the message says what to do."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,24 +99,28 @@ def run_func(port: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    values = prepare_settings()
     try:
-        settings = bootstrap.load_settings()
-    except BlobsealError as exc:
+        values = prepare_settings()
+        with database(values.get("DATABASE_URL"), ROOT / ".dev" / "pgdata") as database_url, storage(args):
+            os.environ["DATABASE_URL"] = values["DATABASE_URL"] = database_url  # the host and func see it too
+            bootstrap.load_settings()  # every settings problem, at once, before anything starts
+            if listening(args.port):
+                raise DevProblem(f"port {args.port} is already in use (another `make dev`?): stop it, "
+                                 f"or run `make dev PORT={args.port + 1}`")
+            asyncio.run(prepare_storage_and_schema())
+            print(banner(args.port, values))
+            return run(args, values)
+    except (BlobsealError, DatabaseProblem, DevProblem) as exc:
         print(f"blobseal: {exc}", file=sys.stderr)
-        return 2
-    problem = postgres_problem(settings.database_url)
-    if problem:
-        print(problem, file=sys.stderr)
         return 1
-    with storage(args):
-        asyncio.run(prepare_storage_and_schema())
-        print(banner(args.port, values))
-        if shutil.which("func") and not args.no_func:
-            return run_func(args.port)
-        from devhost.host import serve
 
-        asyncio.run(serve(port=args.port, poll_seconds=args.poll_seconds, settings=values))
+
+def run(args: argparse.Namespace, values: dict[str, str]) -> int:
+    if shutil.which("func") and not args.no_func:
+        return run_func(args.port)
+    from devhost.host import serve
+
+    asyncio.run(serve(port=args.port, poll_seconds=args.poll_seconds, settings=values))
     return 0
 
 

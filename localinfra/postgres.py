@@ -1,38 +1,95 @@
-"""Fail fast, with instructions, when PostgreSQL does not answer at DATABASE_URL (never hang)."""
+"""PostgreSQL for ``make dev`` and ``make test``: the configured one, the local one, or an embedded one.
+
+- ``DATABASE_URL`` set (environment or ``local.settings.json``): always wins. If it does not
+  answer, a one-line reason within seconds (not answering, unknown database, refused user),
+  never a hang.
+- Not set: the server on the default address (``127.0.0.1:5432``, user ``postgres``) if one
+  answers there;
+- else a private PostgreSQL 16 from the ``pgserver`` package (binaries on PyPI), data in the
+  project folder (``.dev/``), listening on a unix socket only, stopped with the command that
+  started it.
+
+Also: throwaway databases for tests and benchmarks (``scratch_database``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from shared.config import redact_url
+from shared.config import DEFAULT_DATABASE_URL, redact_url
 
-__all__ = ["HELP", "postgres_problem", "scratch_database"]
+__all__ = ["DatabaseProblem", "database", "postgres_problem", "scratch_database"]
 
+PROBE_TIMEOUT = 3.0
 HELP = """PostgreSQL does not answer at {url} ({reason}).
-Start it, or point DATABASE_URL at one that runs, e.g.:
+Start it, or point DATABASE_URL at one that runs, or unset DATABASE_URL to use an embedded one, e.g.:
   pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start   # Debian/Ubuntu
-  docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16   # anywhere with Docker
   DATABASE_URL=postgresql://user:pass@host:5432/db make test"""
 
 
+class DatabaseProblem(RuntimeError):
+    """The configured database cannot be used; the message says why and what to do."""
+
+
 async def _probe(url: str) -> None:
-    conn = await asyncpg.connect(url, timeout=5)
+    conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
     await conn.close()
 
 
 def postgres_problem(url: str) -> str | None:
-    """None when the server answers, else the message to print."""
+    """None when the server answers and lets us in, else the message to print (within seconds)."""
+    target = redact_url(url)
     try:
-        asyncio.run(asyncio.wait_for(_probe(url), timeout=8))
+        asyncio.run(asyncio.wait_for(_probe(url), timeout=PROBE_TIMEOUT + 2))
+    except asyncpg.InvalidCatalogNameError:
+        return f"PostgreSQL at {target} answers, but that database does not exist: create it or fix DATABASE_URL"
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError):
+        return f"PostgreSQL at {target} answers, but refuses that user or password: fix DATABASE_URL"
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        return HELP.format(url=redact_url(url), reason=type(exc).__name__)
+        return HELP.format(url=target, reason=type(exc).__name__)
     return None
+
+
+@contextmanager
+def database(configured: str | None, data_dir: Path, *, default: str = DEFAULT_DATABASE_URL) -> Iterator[str]:
+    """The URL to use while the block runs (see the module docstring); ``DatabaseProblem`` if unusable."""
+    if configured:
+        problem = postgres_problem(configured)
+        if problem:
+            raise DatabaseProblem(problem)
+        yield configured
+        return
+    if postgres_problem(default) is None:
+        yield default
+        return
+    with embedded(data_dir) as url:
+        yield url
+
+
+@contextmanager
+def embedded(data_dir: Path) -> Iterator[str]:
+    """A private PostgreSQL (``pgserver``) with its data in ``data_dir``; stopped on exit."""
+    try:
+        import pgserver
+    except ImportError as exc:  # pragma: no cover - requirements-dev.txt installs it
+        raise DatabaseProblem("no PostgreSQL answers and the embedded one (pip package pgserver) is not "
+                              "installed: run `make install`") from exc
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server: Any = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    try:
+        yield str(server.get_uri())
+    finally:
+        with contextlib.suppress(Exception):  # stopping is best effort; pgserver also stops at exit
+            server.cleanup()
 
 
 async def _admin(server_url: str, sql: str) -> None:
@@ -43,12 +100,17 @@ async def _admin(server_url: str, sql: str) -> None:
         await conn.close()
 
 
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` (query parameters such as a socket ``host`` kept)."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
 @contextmanager
 def scratch_database(server_url: str, prefix: str = "blobseal_test") -> Iterator[str]:
     """Create a throwaway database on the server at ``server_url``; yield its URL; drop it."""
     name = f"{prefix}_{secrets.token_hex(6)}"
     asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
     try:
-        yield urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+        yield with_database(server_url, name)
     finally:
         asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

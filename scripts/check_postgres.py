@@ -1,4 +1,7 @@
-"""`make test` step: stop early, with instructions, when PostgreSQL does not answer."""
+"""`make test` step: stop early, with the reason, when a DATABASE_URL that is set does not answer.
+
+Unset, the tests use 127.0.0.1:5432 or start an embedded PostgreSQL (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localinfra.postgres import postgres_problem
-from shared.bootstrap import load_settings
+from shared.bootstrap import settings_mapping
 
 
 def main() -> int:
-    problem = postgres_problem(load_settings().database_url)
+    configured = settings_mapping().get("DATABASE_URL")
+    problem = postgres_problem(configured) if configured else None
     if problem:
         print(problem, file=sys.stderr)
         return 1

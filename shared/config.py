@@ -157,7 +157,8 @@ class Settings:
         "folder of the local vault (`secrets.json`, mode 0600 in a 0700 folder); a relative path is taken "
         "from the app folder (where `function_app.py` is), whatever the working directory")
     database_url: str = setting(
-        "DATABASE_URL", DEFAULT_DATABASE_URL, "PostgreSQL (asyncpg)", secret=True)
+        "DATABASE_URL", DEFAULT_DATABASE_URL, "PostgreSQL (asyncpg). Unset, `make dev` and `make test` use the "
+        "server on 127.0.0.1:5432, or else start an embedded one (`.dev/`)", secret=True, in_example=False)
     database_pool_max: int = setting("DATABASE_POOL_MAX", 10, "pool size per worker", low=1, high=100)
     data_storage_connection: str = setting(
         DATA_STORAGE, LOCAL_STORAGE, "storage connection string of the ingest/protected containers "

@@ -3,53 +3,57 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from localinfra.azurite import Azurite, running_azurite
-from localinfra.postgres import scratch_database
-from shared.config import DEFAULT_DATABASE_URL
+from localinfra.postgres import DatabaseProblem, database, scratch_database
 from shared.db import Database, migrate
 
 # =========================================================================================
 # PostgreSQL
 #
 # Tests never use an existing database: the session creates ``blobseal_test_<random>`` on
-# the server at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
+# the server at DATABASE_URL (unset: 127.0.0.1:5432, else an embedded PostgreSQL),
 # migrates it once, and drops it at the end. ``pg_db`` hands each test a fresh ``Database``
 # on it with every table but ``schema_migrations`` truncated. ``pg_empty_database_url`` is
 # a database of its own, never migrated (for migration tests).
 # =========================================================================================
 
-PG_SERVER_URL = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-
-
-def pg_scratch_database() -> contextlib.AbstractContextManager[str]:
-    """A throwaway database on the server at DATABASE_URL (dropped on exit, even with sessions)."""
-    return scratch_database(PG_SERVER_URL)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def pg_database_url() -> Iterator[str]:
-    with pg_scratch_database() as url:
+def pg_server_url() -> Iterator[str]:
+    """DATABASE_URL if set (a clear error if it does not answer); else 127.0.0.1:5432; else embedded."""
+    try:
+        with database(os.environ.get("DATABASE_URL"), ROOT / ".dev" / "pgdata-test") as url:
+            yield url
+    except DatabaseProblem as exc:
+        pytest.exit(str(exc), returncode=1)
+
+
+@pytest.fixture(scope="session")
+def pg_database_url(pg_server_url: str) -> Iterator[str]:
+    with scratch_database(pg_server_url) as url:
         asyncio.run(migrate(url))
         yield url
 
 
 @pytest.fixture(scope="module")
-def module_database_url() -> Iterator[str]:
+def module_database_url(pg_server_url: str) -> Iterator[str]:
     """A migrated database of one test module's own (for tests that run the app on it)."""
-    with pg_scratch_database() as url:
+    with scratch_database(pg_server_url) as url:
         asyncio.run(migrate(url))
         yield url
 
 
 @pytest.fixture
-def pg_empty_database_url() -> Iterator[str]:
-    with pg_scratch_database() as url:
+def pg_empty_database_url(pg_server_url: str) -> Iterator[str]:
+    with scratch_database(pg_server_url) as url:
         yield url
 
 
