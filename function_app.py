@@ -8,7 +8,8 @@ them to pick the SDK-type blob binding and the streaming HTTP types.
 
 - ``encrypt_ingest_blob``: blob trigger on ``%INGEST_CONTAINER%/{name}``; SDK-type binding,
   so the host hands over a client (names only) and never loads the blob into memory.
-- ``download_file``, ``file_metadata``, ``find_file``, ``metrics``: HTTP, function key.
+- ``download_file``, ``delete_file``, ``file_metadata``, ``find_file`` (lookup and listing),
+  ``upload_file`` (encrypts a request body on the fly), ``metrics``: HTTP, function key.
 - ``health``: HTTP, anonymous.
 - ``rotate_keys``: timer on ``%ROTATION_SCHEDULE%``.
 - ``reconcile``: timer on ``%RECONCILE_SCHEDULE%``: repairs what faults and races left behind.
@@ -51,6 +52,11 @@ async def download_file(req: Request) -> Response:
     return await _http(http_api.download, req)
 
 
+@app.route(route="files/{file_id}", methods=["DELETE"])
+async def delete_file(req: Request) -> Response:
+    return await _http(http_api.delete, req)
+
+
 @app.route(route="files/{file_id}/metadata", methods=["GET"])
 async def file_metadata(req: Request) -> Response:
     return await _http(http_api.metadata, req)
@@ -59,6 +65,11 @@ async def file_metadata(req: Request) -> Response:
 @app.route(route="files", methods=["GET"])
 async def find_file(req: Request) -> Response:
     return await _http(http_api.find_file, req)
+
+
+@app.route(route="files", methods=["POST"])
+async def upload_file(req: Request) -> Response:
+    return await _http(http_api.upload, req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -50,7 +50,7 @@ async def serve(*, port: int, poll_seconds: float, settings: Mapping[str, str]) 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app_module = importlib.import_module("function_app")
     specs = discover(app_module.app)
-    http_app = build_http_app(specs, function_key=settings.get("LOCAL_FUNCTION_KEY", ""))
+    http_app = build_http_app(specs, function_keys=list(bootstrap.load_settings().local_keys.values()))
     server = uvicorn.Server(uvicorn.Config(http_app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
     tasks = [asyncio.create_task(r.run()) for r in background_tasks(specs, settings, poll_seconds)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from shared.audit import AuditLog
 from shared.blobs import BlobStore, Container
 from shared.config import Settings
 from shared.db.pool import Database
@@ -29,6 +30,7 @@ from shared.rotation import RotationPolicy, Rotator
 from shared.service import FileService
 from shared.telemetry import configure_telemetry
 from shared.transfer import Transfer
+from shared.upload import Uploader
 from shared.vault.base import KeyVault
 from shared.vault.cache import CachedKeyVault
 
@@ -160,10 +162,14 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None) -> Serv
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                       policy=rotation_policy(settings))
     reconciler = Reconciler(db=db, keys=keys, vault=vault, ingest=ingest, protected=protected, ingestor=ingestor,
-                            rotator=rotator, policy=reconcile_policy(settings), keep_plaintext=settings.keep_plaintext)
+                            rotator=rotator, policy=reconcile_policy(settings), keep_plaintext=settings.keep_plaintext,
+                            audit_retention=timedelta(days=settings.audit_retention_days))
+    uploader = Uploader(db=db, keys=keys, protected=protected, transfer=transfer(settings),
+                        max_bytes=settings.upload_max_mb * 1024 * 1024)
+    audit = AuditLog(db, fail_open=settings.audit_fail_open, key_names=settings.key_names)
     files = FileService(db=db, keys=keys, protected=protected, ingestor=ingestor, rotator=rotator,
-                        reconciler=reconciler, probes={"storage": protected.ping, "database": db.ping,
-                                                       "vault": keys.check_vault},
+                        reconciler=reconciler, uploader=uploader, audit=audit,
+                        probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
                         plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
     return Services(settings, db, vault, keys, blobs, ingest, protected, files)
 

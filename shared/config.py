@@ -13,6 +13,7 @@ settings (client secret, database URL, connection strings, function key) stay ou
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
@@ -23,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 from shared.errors import ConfigError
 
 __all__ = [
-    "DATA_STORAGE", "HOST_SETTINGS", "LOCAL_STORAGE", "Settings", "Spec", "redact_url", "render_default", "setting",
-    "specs",
+    "DATA_STORAGE", "HOST_SETTINGS", "LOCAL_STORAGE", "Settings", "Spec", "key_fingerprint", "redact_url",
+    "render_default", "setting", "specs",
 ]
 
 T = TypeVar("T")
@@ -82,6 +83,17 @@ HOST_SETTINGS = (
     HostSetting("AzureWebJobsStorage", LOCAL_STORAGE, "Functions host: its own storage (timers, receipts, leases)"),
     HostSetting("PYTHON_ENABLE_INIT_INDEXING", "1", "Functions host: needed for HTTP streaming on Python <= 3.12"),
 )
+
+
+def key_fingerprint(key: str) -> str:
+    """What identifies a function key (in the access log, in FUNCTION_KEY_NAMES) without revealing it."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _pairs(text: str, separator: str) -> list[tuple[str, str]]:
+    """``a<sep>b,c<sep>d`` as pairs; malformed entries are reported by ``_app_problems``."""
+    pairs = [item.strip().partition(separator) for item in text.split(",") if item.strip()]
+    return [(name.strip(), value.strip()) for name, sep, value in pairs if sep and name.strip() and value.strip()]
 
 
 def _parse_bool(value: str) -> bool:
@@ -198,11 +210,40 @@ class Settings:
     plaintext_alert_minutes: int = setting(
         "PLAINTEXT_ALERT_MINUTES", 30, "health is `degraded` while an upload older than this is still plaintext",
         low=1, high=7 * 24 * 60)
+    audit_fail_open: bool = setting(
+        "AUDIT_FAIL_OPEN", False, "`false`: an access that cannot be written to the access log is refused (503); "
+        "`true`: it is served, and the failure counted and logged")
+    audit_retention_days: int = setting(
+        "AUDIT_RETENTION_DAYS", 365, "access log rows older than this are purged by the reconciler",
+        low=1, high=36500)
+    function_key_names: str = setting(
+        "FUNCTION_KEY_NAMES", "", "names for function keys in the access log: `name:fingerprint,...` "
+        "(fingerprint: `blobseal key-fingerprint`); unnamed keys are logged by fingerprint")
+    upload_max_mb: int = setting(
+        "UPLOAD_MAX_MB", 10240, "largest body `POST /api/files` accepts (413 beyond)", low=1, high=4 * 1024 * 1024)
+    local_function_keys: str = setting(
+        "LOCAL_FUNCTION_KEYS", "", "more keys the local host accepts, named: `name=key,...` (the access log "
+        "shows the name)", secret=True)
     local_function_key: str = setting(
         "LOCAL_FUNCTION_KEY", "", "the function key the local host checks (`x-functions-key` or `?code=`)",
         secret=True, example="local-dev-key")
     app_insights_connection_string: str = setting(
         "APPLICATIONINSIGHTS_CONNECTION_STRING", "", "enables Azure Monitor export", secret=True)
+
+    @property
+    def key_names(self) -> dict[str, str]:
+        """Function key fingerprint -> name, from FUNCTION_KEY_NAMES and the local keys."""
+        names = {key_fingerprint(key): name for name, key in self.local_keys.items()}
+        names.update({fp: name for name, fp in _pairs(self.function_key_names, ":")})
+        return names
+
+    @property
+    def local_keys(self) -> dict[str, str]:
+        """The keys the local host accepts, by name (``default``: LOCAL_FUNCTION_KEY)."""
+        keys = dict(_pairs(self.local_function_keys, "="))
+        if self.local_function_key:
+            keys.setdefault("default", self.local_function_key)
+        return keys
 
     @property
     def chunk_size(self) -> int:
@@ -255,6 +296,11 @@ class Settings:
                                ("RECONCILE_SCHEDULE", self.reconcile_schedule)):
             if not _NCRONTAB.fullmatch(schedule):
                 problems.append(f"{name} must be a 6-field NCRONTAB expression, got {schedule!r}")
+        for name, text, separator in (("FUNCTION_KEY_NAMES", self.function_key_names, ":"),
+                                      ("LOCAL_FUNCTION_KEYS", self.local_function_keys, "=")):
+            entries = [item for item in text.split(",") if item.strip()]
+            if len(_pairs(text, separator)) != len(entries):
+                problems.append(f"{name} must be a list of name{separator}value pairs separated by commas")
         if not self.data_storage_connection and not self.data_storage_blob_uri:
             problems.append(f"{DATA_STORAGE} (connection string) or {DATA_STORAGE}__blobServiceUri is required")
         return problems

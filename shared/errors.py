@@ -15,7 +15,8 @@ The tree::
     │   ├── KeyMissingError            a recorded key is not in the vault (an operator must restore it)
     │   └── RotationConflictError      another worker holds the rotation of this file
     ├── DatabaseError                  PostgreSQL refused a statement or the schema disagrees
-    │   └── DatabaseUnavailableError   the database did not answer (transient; retry later)
+    │   ├── DatabaseUnavailableError   the database did not answer (transient; retry later)
+    │   └── AuditUnavailableError      the access log cannot be written: access refused (fail-closed)
     ├── EncryptionError                encryption or decryption failed
     │   ├── FormatError                not a blobseal file, or a header we refuse
     │   └── IntegrityError             authentication failed: tampered data or wrong key
@@ -25,11 +26,12 @@ The tree::
     │   └── StorageUnavailableError    storage did not answer (transient; retry later)
     └── FileError                      a request about a file cannot be served
         ├── UnknownFileError           no such file id or name
-        ├── FileNotReadyError          the file is not encrypted yet
+        ├── FileNotReadyError          the file is not encrypted yet (or was deleted)
         ├── RangeNotSatisfiableError   a well-formed range outside the file
         ├── UploadConflictError        an upload reuses a file id held by other content or another name
         ├── UploadRaceError            an older attempt held the upload's row (transient; retried)
         └── InvalidRequestError        malformed id, range or header
+            └── UploadTooLargeError    an upload body over UPLOAD_MAX_MB
 
 ``transient`` marks the errors worth retrying soon (a dependency that did not answer): the
 ingest retries them with backoff, for minutes. Everything else is retried later by the
@@ -49,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "AuditUnavailableError",
     "BlobChangedError",
     "BlobNotFoundError",
     "BlobsealError",
@@ -75,6 +78,7 @@ __all__ = [
     "UnknownFileError",
     "UploadConflictError",
     "UploadRaceError",
+    "UploadTooLargeError",
     "VaultMissingError",
     "VaultUnavailableError",
     "is_transient",
@@ -181,6 +185,10 @@ class DatabaseUnavailableError(DatabaseError):
     transient = True
 
 
+class AuditUnavailableError(DatabaseError):
+    pass
+
+
 class EncryptionError(BlobsealError):
     default_operation = "encryption"
 
@@ -223,6 +231,10 @@ class FileNotReadyError(FileError):
 
 class InvalidRequestError(FileError):
     pass
+
+
+class UploadTooLargeError(InvalidRequestError):
+    permanent = True
 
 
 class RangeNotSatisfiableError(FileError):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import mimetypes
 import random
 import re
 import time
@@ -60,7 +61,9 @@ from shared.keys import FileKeyService
 from shared.metrics import BYTES_PROCESSED, FILE_SIZE, INGEST_RETRIES, OPERATION_SECONDS, OPERATIONS
 from shared.transfer import Transfer, seal
 
-__all__ = ["IngestOutcome", "Ingestor", "RetryPolicy", "identify_upload", "protected_blob_name", "upload_tag"]
+__all__ = [
+    "IngestOutcome", "Ingestor", "RetryPolicy", "guess_type", "identify_upload", "protected_blob_name", "upload_tag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,13 @@ def protected_blob_name(file_id: uuid.UUID, key_reference: str, source_etag: str
     if source_etag is None:
         return f"{file_id}/{version}.bseal"
     return f"{file_id}/{version}.{hashlib.sha256(source_etag.encode()).hexdigest()[:12]}.bseal"
+
+
+def guess_type(given: str | None, name: str) -> str:
+    """The uploader's content type, else a guess from the name, else ``application/octet-stream``."""
+    if given and given.split(";")[0].strip() not in ("", "application/octet-stream"):
+        return given
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def upload_tag(name: str) -> str:
@@ -172,7 +182,7 @@ class Ingestor:
         file_id, display = identify_upload(name, info.etag)
         async with self._db.transaction("register_file") as conn:
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
-                                                         name=display, content_type=info.content_type)
+                                                         name=display, content_type=guess_type(info.content_type, name))
         if record.pending_etag != info.etag or record.source_name != name:
             return await self._not_ours(name, info.etag, record)
         key_ref = (await self._keys.create_key(file_id)).key_reference
@@ -186,7 +196,8 @@ class Ingestor:
         async with self._db.transaction("mark_encrypted") as conn:
             files = FileRepository(conn)
             marked, replaced = await files.mark_encrypted(
-                file_id, source_name=name, source_etag=info.etag, name=display, content_type=info.content_type,
+                file_id, source_name=name, source_etag=info.etag, name=display,
+                content_type=guess_type(info.content_type, name),
                 size=size, key_reference=key_ref, protected_blob=blob_name, now=self._clock())
             if marked:
                 await FailureRepository(conn).clear(name)
@@ -201,7 +212,11 @@ class Ingestor:
         return IngestOutcome("encrypted", file_id)
 
     async def _not_ours(self, name: str, etag: str, record: FileRecord) -> IngestOutcome:
-        """The file id's row belongs to another upload name (refused) or holds this content already."""
+        """The file id's row belongs to another upload name or a deleted file (refused), or holds this
+        content already (a duplicate)."""
+        if record.status == "deleted":
+            raise UploadConflictError("this file id belongs to a deleted file; upload refused and kept in ingest",
+                                      operation="ingest", details={"file_id": str(record.file_id)})
         if record.source_name != name:
             raise UploadConflictError("the file id at the start of this name is already used by another upload; "
                                       "upload refused and kept in ingest", operation="ingest",

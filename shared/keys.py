@@ -207,6 +207,11 @@ class FileKeyService:
             return await repo.rotation_failed(file_id, key_reference, error=error,
                                               next_attempt_at=self._clock() + wait)
 
+    async def force_release(self, file_id: uuid.UUID) -> bool:
+        """Release the file's rotation claim whoever holds it (an operator's decision); False if none."""
+        async with self._db.transaction("force_release") as conn:
+            return await FileKeyRepository(conn).release_any_claim(file_id)
+
     async def stalled_rotations(self, limit: int = 100) -> list[FileKey]:
         """Active keys whose rotation was begun and left (lease run out, or a pending key without a claim)."""
         async with self._db.connection("stalled_rotations") as conn:

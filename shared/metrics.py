@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
+    "AUDIT_FAILURES",
     "BYTES_PROCESSED",
     "ERRORS",
     "FAILED_UPLOADS",
@@ -68,6 +69,9 @@ INTEGRITY_FAILURES = Counter(
     ["operation"], registry=REGISTRY)
 KEYS_MISSING = Counter(
     "blobseal_keys_missing_total", "Recorded keys the vault did not have (an operator must restore them).",
+    registry=REGISTRY)
+AUDIT_FAILURES = Counter(
+    "blobseal_audit_failures_total", "Access log writes that failed (the access was refused unless fail-open).",
     registry=REGISTRY)
 REPAIRS = Counter("blobseal_repairs_total", "Repairs made by the reconciler, by kind.", ["kind"], registry=REGISTRY)
 INGEST_RETRIES = Counter(

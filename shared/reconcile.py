@@ -44,6 +44,7 @@ from shared.ingest import Ingestor, identify_upload
 from shared.keys import FileKeyService
 from shared.metrics import FAILED_UPLOADS, OLDEST_PLAINTEXT, REPAIRS
 from shared.rotation import Rotator
+from shared.upload import UPLOAD_ATTEMPT_PREFIX
 from shared.vault.base import KeyVault, secret_name
 
 __all__ = ["ReconcilePolicy", "ReconcileReport", "Reconciler"]
@@ -84,11 +85,13 @@ class ReconcileReport:
 class Reconciler:
     def __init__(self, *, db: Database, keys: FileKeyService, vault: KeyVault, ingest: Container,
                  protected: Container, ingestor: Ingestor, rotator: Rotator, policy: ReconcilePolicy,
-                 keep_plaintext: bool = False, clock: Clock = utcnow) -> None:
+                 keep_plaintext: bool = False, audit_retention: timedelta = timedelta(days=365),
+                 clock: Clock = utcnow) -> None:
         self._db, self._keys, self._vault = db, keys, vault
         self._ingest, self._protected = ingest, protected
         self._ingestor, self._rotator = ingestor, rotator
         self._policy, self._keep_plaintext, self._clock = policy, keep_plaintext, clock
+        self._audit_retention = audit_retention
 
     async def run(self) -> ReconcileReport:
         """One bounded pass over every kind of repair (skipped while another instance runs one)."""
@@ -99,7 +102,8 @@ class Reconciler:
                 return report
             try:
                 for step in (self._stranded_uploads, self._stale_pending, self._orphan_blobs,
-                             self._unrecorded_versions, self._stalled_rotations):
+                             self._unrecorded_versions, self._stalled_rotations, self._unfinished_deletions,
+                             self._access_log_retention):
                     await self._guarded(step, report)
                 await self._publish(report)
             finally:
@@ -158,7 +162,10 @@ class Reconciler:
             report.count("stale_pending", record.file_id, "attempt of a vanished upload dropped")
 
     async def _upload_still_there(self, record: FileRecord) -> bool:
-        """Whether the upload this row waits for can still arrive: its name holds content with this id."""
+        """Whether the upload this row waits for can still arrive: its name holds content with this id
+        (an upload over HTTP that stopped touching its row never comes back)."""
+        if (record.pending_etag or "").startswith(UPLOAD_ATTEMPT_PREFIX):
+            return False
         try:
             info = await self._ingest.info(record.source_name)
         except BlobNotFoundError:
@@ -226,6 +233,24 @@ class Reconciler:
                 await self._keys.rotation_failed(key.file_id, key.key_reference, error=str(exc))
                 continue
             report.count("stalled_rotation", key.file_id, "rotation left half way resumed and finished")
+
+    # --- deletions, retention -----------------------------------------------------------------
+
+    async def _unfinished_deletions(self, report: ReconcileReport) -> None:
+        async with self._db.connection("reconcile_deletions") as conn:
+            leftovers = await FileRepository(conn).deleted_with_leftovers(self._policy.batch_size)
+        for file_id in leftovers:
+            blobs, _ = await self._protected.page(prefix=f"{file_id}/", size=1000, uncommitted=True)
+            for blob in blobs:
+                await self._protected.discard(blob.name)
+            await self._keys.delete_file_keys(file_id)
+            report.count("unfinished_deletion", file_id, "deletion that stopped half way finished")
+
+    async def _access_log_retention(self, report: ReconcileReport) -> None:
+        async with self._db.connection("access_log_retention") as conn:
+            purged = int(await conn.fetchval("SELECT purge_access_log($1)", self._clock() - self._audit_retention))
+        if purged:
+            report.repairs["access_log_purged"] = purged
 
     # --- plumbing ---------------------------------------------------------------------------
 

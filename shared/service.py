@@ -9,11 +9,14 @@ file record, a verified body): HTTP lives in ``shared.http_api``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.audit import SYSTEM, Access, AuditLog
 from shared.blobs import Container
 from shared.clock import Clock, utcnow
 from shared.db.failures import FailureRecord, FailureRepository
@@ -25,6 +28,7 @@ from shared.ingest import Ingestor, IngestOutcome
 from shared.keys import FileKeyService
 from shared.reconcile import LAST_RUN_STATE, OLDEST_PLAINTEXT_STATE, Reconciler, ReconcileReport
 from shared.rotation import RotationReport, Rotator
+from shared.upload import Uploader, UploadRequest
 
 __all__ = ["FileService", "parse_file_id"]
 
@@ -46,10 +50,12 @@ def parse_file_id(text: str) -> uuid.UUID:
 
 class FileService:
     def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, ingestor: Ingestor,
-                 rotator: Rotator, reconciler: Reconciler, probes: Mapping[str, Probe],
-                 plaintext_alert: timedelta = timedelta(minutes=30), clock: Clock = utcnow) -> None:
+                 rotator: Rotator, reconciler: Reconciler, uploader: Uploader, audit: AuditLog,
+                 probes: Mapping[str, Probe], plaintext_alert: timedelta = timedelta(minutes=30),
+                 clock: Clock = utcnow) -> None:
         self._db, self._keys, self._protected = db, keys, protected
         self._ingestor, self.rotator, self._reconciler = ingestor, rotator, reconciler
+        self._uploader, self.audit = uploader, audit
         self._probes = dict(probes)
         self._plaintext_alert, self._clock = plaintext_alert, clock
 
@@ -62,9 +68,7 @@ class FileService:
     async def find_by_name(self, name: str | None) -> dict[str, Any]:
         if not name:
             raise InvalidRequestError("query parameter 'name' is required", operation="find_file")
-        if "\x00" in name or len(name) > MAX_BLOB_NAME:  # PostgreSQL text cannot hold NUL; no blob name is longer
-            raise InvalidRequestError(f"name must be a blob name: no NUL, at most {MAX_BLOB_NAME} characters",
-                                      operation="find_file")
+        _check_name(name)  # PostgreSQL text cannot hold NUL; no blob name is longer
         async with self._db.connection("find_file") as conn:
             record = await FileRepository(conn).by_source_name(name)
         if record is None:
@@ -74,6 +78,9 @@ class FileService:
     async def encrypted_file(self, file_id_text: str) -> FileRecord:
         """The record of a file that can be read (``FileNotReadyError`` while it is not encrypted)."""
         record = await self._record(parse_file_id(file_id_text))
+        if record.status == "deleted":
+            raise UnknownFileError("the file was deleted", operation="download",
+                                   details={"file_id": str(record.file_id)})
         if record.status != "encrypted" or record.size is None or record.key_reference is None:
             raise FileNotReadyError("file is not encrypted yet", operation="download",
                                     details={"file_id": str(record.file_id)})
@@ -85,10 +92,68 @@ class FileService:
         key = await self._keys.get_key(record.key_reference)
         return await open_span(self._protected, record, key, span)
 
-    async def rotate_file(self, file_id_text: str) -> str:
-        reference = await self.rotator.rotate_file(parse_file_id(file_id_text))
+    async def rotate_file(self, file_id_text: str, access: Access = SYSTEM) -> str:
+        file_id = parse_file_id(file_id_text)
+        try:
+            reference = await self.rotator.rotate_file(file_id)
+        except BlobsealError as exc:
+            await self.audit.record("rotate", access, file_id=file_id, outcome=type(exc).__name__, required=False)
+            raise
         assert reference is not None  # unconditional rotation always yields a new key
+        await self.audit.record("rotate", access, file_id=file_id, required=False)
         return reference
+
+    async def release_rotation(self, file_id_text: str) -> bool:
+        """Give up a rotation claim whoever holds it (an operator's way out of a stuck one)."""
+        return await self._keys.force_release(parse_file_id(file_id_text))
+
+    async def list_files(self, *, prefix: str = "", status: str | None = None, limit: int = 100,
+                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of files by upload name; the cursor of the next page, or None at the end."""
+        if status not in (None, "pending", "encrypted", "deleted"):
+            raise InvalidRequestError("status must be pending, encrypted or deleted", operation="list_files")
+        if not 1 <= limit <= 1000:
+            raise InvalidRequestError("limit must be from 1 to 1000", operation="list_files")
+        _check_name(prefix, allow_empty=True)
+        async with self._db.connection("list_files") as conn:
+            page = await FileRepository(conn).listed(prefix=prefix, status=status, after=_cursor(cursor),
+                                                     limit=limit + 1)
+        views = [_view(record, expires) for record, expires in page[:limit]]
+        last = page[limit - 1][0] if len(page) > limit else None
+        return views, (_next_cursor(last.source_name, last.file_id) if last else None)
+
+    async def delete(self, file_id_text: str, access: Access) -> dict[str, Any]:
+        """Erase a file: its blobs and every key version go; the row stays as a tombstone (who, when).
+
+        Idempotent: a deletion that stopped half way is finished by calling it again (or by the
+        reconciler). After it no key exists that could open any copy of the file.
+        """
+        file_id = parse_file_id(file_id_text)
+        await self._record(file_id)
+        async with self._db.transaction("delete_file") as conn:
+            record = await FileRepository(conn).mark_deleted(file_id, by=access.caller, now=self._clock())
+        assert record is not None
+        await self.erase(file_id)
+        await self.audit.record("delete", access, file_id=file_id, required=False)
+        return _view(record, None)
+
+    async def erase(self, file_id: uuid.UUID) -> None:
+        """The blobs (every version and staged block) and the keys of a deleted file."""
+        blobs, _ = await self._protected.page(prefix=f"{file_id}/", size=1000, uncommitted=True)
+        for blob in blobs:
+            await self._protected.discard(blob.name)
+        async with self._db.transaction("erase_file") as conn:
+            await FileRepository(conn).forget_retired_of(file_id)
+        await self._keys.delete_file_keys(file_id)
+
+    async def upload(self, request: UploadRequest, body: AsyncIterator[bytes], access: Access) -> dict[str, Any]:
+        try:
+            record = await self._uploader.upload(request, body)
+        except BlobsealError as exc:
+            await self.audit.record("upload", access, outcome=type(exc).__name__, required=False)
+            raise
+        await self.audit.record("upload", access, file_id=record.file_id, bytes_sent=record.size, required=False)
+        return await self._view(record)
 
     async def expire_key(self, file_id_text: str) -> str:
         """Make the file's key due now (the next rotation run rotates it); returns the new expiry."""
@@ -142,19 +207,48 @@ class FileService:
         return record
 
     async def _view(self, record: FileRecord) -> dict[str, Any]:
-        """The metadata a client may see: never key material."""
         expires = None
         if record.status == "encrypted":
             expires = (await self._keys.active_key(record.file_id)).expires_at
-        return {
-            "file_id": str(record.file_id),
-            "name": record.name,
-            "source_name": record.source_name,
-            "size": record.size,
-            "content_type": record.content_type,
-            "status": record.status,
-            "created_at": record.created_at.isoformat(),
-            "encrypted_at": record.encrypted_at.isoformat() if record.encrypted_at else None,
-            "key_reference": record.key_reference,
-            "key_expires_at": expires.isoformat() if expires else None,
-        }
+        return _view(record, expires)
+
+
+def _view(record: FileRecord, key_expires_at: datetime | None) -> dict[str, Any]:
+    """The metadata a client may see: never key material."""
+    view = {
+        "file_id": str(record.file_id),
+        "name": record.name,
+        "source_name": record.source_name,
+        "size": record.size,
+        "content_type": record.content_type,
+        "status": record.status,
+        "created_at": record.created_at.isoformat(),
+        "encrypted_at": record.encrypted_at.isoformat() if record.encrypted_at else None,
+        "key_reference": record.key_reference,
+        "key_expires_at": key_expires_at.isoformat() if key_expires_at else None,
+    }
+    if record.status == "deleted":
+        view.update(deleted_at=record.deleted_at.isoformat() if record.deleted_at else None,
+                    deleted_by=record.deleted_by)
+    return view
+
+
+def _check_name(name: str, *, allow_empty: bool = False) -> None:
+    if (not name and not allow_empty) or "\x00" in name or len(name) > MAX_BLOB_NAME:
+        raise InvalidRequestError(f"a name is a blob name: no NUL, at most {MAX_BLOB_NAME} characters",
+                                  operation="find_file")
+
+
+def _next_cursor(name: str, file_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(json.dumps([name, str(file_id)]).encode()).decode()
+
+
+def _cursor(text: str | None) -> tuple[str, uuid.UUID] | None:
+    if not text:
+        return None
+    try:
+        name, file_id = json.loads(base64.urlsafe_b64decode(text.encode()))
+        return str(name), uuid.UUID(file_id)
+    except (ValueError, TypeError):
+        raise InvalidRequestError("malformed cursor (pass back next_cursor as it came)", operation="list_files") \
+            from None

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from shared import bootstrap
+from shared.audit import cli_access
 from shared.cli.io import atomic_output
 from shared.config import Settings, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
@@ -59,7 +60,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_rotate(args: argparse.Namespace) -> int:
     if args.file_id:
-        reference = _with_service(args, lambda s: s.rotate_file(args.file_id))
+        reference = _with_service(args, lambda s: s.rotate_file(args.file_id, cli_access()))
         print(json.dumps({"rotated": [args.file_id], "key_reference": reference}))
         return 0
     report = _with_service(args, lambda s: s.rotate_due(limit=args.limit))

@@ -97,6 +97,12 @@ class FileKeyRepository:
         )
         return _count(status) == 1
 
+    async def release_any_claim(self, file_id: uuid.UUID) -> bool:
+        status = await self._conn.execute(
+            "UPDATE file_keys SET rotation_claimed_by = NULL, rotation_claimed_at = NULL, rotation_lease_until = NULL "
+            "WHERE file_id = $1 AND state = 'active' AND rotation_claimed_by IS NOT NULL", file_id)
+        return _count(status) == 1
+
     async def retire_claimed(self, file_id: uuid.UUID, reference: str, worker: str, *, now: datetime) -> bool:
         """Retire the active key if ``worker`` still holds its rotation claim."""
         status = await self._conn.execute(

@@ -19,7 +19,7 @@ from typing import Any, Literal
 __all__ = ["FileRecord", "FileRepository", "FileStatus"]
 
 
-FileStatus = Literal["pending", "encrypted"]
+FileStatus = Literal["pending", "encrypted", "deleted"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class FileRecord:
     encrypted_at: datetime | None
     updated_at: datetime
     pending_etag: str | None = None  # the ETag of the newest attempt in flight (a first upload or a new version)
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
 
 
 _FIELDS = tuple(f.name for f in fields(FileRecord))
@@ -63,7 +65,7 @@ class FileRepository:
             VALUES ($1, $2, $3, $3, $4, $5)
             ON CONFLICT (file_id) DO UPDATE
                SET pending_etag = EXCLUDED.pending_etag, updated_at = now()
-             WHERE files.source_name = EXCLUDED.source_name
+             WHERE files.source_name = EXCLUDED.source_name AND files.status <> 'deleted'
                AND NOT (files.status = 'encrypted' AND files.source_etag = EXCLUDED.source_etag)
             RETURNING *"""
         row = await self._conn.fetchrow(sql, file_id, source_name, source_etag, name, content_type)
@@ -116,6 +118,40 @@ class FileRepository:
         status = await self._conn.execute(
             "UPDATE files SET pending_etag = NULL WHERE file_id = $1 AND pending_etag = $2", file_id, pending_etag)
         return "kept" if str(status) == "UPDATE 1" else None
+
+    async def mark_deleted(self, file_id: uuid.UUID, *, by: str, now: datetime) -> FileRecord | None:
+        """Keep the row as a tombstone (who, when); it points at no blob and no key any more."""
+        sql = """
+            UPDATE files SET status = 'deleted', deleted_at = COALESCE(deleted_at, $3),
+                   deleted_by = COALESCE(deleted_by, $2), protected_blob = NULL, key_reference = NULL,
+                   pending_etag = NULL, updated_at = $3
+             WHERE file_id = $1 RETURNING *"""
+        return _record(await self._conn.fetchrow(sql, file_id, by, now))
+
+    async def listed(self, *, prefix: str, status: str | None, after: tuple[str, uuid.UUID] | None,
+                     limit: int) -> list[tuple[FileRecord, datetime | None]]:
+        """Files whose upload name starts with ``prefix``, by name then id, after the cursor; with the
+        active key's expiry (one query, index ``files_listing``)."""
+        sql = """
+            SELECT f.*, k.expires_at AS key_expires_at FROM files f
+              LEFT JOIN file_keys k ON k.file_id = f.file_id AND k.state = 'active'
+             WHERE f.source_name LIKE $1 ESCAPE '\\' AND ($2::text IS NULL OR f.status = $2)
+               AND ($3::text IS NULL OR (f.source_name, f.file_id) > ($3, $4::uuid))
+             ORDER BY f.source_name, f.file_id LIMIT $5"""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = await self._conn.fetch(sql, pattern, status, after[0] if after else None, after[1] if after else None,
+                                      limit)
+        return [(record, row["key_expires_at"]) for row in rows if (record := _record(row)) is not None]
+
+    async def deleted_with_leftovers(self, limit: int) -> list[uuid.UUID]:
+        """Deleted files that still have key rows (a deletion that stopped half way)."""
+        sql = """
+            SELECT f.file_id FROM files f WHERE f.status = 'deleted'
+               AND EXISTS (SELECT 1 FROM file_keys k WHERE k.file_id = f.file_id) LIMIT $1"""
+        return [r["file_id"] for r in await self._conn.fetch(sql, limit)]
+
+    async def forget_retired_of(self, file_id: uuid.UUID) -> None:
+        await self._conn.execute("DELETE FROM retired_blobs WHERE file_id = $1", file_id)
 
     async def updated_since(self, since: datetime, limit: int) -> list[FileRecord]:
         """Rows changed at or after ``since``, oldest change first (index ``files_updated``)."""

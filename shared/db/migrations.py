@@ -123,10 +123,54 @@ CREATE TABLE reconciler_state (
 );
 """
 
+# Day two: who accessed what (append-only), and deleted files kept as tombstones.
+_ACCESS_LOG = """
+CREATE TABLE access_log (
+    id BIGSERIAL PRIMARY KEY,
+    at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    operation TEXT NOT NULL,
+    file_id UUID,
+    caller TEXT NOT NULL,
+    client_address TEXT,
+    range_start BIGINT,
+    range_end BIGINT,
+    bytes_sent BIGINT,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX access_log_at ON access_log (at);
+CREATE INDEX access_log_file ON access_log (file_id, at);
+CREATE INDEX access_log_caller ON access_log (caller, at);
+-- Append-only: rows are never changed; they go only through purge_access_log (retention).
+CREATE FUNCTION access_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('blobseal.access_log_purge', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'access_log is append-only' USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE TRIGGER access_log_append_only BEFORE UPDATE OR DELETE ON access_log
+    FOR EACH ROW EXECUTE FUNCTION access_log_append_only();
+CREATE FUNCTION purge_access_log(older_than TIMESTAMP WITH TIME ZONE) RETURNS BIGINT
+    LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE purged BIGINT;
+BEGIN
+    PERFORM set_config('blobseal.access_log_purge', 'on', true);
+    DELETE FROM access_log WHERE at < older_than;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    PERFORM set_config('blobseal.access_log_purge', 'off', true);
+    RETURN purged;
+END $$;
+ALTER TABLE files DROP CONSTRAINT files_status_check;
+ALTER TABLE files ADD CONSTRAINT files_status_check CHECK (status IN ('pending', 'encrypted', 'deleted'));
+ALTER TABLE files ADD COLUMN deleted_at TIMESTAMP WITH TIME ZONE, ADD COLUMN deleted_by TEXT;
+CREATE INDEX files_listing ON files (source_name, file_id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "file_keys", _FILE_KEYS),
     Migration(2, "files", _FILES),
     Migration(3, "reliability", _RELIABILITY),
+    Migration(4, "access_log", _ACCESS_LOG),
 )
 
 _CREATE_LEDGER = """

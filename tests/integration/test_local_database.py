@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from localinfra.postgres import DatabaseProblem, database, with_database
-from shared.db import migrate
+from shared.db import MIGRATIONS, migrate
 
 pytestmark = pytest.mark.postgres
 
@@ -35,7 +35,7 @@ def test_with_nothing_set_and_nothing_answering_an_embedded_server_starts_and_st
     with database(None, tmp_path / "pgdata", default=dead_url()) as url:
         assert "host=" in url and str(tmp_path) not in url.split("?")[0]  # a unix socket, no TCP port
         applied = asyncio.run(migrate(with_database(url, "postgres")))
-        assert applied == [1, 2, 3]
+        assert applied == [m.version for m in MIGRATIONS]
     assert not asyncio.run(answers(url))  # stopped with the command that started it
     with database(None, tmp_path / "pgdata", default=dead_url()) as again:  # data kept in the folder
         assert asyncio.run(migrate(again)) == []

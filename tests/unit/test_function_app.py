@@ -16,6 +16,8 @@ from azurefunctions.extensions.http.fastapi import Request
 EXPECTED = {
     "encrypt_ingest_blob": ("blobTrigger", {"path": "%INGEST_CONTAINER%/{name}", "connection": "DataStorage"}),
     "download_file": ("httpTrigger", {"route": "files/{file_id}", "methods": ["GET", "HEAD"], "authLevel": "function"}),
+    "delete_file": ("httpTrigger", {"route": "files/{file_id}", "methods": ["DELETE"], "authLevel": "function"}),
+    "upload_file": ("httpTrigger", {"route": "files", "methods": ["POST"], "authLevel": "function"}),
     "file_metadata": ("httpTrigger", {"route": "files/{file_id}/metadata", "methods": ["GET"],
                                       "authLevel": "function"}),
     "find_file": ("httpTrigger", {"route": "files", "methods": ["GET"], "authLevel": "function"}),
@@ -67,7 +69,7 @@ def test_trigger_bindings(functions: dict[str, Any], name: str) -> None:
 def test_parameter_types_pick_sdk_and_streaming_bindings(functions: dict[str, Any]) -> None:
     blob_fn = inspect.signature(functions["encrypt_ingest_blob"].get_user_function())
     assert blob_fn.parameters["client"].annotation is blob_ext.BlobClient
-    for name in ("download_file", "file_metadata", "find_file", "health", "metrics"):
+    for name in ("download_file", "delete_file", "upload_file", "file_metadata", "find_file", "health", "metrics"):
         assert inspect.signature(functions[name].get_user_function()).parameters["req"].annotation is Request
 
 
