@@ -11,7 +11,11 @@ import pytest
 
 from localinfra.azurite import Azurite, running_azurite
 from localinfra.postgres import DatabaseProblem, database, scratch_database
+from shared.bootstrap import Services
 from shared.db import Database, migrate
+from shared.vault.base import KeyVault
+from tests.integration.service_fixtures import open_stack, stack_settings
+from tests.support.stack import StackFactory
 
 # =========================================================================================
 # PostgreSQL
@@ -89,3 +93,27 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 
 
 # ============================================================================== end Azurite
+
+
+# =========================================================================================
+# The service stack
+#
+# ``make_stack(**settings)`` builds the real services (Azurite, the module's database, its
+# vault) for a test module that defines the ``database_url`` and ``vault_dir`` fixtures.
+# =========================================================================================
+
+
+@pytest.fixture
+async def make_stack(azurite: Azurite, database_url: str, vault_dir: Path) -> AsyncIterator[StackFactory]:
+    opened: list[Services] = []
+
+    async def make(*, vault: KeyVault | None = None, database_url_override: str | None = None,
+                   **overrides: str) -> Services:
+        settings = stack_settings(azurite, database_url_override or database_url, vault_dir,
+                                  **{"RECONCILE_AFTER_SECONDS": "0", "INGEST_RETRY_SECONDS": "30", **overrides})
+        opened.append(await open_stack(settings, vault=vault))
+        return opened[-1]
+
+    yield make
+    for services in opened:
+        await services.close()

@@ -9,20 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from shared import bootstrap
 from shared.audit import cli_access
-from shared.cli.io import atomic_output
-from shared.config import Settings, redact_url
+from shared.cli.io import UsageError, atomic_output
+from shared.config import Settings, key_fingerprint, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
 from shared.errors import BlobsealError
 from shared.service import FileService, parse_file_id
 
 __all__ = [
-    "run_decrypt_file", "run_expire", "run_failed", "run_migrate", "run_reconcile", "run_replay", "run_rotate",
-    "run_show",
+    "run_audit", "run_decrypt_file", "run_delete", "run_expire", "run_failed", "run_key_fingerprint", "run_list",
+    "run_migrate", "run_reconcile", "run_release", "run_replay", "run_rotate", "run_show",
 ]
 
 T = TypeVar("T")
@@ -112,6 +114,70 @@ def run_replay(args: argparse.Namespace) -> int:
     results = _with_service(args, work)
     print(json.dumps(results, indent=2))
     return 1 if any(r["outcome"] == "failed" for r in results) else 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    page, cursor = _with_service(args, lambda s: s.list_files(prefix=args.prefix, status=args.status,
+                                                              limit=args.limit, cursor=args.cursor))
+    if args.json:
+        print(json.dumps({"files": page, "next_cursor": cursor}, indent=2))
+        return 0
+    for view in page:
+        print(f"{view['file_id']}  {view['status']:<9}  {view['size'] if view['size'] is not None else '-':>12}  "
+              f"{view['source_name']}")
+    if cursor:
+        print(f"more: --cursor {cursor}", file=sys.stderr)
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    parse_file_id(args.file_id)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("delete erases the file and its keys for good: confirm with --yes")
+        if input(f"erase file {args.file_id} and every key that opens it? type yes: ").strip() != "yes":
+            print("not deleted", file=sys.stderr)
+            return 1
+    print(json.dumps(_with_service(args, lambda s: s.delete(args.file_id, cli_access())), indent=2))
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    file_id = parse_file_id(args.file_id) if args.file_id else None
+    since = _when(args.since) if args.since else None
+    records = _with_service(args, lambda s: s.audit.query(file_id=file_id, since=since, caller=args.caller,
+                                                           limit=args.limit))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in records], indent=2))
+        return 0
+    for r in records:
+        row = r.as_dict()
+        print(f"{row['at']}  {row['operation']:<9} {row['outcome']:<22} {row['caller']:<28} "
+              f"{row['file_id'] or '-':<36} range={row['range'] or '-'} bytes={row['bytes_sent']} "
+              f"from={row['client_address'] or '-'}")
+    return 0
+
+
+def run_release(args: argparse.Namespace) -> int:
+    released = _with_service(args, lambda s: s.release_rotation(args.file_id))
+    print(json.dumps({"file_id": args.file_id, "released": released}))
+    return 0
+
+
+def run_key_fingerprint(args: argparse.Namespace) -> int:
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise UsageError("give the function key on stdin (it is never printed or stored)")
+    print(key_fingerprint(key))
+    return 0
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since must be an ISO 8601 time, got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def run_decrypt_file(args: argparse.Namespace) -> int:

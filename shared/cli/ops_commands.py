@@ -1,5 +1,6 @@
 """Operator commands on the configured deployment: ``migrate``, ``show``, ``rotate``, ``expire``,
-``reconcile``, ``failed``, ``replay``, ``decrypt-file``.
+``reconcile``, ``failed``, ``replay``, ``list``, ``delete``, ``audit``, ``release``, ``key-fingerprint``,
+``decrypt-file``.
 
 Only the parser lives here: the commands' code (``shared.cli.operations``) pulls in the Azure
 SDK, asyncpg and the settings, so it is imported when one of them runs, never for the format
@@ -55,6 +56,35 @@ def register(commands: Any) -> None:
     which_uploads.add_argument("names", nargs="*", default=[], help="ingest blob names, as `failed` lists them")
     which_uploads.add_argument("--all", action="store_true", help="every upload `failed` lists")
     replay.set_defaults(handler=_lazy("run_replay"))
+
+    listing = commands.add_parser("list", help="list files by upload name (a page at a time)")
+    listing.add_argument("--prefix", default="", help="upload names starting with this")
+    listing.add_argument("--status", choices=("pending", "encrypted", "deleted"))
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--cursor", help="next_cursor of the previous page")
+    listing.add_argument("--json", action="store_true", help="the page as JSON (with next_cursor)")
+    listing.set_defaults(handler=_lazy("run_list"))
+
+    delete = commands.add_parser("delete", help="erase a file: blobs and every key version; a tombstone stays")
+    delete.add_argument("file_id")
+    delete.add_argument("--yes", action="store_true", help="do not ask")
+    delete.set_defaults(handler=_lazy("run_delete"))
+
+    audit = commands.add_parser("audit", help="the access log: who read, uploaded, rotated or deleted what")
+    audit.add_argument("--file-id")
+    audit.add_argument("--since", help="ISO 8601 time, e.g. 2026-11-30 or 2026-11-30T12:00Z")
+    audit.add_argument("--caller", help="e.g. key:alice, entra:someone@contoso.com, cli:user@host")
+    audit.add_argument("--limit", type=int, default=1000)
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(handler=_lazy("run_audit"))
+
+    release = commands.add_parser("release", help="give up a stuck rotation claim, whoever holds it")
+    release.add_argument("file_id")
+    release.set_defaults(handler=_lazy("run_release"))
+
+    fingerprint = commands.add_parser("key-fingerprint", help="the access log's name for a function key (read from "
+                                      "stdin), for FUNCTION_KEY_NAMES")
+    fingerprint.set_defaults(handler=_lazy("run_key_fingerprint"))
 
     decrypt = commands.add_parser("decrypt-file", help="decrypt a protected blob with the configured vault")
     decrypt.add_argument("file_id")

@@ -103,7 +103,7 @@ async def _storage_down(client: httpx.AsyncClient, host: DevHost, azurite: Azuri
     await asyncio.to_thread(azurite.stop)
     started = time.monotonic()
     code, body = await health(client, host)
-    assert code == 503 and time.monotonic() - started < 6  # health answers within 5 s (observed before: 87 s)
+    assert code == 503 and time.monotonic() - started < 8  # each probe is cut at 5 s (observed before: 87 s)
     assert body["dependencies"]["storage"] in ("StorageUnavailableError", "TimeoutError")  # type: ignore[index]
     assert "AccountKey" not in json.dumps(body)
     started = time.monotonic()

@@ -23,9 +23,9 @@ import pytest
 from localinfra.azurite import Azurite
 from localinfra.hostprocess import ROOT, DevHost, host_env
 from shared.bootstrap import Services
-from tests.faults.conftest import StackFactory, all_blobs, assert_clean
 from tests.integration.service_fixtures import blob_names, upload
 from tests.support.pg_proxy import PgProxy
+from tests.support.stack import StackFactory, all_blobs, assert_clean
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow, pytest.mark.long]
 

@@ -21,10 +21,10 @@ from localinfra.azurite import Azurite
 from shared.errors import KeyVaultError, VaultMissingError
 from shared.metrics import REGISTRY
 from shared.vault.azure import AzureKeyVault, RetryOptions
-from tests.faults.conftest import StackFactory, assert_clean
 from tests.integration.service_fixtures import blob_names, upload
 from tests.support import FakeCredential, KeyVaultServer, make_tls_material
 from tests.support.pg_proxy import PgProxy
+from tests.support.stack import StackFactory, assert_clean
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 

@@ -18,8 +18,9 @@ import pytest
 from localinfra.azurite import Azurite
 from shared.blobs import BlockWriter
 from shared.errors import UploadConflictError
-from tests.faults.conftest import TRIALS, StackFactory, all_blobs, assert_clean, download, pending_rows
+from tests.faults.conftest import TRIALS
 from tests.integration.service_fixtures import blob_names, upload
+from tests.support.stack import StackFactory, all_blobs, assert_clean, download, pending_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 

@@ -17,8 +17,8 @@ from shared.db.files import FileRepository
 from shared.errors import SecretDisabledError
 from shared.metrics import REGISTRY
 from shared.vault.base import parse_key_reference
-from tests.faults.conftest import StackFactory, all_blobs, assert_clean, download, enabled_unrecorded_versions
 from tests.integration.service_fixtures import blob_names, upload
+from tests.support.stack import StackFactory, all_blobs, assert_clean, download, enabled_unrecorded_versions
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 

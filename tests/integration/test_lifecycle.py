@@ -1,0 +1,133 @@
+"""The access log (append-only, fail-closed by default) and file deletion, against the real stack."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from localinfra.azurite import Azurite
+from shared.audit import Access
+from shared.bootstrap import Services
+from shared.errors import DatabaseError, UnknownFileError, UploadConflictError
+from shared.keys import FileKeyService
+from shared.metrics import REGISTRY
+from shared.upload import UploadRequest
+from tests.integration.service_fixtures import http_download, upload
+from tests.support.stack import StackFactory, all_blobs
+
+pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
+
+ALICE = Access("key:alice", "10.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def database_url(module_database_url: str) -> str:
+    return module_database_url
+
+
+@pytest.fixture(scope="module")
+def vault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vault") / "secrets"
+
+
+async def body(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def uploaded(stack: Services, data: bytes, name: str = "a.txt") -> str:
+    view = await stack.files.upload(UploadRequest(name, "text/plain"), body(data), ALICE)
+    return str(view["file_id"])
+
+
+async def test_the_access_log_is_append_only_and_purged_only_by_retention(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    await stack.files.audit.record("metadata", ALICE, file_id=uuid.uuid4())
+    async with stack.db.connection() as conn:
+        for statement in ("UPDATE access_log SET caller = 'someone else'", "DELETE FROM access_log"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute(statement)
+        total = await conn.fetchval("SELECT count(*) FROM access_log")
+        assert total >= 1
+        assert await conn.fetchval("SELECT purge_access_log(now() - interval '1 day')") == 0  # nothing that old
+        assert await conn.fetchval("SELECT purge_access_log(now() + interval '1 second')") == total
+    records = await stack.files.audit.query()
+    assert records == []
+
+
+async def test_an_access_that_cannot_be_logged_is_refused_unless_fail_open(
+        make_stack: StackFactory, azurite: Azurite) -> None:
+    closed = await make_stack()
+    open_ = await make_stack(AUDIT_FAIL_OPEN="true", INGEST_CONTAINER=closed.settings.ingest_container,
+                             PROTECTED_CONTAINER=closed.settings.protected_container)
+    file_id = await uploaded(closed, b"secret report")
+    async with closed.db.connection() as conn:
+        await conn.execute("ALTER TABLE access_log RENAME TO access_log_unavailable")
+    try:
+        before = REGISTRY.get_sample_value("blobseal_audit_failures_total") or 0.0
+        status, _, content = await http_download(closed, file_id)
+        assert status == 503 and json.loads(content)["error"] == "AuditUnavailableError"
+        status, _, content = await http_download(open_, file_id)
+        assert status == 200 and content == b"secret report"  # served, and the failure counted
+        assert (REGISTRY.get_sample_value("blobseal_audit_failures_total") or 0.0) >= before + 2
+    finally:
+        async with closed.db.connection() as conn:
+            await conn.execute("ALTER TABLE access_log_unavailable RENAME TO access_log")
+
+
+async def test_a_deletion_erases_blobs_and_keys_and_keeps_a_tombstone(
+        make_stack: StackFactory, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = await make_stack()
+    file_id = await uploaded(stack, b"x" * 200_000)
+    await stack.files.rotate_file(file_id)  # two key versions, a retired blob
+    real = FileKeyService.delete_file_keys
+
+    async def crash(self: FileKeyService, file_id: uuid.UUID) -> int:
+        raise DatabaseError("connection lost", operation="delete_file_keys")
+
+    monkeypatch.setattr(FileKeyService, "delete_file_keys", crash)
+    with pytest.raises(DatabaseError):
+        await stack.files.delete(file_id, ALICE)  # cut short after the tombstone
+    monkeypatch.setattr(FileKeyService, "delete_file_keys", real)
+    with pytest.raises(UnknownFileError):
+        await stack.files.encrypted_file(file_id)  # already unreadable
+    report = await stack.files.reconcile()
+    assert report.repairs.get("unfinished_deletion") == 1
+    tombstone = await stack.files.describe(file_id)
+    assert (tombstone["status"], tombstone["deleted_by"], tombstone["key_reference"]) == ("deleted", "key:alice", None)
+    assert await stack.vault.list_versions(f"file-{file_id}") == []
+    assert [n for n in await all_blobs(azurite, stack.settings.protected_container) if n.startswith(file_id)] == []
+    again = await stack.files.delete(file_id, ALICE)  # idempotent
+    assert again["status"] == "deleted"
+
+
+async def test_a_deleted_file_id_is_never_filled_again(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()
+    name = f"{uuid.uuid4()}.txt"
+    await upload(azurite, stack.settings.ingest_container, name, b"first")
+    file_id = str((await stack.files.encrypt_ingest_blob(name)).file_id)
+    await stack.files.delete(file_id, ALICE)
+    await upload(azurite, stack.settings.ingest_container, name, b"second")
+    with pytest.raises(UploadConflictError, match="deleted file"):
+        await stack.files.encrypt_ingest_blob(name)
+
+
+async def test_a_failed_upload_leaves_nothing(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack(UPLOAD_MAX_MB="1")
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"x" * 600_000
+        yield b"y" * 600_000  # over the 1 MiB limit part way
+
+    with pytest.raises(Exception, match="UPLOAD_MAX_MB"):
+        await stack.files.upload(UploadRequest("big.bin", "application/octet-stream"), stream(), ALICE)
+    async with stack.db.connection() as conn:
+        rows = await conn.fetchval("SELECT count(*) FROM files WHERE source_name = 'big.bin'")
+    assert rows == 0 and await all_blobs(azurite, stack.settings.protected_container) == []
+
+
