@@ -1,17 +1,25 @@
 # blobseal: one entry point. `make test` and `make dev` install what they need first.
 PYTHON ?= python3
 VENV := .venv
+CHECKOV_VENV := $(VENV)/checkov
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install test lint unit faults dev bench docs clean
 
-install: $(VENV)/.installed node_modules/.installed
+install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# checkov (tests/infra) pins packaging<24 and more, which pytest cannot share: a virtualenv of its own
+# inside .venv (ignored by git, removed by make clean).
+$(CHECKOV_VENV)/.installed: infra/tools/requirements-checkov.txt | $(VENV)/.installed
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r infra/tools/requirements-checkov.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

@@ -1,57 +1,77 @@
 #!/usr/bin/env bash
-# Deploy blobseal to Azure in three phases:
+# Deploy blobseal to Azure, passwordless, in four phases:
 #   1. infrastructure  (az deployment group create -f infra/main.bicep)
-#   2. code            (func azure functionapp publish <app> --python when Core Tools and a
+#   2. database        as the PostgreSQL Entra administrator: schema migrations
+#                      (python -m shared.cli migrate) and the app's least-privileged role
+#                      (infra/tools/db_roles.py); the password is an Entra access token
+#   3. code            (func azure functionapp publish <app> --python when Core Tools and a
 #                       .funcignore exist, else a zip deploy of HEAD with remote build)
-#   3. Event Grid subscription for the blob trigger (infra/modules/blob-event-subscription.bicep),
+#   4. Event Grid subscription for the blob trigger (infra/modules/blob-event-subscription.bicep),
 #      once the host has started and created its blobs_extension system key
+# Then check it: infra/smoke.sh --azure -g <resource-group>
 #
 # Usage:
-#   POSTGRES_ADMIN_PASSWORD='...' infra/deploy.sh -g <resource-group> -l <region> [options]
+#   infra/deploy.sh -g <resource-group> -l <region> [options]
 #
 # Options:
 #   -g, --resource-group NAME   resource group (created when missing)                  [required]
 #   -l, --location REGION       region; required when the group does not exist yet
 #   -p, --prefix PREFIX         name prefix, 3-10 lowercase letters/digits              [blobseal]
 #   -s, --subscription ID       subscription to use (az account set)
-#       --param KEY=VALUE       extra main.bicep parameter (repeatable), e.g. --param postgresSkuTier=GeneralPurpose
-#       --grant-operator        grant the signed-in user Storage Blob Data Contributor on the data account
+#       --param KEY=VALUE       extra main.bicep parameter (repeatable), e.g. --param privateNetworking=false
+#       --db-admin-object-id ID PostgreSQL Entra administrator (a group of DB admins, recommended)
+#       --db-admin-name NAME    its name: group display name, user UPN or service principal name
+#       --db-admin-type TYPE    Group, User or ServicePrincipal
+#                               (all three default to the signed-in user or service principal)
+#       --operator-group ID     object id of the operators' Entra group: Storage Blob Data Contributor
+#       --operator-group-name NAME  and Key Vault Secrets Officer (ARM), database role blobseal_operator
+#       --grant-operator        the same operator grants for the signed-in user instead of a group
+#       --db-access-ip IP       this machine is outside the VNet: open PostgreSQL to IP for phase 2
+#                               only (public access + one firewall rule, both removed on exit)
 #       --what-if               show what phase 1 would change (az deployment group what-if) and stop
 #       --skip-infra            skip phase 1 (reads names from the last main deployment)
-#       --skip-code             skip phase 2
-#       --skip-subscription     skip phase 3
+#       --skip-database         skip phase 2
+#       --skip-code             skip phase 3
+#       --skip-subscription     skip phase 4
 #   -h, --help
 #
 # Environment:
-#   POSTGRES_ADMIN_PASSWORD     PostgreSQL admin password for phase 1 (asked for when unset and
-#                               interactive). It goes to Azure only through a 0600 parameters file
-#                               in a private temp dir, deleted on exit; it is never printed, never put
-#                               on a command line, and ends up only in the server and in the Key Vault
-#                               secret database-url.
+#   BLOBSEAL_PYTHON             Python with the app's requirements for phase 2 [.venv/bin/python, else python3]
 #   DEPLOYMENT_NAME             name of the main deployment                             [blobseal-main]
 #
-# Never run this script with `bash -x`: tracing would print the parameters file's contents.
+# No password exists: PostgreSQL takes Microsoft Entra tokens only. Phase 2 gets one for the
+# administrator (az account get-access-token --resource-type oss-rdbms) and hands it to the child
+# processes in PGPASSWORD (environment, never a command line); it is never printed.
 set -euo pipefail
-set +x # even if tracing was inherited: it would print the password
+set +x # even if tracing was inherited: it would print the access token
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 MAIN_TEMPLATE="${SCRIPT_DIR}/main.bicep"
 SUBSCRIPTION_TEMPLATE="${SCRIPT_DIR}/modules/blob-event-subscription.bicep"
+DB_ROLES="${SCRIPT_DIR}/tools/db_roles.py"
 DEPLOYMENT_NAME="${DEPLOYMENT_NAME:-blobseal-main}"
 EVENTS_DEPLOYMENT_NAME="${DEPLOYMENT_NAME}-events"
 # What the zip deploy ships when Core Tools are absent (Core Tools use .funcignore instead).
 PACKAGE_PATHS=(function_app.py host.json requirements.txt shared)
-PROVIDERS=(Microsoft.Web Microsoft.Storage Microsoft.KeyVault Microsoft.DBforPostgreSQL
-  Microsoft.EventGrid Microsoft.OperationalInsights Microsoft.Insights)
+PROVIDERS=(Microsoft.Web Microsoft.App Microsoft.Storage Microsoft.KeyVault Microsoft.DBforPostgreSQL
+  Microsoft.EventGrid Microsoft.OperationalInsights Microsoft.Insights Microsoft.Network)
 
 RESOURCE_GROUP=""
 LOCATION=""
 PREFIX="blobseal"
 SUBSCRIPTION=""
+DB_ADMIN_ID=""
+DB_ADMIN_NAME=""
+DB_ADMIN_TYPE=""
+OPERATOR_ID=""
+OPERATOR_NAME=""
+OPERATOR_TYPE="Group"
 GRANT_OPERATOR=0
+DB_ACCESS_IP=""
 WHAT_IF=0
 SKIP_INFRA=0
+SKIP_DATABASE=0
 SKIP_CODE=0
 SKIP_SUBSCRIPTION=0
 EXTRA_PARAMS=()
@@ -71,13 +91,19 @@ while (($# > 0)); do
     -s | --subscription) SUBSCRIPTION="${2:?$1 needs a value}"; shift 2 ;;
     --param)
       [[ "${2:-}" == *=* ]] || die "--param needs KEY=VALUE"
-      [[ "${2%%=*}" != postgresAdminPassword ]] || die "pass the password in POSTGRES_ADMIN_PASSWORD, not on the command line"
       EXTRA_PARAMS+=("$2")
       shift 2
       ;;
+    --db-admin-object-id) DB_ADMIN_ID="${2:?$1 needs a value}"; shift 2 ;;
+    --db-admin-name) DB_ADMIN_NAME="${2:?$1 needs a value}"; shift 2 ;;
+    --db-admin-type) DB_ADMIN_TYPE="${2:?$1 needs a value}"; shift 2 ;;
+    --operator-group) OPERATOR_ID="${2:?$1 needs a value}"; shift 2 ;;
+    --operator-group-name) OPERATOR_NAME="${2:?$1 needs a value}"; shift 2 ;;
     --grant-operator) GRANT_OPERATOR=1; shift ;;
+    --db-access-ip) DB_ACCESS_IP="${2:?$1 needs a value}"; shift 2 ;;
     --what-if) WHAT_IF=1; shift ;;
     --skip-infra) SKIP_INFRA=1; shift ;;
+    --skip-database) SKIP_DATABASE=1; shift ;;
     --skip-code) SKIP_CODE=1; shift ;;
     --skip-subscription) SKIP_SUBSCRIPTION=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -87,30 +113,36 @@ done
 
 [[ -n "$RESOURCE_GROUP" ]] || die "--resource-group is required (see --help)"
 [[ "$PREFIX" =~ ^[a-z][a-z0-9]{2,9}$ ]] || die "--prefix must be 3-10 lowercase letters/digits, starting with a letter"
+[[ -z "$DB_ADMIN_TYPE" || "$DB_ADMIN_TYPE" =~ ^(Group|User|ServicePrincipal)$ ]] ||
+  die "--db-admin-type must be Group, User or ServicePrincipal"
+[[ -z "$DB_ACCESS_IP" || "$DB_ACCESS_IP" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--db-access-ip must be an IPv4 address"
+[[ -z "$OPERATOR_ID" || -n "$OPERATOR_NAME" ]] || die "--operator-group needs --operator-group-name (its display name is the database role)"
 command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
+
+PYTHON="${BLOBSEAL_PYTHON:-}"
+if [[ -z "$PYTHON" ]]; then
+  if [[ -x "${REPO_ROOT}/.venv/bin/python" ]]; then PYTHON="${REPO_ROOT}/.venv/bin/python"; else PYTHON=python3; fi
+fi
 
 TMP_DIR="$(mktemp -d)"
 chmod 700 "$TMP_DIR"
-cleanup() { rm -rf "$TMP_DIR"; }
+CLEANUPS=()
+cleanup() {
+  local step
+  for step in "${CLEANUPS[@]}"; do
+    eval "$step" || log "cleanup step failed: $step"
+  done
+  rm -rf "$TMP_DIR"
+}
 trap cleanup EXIT
 
-# JSON string escaping for the parameters file (backslash and double quote; control characters
-# are refused rather than encoded).
-json_string() {
-  local s="$1"
-  if [[ "$s" =~ [[:cntrl:]] ]]; then
-    return 1
-  fi
-  s="${s//\\/\\\\}"
-  s="${s//\"/\\\"}"
-  printf '"%s"' "$s"
-}
-
 output_of() {
-  # Non-secret output of a deployment (main.bicep outputs hold names and endpoints only).
+  # Non-secret output of a deployment (main.bicep outputs hold names, endpoints and ids only).
   az deployment group show -g "$RESOURCE_GROUP" -n "$DEPLOYMENT_NAME" \
     --query "properties.outputs.$1.value" -o tsv
 }
+
+urlencode() { "$PYTHON" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
 
 # --------------------------------------------------------------------------------------------
 # Preflight
@@ -120,6 +152,26 @@ if [[ -n "$SUBSCRIPTION" ]]; then
   az account set --subscription "$SUBSCRIPTION"
 fi
 log "subscription: $(az account show --query '[name, id]' -o tsv | paste -sd ' ' -)"
+
+# The signed-in principal: default PostgreSQL administrator, and the operator with --grant-operator.
+SIGNED_IN_TYPE="$(az account show --query user.type -o tsv)"
+if [[ "$SIGNED_IN_TYPE" == "servicePrincipal" ]]; then
+  SIGNED_IN_ID="$(az ad sp show --id "$(az account show --query user.name -o tsv)" --query id -o tsv)"
+  SIGNED_IN_NAME="$(az ad sp show --id "$SIGNED_IN_ID" --query displayName -o tsv)"
+  SIGNED_IN_KIND="ServicePrincipal"
+else
+  SIGNED_IN_ID="$(az ad signed-in-user show --query id -o tsv)"
+  SIGNED_IN_NAME="$(az ad signed-in-user show --query userPrincipalName -o tsv)"
+  SIGNED_IN_KIND="User"
+fi
+if [[ -z "$DB_ADMIN_ID" ]]; then
+  DB_ADMIN_ID="$SIGNED_IN_ID" DB_ADMIN_NAME="$SIGNED_IN_NAME" DB_ADMIN_TYPE="$SIGNED_IN_KIND"
+  log "PostgreSQL Entra administrator: the signed-in ${SIGNED_IN_KIND} (${SIGNED_IN_NAME}); use --db-admin-* for a group"
+fi
+[[ -n "$DB_ADMIN_NAME" && -n "$DB_ADMIN_TYPE" ]] || die "--db-admin-object-id needs --db-admin-name and --db-admin-type"
+if ((GRANT_OPERATOR == 1)); then
+  OPERATOR_ID="$SIGNED_IN_ID" OPERATOR_NAME="$SIGNED_IN_NAME" OPERATOR_TYPE="$SIGNED_IN_KIND"
+fi
 
 if ((SKIP_INFRA == 0)); then
   for namespace in "${PROVIDERS[@]}"; do
@@ -144,68 +196,88 @@ fi
 # Phase 1: infrastructure
 # --------------------------------------------------------------------------------------------
 if ((SKIP_INFRA == 0)); then
-  if [[ -z "${POSTGRES_ADMIN_PASSWORD:-}" ]]; then
-    [[ -t 0 ]] || die "POSTGRES_ADMIN_PASSWORD is not set (and there is no terminal to ask on)"
-    read -r -s -p "PostgreSQL admin password (12-128 chars): " POSTGRES_ADMIN_PASSWORD
-    printf '\n' >&2
-  fi
-  ((${#POSTGRES_ADMIN_PASSWORD} >= 12 && ${#POSTGRES_ADMIN_PASSWORD} <= 128)) ||
-    die "the PostgreSQL admin password must be 12-128 characters"
-
-  params_file="${TMP_DIR}/main.parameters.json"
-  (
-    umask 077
-    password_json="$(json_string "$POSTGRES_ADMIN_PASSWORD")" ||
-      die "the PostgreSQL admin password must not contain control characters"
-    # shellcheck disable=SC2016 # "$schema" is a JSON key, not a shell expansion
-    printf '{"$schema":"https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#","contentVersion":"1.0.0.0","parameters":{"postgresAdminPassword":{"value":%s}}}\n' \
-      "$password_json" >"$params_file"
-  )
-  unset POSTGRES_ADMIN_PASSWORD
-
-  main_params=(namePrefix="$PREFIX" location="$LOCATION")
-  if ((GRANT_OPERATOR == 1)); then
-    operator_id="$(az ad signed-in-user show --query id -o tsv 2>/dev/null || true)"
-    [[ -n "$operator_id" ]] || die "--grant-operator needs a signed-in user (not a service principal)"
-    main_params+=(operatorPrincipalId="$operator_id" operatorPrincipalType=User)
+  main_params=(namePrefix="$PREFIX" location="$LOCATION" postgresAdminObjectId="$DB_ADMIN_ID"
+    postgresAdminName="$DB_ADMIN_NAME" postgresAdminType="$DB_ADMIN_TYPE")
+  if [[ -n "$OPERATOR_ID" ]]; then
+    main_params+=(operatorPrincipalId="$OPERATOR_ID" operatorPrincipalType="$OPERATOR_TYPE")
   fi
   main_params+=("${EXTRA_PARAMS[@]}")
 
   if ((WHAT_IF == 1)); then
     log "what-if for $DEPLOYMENT_NAME (nothing is changed)"
     az deployment group what-if -g "$RESOURCE_GROUP" -n "$DEPLOYMENT_NAME" -f "$MAIN_TEMPLATE" \
-      --parameters "@${params_file}" --parameters "${main_params[@]}"
+      --parameters "${main_params[@]}"
     exit 0
   fi
 
-  log "phase 1: deploying infrastructure ($DEPLOYMENT_NAME), this takes 5-15 minutes"
+  log "phase 1: deploying infrastructure ($DEPLOYMENT_NAME), this takes 10-20 minutes"
   az deployment group create -g "$RESOURCE_GROUP" -n "$DEPLOYMENT_NAME" -f "$MAIN_TEMPLATE" \
-    --parameters "@${params_file}" --parameters "${main_params[@]}" -o none
-  rm -f "$params_file"
+    --parameters "${main_params[@]}" -o none
 fi
 
 APP="$(output_of functionAppName)"
 APP_HOST="$(output_of functionAppHostName)"
+APP_PRINCIPAL="$(output_of functionAppPrincipalId)"
 TOPIC="$(output_of systemTopicName)"
 HOST_STORAGE="$(output_of hostStorageAccountName)"
 DATA_STORAGE="$(output_of dataStorageAccountName)"
 INGEST="$(output_of ingestContainerName)"
 DEAD_LETTER="$(output_of deadLetterContainerName)"
 FUNCTION_NAME="$(output_of encryptFunctionName)"
-[[ -n "$APP" && -n "$TOPIC" ]] || die "could not read the outputs of deployment $DEPLOYMENT_NAME"
+PG_SERVER="$(output_of postgresServerName)"
+PG_FQDN="$(output_of postgresFqdn)"
+DATABASE="$(output_of databaseName)"
+DATABASE_USER="$(output_of databaseUser)"
+[[ -n "$APP" && -n "$TOPIC" && -n "$PG_FQDN" ]] || die "could not read the outputs of deployment $DEPLOYMENT_NAME"
 log "function app: $APP ($APP_HOST)"
 
 # --------------------------------------------------------------------------------------------
-# Phase 2: code
+# Phase 2: database (as the Entra administrator; the app's code only ever runs as its own role)
+# --------------------------------------------------------------------------------------------
+if ((SKIP_DATABASE == 0)); then
+  if [[ -n "$DB_ACCESS_IP" ]]; then
+    server_id="$(az postgres flexible-server show -g "$RESOURCE_GROUP" -n "$PG_SERVER" --query id -o tsv)"
+    log "opening PostgreSQL to ${DB_ACCESS_IP} for this phase (removed on exit)"
+    # Undone on exit, whatever happens: the rule goes, then public access.
+    CLEANUPS+=("az postgres flexible-server firewall-rule delete -g '$RESOURCE_GROUP' -n '$PG_SERVER' --rule-name deploy-temporary --yes -o none"
+      "az rest --method patch --url 'https://management.azure.com${server_id}?api-version=2024-08-01' --body '{\"properties\":{\"network\":{\"publicNetworkAccess\":\"Disabled\"}}}' -o none")
+    az rest --method patch --url "https://management.azure.com${server_id}?api-version=2024-08-01" \
+      --body '{"properties":{"network":{"publicNetworkAccess":"Enabled"}}}' -o none
+    az postgres flexible-server firewall-rule create -g "$RESOURCE_GROUP" -n "$PG_SERVER" \
+      --rule-name deploy-temporary --start-ip-address "$DB_ACCESS_IP" --end-ip-address "$DB_ACCESS_IP" -o none
+  fi
+
+  log "phase 2: migrations and database roles as ${DB_ADMIN_NAME} (Entra token)"
+  # An access token for Azure Database for PostgreSQL, valid about an hour; it only ever lives in
+  # this variable and in the children's environment.
+  pg_token="$(az account get-access-token --resource-type oss-rdbms --query accessToken -o tsv)"
+  [[ -n "$pg_token" ]] || die "could not get an Entra token for PostgreSQL (az account get-access-token --resource-type oss-rdbms)"
+  admin_url="postgresql://$(urlencode "$DB_ADMIN_NAME")@${PG_FQDN}:5432/${DATABASE}?sslmode=require"
+  (
+    cd "$REPO_ROOT"
+    # The URL names the administrator and holds no password: asyncpg takes PGPASSWORD (the token).
+    PGPASSWORD="$pg_token" DATABASE_AUTH=password DATABASE_URL="$admin_url" "$PYTHON" -m shared.cli migrate || exit 1
+    db_roles_args=(--host "$PG_FQDN" --database "$DATABASE" --admin "$DB_ADMIN_NAME"
+      --app-role "$DATABASE_USER" --app-object-id "$APP_PRINCIPAL")
+    if [[ -n "$OPERATOR_ID" ]]; then
+      db_roles_args+=(--operator-role "$OPERATOR_NAME" --operator-object-id "$OPERATOR_ID" --operator-type "$OPERATOR_TYPE")
+    fi
+    PGPASSWORD="$pg_token" "$PYTHON" "$DB_ROLES" "${db_roles_args[@]}" || exit 1
+  ) || die "phase 2 failed: is this machine inside the VNet (or pass --db-access-ip), and is ${DB_ADMIN_NAME} the server's Entra administrator?"
+  unset pg_token
+fi
+
+# --------------------------------------------------------------------------------------------
+# Phase 3: code
 # --------------------------------------------------------------------------------------------
 if ((SKIP_CODE == 0)); then
   if command -v func >/dev/null 2>&1 && [[ -f "${REPO_ROOT}/.funcignore" ]]; then
     # Core Tools upload the whole project directory minus .funcignore: without that file they
     # would ship .venv, node_modules and the tests, so the zip path below is used instead.
-    log "phase 2: publishing with Azure Functions Core Tools (remote build)"
+    log "phase 3: publishing with Azure Functions Core Tools (remote build)"
     (cd "$REPO_ROOT" && func azure functionapp publish "$APP" --python)
   else
-    log "phase 2: zip deploy of the committed HEAD (${PACKAGE_PATHS[*]}) with remote build"
+    log "phase 3: zip deploy of the committed HEAD (${PACKAGE_PATHS[*]}) with remote build"
     command -v git >/dev/null 2>&1 || die "git is required to build the package"
     if [[ -n "$(git -C "$REPO_ROOT" status --porcelain -- "${PACKAGE_PATHS[@]}")" ]]; then
       log "warning: uncommitted changes under ${PACKAGE_PATHS[*]} are NOT deployed (the package is HEAD)"
@@ -218,10 +290,10 @@ if ((SKIP_CODE == 0)); then
 fi
 
 # --------------------------------------------------------------------------------------------
-# Phase 3: Event Grid subscription (needs the running host's blobs_extension key)
+# Phase 4: Event Grid subscription (needs the running host's blobs_extension key)
 # --------------------------------------------------------------------------------------------
 if ((SKIP_SUBSCRIPTION == 0)); then
-  log "phase 3: waiting for the host to create its blobs_extension system key"
+  log "phase 4: waiting for the host to create its blobs_extension system key"
   has_key="false"
   for _ in $(seq 1 30); do
     # Wake the app up (Flex Consumption scales to zero); the answer does not matter.
@@ -260,8 +332,8 @@ cat >&2 <<EOF
   function app    https://${APP_HOST}
   data account    ${DATA_STORAGE} (containers ${INGEST}, $(output_of protectedContainerName))
   key vault       $(output_of keyVaultName)
-  postgres        $(output_of postgresFqdn)
+  postgres        ${PG_FQDN} (Entra only; the app connects as ${DATABASE_USER})
 
-  Try it (needs Storage Blob Data Contributor on ${DATA_STORAGE}, see --grant-operator):
-    az storage blob upload --auth-mode login --account-name ${DATA_STORAGE} -c ${INGEST} -f <file> -n <name>
+  Check the deployment (needs the operator roles and a network path, see infra/README.md):
+    infra/smoke.sh --azure -g ${RESOURCE_GROUP}
 EOF

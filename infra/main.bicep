@@ -1,6 +1,12 @@
 // blobseal on Azure: Flex Consumption function app (Python 3.11), data + host storage,
-// Key Vault (RBAC), PostgreSQL Flexible Server 16, Log Analytics + Application Insights, and the
-// Event Grid system topic that feeds the blob trigger.
+// Key Vault (RBAC), PostgreSQL Flexible Server 16 (Microsoft Entra authentication only),
+// Log Analytics + Application Insights with alerts, the Event Grid system topic that feeds the blob
+// trigger, and (privateNetworking, on by default) a virtual network with Flex Consumption VNet
+// integration, private endpoints and private DNS zones; public network access is then disabled on
+// both storage accounts, the Key Vault and PostgreSQL.
+//
+// No password, key or connection-string secret is a parameter, a setting or an output: storage,
+// Key Vault and PostgreSQL are reached with the function app's managed identity.
 //
 // Deploy into an existing resource group (see infra/README.md and infra/deploy.sh):
 //   phase 1: this template (enableBlobEventSubscription=false, the default)
@@ -26,15 +32,19 @@ param tags object = {
   app: 'blobseal'
 }
 
-// PostgreSQL
-@description('PostgreSQL administrator login (not "azure_superuser", "admin", "root", "postgres", ...).')
-param postgresAdminLogin string = 'blobsealadmin'
+// PostgreSQL: Microsoft Entra authentication only (no password anywhere).
+@description('Object id of the PostgreSQL Entra administrator: a group of DB admins (recommended), a user, or the deploying service principal. It runs the migrations and grants the app its role (deploy.sh).')
+param postgresAdminObjectId string
 
-@secure()
-@description('PostgreSQL administrator password (12-128 chars, three of: upper, lower, digit, symbol). Only ever stored in the server and inside the Key Vault secret database-url.')
-@minLength(12)
-@maxLength(128)
-param postgresAdminPassword string
+@description('That principal\'s name as PostgreSQL sees it (group display name, user UPN, or service principal display name); the admin connects with it as the user name.')
+param postgresAdminName string
+
+@allowed([
+  'Group'
+  'User'
+  'ServicePrincipal'
+])
+param postgresAdminType string = 'Group'
 
 @allowed([
   '16'
@@ -53,8 +63,16 @@ param postgresSkuTier string = 'Burstable'
 @minValue(32)
 param postgresStorageSizeGB int = 32
 
-@description('Firewall rule 0.0.0.0 ("allow Azure services"). Needed without VNet integration; see README for production.')
-param postgresAllowAzureServices bool = true
+@allowed([
+  'Disabled'
+  'SameZone'
+  'ZoneRedundant'
+])
+@description('PostgreSQL high availability (ZoneRedundant needs GeneralPurpose or MemoryOptimized).')
+param postgresHighAvailability string = 'Disabled'
+
+@description('Only with privateNetworking=false: firewall rule 0.0.0.0 ("allow Azure services"), needed then for the app to connect (Entra tokens remain the only credential).')
+param postgresAllowAzureServices bool = false
 
 @allowed([
   'require'
@@ -78,6 +96,9 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Zone-redundant Flex Consumption plan and ZRS host storage (needs a region with availability zones).')
+param zoneRedundant bool = true
+
 @description('Python function name of the blob trigger.')
 param encryptFunctionName string = 'encrypt_ingest_blob'
 
@@ -91,8 +112,58 @@ param protectedContainerName string = 'protected'
 param rotationSchedule string = '0 0 * * * *'
 
 @minValue(1)
+@maxValue(100000)
+param rotationBatchSize int = 100
+
+@description('Below functionTimeout in host.json.')
+@minValue(1)
+@maxValue(3600)
+param rotationTimeBudgetSeconds int = 240
+
+@minValue(0)
+@maxValue(10080)
+param rotationGraceMinutes int = 60
+
+@minValue(5)
+@maxValue(86400)
+param rotationLeaseSeconds int = 900
+
+@description('NCRONTAB (6 fields) of the reconciler timer; the code binds it as "%RECONCILE_SCHEDULE%".')
+param reconcileSchedule string = '0 */5 * * * *'
+
+@minValue(1)
+@maxValue(100000)
+param reconcileBatchSize int = 200
+
+@minValue(0)
+@maxValue(604800)
+param reconcileAfterSeconds int = 300
+
+@minValue(0)
+@maxValue(3600)
+param ingestRetrySeconds int = 120
+
+@description('Health is degraded, and the plaintext alert fires, while an upload older than this is still plaintext.')
+@minValue(1)
+@maxValue(10080)
+param plaintextAlertMinutes int = 30
+
+@minValue(1)
 @maxValue(3650)
 param keyRotationDays int = 30
+
+@description('Largest body POST /api/files accepts, in MiB (UPLOAD_MAX_MB).')
+@minValue(1)
+@maxValue(4194304)
+param uploadMaxMB int = 10240
+
+@description('Access log rows older than this are purged by the reconciler (AUDIT_RETENTION_DAYS).')
+@minValue(1)
+@maxValue(36500)
+param auditRetentionDays int = 365
+
+@description('Names of function keys in the access log, "name:fingerprint,..." (fingerprints, not keys: `blobseal key-fingerprint`).')
+param functionKeyNames string = ''
 
 @minValue(1)
 @maxValue(100)
@@ -105,6 +176,10 @@ param blockSizeKB int = 64
 @minValue(0)
 @maxValue(10080)
 param keyVaultCacheMinutes int = 60
+
+@minValue(1)
+@maxValue(10000000)
+param keyVaultCacheMaxEntries int = 10000
 
 @description('asyncpg pool size per instance (DATABASE_POOL_MAX). Instances x this must stay below the server\'s connection limit.')
 @minValue(1)
@@ -124,6 +199,7 @@ param keyVaultSoftDeleteRetentionDays int = 90
 param keyVaultCreateMode string = 'default'
 
 // Storage
+@description('Data account (ingest + protected). Geo-zone-redundant by default; the ciphertext is the only copy of each file.')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -132,7 +208,15 @@ param keyVaultCreateMode string = 'default'
   'Standard_RAGRS'
   'Standard_RAGZRS'
 ])
-param dataStorageSku string = 'Standard_LRS'
+param dataStorageSku string = 'Standard_GZRS'
+
+// Network
+@description('Virtual network, Flex Consumption VNet integration, private endpoints and private DNS zones; public network access disabled on storage, Key Vault and PostgreSQL. false = everything on public endpoints (identity and TLS only).')
+param privateNetworking bool = true
+
+param vnetAddressPrefix string = '10.20.0.0/16'
+param functionsSubnetPrefix string = '10.20.0.0/24'
+param privateEndpointsSubnetPrefix string = '10.20.1.0/24'
 
 // Monitoring
 @minValue(30)
@@ -142,8 +226,18 @@ param logRetentionDays int = 30
 @description('Daily ingestion cap of the Log Analytics workspace in GB; -1 = none.')
 param logDailyCapGb int = -1
 
+@description('Existing action groups (resource ids) that every alert notifies.')
+param alertActionGroupIds array = []
+
+@description('E-mail addresses for an action group created by this template (empty = none).')
+param alertEmailAddresses array = []
+
+@description('Key Vault 429s per 15 minutes tolerated before the throttling alert fires.')
+@minValue(0)
+param keyVaultThrottleAlertThreshold int = 10
+
 // Access for people
-@description('Object id of a user/group/service principal granted Storage Blob Data Contributor on the data account ("" = none).')
+@description('Object id of the operator group (or user / service principal) that runs the CLI: Storage Blob Data Contributor on the data account and Key Vault Secrets Officer on the vault ("" = none). Its PostgreSQL role is granted by deploy.sh (infra/tools/db_roles.py --operator).')
 param operatorPrincipalId string = ''
 
 @allowed([
@@ -151,7 +245,7 @@ param operatorPrincipalId string = ''
   'Group'
   'ServicePrincipal'
 ])
-param operatorPrincipalType string = 'User'
+param operatorPrincipalType string = 'Group'
 
 // Phase 3
 @description('Create the Event Grid subscription (only after the code is published and the host has started once).')
@@ -175,15 +269,52 @@ var names = {
   logAnalytics: '${prefix}-log-${suffix}'
   appInsights: '${prefix}-appi-${suffix}'
   systemTopic: '${prefix}-data-events-${suffix}'
+  vnet: '${prefix}-vnet-${suffix}'
+  alerts: '${prefix}-${suffix}'
 }
 
 var deploymentContainerName = 'app-package'
 var deadLetterContainerName = 'eventgrid-deadletter'
-var databaseUrlSecretName = 'database-url'
+
+// The app's PostgreSQL role: an Entra role named like the function app (its system-assigned
+// identity), created by deploy.sh (infra/tools/db_roles.py) with least privilege.
+var databaseUser = names.functionApp
+
+// Private DNS zones of the private endpoints (public cloud names; storage from environment()).
+var dnsZones = {
+  blob: 'privatelink.blob.${environment().suffixes.storage}'
+  queue: 'privatelink.queue.${environment().suffixes.storage}'
+  table: 'privatelink.table.${environment().suffixes.storage}'
+  vault: 'privatelink.vaultcore.azure.net'
+  postgres: 'privatelink.postgres.database.azure.com'
+}
+
+// With private networking: no public network access, firewall default Deny.
+var publicNetworkAccess = privateNetworking ? 'Disabled' : 'Enabled'
+var networkDefaultAction = privateNetworking ? 'Deny' : 'Allow'
 
 // ---------------------------------------------------------------------------------------------
 // Resources
 // ---------------------------------------------------------------------------------------------
+
+module network 'modules/network.bicep' = if (privateNetworking) {
+  name: 'blobseal-network'
+  params: {
+    vnetName: names.vnet
+    location: location
+    tags: tags
+    addressPrefix: vnetAddressPrefix
+    functionsSubnetPrefix: functionsSubnetPrefix
+    privateEndpointsSubnetPrefix: privateEndpointsSubnetPrefix
+    privateDnsZoneNames: [
+      dnsZones.blob
+      dnsZones.queue
+      dnsZones.table
+      dnsZones.vault
+      dnsZones.postgres
+    ]
+  }
+}
 
 module monitoring 'modules/monitoring.bicep' = {
   name: 'blobseal-monitoring'
@@ -204,7 +335,7 @@ module hostStorage 'modules/storage.bicep' = {
     name: names.hostStorage
     location: location
     tags: tags
-    skuName: 'Standard_LRS'
+    skuName: zoneRedundant ? 'Standard_ZRS' : 'Standard_LRS'
     containerNames: [
       deploymentContainerName
       deadLetterContainerName
@@ -212,6 +343,8 @@ module hostStorage 'modules/storage.bicep' = {
     allowSharedKeyAccess: false
     blobSoftDeleteDays: 7
     containerSoftDeleteDays: 7
+    publicNetworkAccess: publicNetworkAccess
+    networkDefaultAction: networkDefaultAction
   }
 }
 
@@ -231,6 +364,8 @@ module dataStorage 'modules/storage.bicep' = {
     allowSharedKeyAccess: false
     blobSoftDeleteDays: 0
     containerSoftDeleteDays: 7
+    publicNetworkAccess: publicNetworkAccess
+    networkDefaultAction: networkDefaultAction
   }
 }
 
@@ -243,6 +378,8 @@ module keyVault 'modules/keyvault.bicep' = {
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionDays
     createMode: keyVaultCreateMode
     logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
+    publicNetworkAccess: publicNetworkAccess
+    networkDefaultAction: networkDefaultAction
   }
 }
 
@@ -253,18 +390,87 @@ module postgres 'modules/postgres.bicep' = {
     location: location
     tags: tags
     version: postgresVersion
-    administratorLogin: postgresAdminLogin
-    administratorLoginPassword: postgresAdminPassword
     skuName: postgresSkuName
     skuTier: postgresSkuTier
     storageSizeGB: postgresStorageSizeGB
+    highAvailabilityMode: postgresHighAvailability
     databaseName: databaseName
-    allowAzureServices: postgresAllowAzureServices
-    keyVaultName: keyVault.outputs.name
-    databaseUrlSecretName: databaseUrlSecretName
-    sslMode: postgresSslMode
+    adminPrincipalId: postgresAdminObjectId
+    adminPrincipalName: postgresAdminName
+    adminPrincipalType: postgresAdminType
+    publicNetworkAccess: publicNetworkAccess
+    allowAzureServices: !privateNetworking && postgresAllowAzureServices
   }
 }
+
+// One private endpoint per sub-resource the app (and operators inside the network) reach:
+// blob + queue of the data account (the queue holds poison-blob messages), blob + queue + table of
+// the host account (AzureWebJobsStorage, deployment package), the vault, the server.
+var privateEndpoints = [
+  {
+    name: '${names.dataStorage}-blob-pe'
+    target: resourceId('Microsoft.Storage/storageAccounts', names.dataStorage)
+    groupId: 'blob'
+    zone: dnsZones.blob
+  }
+  {
+    name: '${names.dataStorage}-queue-pe'
+    target: resourceId('Microsoft.Storage/storageAccounts', names.dataStorage)
+    groupId: 'queue'
+    zone: dnsZones.queue
+  }
+  {
+    name: '${names.hostStorage}-blob-pe'
+    target: resourceId('Microsoft.Storage/storageAccounts', names.hostStorage)
+    groupId: 'blob'
+    zone: dnsZones.blob
+  }
+  {
+    name: '${names.hostStorage}-queue-pe'
+    target: resourceId('Microsoft.Storage/storageAccounts', names.hostStorage)
+    groupId: 'queue'
+    zone: dnsZones.queue
+  }
+  {
+    name: '${names.hostStorage}-table-pe'
+    target: resourceId('Microsoft.Storage/storageAccounts', names.hostStorage)
+    groupId: 'table'
+    zone: dnsZones.table
+  }
+  {
+    name: '${names.keyVault}-pe'
+    target: resourceId('Microsoft.KeyVault/vaults', names.keyVault)
+    groupId: 'vault'
+    zone: dnsZones.vault
+  }
+  {
+    name: '${names.postgres}-pe'
+    target: resourceId('Microsoft.DBforPostgreSQL/flexibleServers', names.postgres)
+    groupId: 'postgresqlServer'
+    zone: dnsZones.postgres
+  }
+]
+
+module endpoints 'modules/private-endpoint.bicep' = [
+  for endpoint in (privateNetworking ? privateEndpoints : []): {
+    name: 'blobseal-pe-${endpoint.groupId}-${uniqueString(endpoint.name)}'
+    params: {
+      name: endpoint.name
+      location: location
+      tags: tags
+      subnetId: privateNetworking ? network.outputs.privateEndpointsSubnetId : ''
+      targetResourceId: endpoint.target
+      groupId: endpoint.groupId
+      privateDnsZoneName: endpoint.zone
+    }
+    dependsOn: [
+      dataStorage
+      hostStorage
+      keyVault
+      postgres
+    ]
+  }
+]
 
 module functionApp 'modules/functionapp.bicep' = {
   name: 'blobseal-functionapp'
@@ -277,6 +483,8 @@ module functionApp 'modules/functionapp.bicep' = {
     deploymentContainerName: deploymentContainerName
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    zoneRedundant: zoneRedundant
+    virtualNetworkSubnetId: privateNetworking ? network.outputs.functionsSubnetId : ''
   }
 }
 
@@ -303,14 +511,31 @@ module rbac 'modules/rbac.bicep' = {
   }
 }
 
+module alerts 'modules/alerts.bicep' = {
+  name: 'blobseal-alerts'
+  params: {
+    namePrefix: names.alerts
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.appInsightsId
+    keyVaultId: keyVault.outputs.id
+    systemTopicId: systemTopic.outputs.id
+    existingActionGroupIds: alertActionGroupIds
+    alertEmailAddresses: alertEmailAddresses
+    plaintextAlertMinutes: plaintextAlertMinutes
+    keyVaultThrottleThreshold: keyVaultThrottleAlertThreshold
+  }
+}
+
 // Read after the monitoring module (the settings module depends on it), so the connection
 // string goes straight into the secure settings object and never into a module output.
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: names.appInsights
 }
 
-// Every setting the app reads. Storage and Key Vault are reached with the app's managed
-// identity; the only secret (DATABASE_URL) is a Key Vault reference resolved by the platform.
+// Every setting the app reads (tests/infra/test_settings.py compares this object with
+// shared.config; settings left out on purpose are listed there with the reason). Storage, Key Vault
+// and PostgreSQL are reached with the app's managed identity: no secret is a setting.
 var appSettings = {
   // Host storage, identity-based (no connection string, shared keys are off).
   AzureWebJobsStorage__accountName: hostStorage.outputs.name
@@ -332,14 +557,34 @@ var appSettings = {
   KEY_VAULT_URL: keyVault.outputs.uri
   KEY_VAULT_CACHE_ENABLED: 'true'
   KEY_VAULT_CACHE_DURATION_MINUTES: string(keyVaultCacheMinutes)
+  KEY_VAULT_CACHE_MAX_ENTRIES: string(keyVaultCacheMaxEntries)
+  // PostgreSQL with the managed identity: an Entra access token is the password (refreshed by the
+  // app's pool); the URL names the app's role and holds no password.
+  DATABASE_AUTH: 'entra'
+  DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:5432/${databaseName}?sslmode=${postgresSslMode}'
+  // Empty: the system-assigned identity (a user-assigned one would put its client id here).
+  DATABASE_ENTRA_CLIENT_ID: ''
   DATABASE_POOL_MAX: string(databasePoolMax)
-  DATABASE_URL: '@Microsoft.KeyVault(SecretUri=${postgres.outputs.databaseUrlSecretUri})'
   BLOB_TRIGGER_SOURCE: 'EventGrid'
   INGEST_CONTAINER: ingestContainerName
   PROTECTED_CONTAINER: protectedContainerName
   // The plaintext in ingest is deleted once its ciphertext, key and metadata are durable.
   KEEP_PLAINTEXT: 'false'
   ROTATION_SCHEDULE: rotationSchedule
+  ROTATION_BATCH_SIZE: string(rotationBatchSize)
+  ROTATION_TIME_BUDGET_SECONDS: string(rotationTimeBudgetSeconds)
+  ROTATION_GRACE_MINUTES: string(rotationGraceMinutes)
+  ROTATION_LEASE_SECONDS: string(rotationLeaseSeconds)
+  RECONCILE_SCHEDULE: reconcileSchedule
+  RECONCILE_BATCH_SIZE: string(reconcileBatchSize)
+  RECONCILE_AFTER_SECONDS: string(reconcileAfterSeconds)
+  INGEST_RETRY_SECONDS: string(ingestRetrySeconds)
+  PLAINTEXT_ALERT_MINUTES: string(plaintextAlertMinutes)
+  UPLOAD_MAX_MB: string(uploadMaxMB)
+  // Fail closed: an access that cannot be written to the access log is refused.
+  AUDIT_FAIL_OPEN: 'false'
+  AUDIT_RETENTION_DAYS: string(auditRetentionDays)
+  FUNCTION_KEY_NAMES: functionKeyNames
 }
 
 module settings 'modules/appsettings.bicep' = {
@@ -351,6 +596,7 @@ module settings 'modules/appsettings.bicep' = {
   dependsOn: [
     rbac
     monitoring
+    endpoints
   ]
 }
 
@@ -371,17 +617,23 @@ module blobSubscription 'modules/blob-event-subscription.bicep' = if (enableBlob
 }
 
 // ---------------------------------------------------------------------------------------------
-// Outputs (names and endpoints only; no key, password or connection string)
+// Outputs (names, endpoints and object ids only; no key, password or connection string)
 // ---------------------------------------------------------------------------------------------
 
 output functionAppName string = functionApp.outputs.name
 output functionAppHostName string = functionApp.outputs.defaultHostName
+@description('Object id of the app\'s managed identity: deploy.sh maps it to the database role.')
+output functionAppPrincipalId string = functionApp.outputs.principalId
 output dataStorageAccountName string = dataStorage.outputs.name
 output hostStorageAccountName string = hostStorage.outputs.name
 output keyVaultName string = keyVault.outputs.name
 output keyVaultUri string = keyVault.outputs.uri
 output postgresServerName string = postgres.outputs.serverName
 output postgresFqdn string = postgres.outputs.fqdn
+output databaseName string = postgres.outputs.databaseName
+output databaseUser string = databaseUser
+output privateNetworking bool = privateNetworking
+output vnetName string = privateNetworking ? network.outputs.vnetName : ''
 output systemTopicName string = systemTopic.outputs.name
 output appInsightsName string = monitoring.outputs.appInsightsName
 output ingestContainerName string = ingestContainerName

@@ -171,6 +171,13 @@ class Settings:
     database_url: str = setting(
         "DATABASE_URL", DEFAULT_DATABASE_URL, "PostgreSQL (asyncpg). Unset, `make dev` and `make test` use the "
         "server on 127.0.0.1:5432, or else start an embedded one (`.dev/`)", secret=True, in_example=False)
+    database_auth: str = setting(
+        "DATABASE_AUTH", "password", "`password`: as DATABASE_URL says; `entra`: Microsoft Entra tokens of the "
+        "managed identity as the password (passwordless Azure Database for PostgreSQL)",
+        choices=("password", "entra"))
+    database_entra_client_id: str = setting(
+        "DATABASE_ENTRA_CLIENT_ID", "", "with `entra`: the client id of a user-assigned identity (empty: the "
+        "system-assigned one)")
     database_pool_max: int = setting("DATABASE_POOL_MAX", 10, "pool size per worker", low=1, high=100)
     data_storage_connection: str = setting(
         DATA_STORAGE, LOCAL_STORAGE, "storage connection string of the ingest/protected containers "
@@ -280,6 +287,8 @@ class Settings:
         if self.key_vault_enabled and self.key_vault_mode == "azure":
             problems.extend(self._azure_problems())
         problems.extend(self._app_problems())
+        if self.database_auth == "entra" and urlsplit(self.database_url).password:
+            problems.append("DATABASE_AUTH=entra takes its password from Entra: DATABASE_URL must not hold one")
         if urlsplit(self.database_url).scheme not in ("postgresql", "postgres"):
             problems.append(f"DATABASE_URL must be a postgresql:// URL, got {redact_url(self.database_url)!r}")
         return problems

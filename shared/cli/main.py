@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
@@ -22,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m shared.cli", description="blobseal operator commands")
+    parser = _Parser(prog="blobseal", description="blobseal: per-file encryption for Azure Blob Storage")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     format_commands.register(commands)
     ops_commands.register(commands)
@@ -37,6 +39,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     handler: Handler = args.handler
     try:
         return handler(args)
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as cat does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (BlobsealError, UsageError, OSError) as exc:
         print(f"blobseal: error: {describe(exc)}", file=sys.stderr)
         return 1
@@ -46,8 +52,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def describe(exc: BaseException) -> str:
-    """One line, safe to print: our own messages, or the OS error without its arguments' contents."""
+    """One line, safe to print: our own messages (without the internal operation names), or the OS
+    error without its arguments' contents."""
     if isinstance(exc, OSError):
         target = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or type(exc).__name__}{target}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = exc.message if isinstance(exc, BlobsealError) else str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from shared.config import Settings, redact_url
+from shared.db.entra import EntraPassword, managed_identity
 from shared.db.errors import DATABASE_ERRORS, Attempt, database_errors
 from shared.db.migrations import apply_migrations
 
@@ -40,6 +41,7 @@ class Database:
         command_timeout: float = 15.0,
         acquire_timeout: float = 10.0,
         migrate: bool = True,
+        password: EntraPassword | None = None,
     ) -> None:
         if pool_max < 1:
             raise ValueError("pool_max must be at least 1")
@@ -49,12 +51,16 @@ class Database:
         self._command_timeout = command_timeout
         self._acquire_timeout = acquire_timeout
         self._migrate = migrate
+        self._password = password  # Entra tokens (passwordless); None: whatever the URL says
         self._pool: Any = None
         self._opening = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(settings.database_url, pool_max=settings.database_pool_max)
+        password = None
+        if settings.database_auth == "entra":
+            password = EntraPassword(managed_identity(settings.database_entra_client_id))
+        return cls(settings.database_url, pool_max=settings.database_pool_max, password=password)
 
     @property
     def url_redacted(self) -> str:
@@ -100,6 +106,8 @@ class Database:
     async def close(self) -> None:
         """Close the pool (waiting briefly for connections in use). A later use reopens it."""
         pool, self._pool = self._pool, None
+        if self._password is not None:
+            await self._password.close()
         if pool is None:
             return
         try:
@@ -122,6 +130,7 @@ class Database:
             timeout=self._connect_timeout,
             command_timeout=self._command_timeout,
             server_settings={"application_name": "blobseal"},
+            **({"password": self._password} if self._password is not None else {}),
         )
         try:
             if self._migrate:

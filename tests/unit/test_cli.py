@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,7 +147,8 @@ def test_wrong_key_refused(work: Path) -> None:
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["decrypt", "--key-file", "plain", "enc", "out"], "not base64"),
+    (["decrypt", "--key-file", "plain", "enc", "out"], "a key file holds one base64 key"),
+    (["decrypt", "--key-file", "enc.txt", "enc", "out"], "not base64"),
     (["decrypt", "--key-file", "short", "enc", "out"], "32-byte key"),
     (["decrypt", "--key-file", "key", "missing", "out"], "No such file"),
     (["decrypt", "--key-file", "key", "plain", "out"], "not a blobseal file"),
@@ -161,23 +163,54 @@ def test_wrong_key_refused(work: Path) -> None:
 def test_bad_input_gives_one_line_and_nonzero(work: Path, args: list[str], needle: str) -> None:
     encrypt_sample(work)
     (work / "short").write_text(base64.b64encode(b"x" * 16).decode())
+    (work / "enc.txt").write_text("not base64 at all!")
     line = assert_one_line_error(cli(*args, cwd=work))
     assert needle in line
     assert not (work / "out").exists()
     assert (work / "key").read_text().strip() not in line
 
 
-def test_progress_only_when_enabled_and_slow(capsys: pytest.CaptureFixture[str]) -> None:
-    now = [0.0]
-    shown = Progress(1000, "decrypt", enabled=True, clock=lambda: now[0])
-    now[0] = 2.0
-    shown.advance(500)
+def test_progress_is_shown_on_a_terminal_and_ends_at_100_percent(capsys: pytest.CaptureFixture[str]) -> None:
+    shown = Progress(1000, "decrypt", enabled=True)
+    shown.advance(400)
+    shown.advance(570)  # 97% of the input: the rest is what the format adds (header, tags)
     shown.close()
-    assert "decrypt:  50.0%" in capsys.readouterr().err
-    hidden = Progress(1000, "decrypt", enabled=False, clock=lambda: now[0])
-    now[0] = 5.0
+    err = capsys.readouterr().err
+    assert "decrypt" in err and "100%" in err and "97%" not in err.rsplit("\r", 1)[-1]
+    hidden = Progress(1000, "decrypt", enabled=False)
     hidden.advance(500)
+    hidden.close()
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: str(d / "huge"), "a key file holds one base64 key"),
+    (lambda d: "/dev/zero", "not a regular file"),
+    (lambda d: str(d), "not a regular file"),
+])
+def test_key_files_that_are_not_key_files_are_refused_in_one_line(work: Path, make: Any, needle: str) -> None:
+    (work / "huge").write_bytes(b"A" * 5000)
+    line = assert_one_line_error(cli("decrypt", "--key-file", make(work), "plain", "out", cwd=work))
+    assert needle in line
+
+
+def test_a_fifo_given_by_name_is_refused(work: Path) -> None:
+    os.mkfifo(work / "pipe")
+    line = assert_one_line_error(cli("inspect", "pipe", cwd=work))
+    assert "not a regular file" in line
+
+
+def test_a_closed_pipe_is_quiet(work: Path) -> None:
+    encrypt_sample(work)
+    shell = f"{sys.executable} -m shared.cli decrypt --key-file key enc - | head -c 10 > /dev/null"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=work, capture_output=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert result.stderr == b"" and result.returncode in (0, 141)
+
+
+def test_errors_do_not_name_internal_operations(work: Path) -> None:
+    line = assert_one_line_error(cli("inspect", "plain", cwd=work))
+    assert line == "blobseal: error: not a blobseal file"
 
 
 def test_no_progress_when_stderr_is_not_a_terminal(work: Path) -> None:
