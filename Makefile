@@ -5,7 +5,7 @@ CHECKOV_VENV := $(VENV)/checkov
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test lint unit faults dev bench docs clean
+.PHONY: install test lint unit faults dev bench docs reset clean
 
 install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
 
@@ -13,6 +13,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .   # the `blobseal` command (.venv/bin/blobseal)
 	touch $@
 
 # checkov (tests/infra) pins packaging<24 and more, which pytest cannot share: a virtualenv of its own
@@ -53,10 +54,18 @@ bench: install
 	$(PY) -m bench.format_bench
 	$(PY) -m bench.app_bench
 	$(PY) -m bench.vault_bench
+	$(PY) -m bench.upload_bench
 
 # The README settings table and local.settings.json.example, from the declarations in shared/config.py.
 docs: $(VENV)/.installed
 	$(PY) scripts/settings_docs.py
+
+# Forget the local deployment's data (asks first): blobs in .azurite/, the embedded database in .dev/,
+# the local vault's keys in secrets/. Files encrypted under those keys cannot be read afterwards.
+reset:
+	@printf "delete .azurite/ (blobs), .dev/ (embedded database) and secrets/ (local keys)? [y/N] "; \
+	read answer; if [ "$$answer" = y ]; then rm -rf .azurite .dev secrets && echo "local state deleted"; \
+	else echo "kept"; fi
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

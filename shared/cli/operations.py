@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from shared import bootstrap
 from shared.audit import cli_access
-from shared.cli.io import UsageError, atomic_output
+from shared.cli.io import Progress, UsageError, atomic_output
 from shared.config import Settings, key_fingerprint, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
 from shared.errors import BlobsealError
@@ -184,10 +184,14 @@ def run_decrypt_file(args: argparse.Namespace) -> int:
     parse_file_id(args.file_id)
 
     async def work(service: FileService) -> None:
-        body = await service.open(await service.encrypted_file(args.file_id), None)
+        record = await service.encrypted_file(args.file_id)
+        body = await service.open(record, None)
+        progress = Progress(record.size, "decrypt-file", enabled=sys.stderr.isatty() and args.output != "-")
         with atomic_output(args.output) as sink:
             async for piece in body:
                 sink.write(piece)
+                progress.advance(len(piece))
+        progress.close()
 
     _with_service(args, work)
     return 0

@@ -237,3 +237,10 @@ def test_the_format_commands_load_no_azure_sdk_or_database_driver(work: Path) ->
     assert "shared.crypto.format" in imported
     heavy = [name for name in imported if name.split(".")[0] in ("azure", "asyncpg", "aiohttp", "cryptography")]
     assert heavy == []  # inspect needs no key: not even cryptography
+
+
+def test_the_blobseal_command_is_installed_beside_the_interpreter(work: Path) -> None:
+    command = Path(sys.executable).parent / "blobseal"  # `make install`: pip install -e .
+    encrypt_sample(work)
+    result = subprocess.run([str(command), "inspect", "enc"], cwd=work, capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0 and json.loads(result.stdout)["plaintext_size"] == 300_000
