@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = ["PgProxy"]
 
@@ -20,8 +20,9 @@ _CHUNK = 64 * 1024
 class PgProxy:
     """Forward 127.0.0.1:<port> to ``target_host:target_port`` until told otherwise."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, unix_socket: str | None = None) -> None:
         self._target = (target_host, target_port)
+        self._unix_socket = unix_socket  # an embedded PostgreSQL listens on a unix socket only
         self._server: asyncio.Server | None = None
         self._port = 0
         self._stalled = False
@@ -32,6 +33,9 @@ class PgProxy:
     @classmethod
     def for_url(cls, url: str) -> PgProxy:
         parts = urlsplit(url)
+        socket_dir = dict(parse_qsl(parts.query)).get("host", "")
+        if socket_dir.startswith("/"):  # postgresql://user@/db?host=/run/dir: the socket file is in that folder
+            return cls("", 0, unix_socket=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}")
         return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
 
     @property
@@ -43,7 +47,8 @@ class PgProxy:
         parts = urlsplit(database_url)
         userinfo = parts.netloc.rpartition("@")[0]
         netloc = f"{userinfo}@127.0.0.1:{self._port}" if userinfo else f"127.0.0.1:{self._port}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self._port, reuse_address=True)
@@ -79,7 +84,10 @@ class PgProxy:
         if self._stalled:
             return  # held open, silent, until dropped
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            if self._unix_socket:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._unix_socket)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.transport.abort()
             return
