@@ -116,9 +116,13 @@ def protected_blob_name(file_id: uuid.UUID, key_reference: str, source_etag: str
     return f"{file_id}/{version}.{hashlib.sha256(source_etag.encode()).hexdigest()[:12]}.bseal"
 
 
+# What clients send when nobody chose a type: SDK and curl defaults.
+_UNCHOSEN_TYPES = ("", "application/octet-stream", "application/x-www-form-urlencoded")
+
+
 def guess_type(given: str | None, name: str) -> str:
     """The uploader's content type, else a guess from the name, else ``application/octet-stream``."""
-    if given and given.split(";")[0].strip() not in ("", "application/octet-stream"):
+    if given and given.split(";")[0].strip().lower() not in _UNCHOSEN_TYPES:
         return given
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 

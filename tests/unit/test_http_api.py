@@ -7,6 +7,7 @@ import pytest
 from shared.download import Span
 from shared.errors import InvalidRequestError, RangeNotSatisfiableError
 from shared.http_api import content_disposition, parse_range
+from shared.ingest import guess_type
 
 
 @pytest.mark.parametrize("header,size,expected", [
@@ -51,3 +52,15 @@ def test_span_end_is_inclusive() -> None:
 ])
 def test_content_disposition_has_an_ascii_fallback_and_the_exact_name(name: str, expected: str) -> None:
     assert content_disposition(name) == expected
+
+
+@pytest.mark.parametrize("given,name,expected", [
+    ("text/csv; charset=utf-8", "a.bin", "text/csv; charset=utf-8"),  # what the uploader chose wins
+    (None, "report.pdf", "application/pdf"),
+    ("application/octet-stream", "photo.png", "image/png"),  # the SDK default: nobody chose it
+    ("application/x-www-form-urlencoded", "notes.txt", "text/plain"),  # curl --data-binary's default
+    ("", "no-extension", "application/octet-stream"),
+])
+def test_content_type_is_guessed_from_the_name_when_nobody_chose_one(given: str | None, name: str,
+                                                                      expected: str) -> None:
+    assert guess_type(given, name) == expected
