@@ -233,7 +233,7 @@ class Container:
                 async with asyncio.timeout(CALL_DEADLINE_SECONDS):
                     await self._client.get_blob_client(name).delete_blob(**_if_match(etag))
         except (BlobNotFoundError, BlobChangedError) as exc:
-            log.info("blob not deleted: %s", exc.message, extra={"container": self.name, "blob": name})
+            log.debug("blob %s/%s not deleted: %s", self.name, name, exc.message)
             return False
         return True
 

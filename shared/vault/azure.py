@@ -208,11 +208,21 @@ class AzureKeyVault:
             )
 
     async def delete_secret(self, name: str) -> None:
-        """Soft-delete ``name`` and wait until the service reports it deleted."""
+        """Delete ``name`` (every version): soft-delete, wait until the service reports it deleted, then
+        purge it where the vault allows (purge protection, or no purge permission, keeps it soft-deleted
+        until the retention ends: only a vault administrator could recover it)."""
         with self._call("delete_secret", name):
             async with asyncio.timeout(self._delete_timeout):
                 # ``_polling_interval`` is the SDK's own (private) knob for its delete poller.
                 await self._secrets().delete_secret(name, _polling_interval=self._delete_poll_interval)
+        with self._call("purge_deleted_secret", name):
+            try:
+                await self._secrets().purge_deleted_secret(name)
+            except HttpResponseError as exc:
+                if exc.status_code != 403:
+                    raise
+                logger.info("secret %s deleted; not purged (purge protection or no purge permission): it stays "
+                            "soft-deleted until the vault's retention ends", name)
 
     async def list_versions(self, name: str) -> list[SecretProperties]:
         with self._call("list_versions", name):

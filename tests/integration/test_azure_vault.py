@@ -183,17 +183,29 @@ async def test_other_forbidden_is_not_reported_as_disabled(vault: AzureKeyVault,
     assert type(caught.value) is KeyVaultError and caught.value.details["status"] == 403
 
 
-async def test_delete_is_soft_waits_for_completion_and_blocks_the_name(
+async def test_delete_waits_for_completion_then_purges_where_the_vault_allows(
     vault: AzureKeyVault, server: KeyVaultServer
 ) -> None:
+    await vault.set_secret(NAME, os.urandom(32))
+    start = len(server.requests)
+    await vault.delete_secret(NAME)
+    assert ("DELETE", f"/deletedsecrets/{NAME}", 204) in since(server, start)  # purged: nothing to recover
+    assert NAME not in server.deleted
+    await vault.set_secret(NAME, os.urandom(32))  # the name is free again
+
+
+async def test_with_purge_protection_a_delete_stays_soft_and_blocks_the_name(
+    vault: AzureKeyVault, server: KeyVaultServer
+) -> None:
+    server.purge_protection = True
     await vault.set_secret(NAME, os.urandom(32))
     server.delete_lag_polls = 2
     start = len(server.requests)
 
     await vault.delete_secret(NAME)
 
-    polls = [s for m, p, s in since(server, start) if p == f"/deletedsecrets/{NAME}"]
-    assert polls == [404, 404, 200]
+    polls = [(m, s) for m, p, s in since(server, start) if p == f"/deletedsecrets/{NAME}"]
+    assert polls == [("GET", 404), ("GET", 404), ("GET", 200), ("DELETE", 403)]  # the purge refused, and said so
     with pytest.raises(SecretNotFoundError):
         await vault.get_secret(NAME)
     with pytest.raises(KeyVaultError) as caught:

@@ -244,6 +244,7 @@ class KeyVaultServer:
         self.clock = clock
         self.version_ids = version_ids
         self.delete_lag_polls = 0  # GET /deletedsecrets answers 404 this many times after a delete
+        self.purge_protection = False  # True: purging a deleted secret is refused (403), as the templates deploy
         self.error_marker = ""  # appended to every error message: proves clients do not copy them
         self.requests: list[RequestRecord] = []
         self.secrets: dict[str, list[_Version]] = {}
@@ -505,6 +506,9 @@ class KeyVaultServer:
         return web.json_response(self._deleted_bundle(name))
 
     def _purge(self, name: str) -> web.Response:
+        if self.purge_protection and name in self.deleted:
+            raise _Reply(403, "Forbidden", "Operation \"purge\" is not allowed because purge protection is enabled "
+                         "for this vault.")
         if self.deleted.pop(name, None) is None:
             raise _Reply(404, "SecretNotFound", f"Deleted Secret not found: {name}")
         return web.Response(status=204)
