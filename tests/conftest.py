@@ -15,6 +15,7 @@ from shared.bootstrap import Services
 from shared.db import Database, migrate
 from shared.vault.base import KeyVault
 from tests.integration.service_fixtures import open_stack, stack_settings
+from tests.support.pg_proxy import PgProxy
 from tests.support.stack import StackFactory
 
 # =========================================================================================
@@ -93,6 +94,27 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 
 
 # ============================================================================== end Azurite
+
+
+@pytest.fixture(scope="module")
+def database_url(module_database_url: str) -> str:
+    """The database a test module runs the app on (its own, migrated)."""
+    return module_database_url
+
+
+@pytest.fixture(scope="module")
+def vault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local vault for the module's database: a new vault beside recorded keys is refused (fail closed)."""
+    return tmp_path_factory.mktemp("vault") / "secrets"
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[PgProxy]:
+    """A TCP proxy in front of the test PostgreSQL server, to cut, stall and restore (any database on it)."""
+    server = PgProxy.for_url(database_url)
+    await server.start()
+    yield server
+    await server.close()
 
 
 # =========================================================================================

@@ -28,11 +28,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def database_url(module_database_url: str) -> str:
-    return module_database_url
-
-
-@pytest.fixture(scope="module")
 def host(azurite: Azurite, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevHost]:
     work = tmp_path_factory.mktemp("host")
     env = host_env(azurite, database_url, work / "vault")

@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -20,19 +19,6 @@ from localinfra.hostprocess import DevHost, host_env
 from tests.support.pg_proxy import PgProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def database_url(module_database_url: str) -> str:
-    return module_database_url
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[PgProxy]:
-    server = PgProxy.for_url(database_url)
-    await server.start()
-    yield server
-    await server.close()
 
 
 async def health(client: httpx.AsyncClient, host: DevHost) -> tuple[int, dict[str, object]]:

@@ -12,19 +12,3 @@ throttled files, killed host processes) in ``make faults``.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import pytest
-
-TRIALS = int(os.environ.get("BLOBSEAL_FAULT_TRIALS", "20"))
-
-
-@pytest.fixture(scope="module")
-def database_url(module_database_url: str) -> str:
-    return module_database_url
-
-
-@pytest.fixture(scope="module")
-def vault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("vault") / "secrets"

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow, pytes
 
 MiB = 1024 * 1024
 FAST_RECONCILE = {"RECONCILE_SCHEDULE": "*/2 * * * * *", "RECONCILE_AFTER_SECONDS": "3"}
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[PgProxy]:
-    server = PgProxy.for_url(database_url)
-    await server.start()
-    yield server
-    await server.close()
 
 
 async def started(env: dict[str, str], log: Path) -> DevHost:

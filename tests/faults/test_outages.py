@@ -12,7 +12,6 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ from tests.support.stack import StackFactory, assert_clean
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[PgProxy]:
-    server = PgProxy.for_url(database_url)
-    await server.start()
-    yield server
-    await server.close()
 
 
 async def uploads(azurite: Azurite, container: str, count: int, size: int) -> dict[str, bytes]:

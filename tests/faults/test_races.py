@@ -18,11 +18,12 @@ import pytest
 from localinfra.azurite import Azurite
 from shared.blobs import BlockWriter
 from shared.errors import UploadConflictError
-from tests.faults.conftest import TRIALS
 from tests.integration.service_fixtures import blob_names, upload
 from tests.support.stack import StackFactory, all_blobs, assert_clean, download, pending_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
+
+TRIALS = int(os.environ.get("BLOBSEAL_FAULT_TRIALS", "20"))  # make faults: 100
 
 
 async def same_uuid_two_names(make_stack: StackFactory, azurite: Azurite, trials: int) -> None:

@@ -547,14 +547,6 @@ async def test_abandon_releases_the_claim_and_can_discard_the_pending_key(
 
 
 @pytest.fixture
-async def proxy(pg_database_url: str) -> AsyncIterator[PgProxy]:
-    pg_proxy = PgProxy.for_url(pg_database_url)
-    await pg_proxy.start()
-    yield pg_proxy
-    await pg_proxy.close()
-
-
-@pytest.fixture
 async def proxied_db(proxy: PgProxy, pg_database_url: str, pg_db: Database) -> AsyncIterator[Database]:
     database = Database(proxy.url(pg_database_url), pool_max=2, connect_timeout=2, command_timeout=5)
     yield database

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -23,16 +22,6 @@ from tests.support.stack import StackFactory, all_blobs
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
 ALICE = Access("key:alice", "10.0.0.1")
-
-
-@pytest.fixture(scope="module")
-def database_url(module_database_url: str) -> str:
-    return module_database_url
-
-
-@pytest.fixture(scope="module")
-def vault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("vault") / "secrets"
 
 
 async def body(*pieces: bytes) -> AsyncIterator[bytes]:

@@ -62,17 +62,6 @@ class Crash(Exception):
 StackFactory = Callable[..., Awaitable[Services]]
 
 
-@pytest.fixture(scope="module")
-def database_url(module_database_url: str) -> str:
-    return module_database_url
-
-
-@pytest.fixture(scope="module")
-def vault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One vault for the module's database: a new vault beside recorded keys is refused (fail closed)."""
-    return tmp_path_factory.mktemp("vault") / "secrets"
-
-
 @pytest.fixture
 async def make_stack(azurite: Azurite, database_url: str, vault_dir: Path) -> AsyncIterator[StackFactory]:
     opened: list[Services] = []
