@@ -55,6 +55,7 @@ bench: install
 	$(PY) -m bench.app_bench
 	$(PY) -m bench.vault_bench
 	$(PY) -m bench.upload_bench
+	$(PY) -m bench.perf_bench
 
 # The README settings table and local.settings.json.example, from the declarations in shared/config.py.
 docs: $(VENV)/.installed

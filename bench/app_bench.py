@@ -65,7 +65,7 @@ async def timed(work: Callable[[], Awaitable[object]]) -> float:
 
 
 async def plain_copy(s: Services, source: str, target: str) -> None:
-    writer = s.protected.writer(target)
+    writer = s.protected.writer(target, target=s.settings.chunk_size)
     async for chunk in s.ingest.read(source):
         await writer.stage(chunk)
     await writer.commit()

@@ -223,8 +223,9 @@ class Container:
                  for i in items]
         return infos, pages.continuation_token or None  # type: ignore[attr-defined]
 
-    def writer(self, name: str) -> BlockWriter:
-        return BlockWriter(self._client.get_blob_client(name), self.name, name)
+    def writer(self, name: str, *, target: int) -> BlockWriter:
+        """A writer for ``name`` staging blocks of about ``target`` bytes."""
+        return BlockWriter(self._client.get_blob_client(name), self.name, name, target=target)
 
     async def delete(self, name: str, *, etag: str | None = None) -> bool:
         """Delete (only if unchanged, with ``etag``); False if it was gone or changed."""
@@ -249,26 +250,53 @@ def _if_match(etag: str | None) -> dict[str, Any]:
 
 
 class BlockWriter:
-    """Stages blocks of one blob and commits them at once (atomic for readers)."""
+    """Writes one blob in blocks committed at once (atomic for readers).
 
-    def __init__(self, client: Any, container: str, name: str) -> None:
-        self._client, self._container, self._name = client, container, name
+    Small pieces (a header, a final block) are gathered in memory up to half of ``target`` bytes
+    before a block is staged; a transfer-sized piece goes out as it is. A blob that fits in what
+    was gathered is written in a single request (Put Blob, as atomic as a commit) instead of a
+    stage and a commit.
+    """
+
+    def __init__(self, client: Any, container: str, name: str, *, target: int) -> None:
+        self._client, self._container, self._name, self._target = client, container, name, target
         self._attempt = os.urandom(6).hex()
         self._blocks: list[BlobBlock] = []
+        self._buffer = bytearray()
 
     async def stage(self, data: bytes | bytearray | memoryview) -> None:
-        """Stage one block. ``data`` is copied first, so the caller may reuse its buffer."""
-        data = bytes(data)
+        """Add ``data`` (copied: the caller may reuse its buffer); stages a block once half of ``target`` is there."""
+        if not self._buffer and len(data) >= self._target // 2:
+            await self._stage_block(bytes(data))
+            return
+        self._buffer += data
+        if len(self._buffer) >= self._target // 2:
+            await self._stage_buffer()
+
+    async def commit(self, *, metadata: dict[str, str] | None = None,
+                     content_type: str = "application/octet-stream") -> str:
+        """Commit everything staged as the blob's whole content; returns the new ETag."""
+        settings = ContentSettings(content_type=content_type)
+        if not self._blocks:  # it all fits in one request
+            with _translated("upload_blob", self._container, self._name):
+                async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                    result = await self._client.upload_blob(bytes(self._buffer), overwrite=True, metadata=metadata,
+                                                            content_settings=settings)
+            return str(result.get("etag", ""))
+        if self._buffer:
+            await self._stage_buffer()
+        with _translated("commit_block_list", self._container, self._name):
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                result = await self._client.commit_block_list(self._blocks, metadata=metadata,
+                                                              content_settings=settings)
+        return str(result.get("etag", ""))
+
+    async def _stage_buffer(self) -> None:
+        data, self._buffer = bytes(self._buffer), bytearray()
+        await self._stage_block(data)
+
+    async def _stage_block(self, data: bytes) -> None:
         block_id = base64.b64encode(f"{self._attempt}-{len(self._blocks):08d}".encode()).decode()
         with _translated("stage_block", self._container, self._name):
             await self._client.stage_block(block_id, data, length=len(data))
         self._blocks.append(BlobBlock(block_id=block_id))
-
-    async def commit(self, *, metadata: dict[str, str] | None = None,
-                     content_type: str = "application/octet-stream") -> str:
-        """Commit the staged blocks as the blob's whole content; returns the new ETag."""
-        with _translated("commit_block_list", self._container, self._name):
-            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
-                result = await self._client.commit_block_list(
-                    self._blocks, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
-        return str(result.get("etag", ""))

@@ -10,8 +10,9 @@ One attempt (a crash anywhere leaves a state the next attempt completes):
    name means the UUID is taken, and the upload is refused, permanently: it stays in ingest and
    ``failed`` lists it;
 4. create or reuse the file's key (idempotent);
-5. stream-encrypt into ``<file_id>/<key version>.<tag>.bseal`` as staged blocks committed at the
-   end; the tag comes from the ETag, so attempts at different contents never share a blob;
+5. stream-encrypt into ``<file_id>/<key version>.<attempt>.bseal`` as staged blocks committed at
+   the end (one request for a small file); the attempt's random tag means no two attempts share a
+   blob;
 6. point the row at the blob, only if the attempt still holds it (its ETag is the newest) and
    its key is still the file's; a new version's old blob is retired after the grace period
    (downloads in flight finish);
@@ -34,6 +35,7 @@ import asyncio
 import hashlib
 import logging
 import mimetypes
+import os
 import random
 import re
 import time
@@ -62,7 +64,8 @@ from shared.metrics import BYTES_PROCESSED, FILE_SIZE, INGEST_RETRIES, OPERATION
 from shared.transfer import Transfer, seal
 
 __all__ = [
-    "IngestOutcome", "Ingestor", "RetryPolicy", "guess_type", "identify_upload", "protected_blob_name", "upload_tag",
+    "IngestOutcome", "Ingestor", "RetryPolicy", "attempt_tag", "guess_type", "identify_upload", "protected_blob_name",
+    "upload_tag",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,12 +111,15 @@ def identify_upload(name: str, etag: str) -> tuple[uuid.UUID, str]:
     return uuid.uuid5(UPLOAD_NAMESPACE, f"{name}\n{etag}"), name.rsplit("/", 1)[-1]
 
 
-def protected_blob_name(file_id: uuid.UUID, key_reference: str, source_etag: str | None = None) -> str:
-    """One protected blob per key version (and, for an upload, per content): never written over."""
+def protected_blob_name(file_id: uuid.UUID, key_reference: str, *, attempt: str | None = None) -> str:
+    """One protected blob per key version and, for an upload, per delivery (``attempt``, random):
+    two deliveries (two contents, or two of one) never share a blob; the retries of one do."""
     version = key_reference.rsplit("/", 1)[-1]
-    if source_etag is None:
-        return f"{file_id}/{version}.bseal"
-    return f"{file_id}/{version}.{hashlib.sha256(source_etag.encode()).hexdigest()[:12]}.bseal"
+    return f"{file_id}/{version}.{attempt}.bseal" if attempt else f"{file_id}/{version}.bseal"
+
+
+def attempt_tag() -> str:
+    return os.urandom(6).hex()
 
 
 # What clients send when nobody chose a type: SDK and curl defaults.
@@ -164,11 +170,12 @@ class Ingestor:
             log.warning("encryption is disabled (ENCRYPTION_ENABLED=false): %s left in ingest", upload_tag(name))
             return IngestOutcome("disabled")
         deadline = time.monotonic() + (self._retry.patience_seconds if patience is None else patience)
+        tag = attempt_tag()  # this delivery's blob: a retry writes over its own earlier try
         for attempt in count(1):
             info: BlobInfo | None = None
             try:
                 info = await self._ingest.info(name)
-                return await self._attempt(name, info)
+                return await self._attempt(name, info, tag)
             except BlobNotFoundError:
                 log.debug("ingest blob %s is gone: an earlier delivery completed it", name)
                 return IngestOutcome("gone")
@@ -182,36 +189,37 @@ class Ingestor:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _attempt(self, name: str, info: BlobInfo) -> IngestOutcome:
+    async def _attempt(self, name: str, info: BlobInfo, tag: str) -> IngestOutcome:
         file_id, display = identify_upload(name, info.etag)
         async with self._db.transaction("register_file") as conn:
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
                                                          name=display, content_type=guess_type(info.content_type, name))
         if record.pending_etag != info.etag or record.source_name != name:
             return await self._not_ours(name, info.etag, record)
-        key_ref = (await self._keys.create_key(file_id)).key_reference
-        blob_name = protected_blob_name(file_id, key_ref, info.etag)
+        key = await self._keys.create_key(file_id)
+        key_ref, blob_name = key.key_reference, protected_blob_name(file_id, key.key_reference, attempt=tag)
         try:
-            size = await seal(self._ingest.read(name, etag=info.etag), self._protected, blob_name,
-                              key=await self._keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
-                              transfer=self._transfer)
+            sealed = await seal(self._ingest.read(name, etag=info.etag), self._protected, blob_name,
+                                key=await self._keys.key_of(key.key_reference), file_id=file_id, key_reference=key_ref,
+                                transfer=self._transfer, size_hint=info.size)
         except BlobChangedError:  # overwritten while being read: this content is no longer the upload
             return await self._lost(name, info.etag, file_id, blob_name)
         async with self._db.transaction("mark_encrypted") as conn:
             files = FileRepository(conn)
             marked, replaced = await files.mark_encrypted(
                 file_id, source_name=name, source_etag=info.etag, name=display,
-                content_type=guess_type(info.content_type, name),
-                size=size, key_reference=key_ref, protected_blob=blob_name, now=self._clock())
+                content_type=guess_type(info.content_type, name), size=sealed.size, key_reference=key_ref,
+                protected_blob=blob_name, protected_etag=sealed.etag, block_size=sealed.block_size,
+                now=self._clock())
             if marked:
                 await FailureRepository(conn).clear(name)
             if marked and replaced and replaced != blob_name:  # a new version: the old content's blob retires
                 await files.retire_blob(replaced, file_id, delete_after=self._clock() + self._replace_grace)
         if not marked:
             return await self._lost(name, info.etag, file_id, blob_name)
-        BYTES_PROCESSED.labels("encrypt").inc(size)
-        FILE_SIZE.observe(size)
-        log.info("encrypted file %s (%d bytes%s)", file_id, size, ", a new version" if replaced else "")
+        BYTES_PROCESSED.labels("encrypt").inc(sealed.size)
+        FILE_SIZE.observe(sealed.size)
+        log.info("encrypted file %s (%d bytes%s)", file_id, sealed.size, ", a new version" if replaced else "")
         await self._discard_plaintext(name, info.etag)
         return IngestOutcome("encrypted", file_id)
 
@@ -233,10 +241,12 @@ class Ingestor:
         """This attempt does not hold the row (any more): a twin finished, or newer content won."""
         async with self._db.connection("ingest_lost") as conn:
             record = await FileRepository(conn).get(file_id)
+        if record is not None and record.protected_blob == blob_name:  # an earlier try of this delivery marked it
+            return await self._not_ours(name, etag, record)
+        await self._protected.discard(blob_name)  # this delivery's alone: no other one writes this name
         if record is not None and record.status == "encrypted" and (record.source_name, record.source_etag) == (
                 name, etag):
             return await self._not_ours(name, etag, record)  # a concurrent delivery of this content finished
-        await self._protected.discard(blob_name)
         if await self._current_etag(name) == etag:  # still the newest content: take the row back
             raise UploadRaceError("another attempt held the upload's row, or the file's key changed; retrying",
                                   operation="ingest", details={"file_id": str(file_id)})

@@ -116,10 +116,16 @@ class FileKeyService:
 
     async def get_key(self, key_reference: str) -> bytes:
         """The 32-byte key of a recorded reference (pending, active, or retired but not yet disabled)."""
-        file_id, name, version = _split_reference(key_reference)
+        file_id, _, _ = _split_reference(key_reference)
         async with self._db.connection("get_key") as conn:
             row = await FileKeyRepository(conn).by_reference(file_id, key_reference)
         _check_readable(row, key_reference)
+        return await self.key_of(key_reference)
+
+    async def key_of(self, key_reference: str) -> bytes:
+        """The key of a reference taken from this service's own records (a ``FileKey`` it returned, a
+        file row's current key): no database check; the vault still refuses a disabled version."""
+        _, name, version = _split_reference(key_reference)
         try:
             secret = await self._vault.get_secret(name, version)
         except SecretNotFoundError as exc:

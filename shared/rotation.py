@@ -36,7 +36,7 @@ from shared.errors import BlobsealError, KeyMissingError, KeyVaultError, Rotatio
 from shared.ingest import protected_blob_name
 from shared.keys import FileKeyService, RotationTicket
 from shared.metrics import ERRORS, OPERATION_SECONDS
-from shared.transfer import Transfer, seal
+from shared.transfer import Sealed, Transfer, seal
 
 __all__ = ["RotationPolicy", "RotationReport", "Rotator"]
 
@@ -102,8 +102,8 @@ class Rotator:
             return None
         new_blob = protected_blob_name(file_id, ticket.new.key_reference)
         try:
-            await self._reencrypt(record, new_blob, ticket)
-            await self._switch(record, new_blob, ticket)
+            sealed = await self._reencrypt(record, new_blob, ticket)
+            await self._switch(record, new_blob, sealed, ticket)
         except Exception as exc:
             await self._give_up(ticket, exc)
             raise
@@ -160,15 +160,16 @@ class Rotator:
                                    details={"file_id": str(file_id)})
         return record
 
-    async def _reencrypt(self, record: FileRecord, new_blob: str, ticket: RotationTicket) -> None:
+    async def _reencrypt(self, record: FileRecord, new_blob: str, ticket: RotationTicket) -> Sealed:
         assert record.protected_blob is not None
         opener = Decryptor(await self._keys.get_key(ticket.old.key_reference), expect_file_id=record.file_id)
         info = await self._protected.info(record.protected_blob)
-        await seal(self._protected.read(record.protected_blob, etag=info.etag), self._protected, new_blob,
-                   key=await self._keys.get_key(ticket.new.key_reference), file_id=record.file_id,
-                   key_reference=ticket.new.key_reference, transfer=self._transfer, opener=opener)
+        return await seal(self._protected.read(record.protected_blob, etag=info.etag), self._protected, new_blob,
+                          key=await self._keys.get_key(ticket.new.key_reference), file_id=record.file_id,
+                          key_reference=ticket.new.key_reference, transfer=self._transfer, opener=opener,
+                          size_hint=info.size)
 
-    async def _switch(self, record: FileRecord, new_blob: str, ticket: RotationTicket) -> None:
+    async def _switch(self, record: FileRecord, new_blob: str, sealed: Sealed, ticket: RotationTicket) -> None:
         """Keys, pointer and the old blob's retirement in one commit; a lost race rolls all of it back."""
         assert record.protected_blob is not None
         now = self._clock()
@@ -177,7 +178,8 @@ class Rotator:
             files = FileRepository(conn)
             if not await files.switch(record.file_id, old_reference=ticket.old.key_reference,
                                       old_blob=record.protected_blob, key_reference=ticket.new.key_reference,
-                                      protected_blob=new_blob, now=now):
+                                      protected_blob=new_blob, protected_etag=sealed.etag,
+                                      block_size=sealed.block_size, now=now):
                 raise RotationConflictError("the file changed (a new version, or another rotation) while it was "
                                             "re-encrypted", operation="switch_rotation",
                                             details={"file_id": str(record.file_id)})

@@ -89,7 +89,7 @@ class FileService:
     async def open(self, record: FileRecord, span: Span | None) -> AsyncIterator[memoryview]:
         """The verified plaintext of ``span`` (None: the whole file), checked before it starts."""
         assert record.key_reference is not None
-        key = await self._keys.get_key(record.key_reference)
+        key = await self._keys.key_of(record.key_reference)  # the file's own current key: no second lookup
         return await open_span(self._protected, record, key, span)
 
     async def rotate_file(self, file_id_text: str, access: Access = SYSTEM) -> str:

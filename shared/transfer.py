@@ -18,7 +18,16 @@ from shared.blobs import BlockWriter, Container
 from shared.crypto.format import FORMAT_VERSION
 from shared.crypto.stream import Decryptor, Encryptor
 
-__all__ = ["Transfer", "seal"]
+__all__ = ["Sealed", "Transfer", "seal"]
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What a seal wrote: the plaintext size, the committed blob's ETag, the format's block size."""
+
+    size: int
+    etag: str
+    block_size: int
 
 
 @dataclass(frozen=True)
@@ -30,14 +39,16 @@ class Transfer:
 
 
 async def seal(source: AsyncIterator[bytes], target: Container, blob_name: str, *, key: bytes, file_id: uuid.UUID,
-               key_reference: str, transfer: Transfer, opener: Decryptor | None = None) -> int:
+               key_reference: str, transfer: Transfer, opener: Decryptor | None = None,
+               size_hint: int | None = None) -> Sealed:
     """Encrypt ``source`` (plaintext, or ciphertext opened by ``opener``) into ``blob_name``; commit.
 
-    Returns the plaintext size.
+    ``size_hint`` (the source's size, when known) keeps the buffers of a small file small.
     """
     encryptor = Encryptor(key, file_id=file_id, key_reference=key_reference, block_size=transfer.block_size)
-    writer = target.writer(blob_name)
-    out = bytearray(encryptor.buffer_size(transfer.chunk_size + transfer.block_size))
+    writer = target.writer(blob_name, target=transfer.chunk_size)
+    piece = transfer.chunk_size if size_hint is None else max(1, min(transfer.chunk_size, size_hint))
+    out = bytearray(encryptor.buffer_size(piece + transfer.block_size))
     size = 0
     async for chunk in source:
         plaintext = await asyncio.to_thread(opener.update, chunk) if opener is not None else chunk
@@ -48,8 +59,8 @@ async def seal(source: AsyncIterator[bytes], target: Container, blob_name: str, 
         size += len(final_plain)
         await _seal_into(final_plain, encryptor, writer, out)
     await writer.stage(encryptor.finalize())
-    await writer.commit(metadata={"blobseal_format": str(FORMAT_VERSION), "blobseal_file_id": str(file_id)})
-    return size
+    etag = await writer.commit(metadata={"blobseal_format": str(FORMAT_VERSION), "blobseal_file_id": str(file_id)})
+    return Sealed(size=size, etag=etag, block_size=transfer.block_size)
 
 
 async def _seal_into(plaintext: bytes | bytearray, encryptor: Encryptor, writer: BlockWriter,

@@ -28,7 +28,7 @@ from shared.clock import Clock, utcnow
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
 from shared.errors import BlobsealError, UploadTooLargeError
-from shared.ingest import protected_blob_name
+from shared.ingest import attempt_tag, protected_blob_name
 from shared.keys import FileKeyService
 from shared.metrics import BYTES_PROCESSED, FILE_SIZE, OPERATIONS
 from shared.transfer import Transfer, seal
@@ -64,16 +64,18 @@ class Uploader:
                                                 content_type=request.content_type)
         blob_name = ""
         try:
-            key_ref = (await self._keys.create_key(file_id)).key_reference
-            blob_name = protected_blob_name(file_id, key_ref, attempt)
-            size = await seal(self._bounded(body, file_id, attempt), self._protected, blob_name,
-                              key=await self._keys.get_key(key_ref), file_id=file_id, key_reference=key_ref,
-                              transfer=self._transfer)
+            key = await self._keys.create_key(file_id)
+            key_ref, blob_name = key.key_reference, protected_blob_name(file_id, key.key_reference,
+                                                                        attempt=attempt_tag())
+            sealed = await seal(self._bounded(body, file_id, attempt), self._protected, blob_name,
+                                key=await self._keys.key_of(key.key_reference), file_id=file_id, key_reference=key_ref,
+                                transfer=self._transfer, size_hint=request.declared_size)
             async with self._db.transaction("mark_encrypted") as conn:
                 files = FileRepository(conn)
                 await files.mark_encrypted(file_id, source_name=request.name, source_etag=attempt,
                                            name=request.name.rsplit("/", 1)[-1], content_type=request.content_type,
-                                           size=size, key_reference=key_ref, protected_blob=blob_name,
+                                           size=sealed.size, key_reference=key_ref, protected_blob=blob_name,
+                                           protected_etag=sealed.etag, block_size=sealed.block_size,
                                            now=self._clock())
                 record = await files.get(file_id)
         except BaseException as exc:
@@ -82,9 +84,9 @@ class Uploader:
             raise
         assert record is not None
         OPERATIONS.labels("upload", "encrypted").inc()
-        BYTES_PROCESSED.labels("encrypt").inc(size)
-        FILE_SIZE.observe(size)
-        log.info("uploaded and encrypted file %s (%d bytes)", file_id, size)
+        BYTES_PROCESSED.labels("encrypt").inc(sealed.size)
+        FILE_SIZE.observe(sealed.size)
+        log.info("uploaded and encrypted file %s (%d bytes)", file_id, sealed.size)
         return record
 
     async def _bounded(self, body: AsyncIterator[bytes], file_id: uuid.UUID, attempt: str) -> AsyncIterator[bytes]:

@@ -39,6 +39,8 @@ class FileRecord:
     pending_etag: str | None = None  # the ETag of the newest attempt in flight (a first upload or a new version)
     deleted_at: datetime | None = None
     deleted_by: str | None = None
+    protected_etag: str | None = None  # the protected blob's ETag at commit (NULL: rows from before)
+    block_size: int | None = None  # the format's block size of the protected blob
 
 
 _FIELDS = tuple(f.name for f in fields(FileRecord))
@@ -82,7 +84,7 @@ class FileRepository:
 
     async def mark_encrypted(self, file_id: uuid.UUID, *, source_name: str, source_etag: str, name: str,
                              content_type: str, size: int, key_reference: str, protected_blob: str,
-                             now: datetime) -> tuple[bool, str | None]:
+                             protected_etag: str, block_size: int, now: datetime) -> tuple[bool, str | None]:
         """Point the file at this attempt's blob, only if the attempt still holds the row (its name and
         ETag are the newest) and the key it used is still the file's (a rotation did not switch it).
 
@@ -93,13 +95,13 @@ class FileRepository:
         sql = """
             UPDATE files SET status = 'encrypted', source_etag = $3, pending_etag = NULL, name = $4,
                    content_type = $5, size = $6, key_reference = $7, protected_blob = $8, encrypted_at = $9,
-                   updated_at = $9
+                   updated_at = $9, protected_etag = $10, block_size = $11
               FROM (SELECT protected_blob AS blob FROM files WHERE file_id = $1) previous
              WHERE files.file_id = $1 AND files.source_name = $2 AND files.pending_etag = $3
                AND (files.key_reference IS NULL OR files.key_reference = $7)
             RETURNING previous.blob AS replaced"""
         row = await self._conn.fetchrow(sql, file_id, source_name, source_etag, name, content_type, size,
-                                        key_reference, protected_blob, now)
+                                        key_reference, protected_blob, now, protected_etag, block_size)
         return row is not None, (row["replaced"] if row is not None else None)
 
     async def pending_before(self, cutoff: datetime, limit: int) -> list[FileRecord]:
@@ -124,7 +126,7 @@ class FileRepository:
         sql = """
             UPDATE files SET status = 'deleted', deleted_at = COALESCE(deleted_at, $3),
                    deleted_by = COALESCE(deleted_by, $2), protected_blob = NULL, key_reference = NULL,
-                   pending_etag = NULL, updated_at = $3
+                   pending_etag = NULL, protected_etag = NULL, updated_at = $3
              WHERE file_id = $1 RETURNING *"""
         return _record(await self._conn.fetchrow(sql, file_id, by, now))
 
@@ -171,13 +173,15 @@ class FileRepository:
         return {r["name"] for r in await self._conn.fetch(sql, blob_names)}
 
     async def switch(self, file_id: uuid.UUID, *, old_reference: str, old_blob: str, key_reference: str,
-                     protected_blob: str, now: datetime) -> bool:
+                     protected_blob: str, protected_etag: str, block_size: int, now: datetime) -> bool:
         """Point the file at its re-encrypted blob, only if it still is the blob and key that were
         re-encrypted (a new version uploaded meanwhile wins; the rotation is tried again later)."""
         sql = """
-            UPDATE files SET key_reference = $4, protected_blob = $5, updated_at = $6
+            UPDATE files SET key_reference = $4, protected_blob = $5, updated_at = $6, protected_etag = $7,
+                   block_size = $8
              WHERE file_id = $1 AND key_reference = $2 AND protected_blob = $3 AND status = 'encrypted'"""
-        status = await self._conn.execute(sql, file_id, old_reference, old_blob, key_reference, protected_blob, now)
+        status = await self._conn.execute(sql, file_id, old_reference, old_blob, key_reference, protected_blob, now,
+                                          protected_etag, block_size)
         return str(status) == "UPDATE 1"
 
     async def retire_blob(self, blob_name: str, file_id: uuid.UUID, *, delete_after: datetime) -> None:

@@ -166,11 +166,19 @@ ALTER TABLE files ADD COLUMN deleted_at TIMESTAMP WITH TIME ZONE, ADD COLUMN del
 CREATE INDEX files_listing ON files (source_name, file_id);
 """
 
+# What a download needs to know about the protected blob without asking storage first: its ETag
+# (reads are pinned to it) and the format's block size (with the key reference's length and the
+# plaintext size, the whole layout). NULL for rows from before: those ask storage as they did.
+_BLOB_FACTS = """
+ALTER TABLE files ADD COLUMN protected_etag TEXT, ADD COLUMN block_size INTEGER;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "file_keys", _FILE_KEYS),
     Migration(2, "files", _FILES),
     Migration(3, "reliability", _RELIABILITY),
     Migration(4, "access_log", _ACCESS_LOG),
+    Migration(5, "blob_facts", _BLOB_FACTS),
 )
 
 _CREATE_LEDGER = """

@@ -5,7 +5,8 @@ This module owns what may be served from memory and for how long. Entries are ke
 also under its exact version. Each entry lives at most ``ttl_seconds`` (by the injected
 clock), the cache holds at most ``max_entries`` (least recently used evicted first), and
 ``set_secret``, ``disable_version`` and ``delete_secret`` through this wrapper drop every
-entry of that name. Errors (not found, disabled) are never cached.
+entry of that name (``set_secret`` then keeps the version it just stored, exactly). Errors
+(not found, disabled) are never cached.
 
 What it cannot see: a version disabled or a name deleted by another process, or directly in
 the vault, is still served from here until its entry expires. The TTL is that bound, so keep
@@ -70,10 +71,13 @@ class CachedKeyVault:
         return secret
 
     async def set_secret(self, name: str, value: bytes, *, expires_on: datetime | None = None) -> SecretProperties:
+        """Store through; the new version is then served from memory (a new file's key: no second round trip)."""
         try:
-            return await self._inner.set_secret(name, value, expires_on=expires_on)
+            props = await self._inner.set_secret(name, value, expires_on=expires_on)
         finally:
             self.invalidate(name)
+        self._store((name, props.version), SecretVersion(properties=props, value=bytes(value)))
+        return props
 
     async def disable_version(self, name: str, version: str) -> None:
         try:

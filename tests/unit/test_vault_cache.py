@@ -86,6 +86,16 @@ async def test_set_secret_replaces_the_cached_latest(cache: CachedKeyVault) -> N
     assert (await cache.get_secret("file-a", first.version)).value == b"1" * 32
 
 
+async def test_a_new_version_is_served_from_memory_right_after_it_is_stored(
+        cache: CachedKeyVault, inner: CountingVault) -> None:
+    stored = await cache.set_secret("file-a", b"k" * 32)
+    assert (await cache.get_secret("file-a", stored.version)).value == b"k" * 32
+    assert inner.gets == 0  # a new file's key costs one vault round trip (the create), not two
+    await cache.disable_version("file-a", stored.version)
+    with pytest.raises(SecretDisabledError):
+        await cache.get_secret("file-a", stored.version)
+
+
 async def test_a_disabled_version_is_never_served(cache: CachedKeyVault) -> None:
     first = await cache.set_secret("file-a", b"1" * 32)
     await cache.set_secret("file-a", b"2" * 32)
@@ -127,6 +137,7 @@ async def test_invalidation_only_touches_that_name(cache: CachedKeyVault, inner:
 async def test_size_is_bounded_least_recently_used_first(cache: CachedKeyVault, inner: CountingVault) -> None:
     versions = {name: (await cache.set_secret(name, name.encode() * 8)).version for name in ("file-a", "file-b")}
     await cache.set_secret("file-c", b"c" * 32)
+    cache.clear()  # (the sets primed their exact versions; start from nothing)
     await cache.get_secret("file-a", versions["file-a"])
     await cache.get_secret("file-b", versions["file-b"])
     await cache.get_secret("file-a", versions["file-a"])  # a is now more recent than b
@@ -153,6 +164,7 @@ async def test_a_get_racing_a_disable_is_not_cached(cache: CachedKeyVault, inner
         return secret
 
     inner.get_secret = slow_get  # type: ignore[method-assign]
+    cache.clear()  # (the set primed the cache: make this get go to the vault)
     racing = asyncio.create_task(cache.get_secret("file-a", stored.version))
     await fetched.wait()  # the value was read while still enabled ...
     await cache.disable_version("file-a", stored.version)  # ... and disabled before it returned
