@@ -128,6 +128,8 @@ class BlobStore:
             "max_chunk_get_size": settings.chunk_size,
             **SDK_TIMEOUTS,
             "retry_policy": _retry_policy(),
+            # No proxy or .netrc from the environment: aiohttp looked .netrc up in a thread on every request.
+            "use_env_settings": False,
         }
         if settings.data_storage_blob_uri:
             from azure.identity.aio import DefaultAzureCredential
@@ -188,9 +190,13 @@ class Container:
                 yield chunk
 
     async def read_exact(self, name: str, offset: int, length: int, *, etag: str | None = None) -> bytes:
-        """A small range (a header, one block) as one bytes object."""
-        parts = [chunk async for chunk in self.read(name, offset=offset, length=length, etag=etag)]
-        return b"".join(parts)
+        """A small range (a header, one block, a small blob) as one bytes object, in one request."""
+        client = self._client.get_blob_client(name)
+        with _translated("download", self.name, name):
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                stream = await client.download_blob(offset=offset, length=length, max_concurrency=1,
+                                                    **_if_match(etag))
+                return await stream.readall()
 
     async def discard(self, name: str) -> None:
         """Remove a blob and any blocks staged for it but never committed (an abandoned attempt).

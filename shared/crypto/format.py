@@ -29,6 +29,7 @@ from shared.errors import FormatError
 
 __all__ = [
     "ALGORITHM_AES256GCM_HKDF",
+    "COMMITMENT_SIZE",
     "DEFAULT_BLOCK_SIZE",
     "FIXED_HEADER_SIZE",
     "FORMAT_VERSION",

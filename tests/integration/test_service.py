@@ -259,6 +259,50 @@ async def test_ranges_over_the_http_face(stack: Services, azurite: Azurite) -> N
     assert status == 200 and body == data and "content-range" not in headers
 
 
+class StorageCalls:
+    """Counts the protected container's reads by kind (the calls a download makes)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, container: Container) -> None:
+        self.calls: list[str] = []
+        for method in ("info", "read_exact", "read"):
+            monkeypatch.setattr(container, method, self._counted(method, getattr(container, method)))
+
+    def _counted(self, method: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(method)
+            return real(*args, **kwargs)
+        return call
+
+    def taken(self) -> list[str]:
+        taken, self.calls = sorted(self.calls), []
+        return taken
+
+
+async def test_a_download_asks_storage_only_for_bytes(stack: Services, azurite: Azurite,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    small, large = random_bytes(200_000), random_bytes(3 * 1024 * 1024 + 5)
+    _, small_id = await ingest(stack, azurite, small)
+    _, large_id = await ingest(stack, azurite, large)
+    storage = StorageCalls(monkeypatch, stack.files._protected)
+    assert await download(stack, small_id) == small
+    assert storage.taken() == ["read_exact"]  # the row knows the layout: one request for a small file
+    assert await collect(await open_file(stack, large_id, Span(1_000_000, 70_000))) == large[1_000_000:1_070_000]
+    assert storage.taken() == ["read", "read_exact", "read_exact"]  # header and final block at once, then the body
+    async with stack.db.connection() as conn:  # a row from before the layout was recorded asks storage first
+        await conn.execute("UPDATE files SET protected_etag = NULL, block_size = NULL WHERE file_id = $1", large_id)
+    assert await download(stack, large_id) == large
+    assert storage.taken()[0] == "info"
+
+
+async def test_a_blob_written_again_since_its_row_is_read_as_it_is_now(stack: Services, azurite: Azurite) -> None:
+    data = random_bytes(1_500_000)
+    _, file_id = await ingest(stack, azurite, data)
+    blob = (await blob_names(azurite, stack.settings.protected_container))[0]
+    stored = await read_blob(azurite, stack.settings.protected_container, blob)
+    await upload(azurite, stack.settings.protected_container, blob, stored)  # same bytes, a new ETag
+    assert await download(stack, file_id) == data
+
+
 async def test_head_and_request_errors(stack: Services, azurite: Azurite) -> None:
     _, file_id = await ingest(stack, azurite, b"0123456789")
     status, headers, body = await http_download(stack, str(file_id), method="HEAD")
