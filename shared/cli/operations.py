@@ -19,7 +19,7 @@ from shared.audit import cli_access
 from shared.cli.io import Progress, UsageError, atomic_output
 from shared.config import Settings, key_fingerprint, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
-from shared.errors import BlobsealError
+from shared.errors import BlobsealError, SecretDisabledError
 from shared.service import FileService, parse_file_id
 
 __all__ = [
@@ -185,7 +185,10 @@ def run_decrypt_file(args: argparse.Namespace) -> int:
 
     async def work(service: FileService) -> None:
         record = await service.encrypted_file(args.file_id)
-        body = await service.open(record, None)
+        try:
+            body = await service.open(record, None)
+        except SecretDisabledError:
+            raise UsageError(_enable_hint(_settings(args), str(record.key_reference))) from None
         progress = Progress(record.size, "decrypt-file", enabled=sys.stderr.isatty() and args.output != "-")
         with atomic_output(args.output) as sink:
             async for piece in body:
@@ -195,3 +198,15 @@ def run_decrypt_file(args: argparse.Namespace) -> int:
 
     _with_service(args, work)
     return 0
+
+
+def _enable_hint(settings: Settings, key_reference: str) -> str:
+    """What to run when the key version a file needs was disabled (a restored row from before a rotation)."""
+    name, version = key_reference.split("/", 1)
+    if settings.key_vault_mode == "azure":
+        how = (f"az keyvault secret set-attributes --enabled true --id "
+               f"{settings.key_vault_url.rstrip('/')}/secrets/{name}/{version}")
+    else:
+        how = f'set "enabled": true for version {version} of {name} in {settings.key_vault_local_path}/secrets.json'
+    return (f"key version {key_reference} is disabled (a rotation retired it): {how}, run decrypt-file again, "
+            "then disable the version again")

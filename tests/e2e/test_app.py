@@ -268,3 +268,22 @@ def test_operator_commands_beside_the_running_app(host: DevHost, azurite: Azurit
         failed = cli(host, *args)
         assert failed.returncode == 1 and needle in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_decrypt_file_says_how_to_enable_a_disabled_key_version(host: DevHost, azurite: Azurite,
+                                                                 tmp_path: Path) -> None:
+    name = f"{uuid.uuid4()}/restored.bin"
+    drop(host, azurite, name, os.urandom(1000), "application/octet-stream")
+    file_id = str(wait_encrypted(host, name)["file_id"])
+    secret, version = json.loads(cli(host, "show", file_id).stdout)["key_reference"].split("/")
+    vault = Path(host.env["KEY_VAULT_LOCAL_PATH"]) / "secrets.json"  # as a row restored from before a rotation
+    document = json.loads(vault.read_text())
+    assert document[secret]["version"] == version  # the latest version: its fields are the entry's own
+    document[secret]["enabled"] = False
+    vault.write_text(json.dumps(document))
+    failed = cli(host, "decrypt-file", file_id, str(tmp_path / "out"))
+    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
+    assert f'set "enabled": true for version {version} of {secret}' in failed.stderr
+    document[secret]["enabled"] = True
+    vault.write_text(json.dumps(document))
+    assert cli(host, "decrypt-file", file_id, str(tmp_path / "out")).returncode == 0
