@@ -179,6 +179,12 @@ class Container:
 
         With ``etag``, the read fails with ``BlobChangedError`` if the blob changes meanwhile.
         """
+        async for chunk in await self.open_read(name, offset=offset, length=length, etag=etag):
+            yield chunk
+
+    async def open_read(self, name: str, *, offset: int = 0, length: int | None = None,
+                        etag: str | None = None) -> AsyncIterator[bytes]:
+        """``read``, with its first request made before this returns (so it can run beside others)."""
         client = self._client.get_blob_client(name)
         with _translated("download", self.name, name):
             # offset None for a whole blob: the SDK then handles an empty blob (a range would get 416)
@@ -186,6 +192,10 @@ class Container:
             async with asyncio.timeout(CALL_DEADLINE_SECONDS):
                 stream = await client.download_blob(offset=start, length=length, max_concurrency=1,
                                                     **_if_match(etag))
+        return self._chunks(stream, name)
+
+    async def _chunks(self, stream: Any, name: str) -> AsyncIterator[bytes]:
+        with _translated("download", self.name, name):
             async for chunk in prefetched(stream.chunks()):
                 yield chunk
 
@@ -196,7 +206,8 @@ class Container:
             async with asyncio.timeout(CALL_DEADLINE_SECONDS):
                 stream = await client.download_blob(offset=offset, length=length, max_concurrency=1,
                                                     **_if_match(etag))
-                return await stream.readall()
+                data: bytes = await stream.readall()
+        return data
 
     async def discard(self, name: str) -> None:
         """Remove a blob and any blocks staged for it but never committed (an abandoned attempt).

@@ -7,8 +7,11 @@ covering the span (pinned to the blob's ETag) and releases each block's plaintex
 tag verifies. Nothing here knows HTTP: a span is a start and a length.
 
 The file's row records the blob's ETag and block size, so the layout is known without asking
-storage: a small file is one request, a larger one fetches its header and final block at once,
-then the body. (Rows from before that, and a blob written again since, ask storage first.)
+storage: a small file (up to 1 MiB stored) is one request; a larger one fetches its header, its
+final block and the body at once, and a blob read recently (same ETag) only its body, since that
+request is pinned to the ETag the remembered header and final block were verified under. The
+final block is verified again for every request before the first byte goes out. (Rows from
+before the layout was recorded, and a blob written again since, ask storage first.)
 """
 
 from __future__ import annotations
@@ -16,22 +19,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from shared.blobs import Container
 from shared.crypto.cipher import open_header
 from shared.crypto.format import COMMITMENT_SIZE, FIXED_HEADER_SIZE, MAX_HEADER_SIZE, Header, Layout
-from shared.crypto.ranges import RangeOpener, plan_range
+from shared.crypto.ranges import RangeOpener, RangePlan, plan_range
 from shared.db.files import FileRecord
 from shared.errors import BlobChangedError, IntegrityError
 from shared.metrics import BYTES_PROCESSED, ERRORS, INTEGRITY_FAILURES
 
-__all__ = ["Span", "integrity_failed", "open_span"]
+__all__ = ["Reader", "Span", "Tails", "integrity_failed"]
 
 log = logging.getLogger(__name__)
 
 ONE_REQUEST = 1024 * 1024  # a blob up to this size is read whole: one request instead of two or three
+TAILS_BUDGET = 8 * 1024 * 1024  # remembered headers and final blocks (a 64 KiB-block file's: ~64 KiB each)
 
 
 @dataclass(frozen=True)
@@ -47,26 +53,90 @@ class Span:
         return self.start + self.length - 1
 
 
-async def open_span(protected: Container, record: FileRecord, key: bytes,
-                    span: Span | None) -> AsyncIterator[memoryview]:
-    """Check the stored file, then return the verified plaintext stream of ``span`` (None: all of it)."""
-    try:
-        return await _open_checked(protected, record, key, span)
-    except IntegrityError as exc:
-        integrity_failed("download", record.file_id, exc)
-        raise
+class Reader:
+    """Opens files of the protected container; remembers the verified header and final block of
+    recently read blobs by ETag (``Tails``), so a repeated read of a large blob asks storage only
+    for its body."""
 
+    def __init__(self, protected: Container, tails: Tails | None = None) -> None:
+        self._protected, self._tails = protected, tails or Tails()
 
-async def _open_checked(protected: Container, record: FileRecord, key: bytes,
-                        span: Span | None) -> AsyncIterator[memoryview]:
-    facts = _recorded_facts(record)
-    if facts is not None:
+    async def open(self, record: FileRecord, key: bytes, span: Span | None) -> AsyncIterator[memoryview]:
+        """Check the stored file, then return the verified plaintext stream of ``span`` (None: all of it)."""
         try:
-            return await _open_with(protected, record, key, span, *facts)
-        except BlobChangedError:  # written again since it was recorded (a duplicate delivery): ask storage
-            log.info("file %s: the protected blob changed since it was recorded; reading what is there",
-                     record.file_id)
-    return await _open_with(protected, record, key, span, *await _asked_facts(protected, record))
+            return await self._open_checked(record, key, span)
+        except IntegrityError as exc:
+            integrity_failed("download", record.file_id, exc)
+            raise
+
+    async def _open_checked(self, record: FileRecord, key: bytes, span: Span | None) -> AsyncIterator[memoryview]:
+        facts = _recorded_facts(record)
+        if facts is not None:
+            try:
+                return await self._open_with(record, key, span, *facts)
+            except BlobChangedError:  # written again since it was recorded (a duplicate delivery): ask storage
+                log.info("file %s: the protected blob changed since it was recorded; reading what is there",
+                         record.file_id)
+        return await self._open_with(record, key, span, *await _asked_facts(self._protected, record))
+
+    async def _open_with(self, record: FileRecord, key: bytes, span: Span | None, layout: Layout,
+                         etag: str) -> AsyncIterator[memoryview]:
+        """Get the header and the final block, check them, and return the stream of the covering blocks."""
+        assert record.protected_blob is not None and record.size is not None
+        if layout.plaintext_size != record.size:
+            raise IntegrityError("stored blob size does not match the file", operation="download")
+        span = span or Span(0, record.size)
+        plan = plan_range(layout, span.start, span.length)
+        head, final, body = await self._fetch(record.protected_blob, etag, layout, plan)
+        header = Header.parse(head)
+        if header.file_id != record.file_id or header.key_reference != record.key_reference:
+            raise IntegrityError("stored blob belongs to another file or key", operation="download")
+        if (header.size, header.block_size) != (layout.header_size, layout.block_size):
+            raise IntegrityError("stored blob's header does not match the file", operation="download")
+        opener = RangeOpener(open_header(key, header), layout, plan, final)  # verifies the final block
+        self._tails.keep(record.protected_blob, etag, head, final)
+        return _stream(body, opener, record.file_id)
+
+    async def _fetch(self, blob: str, etag: str, layout: Layout,
+                     plan: RangePlan) -> tuple[bytes, bytes, AsyncIterator[bytes]]:
+        """(header, final block, body source), in as few requests as the blob allows, all at once."""
+        protected, final_offset, final_length = self._protected, *plan.final_span
+        if layout.ciphertext_size <= ONE_REQUEST:
+            whole = await protected.read_exact(blob, 0, layout.ciphertext_size, etag=etag)
+            return whole[: layout.header_size], whole[final_offset:], _slice(whole, plan.cipher_offset,
+                                                                               plan.cipher_length)
+        body = _body(protected, blob, plan.cipher_offset, plan.cipher_length, etag)
+        if (tail := self._tails.get(blob, etag)) is not None and plan.cipher_length:
+            # the body's request is pinned to the same ETag: the remembered header and final block are its own
+            return tail[0], tail[1], await body
+        # the body's bytes are released only after the final block verifies
+        head, final, source = await _all(protected.read_exact(blob, 0, layout.header_size, etag=etag),
+                                         protected.read_exact(blob, final_offset, final_length, etag=etag), body)
+        return head, final, source
+
+
+class Tails:
+    """Verified headers and final blocks of recently read blobs, by (blob, ETag), LRU within a byte budget."""
+
+    def __init__(self, budget: int = TAILS_BUDGET) -> None:
+        self._budget, self._used = budget, 0
+        self._entries: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = OrderedDict()
+
+    def get(self, blob: str, etag: str) -> tuple[bytes, bytes] | None:
+        entry = self._entries.get((blob, etag))
+        if entry is not None:
+            self._entries.move_to_end((blob, etag))
+        return entry
+
+    def keep(self, blob: str, etag: str, head: bytes, final: bytes) -> None:
+        size = len(head) + len(final)
+        if (blob, etag) in self._entries or size > self._budget // 16:
+            return
+        self._entries[(blob, etag)] = (bytes(head), bytes(final))
+        self._used += size
+        while self._used > self._budget:
+            _, (old_head, old_final) = self._entries.popitem(last=False)
+            self._used -= len(old_head) + len(old_final)
 
 
 def _recorded_facts(record: FileRecord) -> tuple[Layout, str] | None:
@@ -86,32 +156,17 @@ async def _asked_facts(protected: Container, record: FileRecord) -> tuple[Layout
     return Layout(header.size, header.block_size, info.size), info.etag
 
 
-async def _open_with(protected: Container, record: FileRecord, key: bytes, span: Span | None, layout: Layout,
-                     etag: str) -> AsyncIterator[memoryview]:
-    """Fetch the header and the final block (in one request for a small file, else two at once),
-    check them, and return the stream of the covering blocks."""
-    assert record.protected_blob is not None and record.size is not None
-    if layout.plaintext_size != record.size:
-        raise IntegrityError("stored blob size does not match the file", operation="download")
-    span = span or Span(0, record.size)
-    plan = plan_range(layout, span.start, span.length)
-    blob, final_offset, final_length = record.protected_blob, *plan.final_span
-    if layout.ciphertext_size <= ONE_REQUEST:
-        whole = await protected.read_exact(blob, 0, layout.ciphertext_size, etag=etag)
-        head, final = whole[: layout.header_size], whole[final_offset:]
-        body = _slice(whole, plan.cipher_offset, plan.cipher_length)
-    else:
-        head, final = await asyncio.gather(protected.read_exact(blob, 0, layout.header_size, etag=etag),
-                                           protected.read_exact(blob, final_offset, final_length, etag=etag))
-        body = protected.read(blob, offset=plan.cipher_offset, length=plan.cipher_length,
-                              etag=etag) if plan.cipher_length else _nothing()
-    header = Header.parse(head)
-    if header.file_id != record.file_id or header.key_reference != record.key_reference:
-        raise IntegrityError("stored blob belongs to another file or key", operation="download")
-    if (header.size, header.block_size) != (layout.header_size, layout.block_size):
-        raise IntegrityError("stored blob's header does not match the file", operation="download")
-    opener = RangeOpener(open_header(key, header), layout, plan, final)
-    return _stream(body, opener, record.file_id)
+async def _all(*calls: Awaitable[Any]) -> list[Any]:
+    """The results of ``calls`` run at once; the first failure raised after all have ended."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def _body(protected: Container, blob: str, offset: int, length: int, etag: str) -> AsyncIterator[bytes]:
+    return await protected.open_read(blob, offset=offset, length=length, etag=etag) if length else _nothing()
 
 
 async def _slice(data: bytes, offset: int, length: int) -> AsyncIterator[bytes]:

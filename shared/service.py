@@ -1,7 +1,7 @@
 """The file service: what the functions and the CLI call (one method per use case).
 
 It validates identifiers (file ids), maps the database row to the metadata view, and
-delegates the work: ``Ingestor`` (encrypt an upload), ``open_span`` (verified streaming
+delegates the work: ``Ingestor`` (encrypt an upload), ``Reader`` (verified streaming
 read), ``Rotator`` (lazy rotation). Health checks every dependency. Answers are neutral (a
 file record, a verified body): HTTP lives in ``shared.http_api``.
 """
@@ -22,7 +22,7 @@ from shared.clock import Clock, utcnow
 from shared.db.failures import FailureRecord, FailureRepository
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
-from shared.download import Span, open_span
+from shared.download import Reader, Span
 from shared.errors import BlobsealError, FileNotReadyError, InvalidRequestError, UnknownFileError
 from shared.ingest import Ingestor, IngestOutcome
 from shared.keys import FileKeyService
@@ -54,6 +54,7 @@ class FileService:
                  probes: Mapping[str, Probe], plaintext_alert: timedelta = timedelta(minutes=30),
                  clock: Clock = utcnow) -> None:
         self._db, self._keys, self._protected = db, keys, protected
+        self._reader = Reader(protected)
         self._ingestor, self.rotator, self._reconciler = ingestor, rotator, reconciler
         self._uploader, self.audit = uploader, audit
         self._probes = dict(probes)
@@ -90,7 +91,7 @@ class FileService:
         """The verified plaintext of ``span`` (None: the whole file), checked before it starts."""
         assert record.key_reference is not None
         key = await self._keys.key_of(record.key_reference)  # the file's own current key: no second lookup
-        return await open_span(self._protected, record, key, span)
+        return await self._reader.open(record, key, span)
 
     async def rotate_file(self, file_id_text: str, access: Access = SYSTEM) -> str:
         file_id = parse_file_id(file_id_text)

@@ -21,9 +21,9 @@ from localinfra.azurite import Azurite
 from shared import http_api
 from shared.blobs import BlockWriter, Container
 from shared.bootstrap import Services, rotation_policy, transfer
-from shared.crypto.format import Header
+from shared.crypto.format import Header, Layout
 from shared.db.files import FileRepository
-from shared.download import Span
+from shared.download import Reader, Span, Tails
 from shared.errors import (
     FileNotReadyError,
     IntegrityError,
@@ -264,7 +264,7 @@ class StorageCalls:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, container: Container) -> None:
         self.calls: list[str] = []
-        for method in ("info", "read_exact", "read"):
+        for method in ("info", "read_exact", "read", "open_read"):
             monkeypatch.setattr(container, method, self._counted(method, getattr(container, method)))
 
     def _counted(self, method: str, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -287,11 +287,51 @@ async def test_a_download_asks_storage_only_for_bytes(stack: Services, azurite: 
     assert await download(stack, small_id) == small
     assert storage.taken() == ["read_exact"]  # the row knows the layout: one request for a small file
     assert await collect(await open_file(stack, large_id, Span(1_000_000, 70_000))) == large[1_000_000:1_070_000]
-    assert storage.taken() == ["read", "read_exact", "read_exact"]  # header and final block at once, then the body
+    assert storage.taken() == ["open_read", "read_exact", "read_exact"]  # header, final block and body at once
+    assert await collect(await open_file(stack, large_id, Span(5, 300_000))) == large[5:300_005]
+    assert storage.taken() == ["open_read"]  # read before under this ETag: only the body (pinned to it)
+    last = Span(len(large) - 3, 3)  # in the final block alone (5 bytes): no body request to pin, so asked again
+    assert await collect(await open_file(stack, large_id, last)) == large[-3:]
+    assert storage.taken() == ["read_exact", "read_exact"]
     async with stack.db.connection() as conn:  # a row from before the layout was recorded asks storage first
         await conn.execute("UPDATE files SET protected_etag = NULL, block_size = NULL WHERE file_id = $1", large_id)
     assert await download(stack, large_id) == large
     assert storage.taken()[0] == "info"
+
+
+async def test_a_remembered_final_block_is_verified_again_and_a_tampered_blob_is_refused(
+        stack: Services, azurite: Azurite) -> None:
+    data = random_bytes(2_500_000)
+    _, file_id = await ingest(stack, azurite, data)
+    record = await stack.files.encrypted_file(str(file_id))
+    assert record.protected_blob is not None and record.protected_etag is not None
+    key = await stack.keys.key_of(str(record.key_reference))
+    stored = await read_blob(azurite, stack.settings.protected_container, record.protected_blob)
+    layout = Layout.for_plaintext(Header.parse(stored).size, 65536, len(data))
+    offset, length = layout.block_span(layout.block_count - 1)
+    final = bytearray(stored[offset : offset + length])
+    final[-1] ^= 1
+    tails = Tails()
+    tails.keep(record.protected_blob, record.protected_etag, stored[: layout.header_size], bytes(final))
+    with pytest.raises(IntegrityError):  # the remembered final block is opened again for every request
+        await Reader(stack.files._protected, tails).open(record, key, Span(0, 1000))
+    reader = Reader(stack.files._protected)
+    assert await collect(await reader.open(record, key, Span(0, 1000))) == data[:1000]  # remembered now
+    tampered = bytearray(stored)
+    tampered[layout.header_size + 10] ^= 1
+    await upload(azurite, stack.settings.protected_container, record.protected_blob, bytes(tampered))
+    with pytest.raises(IntegrityError):  # a new ETag: the pinned body request fails, storage is asked again
+        await collect(await reader.open(record, key, Span(0, 1000)))
+
+
+def test_tails_keep_within_their_budget() -> None:
+    tails = Tails(budget=16 * 1000)
+    for i in range(40):
+        tails.keep(f"b{i}", "e", b"h" * 100, b"f" * 900)
+    assert tails.get("b39", "e") == (b"h" * 100, b"f" * 900) and tails.get("b0", "e") is None
+    assert sum(tails.get(f"b{i}", "e") is not None for i in range(40)) == 16
+    tails.keep("big", "e", b"", b"x" * 1001)  # over a sixteenth of the budget: not kept
+    assert tails.get("big", "e") is None and tails.get("b39", "e") is not None
 
 
 async def test_a_blob_written_again_since_its_row_is_read_as_it_is_now(stack: Services, azurite: Azurite) -> None:
