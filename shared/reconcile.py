@@ -107,7 +107,7 @@ class Reconciler:
                     await self._guarded(step, report)
                 await self._publish(report)
             finally:
-                await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+                await _unlock(lock)
         return report
 
     async def _guarded(self, step: Callable[[ReconcileReport], Awaitable[None]], report: ReconcileReport) -> None:
@@ -287,3 +287,11 @@ def _file_id_of(blob_name: str) -> uuid.UUID | None:
     except ValueError:
         return None
 
+
+async def _unlock(lock: Any) -> None:
+    """Release the session lock; if that fails, end the session (the pool does not reset sessions)."""
+    try:
+        await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    except BaseException:
+        lock.terminate()
+        raise

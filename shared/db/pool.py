@@ -130,6 +130,7 @@ class Database:
             timeout=self._connect_timeout,
             command_timeout=self._command_timeout,
             server_settings={"application_name": "blobseal"},
+            reset=_keep_session,
             **({"password": self._password} if self._password is not None else {}),
         )
         try:
@@ -164,3 +165,13 @@ async def _rollback_quietly(tx: Any) -> None:
     # A lost connection cannot roll back, and needs not: the server discards the transaction.
     with contextlib.suppress(*DATABASE_ERRORS):
         await tx.rollback()
+
+
+async def _keep_session(_conn: Any) -> None:
+    """What a released connection needs beyond asyncpg's own rollback of an open transaction: nothing.
+
+    The default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is a round trip per
+    release, two per download. The app sets no session state: settings are transaction-local
+    (``set_config(..., true)``) and the reconciler's one session lock is released by the
+    reconciler itself, or the connection is terminated with it.
+    """

@@ -10,12 +10,14 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from localinfra.azurite import Azurite
 from shared.db.files import FileRepository
 from shared.errors import SecretDisabledError
 from shared.metrics import REGISTRY
+from shared.reconcile import LOCK_KEY
 from shared.vault.base import parse_key_reference
 from shared.vault.cache import CachedKeyVault
 from tests.integration.service_fixtures import blob_names, upload
@@ -160,6 +162,16 @@ async def test_two_reconcilers_at_once_one_runs(make_stack: StackFactory, azurit
     one, two = await make_stack(), await make_stack()
     reports = await asyncio.gather(one.files.reconcile(), two.files.reconcile())
     assert sorted(r.skipped for r in reports) in ([False, True], [False, False])  # never both inside at once
+
+
+async def test_a_run_leaves_no_session_lock_behind(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()  # the pool does not reset sessions on release: the reconciler unlocks itself
+    assert not (await stack.files.reconcile()).skipped
+    other = await asyncpg.connect(stack.settings.database_url)
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
+    finally:
+        await other.close()
 
 
 async def test_a_bad_row_does_not_starve_rotation(make_stack: StackFactory, azurite: Azurite) -> None:
