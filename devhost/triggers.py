@@ -1,7 +1,9 @@
 """Blob polling and the timer, as the Functions host runs them (source LogsAndContainerScan).
 
-Blob trigger: every ``poll_seconds`` the container is listed; each blob version (name and
-ETag) not yet handled is passed to the function as a plain ``azure.storage.blob.BlobClient``,
+Blob trigger: every ``poll_seconds`` the container is listed, unless every slot is busy (a
+backlog already found is being worked through: listing it again would cost more than the
+uploads, as a real host's receipts or Event Grid do not); each blob version (name and ETag)
+not yet handled is passed to the function as a plain ``azure.storage.blob.BlobClient``,
 the object the SDK-type binding builds. A version that succeeded gets a receipt (it is not
 run again); one that fails is retried on the next polls, and after ``poison_threshold``
 failures a message goes to the ``webjobs-blobtrigger-poison`` queue and the host stops
@@ -51,6 +53,9 @@ class BlobPoller:
         running: dict[tuple[str, str], asyncio.Task[None]] = {}
         async with ContainerClient.from_connection_string(self.connection_string, self.container) as client:
             while True:
+                if len(running) >= self.concurrency:  # every slot busy and a backlog queued: nothing to list for
+                    await asyncio.sleep(self.poll_seconds)
+                    continue
                 try:
                     async for item in client.list_blobs():
                         version = (item.name, str(item.etag))

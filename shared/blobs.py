@@ -14,8 +14,8 @@ import base64
 import contextlib
 import logging
 import os
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -49,6 +49,60 @@ class BlobInfo:
     created_on: datetime | None
     metadata: dict[str, str]
     modified_on: datetime | None = None
+
+
+class Pieces:
+    """Pieces of a blob in order, a window of requests in flight: memory is about ``window + 1``
+    pieces, and throughput that of ``window`` requests at once. ``aclose`` cancels what is in flight
+    (also when it was never iterated)."""
+
+    def __init__(self, read: Callable[[int, int], Awaitable[bytes]], spans: list[tuple[int, int]],
+                 window: int) -> None:
+        self._read, self._spans, self._window = read, deque(spans), window
+        self._pending: deque[asyncio.Future[bytes]] = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._spans and len(self._pending) < self._window:
+            self._pending.append(asyncio.ensure_future(self._read(*self._spans.popleft())))
+
+    async def started(self) -> None:
+        """Wait for the first piece (its failure, a changed blob say, is raised here, not mid-stream)."""
+        if self._pending:
+            try:
+                await self._pending[0]
+            except BaseException:
+                await self.aclose()
+                raise
+
+    def __aiter__(self) -> Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._pending:
+            raise StopAsyncIteration
+        try:
+            data = await self._pending[0]
+        except BaseException:
+            await self.aclose()
+            raise
+        self._pending.popleft()
+        self._fill()  # while the caller works on this piece, the next ``window`` are on their way
+        return data
+
+    async def aclose(self) -> None:
+        pending, self._pending = list(self._pending), deque()
+        self._spans.clear()
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _info(name: str, props: Any) -> BlobInfo:
+    return BlobInfo(name=name, size=props.size, etag=props.etag,
+                    content_type=props.content_settings.content_type or "application/octet-stream",
+                    created_on=props.creation_time, metadata=dict(props.metadata or {}),
+                    modified_on=props.last_modified)
 
 
 @contextlib.contextmanager
@@ -104,6 +158,7 @@ async def prefetched(source: AsyncIterator[bytes], depth: int = 1) -> AsyncItera
 SDK_TIMEOUTS = {"connection_timeout": 3, "read_timeout": 20}
 SDK_RETRY_TOTAL, SDK_INITIAL_BACKOFF = 2, 0.2  # waits ~0.2 s, then ~2.2 s (initial + 2**n, jittered)
 CALL_DEADLINE_SECONDS = 8.0  # any single non-streaming call, retries included
+PIECES_IN_FLIGHT = 3  # requests a download keeps in flight (its memory: about four pieces)
 BLOB_CLIENTS = 256  # SDK blob clients kept per container (reused by the next request for the same blob)
 
 
@@ -114,46 +169,59 @@ def _retry_policy() -> ExponentialRetry:
 
 
 class BlobStore:
-    """One async ``BlobServiceClient`` for the worker's lifetime (create lazily, close at exit).
+    """The async ``BlobServiceClient``s for the worker's lifetime (create lazily, close at exit).
 
     Use cases get a ``Container``: the store bound to one container, so that none of them
-    can reach a container it was not given.
+    can reach a container it was not given. Reads go in pieces of the transfer unit, except
+    those of a ``download_container``: a client of its own reads in pieces of the download
+    piece, so a download holds a few pieces of that size, not of the 5 MiB transfer unit.
     """
 
-    def __init__(self, service: BlobServiceClient) -> None:
-        self._service = service
+    def __init__(self, service: BlobServiceClient, downloads: BlobServiceClient | None = None,
+                 download_piece: int = 1024 * 1024) -> None:
+        self._service, self._downloads = service, downloads or service
+        self._download_piece = download_piece
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BlobStore:
-        options: dict[str, Any] = {
-            "max_single_get_size": settings.chunk_size,
-            "max_chunk_get_size": settings.chunk_size,
-            **SDK_TIMEOUTS,
-            "retry_policy": _retry_policy(),
-            # No proxy or .netrc from the environment: aiohttp looked .netrc up in a thread on every request.
-            "use_env_settings": False,
-        }
-        if settings.data_storage_blob_uri:
-            from azure.identity.aio import DefaultAzureCredential
-
-            service = BlobServiceClient(settings.data_storage_blob_uri, credential=DefaultAzureCredential(), **options)
-        else:
-            service = BlobServiceClient.from_connection_string(settings.data_storage_connection, **options)
-        return cls(service)
+        return cls(_service(settings, settings.chunk_size), _service(settings, settings.download_piece),
+                   settings.download_piece)
 
     def container(self, name: str) -> Container:
         return Container(self._service.get_container_client(name), name)
 
+    def download_container(self, name: str) -> Container:
+        return Container(self._downloads.get_container_client(name), name, piece=self._download_piece)
+
     async def close(self) -> None:
         await self._service.close()
+        if self._downloads is not self._service:
+            await self._downloads.close()
+
+
+def _service(settings: Settings, piece: int) -> BlobServiceClient:
+    options: dict[str, Any] = {
+        "max_single_get_size": piece,
+        "max_chunk_get_size": piece,
+        **SDK_TIMEOUTS,
+        "retry_policy": _retry_policy(),
+        # No proxy or .netrc from the environment: aiohttp looked .netrc up in a thread on every request.
+        "use_env_settings": False,
+    }
+    if settings.data_storage_blob_uri:
+        from azure.identity.aio import DefaultAzureCredential
+
+        return BlobServiceClient(settings.data_storage_blob_uri, credential=DefaultAzureCredential(), **options)
+    return BlobServiceClient.from_connection_string(settings.data_storage_connection, **options)
 
 
 class Container:
     """The blobs of one container: properties, streamed reads, staged writes, conditional deletes."""
 
-    def __init__(self, client: ContainerClient, name: str) -> None:
+    def __init__(self, client: ContainerClient, name: str, *, piece: int = 4 * 1024 * 1024) -> None:
         self._client = client
         self.name = name
+        self.piece = piece  # what one request of ``pieces`` reads
         self._blobs: OrderedDict[str, BlobClient] = OrderedDict()
 
     def _blob(self, name: str) -> BlobClient:
@@ -179,10 +247,15 @@ class Container:
         with _translated("get_properties", self.name, name):
             async with asyncio.timeout(CALL_DEADLINE_SECONDS):
                 props = await self._blob(name).get_blob_properties()
-        return BlobInfo(name=name, size=props.size, etag=props.etag,
-                        content_type=props.content_settings.content_type or "application/octet-stream",
-                        created_on=props.creation_time, metadata=dict(props.metadata or {}),
-                        modified_on=props.last_modified)
+        return _info(name, props)
+
+    async def open_whole(self, name: str) -> tuple[BlobInfo, AsyncIterator[bytes]]:
+        """A blob's properties and its bytes (``read``'s chunks) from one first request instead of two;
+        the read's later requests are pinned to that ETag (``BlobChangedError`` if it changes)."""
+        with _translated("download", self.name, name):
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                stream = await self._blob(name).download_blob(max_concurrency=1)
+        return _info(name, stream.properties), self._chunks(stream, name)
 
     async def read(self, name: str, *, offset: int = 0, length: int | None = None,
                    etag: str | None = None) -> AsyncIterator[bytes]:
@@ -192,6 +265,13 @@ class Container:
         """
         async for chunk in await self.open_read(name, offset=offset, length=length, etag=etag):
             yield chunk
+
+    def pieces(self, name: str, offset: int, length: int, *, etag: str, window: int = PIECES_IN_FLIGHT) -> Pieces:
+        """``[offset, offset+length)`` in pieces of ``self.piece``, ``window`` requests at once, each pinned
+        to ``etag``; the first requests start now (beside any others the caller makes)."""
+        spans = [(start, min(self.piece, offset + length - start)) for start in range(offset, offset + length,
+                                                                                       self.piece)]
+        return Pieces(lambda start, size: self.read_exact(name, start, size, etag=etag), spans, window)
 
     async def open_read(self, name: str, *, offset: int = 0, length: int | None = None,
                         etag: str | None = None) -> AsyncIterator[bytes]:

@@ -22,6 +22,7 @@ from shared.audit import AuditLog
 from shared.blobs import BlobStore, Container
 from shared.config import Settings
 from shared.db.pool import Database
+from shared.download import Reader
 from shared.errors import ConfigError
 from shared.ingest import Ingestor, RetryPolicy
 from shared.keys import FileKeyService
@@ -167,7 +168,8 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None) -> Serv
     uploader = Uploader(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                         max_bytes=settings.upload_max_mb * 1024 * 1024)
     audit = AuditLog(db, fail_open=settings.audit_fail_open, key_names=settings.key_names)
-    files = FileService(db=db, keys=keys, protected=protected, ingestor=ingestor, rotator=rotator,
+    reader = Reader(blobs.download_container(settings.protected_container))
+    files = FileService(db=db, keys=keys, protected=protected, reader=reader, ingestor=ingestor, rotator=rotator,
                         reconciler=reconciler, uploader=uploader, audit=audit,
                         probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
                         plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))

@@ -20,11 +20,11 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.blobs import Container
+from shared.blobs import Container, Pieces
 from shared.crypto.cipher import open_header
 from shared.crypto.format import COMMITMENT_SIZE, FIXED_HEADER_SIZE, MAX_HEADER_SIZE, Header, Layout
 from shared.crypto.ranges import RangeOpener, RangePlan, plan_range
@@ -37,6 +37,7 @@ __all__ = ["Reader", "Span", "Tails", "integrity_failed"]
 log = logging.getLogger(__name__)
 
 ONE_REQUEST = 1024 * 1024  # a blob up to this size is read whole: one request instead of two or three
+Body = AsyncGenerator[bytes, None] | Pieces  # a download's ciphertext source: iterated, then closed
 TAILS_BUDGET = 8 * 1024 * 1024  # remembered headers and final blocks (a 64 KiB-block file's: ~64 KiB each)
 
 
@@ -88,31 +89,39 @@ class Reader:
         span = span or Span(0, record.size)
         plan = plan_range(layout, span.start, span.length)
         head, final, body = await self._fetch(record.protected_blob, etag, layout, plan)
-        header = Header.parse(head)
-        if header.file_id != record.file_id or header.key_reference != record.key_reference:
-            raise IntegrityError("stored blob belongs to another file or key", operation="download")
-        if (header.size, header.block_size) != (layout.header_size, layout.block_size):
-            raise IntegrityError("stored blob's header does not match the file", operation="download")
-        opener = RangeOpener(open_header(key, header), layout, plan, final)  # verifies the final block
+        try:
+            header = Header.parse(head)
+            if header.file_id != record.file_id or header.key_reference != record.key_reference:
+                raise IntegrityError("stored blob belongs to another file or key", operation="download")
+            if (header.size, header.block_size) != (layout.header_size, layout.block_size):
+                raise IntegrityError("stored blob's header does not match the file", operation="download")
+            opener = RangeOpener(open_header(key, header), layout, plan, final)  # verifies the final block
+        except BaseException:
+            await body.aclose()
+            raise
         self._tails.keep(record.protected_blob, etag, head, final)
         return _stream(body, opener, record.file_id)
 
-    async def _fetch(self, blob: str, etag: str, layout: Layout,
-                     plan: RangePlan) -> tuple[bytes, bytes, AsyncIterator[bytes]]:
+    async def _fetch(self, blob: str, etag: str, layout: Layout, plan: RangePlan) -> tuple[bytes, bytes, Body]:
         """(header, final block, body source), in as few requests as the blob allows, all at once."""
         protected, final_offset, final_length = self._protected, *plan.final_span
         if layout.ciphertext_size <= ONE_REQUEST:
             whole = await protected.read_exact(blob, 0, layout.ciphertext_size, etag=etag)
             return whole[: layout.header_size], whole[final_offset:], _slice(whole, plan.cipher_offset,
                                                                                plan.cipher_length)
-        body = _body(protected, blob, plan.cipher_offset, plan.cipher_length, etag)
+        # the body's first requests start now; its bytes are released only after the final block verifies
+        body = protected.pieces(blob, plan.cipher_offset, plan.cipher_length, etag=etag)
         if (tail := self._tails.get(blob, etag)) is not None and plan.cipher_length:
-            # the body's request is pinned to the same ETag: the remembered header and final block are its own
-            return tail[0], tail[1], await body
-        # the body's bytes are released only after the final block verifies
-        head, final, source = await _all(protected.read_exact(blob, 0, layout.header_size, etag=etag),
-                                         protected.read_exact(blob, final_offset, final_length, etag=etag), body)
-        return head, final, source
+            # the body's requests are pinned to the same ETag: the remembered header and final block are its own
+            await body.started()  # a blob written since fails here, and storage is asked again
+            return tail[0], tail[1], body
+        try:
+            head, final = await _all(protected.read_exact(blob, 0, layout.header_size, etag=etag),
+                                     protected.read_exact(blob, final_offset, final_length, etag=etag))
+        except BaseException:
+            await body.aclose()
+            raise
+        return head, final, body
 
 
 class Tails:
@@ -165,23 +174,12 @@ async def _all(*calls: Awaitable[Any]) -> list[Any]:
     return results
 
 
-async def _body(protected: Container, blob: str, offset: int, length: int, etag: str) -> AsyncIterator[bytes]:
-    return await protected.open_read(blob, offset=offset, length=length, etag=etag) if length else _nothing()
-
-
-async def _slice(data: bytes, offset: int, length: int) -> AsyncIterator[bytes]:
+async def _slice(data: bytes, offset: int, length: int) -> AsyncGenerator[bytes, None]:
     if length:
         yield data[offset : offset + length]
 
 
-async def _nothing() -> AsyncIterator[bytes]:
-    nothing: tuple[bytes, ...] = ()
-    for piece in nothing:
-        yield piece
-
-
-async def _stream(source: AsyncIterator[bytes], opener: RangeOpener,
-                  file_id: uuid.UUID) -> AsyncIterator[memoryview]:
+async def _stream(source: Body, opener: RangeOpener, file_id: uuid.UUID) -> AsyncIterator[memoryview]:
     try:
         async for chunk in source:
             # AES releases the GIL: opening in a thread lets the prefetch keep the network busy
@@ -199,6 +197,8 @@ async def _stream(source: AsyncIterator[bytes], opener: RangeOpener,
         ERRORS.labels("download", type(exc).__name__).inc()
         log.error("download of file %s aborted: %s", file_id, type(exc).__name__)
         raise
+    finally:
+        await source.aclose()  # requests still in flight (a client that went away) are cancelled
 
 
 def integrity_failed(operation: str, file_id: uuid.UUID, exc: IntegrityError) -> None:

@@ -2,7 +2,8 @@
 
 One attempt (a crash anywhere leaves a state the next attempt completes):
 
-1. read the ingest blob's properties (gone: an earlier delivery finished; nothing to do);
+1. start reading the ingest blob; its first response gives its properties (gone: an earlier
+   delivery finished; nothing to do), and the rest of the read is pinned to its ETag;
 2. derive the file id (UUID at the start of the name, else stable from name and ETag);
 3. claim the file's row for this attempt (``pending_etag``): a new row, or one of the same upload
    name (an earlier attempt, or an encrypted earlier version: the newest content wins). An
@@ -40,6 +41,7 @@ import random
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import count
@@ -174,8 +176,8 @@ class Ingestor:
         for attempt in count(1):
             info: BlobInfo | None = None
             try:
-                info = await self._ingest.info(name)
-                return await self._attempt(name, info, tag)
+                info, source = await self._ingest.open_whole(name)
+                return await self._attempt(name, info, source, tag)
             except BlobNotFoundError:
                 log.debug("ingest blob %s is gone: an earlier delivery completed it", name)
                 return IngestOutcome("gone")
@@ -189,7 +191,8 @@ class Ingestor:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _attempt(self, name: str, info: BlobInfo, tag: str) -> IngestOutcome:
+    async def _attempt(self, name: str, info: BlobInfo, source: AsyncIterator[bytes], tag: str) -> IngestOutcome:
+        """``source``: the upload's bytes, its first request made (it told ``info``), pinned to its ETag."""
         file_id, display = identify_upload(name, info.etag)
         async with self._db.transaction("register_file") as conn:
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
@@ -199,7 +202,7 @@ class Ingestor:
         key = await self._keys.create_key(file_id)
         key_ref, blob_name = key.key_reference, protected_blob_name(file_id, key.key_reference, attempt=tag)
         try:
-            sealed = await seal(self._ingest.read(name, etag=info.etag), self._protected, blob_name,
+            sealed = await seal(source, self._protected, blob_name,
                                 key=await self._keys.key_of(key.key_reference), file_id=file_id, key_reference=key_ref,
                                 transfer=self._transfer, size_hint=info.size)
         except BlobChangedError:  # overwritten while being read: this content is no longer the upload

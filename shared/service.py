@@ -49,12 +49,12 @@ def parse_file_id(text: str) -> uuid.UUID:
 
 
 class FileService:
-    def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, ingestor: Ingestor,
+    def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, reader: Reader, ingestor: Ingestor,
                  rotator: Rotator, reconciler: Reconciler, uploader: Uploader, audit: AuditLog,
                  probes: Mapping[str, Probe], plaintext_alert: timedelta = timedelta(minutes=30),
                  clock: Clock = utcnow) -> None:
         self._db, self._keys, self._protected = db, keys, protected
-        self._reader = Reader(protected)
+        self._reader = reader
         self._ingestor, self.rotator, self._reconciler = ingestor, rotator, reconciler
         self._uploader, self.audit = uploader, audit
         self._probes = dict(probes)

@@ -262,9 +262,10 @@ async def test_ranges_over_the_http_face(stack: Services, azurite: Azurite) -> N
 class StorageCalls:
     """Counts the protected container's reads by kind (the calls a download makes)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, container: Container) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, container: Container,
+                 methods: tuple[str, ...] = ("info", "read_exact", "read", "open_read", "pieces")) -> None:
         self.calls: list[str] = []
-        for method in ("info", "read_exact", "read", "open_read"):
+        for method in methods:
             monkeypatch.setattr(container, method, self._counted(method, getattr(container, method)))
 
     def _counted(self, method: str, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -283,16 +284,17 @@ async def test_a_download_asks_storage_only_for_bytes(stack: Services, azurite: 
     small, large = random_bytes(200_000), random_bytes(3 * 1024 * 1024 + 5)
     _, small_id = await ingest(stack, azurite, small)
     _, large_id = await ingest(stack, azurite, large)
-    storage = StorageCalls(monkeypatch, stack.files._protected)
+    storage = StorageCalls(monkeypatch, stack.files._reader._protected)
     assert await download(stack, small_id) == small
     assert storage.taken() == ["read_exact"]  # the row knows the layout: one request for a small file
     assert await collect(await open_file(stack, large_id, Span(1_000_000, 70_000))) == large[1_000_000:1_070_000]
-    assert storage.taken() == ["open_read", "read_exact", "read_exact"]  # header, final block and body at once
+    # header, final block and the body's one piece at once
+    assert storage.taken() == ["pieces", "read_exact", "read_exact", "read_exact"]
     assert await collect(await open_file(stack, large_id, Span(5, 300_000))) == large[5:300_005]
-    assert storage.taken() == ["open_read"]  # read before under this ETag: only the body (pinned to it)
+    assert storage.taken() == ["pieces", "read_exact"]  # read before under this ETag: only the body (pinned)
     last = Span(len(large) - 3, 3)  # in the final block alone (5 bytes): no body request to pin, so asked again
     assert await collect(await open_file(stack, large_id, last)) == large[-3:]
-    assert storage.taken() == ["read_exact", "read_exact"]
+    assert storage.taken() == ["pieces", "read_exact", "read_exact"]  # an empty body: no request
     async with stack.db.connection() as conn:  # a row from before the layout was recorded asks storage first
         await conn.execute("UPDATE files SET protected_etag = NULL, block_size = NULL WHERE file_id = $1", large_id)
     assert await download(stack, large_id) == large
@@ -314,8 +316,8 @@ async def test_a_remembered_final_block_is_verified_again_and_a_tampered_blob_is
     tails = Tails()
     tails.keep(record.protected_blob, record.protected_etag, stored[: layout.header_size], bytes(final))
     with pytest.raises(IntegrityError):  # the remembered final block is opened again for every request
-        await Reader(stack.files._protected, tails).open(record, key, Span(0, 1000))
-    reader = Reader(stack.files._protected)
+        await Reader(stack.files._reader._protected, tails).open(record, key, Span(0, 1000))
+    reader = Reader(stack.files._reader._protected)
     assert await collect(await reader.open(record, key, Span(0, 1000))) == data[:1000]  # remembered now
     tampered = bytearray(stored)
     tampered[layout.header_size + 10] ^= 1
@@ -332,6 +334,24 @@ def test_tails_keep_within_their_budget() -> None:
     assert sum(tails.get(f"b{i}", "e") is not None for i in range(40)) == 16
     tails.keep("big", "e", b"", b"x" * 1001)  # over a sixteenth of the budget: not kept
     assert tails.get("big", "e") is None and tails.get("b39", "e") is not None
+
+
+async def test_an_upload_is_read_with_its_properties_in_one_request(stack: Services, azurite: Azurite,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = StorageCalls(monkeypatch, stack.files._ingestor._ingest, ("info", "open_whole", "read", "delete"))
+    data = random_bytes(70_000)
+    _, file_id = await ingest(stack, azurite, data)
+    assert storage.taken() == ["delete", "open_whole"]  # no separate properties request
+    assert await download(stack, file_id) == data
+
+
+async def test_a_download_holds_pieces_of_the_download_piece_not_the_transfer_unit(make_stack: StackFactory,
+                                                                                   azurite: Azurite) -> None:
+    stack = await make_stack(DOWNLOAD_PIECE_KB="256")
+    data = random_bytes(3 * 1024 * 1024)
+    _, file_id = await ingest(stack, azurite, data)
+    pieces = [bytes(piece) async for piece in await open_file(stack, file_id)]
+    assert b"".join(pieces) == data and max(map(len, pieces)) <= 256 * 1024 < stack.settings.chunk_size
 
 
 async def test_a_blob_written_again_since_its_row_is_read_as_it_is_now(stack: Services, azurite: Azurite) -> None:
