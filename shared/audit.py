@@ -17,6 +17,7 @@ and logged; with ``AUDIT_FAIL_OPEN=false`` (the default) the access it would rec
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import logging
 import socket
@@ -79,11 +80,20 @@ def _range(start: int | None, end: int | None) -> str | None:
     return None if start is None or end is None else f"{start}-{end}"
 
 
+MAX_BATCH = 500  # rows per INSERT when many accesses wait at once
+_INSERT_ROWS = (
+    "INSERT INTO access_log (at, operation, file_id, caller, client_address, range_start, range_end, bytes_sent, "
+    "outcome) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::text[], "
+    "$6::bigint[], $7::bigint[], $8::bigint[], $9::text[])")
+
+
 class AuditLog:
     def __init__(self, db: Database, *, fail_open: bool = False, key_names: Mapping[str, str] | None = None,
                  clock: Clock = utcnow) -> None:
         self._db, self._fail_open, self._clock = db, fail_open, clock
         self._key_names = dict(key_names or {})  # fingerprint -> name
+        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def caller(self, *, principal: str | None, key: str | None) -> str:
         """The caller's name for the log (see the module docstring)."""
@@ -100,19 +110,43 @@ class AuditLog:
         """Append one row. A failure is counted and logged; it is raised (503) when ``required``
         (the access must not happen unrecorded) unless the log is fail-open."""
         start, end = span if span else (None, None)
+        row = (self._clock(), operation, file_id, access.caller[:200], access.address, start, end, bytes_sent,
+               outcome[:100])
         try:
-            async with self._db.connection("audit") as conn:
-                await conn.execute(
-                    "INSERT INTO access_log (at, operation, file_id, caller, client_address, range_start, "
-                    "range_end, bytes_sent, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    self._clock(), operation, file_id, access.caller[:200], access.address, start, end, bytes_sent,
-                    outcome[:100])
+            await self._append(row)
         except DatabaseError as exc:
             AUDIT_FAILURES.inc()
             log.error("access log write failed (%s on file %s by %s): %s", operation, file_id, access.caller, exc)
             if required and not self._fail_open:
                 raise AuditUnavailableError("the access log cannot be written; access refused (AUDIT_FAIL_OPEN=false)",
                                             operation="audit") from exc
+
+    async def _append(self, row: tuple[Any, ...]) -> None:
+        """Write ``row`` durably. Rows that arrive while a write is in flight go together in the next
+        one: one statement and one commit (one WAL flush) for many accesses, each caller still
+        waiting until its own row is committed."""
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
+        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
+            self._waiting = [entry for entry in self._waiting if entry[1].get_loop() is loop]  # not a dead loop's
+            self._writer = loop.create_task(self._write_waiting())
+        self._waiting.append((row, written))
+        await written
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            try:
+                async with self._db.connection("audit") as conn:
+                    await conn.execute(_INSERT_ROWS, *map(list, zip(*(row for row, _ in batch), strict=True)))
+            except Exception as exc:  # each waiter handles it (counted, logged, refused or not)
+                for _, written in batch:
+                    if not written.done():
+                        written.set_exception(exc)
+            else:
+                for _, written in batch:
+                    if not written.done():
+                        written.set_result(None)
 
     async def query(self, *, file_id: uuid.UUID | None = None, since: datetime | None = None,
                     caller: str | None = None, limit: int = 1000) -> list[AuditRecord]:

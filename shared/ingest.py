@@ -194,7 +194,7 @@ class Ingestor:
     async def _attempt(self, name: str, info: BlobInfo, source: AsyncIterator[bytes], tag: str) -> IngestOutcome:
         """``source``: the upload's bytes, its first request made (it told ``info``), pinned to its ETag."""
         file_id, display = identify_upload(name, info.etag)
-        async with self._db.transaction("register_file") as conn:
+        async with self._db.connection("register_file") as conn:  # one statement: no BEGIN/COMMIT round trips
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,
                                                          name=display, content_type=guess_type(info.content_type, name))
         if record.pending_etag != info.etag or record.source_name != name:

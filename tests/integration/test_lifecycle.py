@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from localinfra.azurite import Azurite
 from shared.audit import Access
 from shared.bootstrap import Services
-from shared.errors import DatabaseError, UnknownFileError, UploadConflictError
+from shared.errors import AuditUnavailableError, DatabaseError, UnknownFileError, UploadConflictError
 from shared.keys import FileKeyService
 from shared.metrics import REGISTRY
 from shared.upload import UploadRequest
@@ -47,6 +49,35 @@ async def test_the_access_log_is_append_only_and_purged_only_by_retention(make_s
         assert await conn.fetchval("SELECT purge_access_log(now() + interval '1 second')") == total
     records = await stack.files.audit.query()
     assert records == []
+
+
+async def test_accesses_at_once_share_commits_and_each_waits_for_its_own_row(
+        make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = await make_stack()
+    statements = 0
+    real_connection = stack.db.connection
+
+    def counted(operation: str = "database") -> Any:
+        nonlocal statements
+        statements += operation == "audit"
+        return real_connection(operation)
+
+    monkeypatch.setattr(stack.db, "connection", counted)
+    ids = [uuid.uuid4() for _ in range(60)]
+    await asyncio.gather(*(stack.files.audit.record("metadata", ALICE, file_id=i, span=(n, n + 1))
+                           for n, i in enumerate(ids)))
+    assert 1 <= statements < 10  # one write in flight at a time; the rest wait and go together
+    records = {r.file_id: r for r in await stack.files.audit.query(limit=100)}
+    assert all(records[i].range_start == n and records[i].caller == "key:alice" for n, i in enumerate(ids))
+    async with stack.db.connection() as conn:
+        await conn.execute("ALTER TABLE access_log RENAME TO access_log_unavailable")
+    try:  # a failed write reaches every waiter of its batch: each access is refused (fail-closed)
+        outcomes = await asyncio.gather(*(stack.files.audit.record("metadata", ALICE) for _ in range(5)),
+                                        return_exceptions=True)
+        assert all(isinstance(o, AuditUnavailableError) for o in outcomes)
+    finally:
+        async with stack.db.connection() as conn:
+            await conn.execute("ALTER TABLE access_log_unavailable RENAME TO access_log")
 
 
 async def test_an_access_that_cannot_be_logged_is_refused_unless_fail_open(
