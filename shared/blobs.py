@@ -271,6 +271,8 @@ class Container:
         to ``etag``; the first requests start now (beside any others the caller makes)."""
         spans = [(start, min(self.piece, offset + length - start)) for start in range(offset, offset + length,
                                                                                        self.piece)]
+        if len(spans) > 1 and spans[-1][1] < self.piece // 2:  # a short tail joins the piece before it: a
+            spans[-2:] = [(spans[-2][0], spans[-2][1] + spans[-1][1])]  # 1 MiB range's blocks are one request
         return Pieces(lambda start, size: self.read_exact(name, start, size, etag=etag), spans, window)
 
     async def open_read(self, name: str, *, offset: int = 0, length: int | None = None,

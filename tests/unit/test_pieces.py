@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any, cast
 
 import pytest
 
-from shared.blobs import Pieces
+from shared.blobs import Container, Pieces
 
 
 class Reads:
@@ -70,3 +71,24 @@ async def test_started_raises_the_first_pieces_failure() -> None:
     with pytest.raises(OSError):
         await pieces.started()
     assert reads.running == 0
+
+
+@pytest.mark.parametrize(("offset", "length", "expected"), [
+    (0, 1100, [(0, 1100)]),  # a short tail joins the piece before it: one request for a range of about a piece
+    (0, 2000, [(0, 1024), (1024, 976)]),
+    (0, 2600, [(0, 1024), (1024, 1024), (2048, 552)]),
+    (7, 400, [(7, 400)]),
+    (0, 0, []),
+])
+async def test_a_containers_pieces_cover_the_span_exactly(offset: int, length: int,
+                                                          expected: list[tuple[int, int]]) -> None:
+    asked: list[tuple[int, int]] = []
+
+    async def read_exact(name: str, start: int, size: int, *, etag: str | None = None) -> bytes:
+        asked.append((start, size))
+        return b"x" * size
+
+    container = Container(cast(Any, None), "protected", piece=1024)
+    container.read_exact = read_exact  # type: ignore[method-assign,assignment]
+    got = b"".join([piece async for piece in container.pieces("blob", offset, length, etag='"e"')])
+    assert sorted(asked) == expected and len(got) == length
