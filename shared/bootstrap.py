@@ -113,9 +113,12 @@ def local_vault_path(settings: Settings) -> Path:
         else APP_ROOT / settings.key_vault_local_path
 
 
-def build_vault(settings: Settings) -> KeyVault:
+def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault:
+    """The vault the settings name (or ``adapter``), behind the TTL cache when it is on."""
     vault: KeyVault
-    if settings.key_vault_mode == "azure":
+    if adapter is not None:
+        vault = adapter
+    elif settings.key_vault_mode == "azure":
         from shared.vault.azure import AzureKeyVault  # the Azure SDK only where it is used
 
         vault = AzureKeyVault.from_settings(settings)
@@ -148,11 +151,11 @@ def reconcile_policy(settings: Settings) -> ReconcilePolicy:
 def build_services(settings: Settings, *, vault: KeyVault | None = None) -> Services:
     """Construct every adapter (no I/O: pools and clients connect on first use).
 
-    ``vault`` replaces the one the settings name (tests drive the Azure adapter against a
-    loopback Key Vault stand-in this way; nothing else does).
+    ``vault`` replaces the adapter the settings name, behind the same cache (tests drive the
+    Azure adapter against a loopback Key Vault stand-in this way; nothing else does).
     """
     db = Database.from_settings(settings)
-    vault = vault or build_vault(settings)
+    vault = build_vault(settings, vault)
     keys = FileKeyService(db, vault, rotation_days=settings.key_rotation_days)
     blobs = BlobStore.from_settings(settings)
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)

@@ -150,6 +150,27 @@ async def throttled_burst(make_stack: StackFactory, azurite: Azurite, tmp_path: 
         await server.stop()
 
 
+async def test_in_azure_mode_a_new_file_costs_one_key_vault_request_and_a_download_none(
+        make_stack: StackFactory, azurite: Azurite, tmp_path: Path) -> None:
+    server = KeyVaultServer(make_tls_material(tmp_path))
+    await server.start()
+    vault = AzureKeyVault(server.url, FakeCredential(), verify_challenge_resource=False,
+                          connection_verify=str(server.tls.ca_file))
+    try:
+        stack = await make_stack(vault=vault)
+        await stack.keys.check_vault()  # the challenge handshake, once per client
+        before = len(server.requests)
+        contents = await uploads(azurite, stack.settings.ingest_container, 12, 4096)
+        assert all(o.status == "encrypted" for o in await deliver(stack.files, list(contents)))  # type: ignore[attr-defined]
+        for file_id, data in by_file_id(contents).items():
+            record = await stack.files.encrypted_file(str(file_id))
+            assert b"".join([bytes(p) async for p in await stack.files.open(record, None)]) == data
+        calls = [(r.method, r.status) for r in server.requests[before:]]
+        assert calls == [("PUT", 200)] * 12  # the floor: one secret create per file; keys then come from the cache
+    finally:
+        await server.stop()
+
+
 async def test_a_throttled_vault_slows_ingest_down_and_loses_nothing(
         make_stack: StackFactory, azurite: Azurite, tmp_path: Path) -> None:
     # 5 creates per second: well under what this machine ingests (~12-16 small files/s), so it binds
