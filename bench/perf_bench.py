@@ -9,7 +9,7 @@ measures, in ``--rounds`` rounds each (5), the paths taking turns to go first:
    ``download_blob(offset, length)`` of a plain blob and of a CSE v2 blob of the same size: p50, p95.
 2. The whole 256 MiB file: MiB/s and CPU seconds per GB. blobseal streamed over HTTP (CPU: the host
    process plus the benchmark process); the plain SDK with ``max_concurrency`` 1 and 4, and CSE v2
-   (CPU: the benchmark process); plain in pieces of the host's download piece (``DOWNLOAD_PIECE_KB``),
+   (CPU: the benchmark process); plain in pieces of the host's transfer chunk (``ENCRYPTION_CHUNK_SIZE_MB``),
    CSE v2 in pieces of its 4 MiB encryption region.
 3. 16 parallel HTTP downloads of distinct 32 MiB files: the host's peak RSS (``VmHWM``, reset before
    each round) above its RSS at rest, per download.
@@ -101,7 +101,7 @@ class Bench:
     host: DevHost
     api: Blobseal
     connection: str
-    chunk: int  # the host's download piece: what it reads from storage at a time for a download
+    chunk: int  # the host's transfer chunk
     parallelism: int  # the blob trigger's maxDegreeOfParallelism
     kek: LocalKek
     big_id: str = ""
@@ -427,7 +427,7 @@ def trigger_parallelism() -> int:
 
 def measure_host(plan: Plan, azurite_connection: str, host: DevHost, big_file: Path) -> list[Row]:
     bench = Bench(plan, host, Blobseal(host), azurite_connection,
-                  chunk=int(host.env.get("DOWNLOAD_PIECE_KB", "1024")) * 1024,
+                  chunk=int(host.env.get("ENCRYPTION_CHUNK_SIZE_MB", "5")) * MiB,
                   parallelism=trigger_parallelism(), kek=LocalKek())
     try:
         _step("setup", lambda: prepare(bench, big_file))
@@ -484,7 +484,6 @@ def machine(host: DevHost, database_url: str) -> list[list[str]]:
         ["PostgreSQL", asyncio.run(_server_version(database_url))],
         ["blobseal", _output(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])],
         ["host settings", f"ENCRYPTION_CHUNK_SIZE_MB={host.env.get('ENCRYPTION_CHUNK_SIZE_MB', '5')}, "
-                          f"DOWNLOAD_PIECE_KB={host.env.get('DOWNLOAD_PIECE_KB', '1024')}, "
                           f"blob trigger maxDegreeOfParallelism={trigger_parallelism()} (host.json)"],
     ]
 
@@ -521,8 +520,9 @@ def method(plan: Plan) -> list[str]:
         "(`require_encryption`, `encryption_version='2.0'`, a local key-encryption-key with AES key wrap). "
         "Every range is checked against the bytes uploaded.",
         f"**Whole file.** The {plan.big // MiB} MiB file, streamed and counted, nothing kept. The plain SDK "
-        "downloads in pieces of the host's download piece (`max_single_get_size` = `max_chunk_get_size` = "
-        "`DOWNLOAD_PIECE_KB`); CSE v2 in pieces of its 4 MiB encryption region (the SDK's default "
+        "downloads in pieces of the host's transfer chunk (`max_single_get_size` = `max_chunk_get_size` = "
+        "`ENCRYPTION_CHUNK_SIZE_MB`; blobseal reads the body as one streamed request); CSE v2 in pieces of "
+        "its 4 MiB encryption region (the SDK's default "
         "chunk: a piece that cuts regions would fetch and decrypt them twice), `max_concurrency=1`. "
         "CPU seconds per GB "
         "(10^9 bytes): blobseal = the host process's utime + stime (`/proc/<pid>/stat`) plus the benchmark "

@@ -173,11 +173,6 @@ param chunkSizeMB int = 5
 @maxValue(16384)
 param blockSizeKB int = 64
 
-@description('What a download reads, opens and sends at a time, in KiB (DOWNLOAD_PIECE_KB): its memory.')
-@minValue(64)
-@maxValue(16384)
-param downloadPieceKB int = 1024
-
 @minValue(0)
 @maxValue(10080)
 param keyVaultCacheMinutes int = 60
@@ -557,7 +552,6 @@ var appSettings = {
   ENCRYPTION_KEY_ROTATION_DAYS: string(keyRotationDays)
   ENCRYPTION_CHUNK_SIZE_MB: string(chunkSizeMB)
   ENCRYPTION_BLOCK_SIZE_KB: string(blockSizeKB)
-  DOWNLOAD_PIECE_KB: string(downloadPieceKB)
   KEY_VAULT_ENABLED: 'true'
   KEY_VAULT_MODE: 'azure'
   KEY_VAULT_URL: keyVault.outputs.uri

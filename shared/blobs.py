@@ -14,8 +14,8 @@ import base64
 import contextlib
 import logging
 import os
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -30,6 +30,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.storage.blob import BlobBlock, ContentSettings
+from azure.storage.blob._generated.models import ModifiedAccessConditions  # for the streamed read (open_stream)
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from shared.config import Settings
@@ -51,51 +52,36 @@ class BlobInfo:
     modified_on: datetime | None = None
 
 
-class Pieces:
-    """Pieces of a blob in order, a window of requests in flight: memory is about ``window + 1``
-    pieces, and throughput that of ``window`` requests at once. ``aclose`` cancels what is in flight
-    (also when it was never iterated)."""
+class Streamed:
+    """A streamed response body (``Container.open_stream``): iterate it, or close it; closing gives the
+    connection back also when it was never iterated. A body that ends short is a storage failure."""
 
-    def __init__(self, read: Callable[[int, int], Awaitable[bytes]], spans: list[tuple[int, int]],
-                 window: int) -> None:
-        self._read, self._spans, self._window = read, deque(spans), window
-        self._pending: deque[asyncio.Future[bytes]] = deque()
-        self._fill()
+    def __init__(self, body: Any, container: str, name: str, length: int) -> None:
+        self._body, self._where, self._left = body, (container, name), length
 
-    def _fill(self) -> None:
-        while self._spans and len(self._pending) < self._window:
-            self._pending.append(asyncio.ensure_future(self._read(*self._spans.popleft())))
-
-    async def started(self) -> None:
-        """Wait for the first piece (its failure, a changed blob say, is raised here, not mid-stream)."""
-        if self._pending:
-            try:
-                await self._pending[0]
-            except BaseException:
-                await self.aclose()
-                raise
-
-    def __aiter__(self) -> Pieces:
+    def __aiter__(self) -> Streamed:
         return self
 
     async def __anext__(self) -> bytes:
-        if not self._pending:
-            raise StopAsyncIteration
         try:
-            data = await self._pending[0]
+            with _translated("download", *self._where):
+                piece: bytes = await self._body.__anext__()
+        except StopAsyncIteration:
+            if self._left:
+                raise StorageUnavailableError("storage ended a read early", operation="download",
+                                              details=dict(zip(("container", "blob"), self._where, strict=True))
+                                              ) from None
+            raise
         except BaseException:
             await self.aclose()
             raise
-        self._pending.popleft()
-        self._fill()  # while the caller works on this piece, the next ``window`` are on their way
-        return data
+        self._left -= len(piece)
+        return piece
 
     async def aclose(self) -> None:
-        pending, self._pending = list(self._pending), deque()
-        self._spans.clear()
-        for future in pending:
-            future.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        response = getattr(getattr(self._body, "response", None), "internal_response", None)
+        if response is not None:
+            response.close()
 
 
 def _info(name: str, props: Any) -> BlobInfo:
@@ -118,6 +104,8 @@ def _translated(operation: str, container: str, name: str = "") -> Iterator[None
         raise StorageUnavailableError("storage did not answer", operation=operation, details=details) from exc
     except AzureError as exc:
         status = getattr(exc, "status_code", None)
+        if status == 412:  # the generated operations raise a plain HttpResponseError for If-Match
+            raise BlobChangedError("blob changed while being read", operation=operation, details=details) from exc
         raise StorageError(f"storage request failed (status {status})", operation=operation,
                            details={**details, "status": status}) from exc
 
@@ -158,7 +146,6 @@ async def prefetched(source: AsyncIterator[bytes], depth: int = 1) -> AsyncItera
 SDK_TIMEOUTS = {"connection_timeout": 3, "read_timeout": 20}
 SDK_RETRY_TOTAL, SDK_INITIAL_BACKOFF = 2, 0.2  # waits ~0.2 s, then ~2.2 s (initial + 2**n, jittered)
 CALL_DEADLINE_SECONDS = 8.0  # any single non-streaming call, retries included
-PIECES_IN_FLIGHT = 3  # requests a download keeps in flight (its memory: about four pieces)
 BLOB_CLIENTS = 256  # SDK blob clients kept per container (reused by the next request for the same blob)
 
 
@@ -169,40 +156,30 @@ def _retry_policy() -> ExponentialRetry:
 
 
 class BlobStore:
-    """The async ``BlobServiceClient``s for the worker's lifetime (create lazily, close at exit).
+    """One async ``BlobServiceClient`` for the worker's lifetime (create lazily, close at exit).
 
     Use cases get a ``Container``: the store bound to one container, so that none of them
-    can reach a container it was not given. Reads go in pieces of the transfer unit, except
-    those of a ``download_container``: a client of its own reads in pieces of the download
-    piece, so a download holds a few pieces of that size, not of the 5 MiB transfer unit.
+    can reach a container it was not given.
     """
 
-    def __init__(self, service: BlobServiceClient, downloads: BlobServiceClient | None = None,
-                 download_piece: int = 1024 * 1024) -> None:
-        self._service, self._downloads = service, downloads or service
-        self._download_piece = download_piece
+    def __init__(self, service: BlobServiceClient) -> None:
+        self._service = service
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BlobStore:
-        return cls(_service(settings, settings.chunk_size), _service(settings, settings.download_piece),
-                   settings.download_piece)
+        return cls(_service(settings))
 
     def container(self, name: str) -> Container:
         return Container(self._service.get_container_client(name), name)
 
-    def download_container(self, name: str) -> Container:
-        return Container(self._downloads.get_container_client(name), name, piece=self._download_piece)
-
     async def close(self) -> None:
         await self._service.close()
-        if self._downloads is not self._service:
-            await self._downloads.close()
 
 
-def _service(settings: Settings, piece: int) -> BlobServiceClient:
+def _service(settings: Settings) -> BlobServiceClient:
     options: dict[str, Any] = {
-        "max_single_get_size": piece,
-        "max_chunk_get_size": piece,
+        "max_single_get_size": settings.chunk_size,
+        "max_chunk_get_size": settings.chunk_size,
         **SDK_TIMEOUTS,
         "retry_policy": _retry_policy(),
         # No proxy or .netrc from the environment: aiohttp looked .netrc up in a thread on every request.
@@ -218,10 +195,9 @@ def _service(settings: Settings, piece: int) -> BlobServiceClient:
 class Container:
     """The blobs of one container: properties, streamed reads, staged writes, conditional deletes."""
 
-    def __init__(self, client: ContainerClient, name: str, *, piece: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, client: ContainerClient, name: str) -> None:
         self._client = client
         self.name = name
-        self.piece = piece  # what one request of ``pieces`` reads
         self._blobs: OrderedDict[str, BlobClient] = OrderedDict()
 
     def _blob(self, name: str) -> BlobClient:
@@ -266,14 +242,18 @@ class Container:
         async for chunk in await self.open_read(name, offset=offset, length=length, etag=etag):
             yield chunk
 
-    def pieces(self, name: str, offset: int, length: int, *, etag: str, window: int = PIECES_IN_FLIGHT) -> Pieces:
-        """``[offset, offset+length)`` in pieces of ``self.piece``, ``window`` requests at once, each pinned
-        to ``etag``; the first requests start now (beside any others the caller makes)."""
-        spans = [(start, min(self.piece, offset + length - start)) for start in range(offset, offset + length,
-                                                                                       self.piece)]
-        if len(spans) > 1 and spans[-1][1] < self.piece // 2:  # a short tail joins the piece before it: a
-            spans[-2:] = [(spans[-2][0], spans[-2][1] + spans[-1][1])]  # 1 MiB range's blocks are one request
-        return Pieces(lambda start, size: self.read_exact(name, start, size, etag=etag), spans, window)
+    async def open_stream(self, name: str, offset: int, length: int, *, etag: str) -> Streamed:
+        """``[offset, offset+length)`` as one request, pinned to ``etag``, whose body is handed on as it
+        arrives (pieces of at most the connection's read size, 256 KiB): memory stays flat and the
+        bytes flow at one request's speed whatever the length. The request is made before this
+        returns. (The SDK's public ``download_blob`` buffers each requested chunk whole; this is the
+        same SDK's generated operation, which streams.)"""
+        with _translated("download", self.name, name):
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                body = await self._blob(name)._client.blob.download(
+                    range=f"bytes={offset}-{offset + length - 1}",
+                    modified_access_conditions=ModifiedAccessConditions(if_match=etag))
+        return Streamed(body, self.name, name, length)
 
     async def open_read(self, name: str, *, offset: int = 0, length: int | None = None,
                         etag: str | None = None) -> AsyncIterator[bytes]:

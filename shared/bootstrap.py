@@ -171,7 +171,7 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None) -> Serv
     uploader = Uploader(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                         max_bytes=settings.upload_max_mb * 1024 * 1024)
     audit = AuditLog(db, fail_open=settings.audit_fail_open, key_names=settings.key_names)
-    reader = Reader(blobs.download_container(settings.protected_container))
+    reader = Reader(protected)
     files = FileService(db=db, keys=keys, protected=protected, reader=reader, ingestor=ingestor, rotator=rotator,
                         reconciler=reconciler, uploader=uploader, audit=audit,
                         probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},

@@ -149,9 +149,6 @@ class Settings:
     block_size_kib: int = setting(
         "ENCRYPTION_BLOCK_SIZE_KB", 64, "format block size for new files; readers take it from each header",
         low=4, high=16 * 1024)
-    download_piece_kib: int = setting(
-        "DOWNLOAD_PIECE_KB", 1024, "a download reads, opens and sends this much at a time (about four pieces "
-        "in flight per download: its memory)", low=64, high=16 * 1024)
     key_vault_enabled: bool = setting("KEY_VAULT_ENABLED", True, "must be true while encryption is on")
     key_vault_mode: str = setting(
         "KEY_VAULT_MODE", "local", "`local` (JSON file) or `azure` (Key Vault)", choices=("local", "azure"))
@@ -259,11 +256,6 @@ class Settings:
     def chunk_size(self) -> int:
         """The transfer unit in bytes: what is read, staged and uploaded at a time."""
         return self.chunk_size_mb * 1024 * 1024
-
-    @property
-    def download_piece(self) -> int:
-        """What a download reads from storage at a time, in bytes."""
-        return self.download_piece_kib * 1024
 
     @property
     def block_size(self) -> int:

@@ -20,11 +20,10 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
-from shared.blobs import Container, Pieces
+from shared.blobs import Container, Streamed
 from shared.crypto.cipher import open_header
 from shared.crypto.format import COMMITMENT_SIZE, FIXED_HEADER_SIZE, MAX_HEADER_SIZE, Header, Layout
 from shared.crypto.ranges import RangeOpener, RangePlan, plan_range
@@ -37,7 +36,7 @@ __all__ = ["Reader", "Span", "Tails", "integrity_failed"]
 log = logging.getLogger(__name__)
 
 ONE_REQUEST = 1024 * 1024  # a blob up to this size is read whole: one request instead of two or three
-Body = AsyncGenerator[bytes, None] | Pieces  # a download's ciphertext source: iterated, then closed
+Body = AsyncGenerator[bytes, None] | Streamed  # a download's ciphertext source: iterated, then closed
 TAILS_BUDGET = 8 * 1024 * 1024  # remembered headers and final blocks (a 64 KiB-block file's: ~64 KiB each)
 
 
@@ -109,19 +108,24 @@ class Reader:
             whole = await protected.read_exact(blob, 0, layout.ciphertext_size, etag=etag)
             return whole[: layout.header_size], whole[final_offset:], _slice(whole, plan.cipher_offset,
                                                                                plan.cipher_length)
-        # the body's first requests start now; its bytes are released only after the final block verifies
-        body = protected.pieces(blob, plan.cipher_offset, plan.cipher_length, etag=etag)
+        body = self._body(blob, plan, etag)
         if (tail := self._tails.get(blob, etag)) is not None and plan.cipher_length:
-            # the body's requests are pinned to the same ETag: the remembered header and final block are its own
-            await body.started()  # a blob written since fails here, and storage is asked again
-            return tail[0], tail[1], body
-        try:
-            head, final = await _all(protected.read_exact(blob, 0, layout.header_size, etag=etag),
-                                     protected.read_exact(blob, final_offset, final_length, etag=etag))
-        except BaseException:
-            await body.aclose()
-            raise
-        return head, final, body
+            # the body's request is pinned to the same ETag: the remembered header and final block are its own
+            return tail[0], tail[1], await body  # a blob written since fails here, and storage is asked again
+        # all three at once; the body's bytes are released only after the final block verifies
+        head, final, source = await asyncio.gather(
+            protected.read_exact(blob, 0, layout.header_size, etag=etag),
+            protected.read_exact(blob, final_offset, final_length, etag=etag), body, return_exceptions=True)
+        if not isinstance(source, BaseException) and isinstance(head, bytes) and isinstance(final, bytes):
+            return head, final, source
+        if not isinstance(source, BaseException):
+            await source.aclose()
+        raise next(r for r in (head, final, source) if isinstance(r, BaseException))
+
+    async def _body(self, blob: str, plan: RangePlan, etag: str) -> Body:
+        if not plan.cipher_length:
+            return _slice(b"", 0, 0)
+        return await self._protected.open_stream(blob, plan.cipher_offset, plan.cipher_length, etag=etag)
 
 
 class Tails:
@@ -163,15 +167,6 @@ async def _asked_facts(protected: Container, record: FileRecord) -> tuple[Layout
     prefix = await protected.read_exact(record.protected_blob, 0, min(MAX_HEADER_SIZE, info.size), etag=info.etag)
     header = Header.parse(prefix)
     return Layout(header.size, header.block_size, info.size), info.etag
-
-
-async def _all(*calls: Awaitable[Any]) -> list[Any]:
-    """The results of ``calls`` run at once; the first failure raised after all have ended."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 async def _slice(data: bytes, offset: int, length: int) -> AsyncGenerator[bytes, None]:

@@ -25,6 +25,7 @@ from shared.crypto.format import Header, Layout
 from shared.db.files import FileRepository
 from shared.download import Reader, Span, Tails
 from shared.errors import (
+    BlobChangedError,
     FileNotReadyError,
     IntegrityError,
     InvalidRequestError,
@@ -263,7 +264,7 @@ class StorageCalls:
     """Counts the protected container's reads by kind (the calls a download makes)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, container: Container,
-                 methods: tuple[str, ...] = ("info", "read_exact", "read", "open_read", "pieces")) -> None:
+                 methods: tuple[str, ...] = ("info", "read_exact", "read", "open_read", "open_stream")) -> None:
         self.calls: list[str] = []
         for method in methods:
             monkeypatch.setattr(container, method, self._counted(method, getattr(container, method)))
@@ -288,13 +289,13 @@ async def test_a_download_asks_storage_only_for_bytes(stack: Services, azurite: 
     assert await download(stack, small_id) == small
     assert storage.taken() == ["read_exact"]  # the row knows the layout: one request for a small file
     assert await collect(await open_file(stack, large_id, Span(1_000_000, 70_000))) == large[1_000_000:1_070_000]
-    # header, final block and the body's one piece at once
-    assert storage.taken() == ["pieces", "read_exact", "read_exact", "read_exact"]
+    # header, final block and the body at once
+    assert storage.taken() == ["open_stream", "read_exact", "read_exact"]
     assert await collect(await open_file(stack, large_id, Span(5, 300_000))) == large[5:300_005]
-    assert storage.taken() == ["pieces", "read_exact"]  # read before under this ETag: only the body (pinned)
+    assert storage.taken() == ["open_stream"]  # read before under this ETag: only the body (pinned to it)
     last = Span(len(large) - 3, 3)  # in the final block alone (5 bytes): no body request to pin, so asked again
     assert await collect(await open_file(stack, large_id, last)) == large[-3:]
-    assert storage.taken() == ["pieces", "read_exact", "read_exact"]  # an empty body: no request
+    assert storage.taken() == ["read_exact", "read_exact"]  # an empty body: no request
     async with stack.db.connection() as conn:  # a row from before the layout was recorded asks storage first
         await conn.execute("UPDATE files SET protected_etag = NULL, block_size = NULL WHERE file_id = $1", large_id)
     assert await download(stack, large_id) == large
@@ -345,15 +346,23 @@ async def test_an_upload_is_read_with_its_properties_in_one_request(stack: Servi
     assert await download(stack, file_id) == data
 
 
-async def test_a_download_holds_pieces_of_the_download_piece_not_the_transfer_unit(make_stack: StackFactory,
-                                                                                   azurite: Azurite) -> None:
-    stack = await make_stack(DOWNLOAD_PIECE_KB="256")
-    data = random_bytes(3 * 1024 * 1024)
+async def test_a_download_streams_its_body_in_small_pieces_from_one_request(stack: Services, azurite: Azurite,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    data = random_bytes(12 * 1024 * 1024 + 17)
     _, file_id = await ingest(stack, azurite, data)
+    storage = StorageCalls(monkeypatch, stack.files._reader._protected)
     pieces = [bytes(piece) async for piece in await open_file(stack, file_id)]
-    # pieces of 256 KiB (a short tail joins the piece before it), never the 5 MiB transfer unit
-    assert b"".join(pieces) == data and max(map(len, pieces)) <= 384 * 1024 < stack.settings.chunk_size
-    assert len(pieces) >= 3 * 1024 // 384
+    assert b"".join(pieces) == data
+    assert storage.taken() == ["open_stream", "read_exact", "read_exact"]  # one body request for 12 MiB
+    assert max(map(len, pieces)) <= 512 * 1024 < stack.settings.chunk_size  # never a whole transfer chunk held
+
+
+async def test_a_streamed_read_is_pinned_to_its_etag(stack: Services, azurite: Azurite) -> None:
+    _, file_id = await ingest(stack, azurite, random_bytes(2_000_000))
+    record = await stack.files.encrypted_file(str(file_id))
+    assert record.protected_blob is not None
+    with pytest.raises(BlobChangedError):
+        await stack.files._reader._protected.open_stream(record.protected_blob, 0, 100, etag='"0x8DEADBEEF"')
 
 
 async def test_a_blob_written_again_since_its_row_is_read_as_it_is_now(stack: Services, azurite: Azurite) -> None:
