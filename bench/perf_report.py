@@ -21,6 +21,7 @@ from bench import table
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
+FINDINGS = ROOT / "bench" / "perf_findings.md"  # hand-written from profiles; included in DOC as it is
 COMMAND = ".venv/bin/python -m bench.perf_bench"
 
 
@@ -227,6 +228,7 @@ def performance_doc(rows: list[Row], setup: list[str], machine: list[list[str]],
         "## Goals (issue 9)\n\nVerdicts are computed by the benchmark from the medians above; the bound "
         "applies to blobseal's value over the reference's (or, for memory, to blobseal's own value).\n\n"
         + goals_table(rows),
+        FINDINGS.read_text().strip(),
         "## How it is measured\n\n" + "\n".join(f"- {item}" for item in method),
         "## Machine\n\n" + table(["what", "value"], machine),
     ]) + "\n"

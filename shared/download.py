@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ONE_REQUEST = 1024 * 1024  # a blob up to this size is read whole: one request instead of two or three
 Body = AsyncGenerator[bytes, None] | Streamed  # a download's ciphertext source: iterated, then closed
+INLINE_OPEN = 512 * 1024  # pieces up to this size are opened on the event loop, larger ones in a thread
 TAILS_BUDGET = 8 * 1024 * 1024  # remembered headers and final blocks (a 64 KiB-block file's: ~64 KiB each)
 
 
@@ -177,8 +178,9 @@ async def _slice(data: bytes, offset: int, length: int) -> AsyncGenerator[bytes,
 async def _stream(source: Body, opener: RangeOpener, file_id: uuid.UUID) -> AsyncIterator[memoryview]:
     try:
         async for chunk in source:
-            # AES releases the GIL: opening in a thread lets the prefetch keep the network busy
-            plaintext = await asyncio.to_thread(opener.update, chunk)
+            # a streamed piece (256 KiB at most) opens in about 0.1 ms: on the loop, cheaper than a thread hop
+            plaintext = opener.update(chunk) if len(chunk) <= INLINE_OPEN else await asyncio.to_thread(
+                opener.update, chunk)
             if plaintext:
                 BYTES_PROCESSED.labels("decrypt").inc(len(plaintext))
                 yield memoryview(plaintext)  # a fresh buffer per piece: no copy, never reused
