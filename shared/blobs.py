@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -23,6 +23,7 @@ from typing import Any, cast
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
+    IncompleteReadError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
@@ -54,29 +55,50 @@ class BlobInfo:
 
 class Streamed:
     """A streamed response body (``Container.open_stream``): iterate it, or close it; closing gives the
-    connection back also when it was never iterated. A body that ends short is a storage failure."""
+    connection back also when it was never iterated.
 
-    def __init__(self, body: Any, container: str, name: str, length: int) -> None:
-        self._body, self._where, self._left = body, (container, name), length
+    A body cut short (a dropped connection, a read timeout, a stream that ends early) is picked up
+    where it stopped with a new request for the rest, pinned to the same ETag, up to
+    ``STREAM_RESUMES`` times: a long download does not fail on one lost connection, and a blob
+    changed meanwhile still fails (``BlobChangedError``)."""
+
+    def __init__(self, request: Callable[[int, int], Awaitable[Any]], body: Any, where: tuple[str, str],
+                 offset: int, length: int) -> None:
+        self._request, self._body, self._where = request, body, where
+        self._offset, self._left, self._resumes = offset, length, 0
 
     def __aiter__(self) -> Streamed:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            with _translated("download", *self._where):
-                piece: bytes = await self._body.__anext__()
-        except StopAsyncIteration:
-            if self._left:
-                raise StorageUnavailableError("storage ended a read early", operation="download",
-                                              details=dict(zip(("container", "blob"), self._where, strict=True))
-                                              ) from None
-            raise
-        except BaseException:
-            await self.aclose()
-            raise
-        self._left -= len(piece)
-        return piece
+        while True:
+            try:
+                with _translated("download", *self._where):
+                    piece: bytes = await self._body.__anext__()
+            except StopAsyncIteration:
+                if not self._left:
+                    raise
+                await self._resume(StorageUnavailableError("storage ended a read early", operation="download",
+                                                           details={"left": self._left}))
+                continue
+            except StorageUnavailableError as exc:
+                await self._resume(exc)
+                continue
+            except BaseException:
+                await self.aclose()
+                raise
+            self._offset += len(piece)
+            self._left -= len(piece)
+            return piece
+
+    async def _resume(self, cut: StorageUnavailableError) -> None:
+        await self.aclose()
+        if self._resumes >= STREAM_RESUMES:
+            raise cut
+        self._resumes += 1
+        log.info("a streamed read of %s was cut with %d bytes left; resuming (%d of %d)", self._where[0],
+                 self._left, self._resumes, STREAM_RESUMES)
+        self._body = await self._request(self._offset, self._left)
 
     async def aclose(self) -> None:
         response = getattr(getattr(self._body, "response", None), "internal_response", None)
@@ -100,7 +122,7 @@ def _translated(operation: str, container: str, name: str = "") -> Iterator[None
         raise BlobNotFoundError("blob not found", operation=operation, details=details) from exc
     except ResourceModifiedError as exc:
         raise BlobChangedError("blob changed while being read", operation=operation, details=details) from exc
-    except (ServiceRequestError, ServiceResponseError, TimeoutError) as exc:
+    except (ServiceRequestError, ServiceResponseError, IncompleteReadError, TimeoutError) as exc:
         raise StorageUnavailableError("storage did not answer", operation=operation, details=details) from exc
     except AzureError as exc:
         status = getattr(exc, "status_code", None)
@@ -146,6 +168,7 @@ async def prefetched(source: AsyncIterator[bytes], depth: int = 1) -> AsyncItera
 SDK_TIMEOUTS = {"connection_timeout": 3, "read_timeout": 20}
 SDK_RETRY_TOTAL, SDK_INITIAL_BACKOFF = 2, 0.2  # waits ~0.2 s, then ~2.2 s (initial + 2**n, jittered)
 CALL_DEADLINE_SECONDS = 8.0  # any single non-streaming call, retries included
+STREAM_RESUMES = 3  # new requests a streamed read makes for the rest after a cut, before it fails
 BLOB_CLIENTS = 256  # SDK blob clients kept per container (reused by the next request for the same blob)
 
 
@@ -248,12 +271,14 @@ class Container:
         bytes flow at one request's speed whatever the length. The request is made before this
         returns. (The SDK's public ``download_blob`` buffers each requested chunk whole; this is the
         same SDK's generated operation, which streams.)"""
-        with _translated("download", self.name, name):
-            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
-                body = await self._blob(name)._client.blob.download(
-                    range=f"bytes={offset}-{offset + length - 1}",
-                    modified_access_conditions=ModifiedAccessConditions(if_match=etag))
-        return Streamed(body, self.name, name, length)
+        async def request(start: int, size: int) -> Any:
+            with _translated("download", self.name, name):
+                async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                    return await self._blob(name)._client.blob.download(
+                        range=f"bytes={start}-{start + size - 1}",
+                        modified_access_conditions=ModifiedAccessConditions(if_match=etag))
+
+        return Streamed(request, await request(offset, length), (self.name, name), offset, length)
 
     async def open_read(self, name: str, *, offset: int = 0, length: int | None = None,
                         etag: str | None = None) -> AsyncIterator[bytes]:

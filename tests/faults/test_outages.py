@@ -12,11 +12,14 @@ import asyncio
 import os
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from localinfra.azurite import Azurite
+from shared.blobs import BlobStore
+from shared.download import Reader
 from shared.errors import KeyVaultError, VaultMissingError
 from shared.metrics import REGISTRY
 from shared.vault.azure import AzureKeyVault, RetryOptions
@@ -148,6 +151,32 @@ async def throttled_burst(make_stack: StackFactory, azurite: Azurite, tmp_path: 
                 "creates": creates, "files_per_second": files / elapsed}
     finally:
         await server.stop()
+
+
+async def test_a_download_cut_mid_stream_picks_up_where_it_stopped(make_stack: StackFactory,
+                                                                     azurite: Azurite) -> None:
+    stack = await make_stack()
+    contents = await uploads(azurite, stack.settings.ingest_container, 1, 24 * 1024 * 1024)
+    assert [o.status for o in await deliver(stack.files, list(contents))] == ["encrypted"]  # type: ignore[attr-defined]
+    file_id, data = next(iter(by_file_id(contents).items()))
+    record = await stack.files.encrypted_file(str(file_id))
+    proxy = PgProxy("127.0.0.1", azurite.blob_port)  # any TCP: here in front of Azurite's blob endpoint
+    await proxy.start()
+    proxied = Azurite(proxy.port, azurite.queue_port, None)
+    store = BlobStore.from_settings(replace(stack.settings, data_storage_connection=proxied.connection_string))
+    try:
+        reader = Reader(store.container(stack.settings.protected_container))
+        key = await stack.keys.key_of(str(record.key_reference))
+        body = await reader.open(record, key, None)
+        received = [bytes(await anext(body))]
+        await proxy.cut()  # the connection carrying the body is dropped mid-stream
+        await proxy.restore()
+        received += [bytes(piece) async for piece in body]
+        assert b"".join(received) == data
+        assert proxy.connections_accepted >= 2  # the rest came over a new request
+    finally:
+        await store.close()
+        await proxy.close()
 
 
 async def test_in_azure_mode_a_new_file_costs_one_key_vault_request_and_a_download_none(

@@ -1,4 +1,4 @@
-"""``Streamed``: a streamed response body that ends short is a storage failure, and closes when dropped."""
+"""``Streamed``: a streamed response body picked up where it was cut, and closed when dropped."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.blobs import Streamed
+from shared.blobs import STREAM_RESUMES, Streamed
 from shared.errors import StorageUnavailableError
 
 
@@ -32,16 +32,39 @@ class Body:
         return self._pieces.__anext__()
 
 
+class Storage:
+    """Answers each (re)request for the rest of ``data`` with at most ``serve`` bytes of it."""
+
+    def __init__(self, data: bytes, serve: int) -> None:
+        self.data, self.serve, self.asked = data, serve, []
+
+    async def request(self, start: int, size: int) -> Body:
+        self.asked.append((start, size))
+        return Body(self.data[start : start + min(size, self.serve)])
+
+
 async def test_a_whole_body_is_handed_on_as_it_comes() -> None:
-    assert [p async for p in Streamed(Body(b"ab", b"cde"), "protected", "blob", 5)] == [b"ab", b"cde"]
+    storage = Storage(b"", 0)
+    got = [p async for p in Streamed(storage.request, Body(b"ab", b"cde"), ("protected", "blob"), 0, 5)]
+    assert got == [b"ab", b"cde"] and storage.asked == []
 
 
-async def test_a_body_that_ends_short_is_a_storage_failure_not_an_integrity_one() -> None:
+async def test_a_body_cut_short_is_picked_up_where_it_stopped() -> None:
+    storage = Storage(b"0123456789", serve=4)
+    first = await storage.request(0, 10)
+    got = b"".join([p async for p in Streamed(storage.request, first, ("protected", "blob"), 0, 10)])
+    assert got == b"0123456789" and storage.asked == [(0, 10), (4, 6), (8, 2)]
+
+
+async def test_a_body_that_keeps_being_cut_fails_as_storage_unavailable() -> None:
+    storage = Storage(b"0123456789", serve=1)
+    first = await storage.request(0, 10)
     with pytest.raises(StorageUnavailableError, match="ended a read early"):
-        _ = [p async for p in Streamed(Body(b"ab"), "protected", "blob", 5)]
+        _ = [p async for p in Streamed(storage.request, first, ("protected", "blob"), 0, 10)]
+    assert len(storage.asked) == 1 + STREAM_RESUMES
 
 
 async def test_closing_a_body_never_read_gives_its_connection_back() -> None:
     body = Body(b"ab")
-    await Streamed(body, "protected", "blob", 2).aclose()
+    await Streamed(Storage(b"", 0).request, body, ("protected", "blob"), 0, 2).aclose()
     assert body.response.internal_response.closed
