@@ -20,7 +20,8 @@ from azure.storage.blob import BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueClient
 
 from localinfra.azurite import Azurite
-from localinfra.hostprocess import ROOT, DevHost, host_env
+from localinfra.hostprocess import ROOT, DevHost
+from tests.support.host import running_host
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
 
@@ -29,14 +30,8 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def host(azurite: Azurite, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevHost]:
-    work = tmp_path_factory.mktemp("host")
-    env = host_env(azurite, database_url, work / "vault")
-    storage = BlobServiceClient.from_connection_string(azurite.connection_string)
-    for name in (env["INGEST_CONTAINER"], env["PROTECTED_CONTAINER"]):
-        storage.create_container(name)
-    process = DevHost(env, work / "devhost.log").start()
-    yield process
-    assert process.stop() == 0, "Ctrl-C should stop the host cleanly"
+    with running_host(azurite, database_url, tmp_path_factory.mktemp("host")) as process:
+        yield process
 
 
 def storage(azurite: Azurite) -> BlobServiceClient:

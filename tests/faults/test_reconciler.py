@@ -21,7 +21,14 @@ from shared.reconcile import LOCK_KEY
 from shared.vault.base import parse_key_reference
 from shared.vault.cache import CachedKeyVault
 from tests.integration.service_fixtures import blob_names, upload
-from tests.support.stack import StackFactory, all_blobs, assert_clean, download, enabled_unrecorded_versions
+from tests.support.stack import (
+    StackFactory,
+    all_blobs,
+    assert_clean,
+    download,
+    enabled_unrecorded_versions,
+    encrypted,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
@@ -125,14 +132,8 @@ def drop_version(secrets_file: Path, name: str, version: str) -> None:
 async def test_a_stalled_rotation_is_resumed_and_a_lost_pending_key_replaced(
         make_stack: StackFactory, azurite: Azurite, vault_dir: Path) -> None:
     stack = await make_stack()
-    ids, data = [], {}
-    for _ in range(2):
-        name, content = f"{uuid.uuid4()}.bin", os.urandom(150_000)
-        await upload(azurite, stack.settings.ingest_container, name, content)
-        file_id = (await stack.files.encrypt_ingest_blob(name)).file_id
-        assert file_id is not None
-        ids.append(file_id)
-        data[file_id] = content
+    data = await encrypted(stack, azurite, 2, 150_000)
+    ids = list(data)
     left = await stack.keys.claim_rotation(ids[0], worker="dead-host", lease_seconds=0.1)  # the worker died
     lost = await stack.keys.claim_rotation(ids[1], worker="other-host", lease_seconds=0.1)
     drop_version(vault_dir / "secrets.json", *parse_key_reference(lost.new.key_reference))  # made in another vault
@@ -182,14 +183,8 @@ async def test_a_bad_row_does_not_starve_rotation(make_stack: StackFactory, azur
                                             content_type="text/plain")
     await stack.keys.create_key(broken_id)
     await stack.keys.expire(broken_id)
-    failing, healthy = [], {}
-    for _ in range(2):
-        name, content = f"{uuid.uuid4()}.bin", os.urandom(80_000)
-        await upload(azurite, stack.settings.ingest_container, name, content)
-        file_id = (await stack.files.encrypt_ingest_blob(name)).file_id
-        assert file_id is not None
-        healthy[file_id] = content
-        failing.append(file_id)
+    healthy = await encrypted(stack, azurite, 2, 80_000)
+    failing = list(healthy)
     bad, good = failing
     record = await stack.files.encrypted_file(str(bad))
     assert record.protected_blob is not None

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azure.storage.blob import BlobServiceClient
 
 from localinfra.azurite import Azurite, free_port
-from localinfra.hostprocess import KEY, DevHost, host_env
+from localinfra.hostprocess import KEY, DevHost
 from tests.infra.infra_helpers import INFRA, ROOT
+from tests.support.host import running_host
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow]
 
@@ -24,14 +24,8 @@ SMOKE = INFRA / "smoke.sh"
 
 @pytest.fixture(scope="module")
 def host(azurite: Azurite, module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevHost]:
-    work = tmp_path_factory.mktemp("smoke-host")
-    env = host_env(azurite, module_database_url, work / "vault")
-    storage = BlobServiceClient.from_connection_string(azurite.connection_string)
-    for name in (env["INGEST_CONTAINER"], env["PROTECTED_CONTAINER"]):
-        storage.create_container(name)
-    process = DevHost(env, work / "devhost.log").start()
-    yield process
-    assert process.stop() == 0
+    with running_host(azurite, module_database_url, tmp_path_factory.mktemp("smoke-host")) as process:
+        yield process
 
 
 def smoke(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

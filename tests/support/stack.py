@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -9,7 +10,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from localinfra.azurite import Azurite
 from shared.bootstrap import Services
-from tests.integration.service_fixtures import blob_names, collect
+from tests.integration.service_fixtures import blob_names, collect, upload
 
 StackFactory = Callable[..., Awaitable[Services]]
 
@@ -46,6 +47,18 @@ async def enabled_unrecorded_versions(stack: Services, file_ids: list[uuid.UUID]
             if version.enabled and version.key_reference not in recorded:
                 found.append(version.key_reference)
     return found
+
+
+async def encrypted(stack: Services, azurite: Azurite, count: int, size: int) -> dict[uuid.UUID, bytes]:
+    """``count`` random uploads of ``size`` bytes, each dropped into ingest and encrypted: file id -> content."""
+    contents: dict[uuid.UUID, bytes] = {}
+    for _ in range(count):
+        name, content = f"{uuid.uuid4()}.bin", os.urandom(size)
+        await upload(azurite, stack.settings.ingest_container, name, content)
+        file_id = (await stack.files.encrypt_ingest_blob(name)).file_id
+        assert file_id is not None
+        contents[file_id] = content
+    return contents
 
 
 async def download(stack: Services, file_id: uuid.UUID | str) -> bytes:
