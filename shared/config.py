@@ -145,7 +145,8 @@ class Settings:
     key_rotation_days: int = setting(
         "ENCRYPTION_KEY_ROTATION_DAYS", 30, "key lifetime; expired keys are rotated by the timer", low=1, high=3650)
     chunk_size_mb: int = setting(
-        "ENCRYPTION_CHUNK_SIZE_MB", 5, "transfer unit: read, staged and uploaded at a time", low=1, high=100)
+        "ENCRYPTION_CHUNK_SIZE_MB", 5, "transfer unit of ingest and rotation: read, staged and uploaded at a time "
+        "(a download streams its body in small pieces)", low=1, high=100)
     block_size_kib: int = setting(
         "ENCRYPTION_BLOCK_SIZE_KB", 64, "format block size for new files; readers take it from each header",
         low=4, high=16 * 1024)
