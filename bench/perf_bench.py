@@ -1,7 +1,7 @@
 """Per-request speed of blobseal against the plain Azure SDK and SDK client-side encryption v2 (issue 9).
 
 Run ``make bench`` (or ``.venv/bin/python -m bench.perf_bench``; PostgreSQL as for ``make test``; about
-six minutes on 2 cores). One run starts a real Azurite, a scratch PostgreSQL database and the local
+three minutes on 2 cores). One run starts a real Azurite, a scratch PostgreSQL database and the local
 host (``python -m devhost``, a process of its own, as ``make dev`` runs it without Core Tools) and
 measures, in ``--rounds`` rounds each (5), the paths taking turns to go first:
 
