@@ -137,6 +137,19 @@ class Blobseal:
             assert response.status_code == 200
             return sum(len(piece) for piece in response.iter_bytes())
 
+    def wait_all_encrypted(self, prefix: str, count: int, timeout: float = 600) -> None:
+        """Poll ``GET /api/files?prefix=&status=encrypted`` (one listing, every 0.2 s) until ``count`` are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.client.get(f"{self.url}/files", params={"prefix": prefix, "status": "encrypted",
+                                                                 "limit": "1000"})
+            assert found.status_code == 200, found.text
+            if len(found.json()["files"]) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"files {prefix}* not all encrypted within {timeout:.0f} s")
+            time.sleep(0.2)
+
     def wait_encrypted(self, names: list[str], timeout: float = 600) -> list[str]:
         """Poll ``GET /api/files?name=`` for each name in turn until it is encrypted; their file ids."""
         deadline, ids = time.monotonic() + timeout, []
