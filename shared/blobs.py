@@ -262,7 +262,14 @@ class Container:
 
         With ``etag``, the read fails with ``BlobChangedError`` if the blob changes meanwhile.
         """
-        async for chunk in await self.open_read(name, offset=offset, length=length, etag=etag):
+        client = self._blob(name)
+        with _translated("download", self.name, name):
+            # offset None for a whole blob: the SDK then handles an empty blob (a range would get 416)
+            start = offset if offset or length is not None else None
+            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                stream = await client.download_blob(offset=start, length=length, max_concurrency=1,
+                                                    **_if_match(etag))
+        async for chunk in self._chunks(stream, name):
             yield chunk
 
     async def open_stream(self, name: str, offset: int, length: int, *, etag: str) -> Streamed:
@@ -283,18 +290,6 @@ class Container:
                 return await self._blob(name)._client.blob.download(
                     range=f"bytes={start}-{start + size - 1}",
                     modified_access_conditions=ModifiedAccessConditions(if_match=etag) if etag else None)
-
-    async def open_read(self, name: str, *, offset: int = 0, length: int | None = None,
-                        etag: str | None = None) -> AsyncIterator[bytes]:
-        """``read``, with its first request made before this returns (so it can run beside others)."""
-        client = self._blob(name)
-        with _translated("download", self.name, name):
-            # offset None for a whole blob: the SDK then handles an empty blob (a range would get 416)
-            start = offset if offset or length is not None else None
-            async with asyncio.timeout(CALL_DEADLINE_SECONDS):
-                stream = await client.download_blob(offset=start, length=length, max_concurrency=1,
-                                                    **_if_match(etag))
-        return self._chunks(stream, name)
 
     async def _chunks(self, stream: Any, name: str) -> AsyncIterator[bytes]:
         with _translated("download", self.name, name):

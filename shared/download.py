@@ -99,7 +99,8 @@ class Reader:
         except BaseException:
             await body.aclose()
             raise
-        self._tails.keep(record.protected_blob, etag, head, final)
+        if layout.ciphertext_size > ONE_REQUEST:  # a small blob is read whole every time: nothing to remember
+            self._tails.keep(record.protected_blob, etag, head, final)
         return _stream(body, opener, record.file_id)
 
     async def _fetch(self, blob: str, etag: str, layout: Layout, plan: RangePlan) -> tuple[bytes, bytes, Body]:

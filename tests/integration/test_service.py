@@ -264,7 +264,7 @@ class StorageCalls:
     """Counts the protected container's reads by kind (the calls a download makes)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, container: Container,
-                 methods: tuple[str, ...] = ("info", "read_exact", "read", "open_read", "open_stream")) -> None:
+                 methods: tuple[str, ...] = ("info", "read_exact", "read", "open_stream")) -> None:
         self.calls: list[str] = []
         for method in methods:
             monkeypatch.setattr(container, method, self._counted(method, getattr(container, method)))
@@ -288,6 +288,9 @@ async def test_a_download_asks_storage_only_for_bytes(stack: Services, azurite: 
     storage = StorageCalls(monkeypatch, stack.files._reader._protected)
     assert await download(stack, small_id) == small
     assert storage.taken() == ["read_exact"]  # the row knows the layout: one request for a small file
+    small_row = await stack.files.encrypted_file(str(small_id))
+    assert small_row.protected_blob is not None and small_row.protected_etag is not None
+    assert stack.files._reader._tails.get(small_row.protected_blob, small_row.protected_etag) is None  # not kept
     assert await collect(await open_file(stack, large_id, Span(1_000_000, 70_000))) == large[1_000_000:1_070_000]
     # header, final block and the body at once
     assert storage.taken() == ["open_stream", "read_exact", "read_exact"]
