@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,7 @@ from pathlib import Path
 from shared.audit import AuditLog
 from shared.blobs import BlobStore, Container
 from shared.config import Settings
+from shared.custody import EnvelopeCustody, IntermediateKeys, IntermediatePolicy
 from shared.db.pool import Database
 from shared.download import Reader
 from shared.errors import ConfigError
@@ -33,7 +35,8 @@ from shared.telemetry import configure_telemetry
 from shared.transfer import Transfer
 from shared.upload import Uploader
 from shared.vault.base import KeyVault
-from shared.vault.cache import CachedKeyVault
+from shared.vault.cache import CachedKeyVault, TtlCache
+from shared.vault.kek import KeyWrapper, LocalKeyWrapper
 
 __all__ = [
     "Services",
@@ -100,7 +103,7 @@ class Services:
     files: FileService
 
     async def close(self) -> None:
-        for close in (self.blobs.close, self.vault.close, self.db.close):
+        for close in (self.blobs.close, self.keys.close, self.vault.close, self.db.close):
             try:
                 await close()
             except Exception:  # closing is best effort; report, keep closing the rest
@@ -132,6 +135,37 @@ def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault
     return vault
 
 
+def build_kek(settings: Settings, vault: KeyVault, adapter: KeyWrapper | None = None) -> KeyWrapper:
+    """The KEK the settings name: a Key Vault key (azure mode), or a secret of the local vault."""
+    if adapter is not None:
+        return adapter
+    if settings.key_vault_mode == "azure":
+        from shared.vault.azure_kek import AzureKeyWrapper  # the Azure SDK only where it is used
+
+        return AzureKeyWrapper.from_settings(settings)
+    return LocalKeyWrapper(vault, settings.key_vault_kek_name)
+
+
+def build_key_service(settings: Settings, db: Database, vault: KeyVault,
+                      kek: KeyWrapper | None = None) -> FileKeyService:
+    """The key service, able to read keys in both custodies; ``KEY_MODE`` places the new ones."""
+    ttl = settings.key_vault_cache_minutes * 60 if settings.key_vault_cache_enabled else 0
+    entries = settings.key_vault_cache_max_entries
+    policy = IntermediatePolicy(period=timedelta(minutes=settings.envelope_intermediate_minutes),
+                                max_files=settings.envelope_intermediate_max_files, cache_seconds=ttl,
+                                cache_entries=entries, may_create_kek=settings.key_vault_mode == "local")
+    intermediates = IntermediateKeys(db, build_kek(settings, vault, kek), policy, instance=instance_name())
+    return FileKeyService(db, vault, rotation_days=settings.key_rotation_days,
+                          mode="envelope" if settings.key_mode == "envelope" else "secret",
+                          envelope=EnvelopeCustody(intermediates),
+                          cache=TtlCache(ttl_seconds=ttl, max_entries=entries))
+
+
+def instance_name() -> str:
+    """Who made an intermediate key: the Functions instance (or host) and the process."""
+    return f"{os.environ.get('WEBSITE_INSTANCE_ID', socket.gethostname())[:40]}/{os.getpid()}"
+
+
 def transfer(settings: Settings) -> Transfer:
     return Transfer(chunk_size=settings.chunk_size, block_size=settings.block_size)
 
@@ -148,15 +182,15 @@ def reconcile_policy(settings: Settings) -> ReconcilePolicy:
                            settle=timedelta(seconds=settings.reconcile_after_seconds))
 
 
-def build_services(settings: Settings, *, vault: KeyVault | None = None) -> Services:
+def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None) -> Services:
     """Construct every adapter (no I/O: pools and clients connect on first use).
 
-    ``vault`` replaces the adapter the settings name, behind the same cache (tests drive the
-    Azure adapter against a loopback Key Vault stand-in this way; nothing else does).
+    ``vault`` and ``kek`` replace the adapters the settings name, ``vault`` behind the same cache
+    (tests drive the Azure adapters against a loopback Key Vault stand-in this way; nothing else does).
     """
     db = Database.from_settings(settings)
     vault = build_vault(settings, vault)
-    keys = FileKeyService(db, vault, rotation_days=settings.key_rotation_days)
+    keys = build_key_service(settings, db, vault, kek)
     blobs = BlobStore.from_settings(settings)
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
     ingestor = Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),

@@ -165,6 +165,20 @@ class Settings:
         "KEY_VAULT_CACHE_DURATION_MINUTES", 60, "cache TTL", low=0, high=7 * 24 * 60)
     key_vault_cache_max_entries: int = setting(
         "KEY_VAULT_CACHE_MAX_ENTRIES", 10_000, "cache bound (LRU)", low=1, high=10_000_000)
+    key_mode: str = setting(
+        "KEY_MODE", "secret", "`secret`: every file key is its own vault secret (the spec's model); `envelope`: "
+        "file keys wrapped by intermediate keys that a Key Vault key (the KEK) wraps (docs/SCALE.md). New keys "
+        "follow it; existing keys stay where they are until `blobseal migrate-keys` moves them",
+        choices=("secret", "envelope"))
+    key_vault_kek_name: str = setting(
+        "KEY_VAULT_KEK_NAME", "blobseal-kek", "envelope mode: the name of the KEK (an RSA key in Key Vault; "
+        "a secret of the local vault in local mode)")
+    envelope_intermediate_minutes: int = setting(
+        "ENVELOPE_INTERMEDIATE_MINUTES", 60, "envelope mode: an instance wraps new file keys with one "
+        "intermediate key for at most this long", low=1, high=7 * 24 * 60)
+    envelope_intermediate_max_files: int = setting(
+        "ENVELOPE_INTERMEDIATE_MAX_FILES", 100_000, "envelope mode: and for at most this many files",
+        low=1, high=10_000_000)
     key_vault_local_path: Path = setting(
         "KEY_VAULT_LOCAL_PATH", Path("secrets"),
         "folder of the local vault (`secrets.json`, mode 0600 in a 0700 folder); a relative path is taken "
@@ -180,6 +194,9 @@ class Settings:
         "DATABASE_ENTRA_CLIENT_ID", "", "with `entra`: the client id of a user-assigned identity (empty: the "
         "system-assigned one)")
     database_pool_max: int = setting("DATABASE_POOL_MAX", 10, "pool size per worker", low=1, high=100)
+    database_pgbouncer: bool = setting(
+        "DATABASE_PGBOUNCER", False, "`true` when DATABASE_URL points at PgBouncer in transaction pooling "
+        "(no prepared statements kept across transactions; docs/SCALE.md)")
     data_storage_connection: str = setting(
         DATA_STORAGE, LOCAL_STORAGE, "storage connection string of the ingest/protected containers "
         "(the blob trigger's connection)", secret=True)

@@ -81,6 +81,7 @@ __all__ = [
     "UploadTooLargeError",
     "VaultMissingError",
     "VaultUnavailableError",
+    "WrappedKeyError",
     "is_transient",
 ]
 
@@ -175,6 +176,10 @@ class KeyMissingError(KeyManagementError):
 
 class RotationConflictError(KeyManagementError):
     pass
+
+
+class WrappedKeyError(KeyManagementError):
+    """A wrapped file key that does not open for its row (moved, altered): refused, never guessed around."""
 
 
 class DatabaseError(BlobsealError):

@@ -42,6 +42,7 @@ from shared.errors import (
     StorageUnavailableError,
     UnknownFileError,
     UploadTooLargeError,
+    WrappedKeyError,
 )
 from shared.ingest import guess_type
 from shared.metrics import ERRORS, REGISTRY
@@ -73,6 +74,7 @@ SERVER_MESSAGES: tuple[tuple[type[BlobsealError], str], ...] = (
     (KeyVaultError, "the key vault is unavailable; retry later"),
     (StorageUnavailableError, "blob storage is unavailable; retry later"),
     (IntegrityError, "the stored file failed its integrity check; nothing of it was served"),
+    (WrappedKeyError, "the file's key record failed its integrity check; nothing of it was served"),
 )
 
 # The first match wins. A vault problem answers 503 ("vault"), as health does for the same cause.

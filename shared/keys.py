@@ -1,8 +1,12 @@
-"""The file key service: one AES-256 key per file, kept in the vault, tracked in PostgreSQL.
+"""The file key service: one AES-256 key per file, tracked in PostgreSQL, kept in its custody.
 
-A key lives in the vault as a version of ``file-<file_id>``; the database records its
-reference ``file-<file_id>/<version>`` and state (``pending`` -> ``active`` -> ``retired``),
-never the key. Every step can be retried or resumed after a crash:
+In ``secret`` custody (the spec's model) a key lives in the vault as a version of
+``file-<file_id>`` and the database records its reference ``file-<file_id>/<version>``; in
+``envelope`` custody (``shared.custody``) the row holds the key wrapped by an intermediate key
+under a reference ``file-<file_id>/env-<random>``. Either way the row records the state
+(``pending`` -> ``active`` -> ``retired``) and never the plain key; ``KEY_MODE`` picks the
+custody of new keys and ``migrate_keys`` moves recorded ones. Every step can be retried or
+resumed after a crash:
 
 - ``create_key`` is idempotent: a file has at most one active key (a unique index decides a
   race; the loser disables the vault version it made and returns the winner's key).
@@ -30,7 +34,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.clock import Clock, utcnow
-from shared.db.file_keys import FileKeyRepository, KeyRow, KeyState
+from shared.custody import EnvelopeCustody, SecretCustody
+from shared.db.file_keys import Custody, FileKeyRepository, KeyRow, KeyState, Placement
 from shared.db.pool import Database
 from shared.errors import (
     DatabaseError,
@@ -44,9 +49,11 @@ from shared.errors import (
     VaultMissingError,
 )
 from shared.metrics import KEYS_MISSING, ROTATIONS
-from shared.vault.base import KeyVault, SecretProperties, parse_key_reference, secret_name
+from shared.vault.base import KeyVault, parse_key_reference, secret_name
+from shared.vault.cache import TtlCache
+from shared.vault.kek import Wrapped
 
-__all__ = ["KEY_BYTES", "FileKey", "FileKeyService", "KeyState", "RotationTicket"]
+__all__ = ["KEY_BYTES", "FileKey", "FileKeyService", "KeyState", "MigrationReport", "RotationTicket"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,15 @@ class FileKey:
     created_at: datetime
     expires_at: datetime | None
     state: KeyState
+    custody: Custody = "secret"
+
+
+@dataclass
+class MigrationReport:
+    """What one ``migrate_keys`` pass did."""
+
+    moved: int = 0
+    raced: int = 0  # moved or retired by someone else meanwhile: left as they were
 
 
 @dataclass(frozen=True)
@@ -73,19 +89,28 @@ class RotationTicket:
 
 
 def _public(row: KeyRow) -> FileKey:
-    return FileKey(row.file_id, row.key_reference, row.created_at, row.expires_at, row.state)
+    return FileKey(row.file_id, row.key_reference, row.created_at, row.expires_at, row.state, row.custody)
 
 
 class FileKeyService:
     """Create, fetch, rotate, expire and delete the keys of files."""
 
-    def __init__(self, db: Database, vault: KeyVault, *, rotation_days: int, clock: Clock = utcnow) -> None:
+    def __init__(self, db: Database, vault: KeyVault, *, rotation_days: int, clock: Clock = utcnow,
+                 envelope: EnvelopeCustody | None = None, mode: Custody = "secret",
+                 cache: TtlCache[str, bytes] | None = None) -> None:
         if rotation_days < 1:
             raise ValueError("rotation_days must be at least 1")
+        if mode == "envelope" and envelope is None:
+            raise ValueError("envelope mode needs the envelope custody")
         self._db = db
         self._vault = vault
+        self._secret = SecretCustody(vault)
+        self.envelope = envelope
+        self.mode: Custody = mode
         self._rotation = timedelta(days=rotation_days)
         self._clock = clock
+        # Plain keys by reference (a reference's key never changes), so a warm download costs no lookup.
+        self._plain = cache or TtlCache(ttl_seconds=0, max_entries=1)
 
     # --- create and read ------------------------------------------------------------------
 
@@ -95,12 +120,13 @@ class FileKeyService:
         if existing is not None:
             return _public(existing)
         now = self._clock()
-        props = await self._new_version(file_id, now + self._rotation)
-        row = await self._record(file_id, props, "active", now, "create_key")
+        key, (reference, placement) = await self._new_key(file_id, now + self._rotation)
+        row = await self._record(file_id, reference, placement, "active", now, "create_key")
         if row is not None:
             log.info("created key %s", row.key_reference)
+            self._plain.put(reference, key, file_id)
             return _public(row)
-        await self._discard_version(props, "create_key")  # lost a race: the winner's key stands
+        await self._discard(placement, reference, "create_key")  # lost a race: the winner's key stands
         winner = await self._find_active(file_id, "create_key")
         if winner is None:
             raise KeyManagementError("key creation raced with a deletion", operation="create_key",
@@ -116,28 +142,23 @@ class FileKeyService:
 
     async def get_key(self, key_reference: str) -> bytes:
         """The 32-byte key of a recorded reference (pending, active, or retired but not yet disabled)."""
-        file_id, _, _ = _split_reference(key_reference)
-        async with self._db.connection("get_key") as conn:
-            row = await FileKeyRepository(conn).by_reference(file_id, key_reference)
-        _check_readable(row, key_reference)
-        return await self.key_of(key_reference)
+        found = await self._placed(key_reference)
+        _check_readable(found[0] if found else None, key_reference)
+        assert found is not None
+        return await self._read(*found)
 
     async def key_of(self, key_reference: str) -> bytes:
         """The key of a reference taken from this service's own records (a ``FileKey`` it returned, a
-        file row's current key): no database check; the vault still refuses a disabled version."""
-        _, name, version = _split_reference(key_reference)
-        try:
-            secret = await self._vault.get_secret(name, version)
-        except SecretNotFoundError as exc:
-            KEYS_MISSING.inc()
-            log.error("key %s is recorded but missing from the vault: restore it from the vault's backups",
-                      key_reference)
-            raise KeyMissingError("the file's key is missing from the vault", operation="get_key",
-                                  details={"key_reference": key_reference}) from exc
-        if len(secret.value) != KEY_BYTES:
-            raise KeyManagementError("the vault returned a key of the wrong size", operation="get_key",
-                                     details={"key_reference": key_reference, "size": len(secret.value)})
-        return secret.value
+        file row's current key): from memory when read before, else its row says where it lives (no
+        state check; the vault still refuses a disabled version)."""
+        cached = self._plain.get(key_reference)
+        if cached is not None:
+            return cached
+        found = await self._placed(key_reference)
+        if found is None:
+            raise FileKeyNotFoundError("no key is recorded for this reference", operation="get_key",
+                                       details={"key_reference": key_reference})
+        return await self._read(*found)
 
     async def due_for_rotation(self, now: datetime | None = None, limit: int = 100) -> list[FileKey]:
         """Active keys with ``expires_at <= now``, oldest ``expires_at`` first."""
@@ -195,9 +216,10 @@ class FileKeyService:
         async with self._db.transaction("release_claim") as conn:
             repo = FileKeyRepository(conn)
             released = await repo.release_claim(new.file_id, ticket.worker)
-            discarded = released and discard_pending and await repo.delete_pending(new.file_id, new.key_reference)
-        if discarded:
-            await self._vault.disable_version(*parse_key_reference(new.key_reference))
+            discarded = await repo.delete_pending(new.file_id, new.key_reference) \
+                if released and discard_pending else None
+        if discarded is not None:
+            await self._discard(discarded.placement, discarded.key_reference, "release_claim")
         if released:
             ROTATIONS.labels("abandoned").inc()
         return released
@@ -243,19 +265,91 @@ class FileKeyService:
         return _public(row)
 
     async def delete_file_keys(self, file_id: uuid.UUID) -> int:
-        """Delete the file's vault secret (every version), then its rows. Idempotent."""
-        with contextlib.suppress(SecretNotFoundError):
-            await self._vault.delete_secret(secret_name(file_id))
+        """Delete the file's vault secret (every version) if it ever had one, then its rows (and with
+        them the wrapped keys: crypto-shredding). Idempotent."""
+        async with self._db.connection("delete_file_keys") as conn:
+            in_vault = await FileKeyRepository(conn).held_in_vault(file_id)
+        if in_vault is not False:  # True, or no row left to tell (an earlier attempt deleted them)
+            with contextlib.suppress(SecretNotFoundError):
+                await self._vault.delete_secret(secret_name(file_id))
+        self._plain.forget_group(file_id)
         async with self._db.transaction("delete_file_keys") as conn:
             deleted = await FileKeyRepository(conn).delete_file(file_id)
         log.info("deleted %d key(s) of file %s", deleted, file_id)
         return deleted
+
+    # --- custody ------------------------------------------------------------------------------
+
+    async def migrate_keys(self, to: Custody, limit: int = 100) -> MigrationReport:
+        """Move up to ``limit`` readable keys into custody ``to``, without touching a blob.
+
+        Each move is a compare-and-set on the row's custody; a key moved out of secret custody has
+        its vault version disabled once the move committed (deleting the file deletes it).
+        """
+        if to == "envelope" and self.envelope is None:
+            raise KeyManagementError("moving keys to envelope custody needs the KEK (KEY_MODE=envelope)",
+                                     operation="migrate_keys")
+        async with self._db.connection("migrate_keys") as conn:
+            rows = await FileKeyRepository(conn).readable_in("secret" if to == "envelope" else "envelope", limit)
+        report = MigrationReport()
+        for row in rows:
+            moved = await self._move(row, to)
+            report.moved += moved
+            report.raced += not moved
+        return report
+
+    async def _move(self, row: KeyRow, to: Custody) -> bool:
+        found = await self._placed(row.key_reference)
+        if found is None:
+            return False
+        row, intermediate = found
+        if row.custody == to:
+            return False
+        key = await self._read(row, intermediate)
+        if to == "envelope":
+            assert self.envelope is not None
+            placement = await self.envelope.wrap_existing(row, key)
+        else:
+            _, placement = await self._secret.place(row.file_id, key, row.expires_at or self._clock())
+        async with self._db.transaction("migrate_keys") as conn:
+            moved = await FileKeyRepository(conn).move(row, placement)
+        if moved and row.custody == "secret":  # the old vault version no longer holds the key
+            await self._discard(row.placement, row.key_reference, "migrate_keys")
+        elif not moved:  # someone else moved it first: this placement is unused
+            await self._discard(placement, row.key_reference, "migrate_keys")
+        return moved
+
+    async def rotate_kek(self, batch: int = 500) -> tuple[str, int]:
+        """Add a KEK version, then rewrap every intermediate key with it (file keys stay as they are)."""
+        if self.envelope is None:
+            raise KeyManagementError("KEK rotation needs KEY_MODE=envelope", operation="rotate_kek")
+        reference = await self.envelope.intermediates.kek.create()
+        return reference, await self.rewrap_intermediates(batch)
+
+    async def kek_usage(self) -> dict[str, int]:
+        """Each KEK version still wrapping intermediate keys, with how many (empty in secret-only use)."""
+        return await self.envelope.intermediates.kek_usage() if self.envelope is not None else {}
+
+    async def rewrap_intermediates(self, batch: int = 500) -> int:
+        """Rewrap every intermediate key an older KEK version wraps (resumable); return how many."""
+        if self.envelope is None:
+            raise KeyManagementError("rewrapping needs KEY_MODE=envelope", operation="rewrap_intermediates")
+        total = 0
+        while done := await self.envelope.intermediates.rewrap(batch):
+            total += done
+        return total
 
     # --- steps ------------------------------------------------------------------------------
 
     async def _find_active(self, file_id: uuid.UUID, operation: str) -> KeyRow | None:
         async with self._db.connection(operation) as conn:
             return await FileKeyRepository(conn).active(file_id)
+
+    async def close(self) -> None:
+        """Close the KEK's client (the vault and the database have owners of their own)."""
+        self._plain.clear()
+        if self.envelope is not None:
+            await self.envelope.intermediates.kek.close()
 
     async def check_vault(self) -> None:
         """The vault answers; a missing or empty store is an error only while the database records keys."""
@@ -264,14 +358,53 @@ class FileKeyService:
         except VaultMissingError:
             await self._refuse_if_keys_recorded()
 
-    async def _new_version(self, file_id: uuid.UUID, expires_at: datetime) -> SecretProperties:
+    async def _new_key(self, file_id: uuid.UUID, expires_at: datetime) -> tuple[bytes, tuple[str, Placement]]:
+        """A new random key, placed in the custody of the mode (not recorded yet)."""
         key = secrets.token_bytes(KEY_BYTES)
+        if self.mode == "envelope":
+            assert self.envelope is not None
+            return key, await self.envelope.place(file_id, key, expires_at)
         try:
-            return await self._vault.set_secret(secret_name(file_id), key, expires_on=expires_at)
+            return key, await self._secret.place(file_id, key, expires_at)
         except VaultMissingError:
             await self._refuse_if_keys_recorded()  # fail closed: never start a new vault beside recorded keys
             await self._vault.initialize()
-            return await self._vault.set_secret(secret_name(file_id), key, expires_on=expires_at)
+            return key, await self._secret.place(file_id, key, expires_at)
+
+    async def _placed(self, key_reference: str) -> tuple[KeyRow, Wrapped | None] | None:
+        """The reference's row, and the wrapping of its intermediate key when it has one (one trip)."""
+        file_id, _, _ = _split_reference(key_reference)
+        async with self._db.connection("get_key") as conn:
+            found = await FileKeyRepository(conn).with_intermediate(file_id, key_reference)
+        if found is None:
+            return None
+        row, kek_reference, wrapped = found
+        return row, (Wrapped(kek_reference, wrapped) if kek_reference is not None else None)
+
+    async def _read(self, row: KeyRow, intermediate: Wrapped | None) -> bytes:
+        """The plain key of a row, from its custody (and remembered by reference)."""
+        if row.custody == "envelope":
+            if self.envelope is None or intermediate is None:
+                raise KeyManagementError("the key is wrapped (envelope custody) but this service has no KEK",
+                                         operation="get_key", details={"key_reference": row.key_reference})
+            key = await self.envelope.read(row, intermediate)
+        else:
+            key = await self._read_secret(row)
+        if len(key) != KEY_BYTES:
+            raise KeyManagementError("the key's custody returned a key of the wrong size", operation="get_key",
+                                     details={"key_reference": row.key_reference, "size": len(key)})
+        self._plain.put(row.key_reference, key, row.file_id)
+        return key
+
+    async def _read_secret(self, row: KeyRow) -> bytes:
+        try:
+            return await self._secret.read(row)
+        except SecretNotFoundError as exc:
+            KEYS_MISSING.inc()
+            log.error("key %s is recorded but missing from the vault: restore it from the vault's backups",
+                      row.key_reference)
+            raise KeyMissingError("the file's key is missing from the vault", operation="get_key",
+                                  details={"key_reference": row.key_reference}) from exc
 
     async def _refuse_if_keys_recorded(self) -> None:
         async with self._db.connection("check_vault") as conn:
@@ -281,25 +414,26 @@ class FileKeyService:
                                     "restore it (keys are never written into a new vault)", operation="check_vault")
 
     async def _record(
-        self, file_id: uuid.UUID, props: SecretProperties, state: KeyState, now: datetime, operation: str
+        self, file_id: uuid.UUID, reference: str, placement: Placement, state: KeyState, now: datetime, operation: str
     ) -> KeyRow | None:
-        """Insert the row of a new vault version; ``None`` if another one won the race."""
+        """Insert the row of a new key; ``None`` if another one won the race."""
         try:
             async with self._db.transaction(operation) as conn:
                 return await FileKeyRepository(conn).insert(
-                    file_id, props.key_reference, state=state, created_at=now, expires_at=now + self._rotation
+                    file_id, reference, placement, state=state, created_at=now, expires_at=now + self._rotation
                 )
         except DatabaseError as exc:
-            if exc.details.get("stage") != "commit":  # surely not committed: the version is an orphan
-                await self._discard_version(props, operation)
+            if exc.details.get("stage") != "commit":  # surely not committed: the placed key is an orphan
+                await self._discard(placement, reference, operation)
             raise
 
     async def _create_pending(self, file_id: uuid.UUID, now: datetime) -> KeyRow:
-        props = await self._new_version(file_id, now + self._rotation)
-        row = await self._record(file_id, props, "pending", now, "claim_rotation")
+        key, (reference, placement) = await self._new_key(file_id, now + self._rotation)
+        row = await self._record(file_id, reference, placement, "pending", now, "claim_rotation")
         if row is not None:
+            self._plain.put(reference, key, file_id)
             return row
-        await self._discard_version(props, "claim_rotation")
+        await self._discard(placement, reference, "claim_rotation")
         async with self._db.connection("claim_rotation") as conn:
             row = await FileKeyRepository(conn).pending(file_id)
         if row is None:
@@ -320,17 +454,21 @@ class FileKeyService:
         return _public(activated)
 
     async def _disable_retired(self, row: KeyRow) -> None:
-        with contextlib.suppress(SecretNotFoundError):  # a deleted secret needs no disabling
-            await self._vault.disable_version(*parse_key_reference(row.key_reference))
+        """Disable a retired key: its vault version (secret custody); a wrapped key is refused by the mark."""
+        if row.custody == "secret":
+            with contextlib.suppress(SecretNotFoundError):  # a deleted secret needs no disabling
+                await self._secret.discard(row.placement)
+        self._plain.forget(row.key_reference)
         async with self._db.transaction("disable_retired") as conn:
             await FileKeyRepository(conn).mark_vault_disabled(row.file_id, row.key_reference, self._clock())
 
-    async def _discard_version(self, props: SecretProperties, operation: str) -> None:
-        """Disable a vault version no row refers to. Best effort: the caller's outcome stands."""
+    async def _discard(self, placement: Placement, reference: str, operation: str) -> None:
+        """Disable a placed key no row refers to (secret custody). Best effort: the caller's outcome stands."""
+        self._plain.forget(reference)
         try:
-            await self._vault.disable_version(props.name, props.version)
+            await self._secret.discard(placement)
         except KeyVaultError as exc:
-            log.warning("%s: could not disable unused key version %s: %s", operation, props.key_reference, exc)
+            log.warning("%s: could not disable unused key version %s: %s", operation, reference, exc)
 
 
 async def _already_switched(repo: FileKeyRepository, ticket: RotationTicket) -> FileKey:

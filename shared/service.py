@@ -20,6 +20,7 @@ from shared.audit import SYSTEM, Access, AuditLog
 from shared.blobs import Container
 from shared.clock import Clock, utcnow
 from shared.db.failures import FailureRecord, FailureRepository
+from shared.db.file_keys import Custody
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
 from shared.download import Reader, Span
@@ -168,6 +169,23 @@ class FileService:
     async def reconcile(self) -> ReconcileReport:
         return await self._reconciler.run()
 
+    async def migrate_keys(self, to: Custody, *, batch: int = 100) -> dict[str, Any]:
+        """Move every readable key into custody ``to`` (no blob is touched); resumable, idempotent."""
+        moved = raced = 0
+        while True:
+            report = await self._keys.migrate_keys(to, batch)
+            moved, raced = moved + report.moved, raced + report.raced
+            if report.moved + report.raced == 0:
+                return {"to": to, "moved": moved, "raced": raced}
+
+    async def rotate_kek(self, *, rewrap_only: bool = False) -> dict[str, Any]:
+        """A new KEK version and every intermediate key rewrapped with it (or only the rewrap, to resume)."""
+        if rewrap_only:
+            kek, rewrapped = None, await self._keys.rewrap_intermediates()
+        else:
+            kek, rewrapped = await self._keys.rotate_kek()
+        return {"kek_reference": kek, "rewrapped": rewrapped, "kek_versions_in_use": await self._keys.kek_usage()}
+
     async def failed_uploads(self, limit: int = 1000) -> list[FailureRecord]:
         async with self._db.connection("failed_uploads") as conn:
             return await FailureRepository(conn).listed(limit)
@@ -208,10 +226,8 @@ class FileService:
         return record
 
     async def _view(self, record: FileRecord) -> dict[str, Any]:
-        expires = None
-        if record.status == "encrypted":
-            expires = (await self._keys.active_key(record.file_id)).expires_at
-        return _view(record, expires)
+        key = await self._keys.active_key(record.file_id) if record.status == "encrypted" else None
+        return _view(record, key.expires_at if key else None) | {"key_custody": key.custody if key else None}
 
 
 def _view(record: FileRecord, key_expires_at: datetime | None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from shared.service import FileService, parse_file_id
 
 __all__ = [
     "run_audit", "run_decrypt_file", "run_delete", "run_expire", "run_failed", "run_key_fingerprint", "run_list",
-    "run_migrate", "run_reconcile", "run_release", "run_replay", "run_rotate", "run_show",
+    "run_migrate", "run_migrate_keys", "run_reconcile", "run_release", "run_replay", "run_rotate", "run_rotate_kek",
+    "run_show",
 ]
 
 T = TypeVar("T")
@@ -80,6 +81,18 @@ def run_reconcile(args: argparse.Namespace) -> int:
     report = _with_service(args, lambda s: s.reconcile())
     print(json.dumps(report.as_dict()))
     return 1 if report.failed else 0
+
+
+def run_migrate_keys(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    print(json.dumps(_with_service(args, lambda s: s.migrate_keys(args.to, batch=args.batch))))
+    return 0
+
+
+def run_rotate_kek(args: argparse.Namespace) -> int:
+    print(json.dumps(_with_service(args, lambda s: s.rotate_kek(rewrap_only=args.rewrap_only))))
+    return 0
 
 
 def run_failed(args: argparse.Namespace) -> int:

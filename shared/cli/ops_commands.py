@@ -1,6 +1,6 @@
 """Operator commands on the configured deployment: ``migrate``, ``show``, ``rotate``, ``expire``,
 ``reconcile``, ``failed``, ``replay``, ``list``, ``delete``, ``audit``, ``release``, ``key-fingerprint``,
-``decrypt-file``.
+``migrate-keys``, ``rotate-kek``, ``decrypt-file``.
 
 Only the parser lives here: the commands' code (``shared.cli.operations``) pulls in the Azure
 SDK, asyncpg and the settings, so it is imported when one of them runs, never for the format
@@ -85,6 +85,17 @@ def register(commands: Any) -> None:
     fingerprint = commands.add_parser("key-fingerprint", help="the access log's name for a function key (read from "
                                       "stdin), for FUNCTION_KEY_NAMES")
     fingerprint.set_defaults(handler=_lazy("run_key_fingerprint"))
+
+    migrate_keys = commands.add_parser("migrate-keys", help="move every file key into a custody (KEY_MODE's two: "
+                                       "vault secrets or envelope-wrapped), without re-encrypting a file")
+    migrate_keys.add_argument("--to", required=True, choices=("secret", "envelope"))
+    migrate_keys.add_argument("--batch", type=int, default=100, help="keys per database read")
+    migrate_keys.set_defaults(handler=_lazy("run_migrate_keys"))
+
+    rotate_kek = commands.add_parser("rotate-kek", help="envelope mode: a new KEK version, then every intermediate "
+                                     "key rewrapped with it (file keys and blobs untouched)")
+    rotate_kek.add_argument("--rewrap-only", action="store_true", help="no new version: finish an interrupted rewrap")
+    rotate_kek.set_defaults(handler=_lazy("run_rotate_kek"))
 
     decrypt = commands.add_parser("decrypt-file", help="decrypt a protected blob with the configured vault")
     decrypt.add_argument("file_id")

@@ -3,19 +3,30 @@
 The repository neither opens connections nor decides anything: the key service runs it
 inside ``Database.transaction()`` (its own or a caller's), so statements of several
 repositories can commit together. Rows come back as ``KeyRow``; no key material passes
-through here, only references.
+through here: references, and in envelope mode wrapped keys (useless without the KEK).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["FileKeyRepository", "KeyRow", "KeyState"]
+__all__ = ["Custody", "FileKeyRepository", "KeyRow", "KeyState", "Placement"]
 
 KeyState = Literal["pending", "active", "retired"]
+Custody = Literal["secret", "envelope"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a file key lives: a vault secret version, or wrapped by an intermediate key (envelope)."""
+
+    custody: Custody
+    vault_reference: str | None = None
+    wrapped_key: bytes | None = field(default=None, repr=False)
+    intermediate_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,16 @@ class KeyRow:
     rotation_failures: int = 0
     rotation_next_attempt_at: datetime | None = None
     rotation_last_error: str | None = None
+    custody: Custody = "secret"
+    vault_reference: str | None = None
+    wrapped_key: bytes | None = field(default=None, repr=False)
+    intermediate_id: uuid.UUID | None = None
+
+    @property
+    def placement(self) -> Placement:
+        """Where the key lives; a secret row without a ``vault_reference`` is at its ``key_reference``."""
+        vault_reference = self.vault_reference or (self.key_reference if self.custody == "secret" else None)
+        return Placement(self.custody, vault_reference, self.wrapped_key, self.intermediate_id)
 
 
 _FIELDS = tuple(f.name for f in fields(KeyRow))
@@ -69,14 +90,49 @@ class FileKeyRepository:
         return _row(await self._conn.fetchrow(sql, file_id, reference))
 
     async def insert(
-        self, file_id: uuid.UUID, reference: str, *, state: KeyState, created_at: datetime, expires_at: datetime | None
+        self, file_id: uuid.UUID, reference: str, placement: Placement, *, state: KeyState, created_at: datetime,
+        expires_at: datetime | None
     ) -> KeyRow | None:
         """Insert a key; ``None`` if the file already has one in that state (a lost race)."""
         sql = (
-            "INSERT INTO file_keys (file_id, key_reference, created_at, expires_at, state) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING *"
+            "INSERT INTO file_keys (file_id, key_reference, created_at, expires_at, state, custody, "
+            "vault_reference, wrapped_key, intermediate_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING *"
         )
-        return _row(await self._conn.fetchrow(sql, file_id, reference, created_at, expires_at, state))
+        values = (file_id, reference, created_at, expires_at, state, *_columns(placement))
+        return _row(await self._conn.fetchrow(sql, *values))
+
+    async def with_intermediate(self, file_id: uuid.UUID, reference: str) -> tuple[KeyRow, str, bytes] | None:
+        """The row, and for an envelope key its intermediate key's KEK reference and wrapping (one trip)."""
+        sql = (
+            "SELECT k.*, i.kek_reference AS i_kek_reference, i.wrapped_key AS i_wrapped_key FROM file_keys k "
+            "LEFT JOIN intermediate_keys i ON i.id = k.intermediate_id WHERE k.file_id = $1 AND k.key_reference = $2"
+        )
+        record = await self._conn.fetchrow(sql, file_id, reference)
+        row = _row(record)
+        return None if row is None else (row, record["i_kek_reference"], record["i_wrapped_key"])
+
+    async def readable_in(self, custody: Custody, limit: int) -> list[KeyRow]:
+        """Keys held in ``custody`` that can still be read (not retired and disabled), oldest first."""
+        sql = (
+            "SELECT * FROM file_keys WHERE custody = $1 AND (state <> 'retired' OR vault_disabled_at IS NULL) "
+            "ORDER BY id LIMIT $2"
+        )
+        return _rows(await self._conn.fetch(sql, custody, limit))
+
+    async def move(self, row: KeyRow, placement: Placement) -> bool:
+        """Record the key of ``row`` at ``placement`` (a compare-and-set on where it was)."""
+        status = await self._conn.execute(
+            "UPDATE file_keys SET custody = $3, vault_reference = $4, wrapped_key = $5, intermediate_id = $6 "
+            "WHERE id = $1 AND custody = $2", row.id, row.custody, *_columns(placement))
+        return _count(status) == 1
+
+    async def held_in_vault(self, file_id: uuid.UUID) -> bool | None:
+        """Whether a key of the file is (or was) a vault secret; ``None`` if the file has no key row."""
+        held = await self._conn.fetchval(
+            "SELECT bool_or(custody = 'secret' OR vault_reference IS NOT NULL) FROM file_keys WHERE file_id = $1",
+            file_id)
+        return None if held is None else bool(held)
 
     async def claim(self, file_id: uuid.UUID, worker: str, *, now: datetime, lease_until: datetime) -> KeyRow | None:
         """Claim the rotation of a file if unclaimed, ours, or its lease ran out."""
@@ -123,13 +179,10 @@ class FileKeyRepository:
         )
         return _row(await self._conn.fetchrow(sql, file_id, reference))
 
-    async def delete_pending(self, file_id: uuid.UUID, reference: str) -> bool:
-        status = await self._conn.execute(
-            "DELETE FROM file_keys WHERE file_id = $1 AND key_reference = $2 AND state = 'pending'",
-            file_id,
-            reference,
-        )
-        return _count(status) == 1
+    async def delete_pending(self, file_id: uuid.UUID, reference: str) -> KeyRow | None:
+        """Delete the pending key; the row deleted (its placement, to discard), or ``None``."""
+        sql = "DELETE FROM file_keys WHERE file_id = $1 AND key_reference = $2 AND state = 'pending' RETURNING *"
+        return _row(await self._conn.fetchrow(sql, file_id, reference))
 
     async def due(self, now: datetime, limit: int) -> list[KeyRow]:
         """Active keys of encrypted files, expired at ``now`` and not backing off, oldest expiry first.
@@ -170,9 +223,10 @@ class FileKeyRepository:
         return _rows(await self._conn.fetch(sql, now, limit))
 
     async def references(self, file_id: uuid.UUID) -> set[str]:
-        """Every key reference recorded for the file, whatever its state."""
-        rows = await self._conn.fetch("SELECT key_reference FROM file_keys WHERE file_id = $1", file_id)
-        return {r["key_reference"] for r in rows}
+        """Every key and vault reference recorded for the file, whatever its state or custody."""
+        rows = await self._conn.fetch("SELECT key_reference, vault_reference FROM file_keys WHERE file_id = $1",
+                                      file_id)
+        return {r["key_reference"] for r in rows} | {r["vault_reference"] for r in rows if r["vault_reference"]}
 
     async def expire(self, file_id: uuid.UUID, now: datetime) -> KeyRow | None:
         sql = (
@@ -204,6 +258,10 @@ class FileKeyRepository:
 
     async def delete_file(self, file_id: uuid.UUID) -> int:
         return _count(await self._conn.execute("DELETE FROM file_keys WHERE file_id = $1", file_id))
+
+
+def _columns(placement: Placement) -> tuple[Any, ...]:
+    return placement.custody, placement.vault_reference, placement.wrapped_key, placement.intermediate_id
 
 
 def _count(status: str) -> int:

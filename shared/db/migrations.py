@@ -173,12 +173,44 @@ _BLOB_FACTS = """
 ALTER TABLE files ADD COLUMN protected_etag TEXT, ADD COLUMN block_size INTEGER;
 """
 
+# The envelope key mode (docs/SCALE.md): intermediate keys, each wrapped by one KEK version, and
+# per key row where its key lives: a vault secret version (``vault_reference``; NULL: the
+# ``key_reference`` itself, as every row before and a row of the spec's columns alone), or
+# wrapped by an intermediate key (``wrapped_key``, bound to the row). ``key_reference`` (in the blob's
+# header) never changes, so keys move between modes without re-encryption. After a move to
+# envelope, ``vault_reference`` keeps naming the old (disabled) secret until the file is deleted.
+_ENVELOPE = """
+CREATE TABLE intermediate_keys (
+    id UUID PRIMARY KEY,
+    kek_reference TEXT NOT NULL,
+    wrapped_key BYTEA NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    use_until TIMESTAMP WITH TIME ZONE NOT NULL,
+    max_files INTEGER NOT NULL
+);
+COMMENT ON TABLE intermediate_keys IS 'Envelope mode: intermediate keys, wrapped by the KEK (never stored plain).';
+CREATE INDEX intermediate_keys_kek ON intermediate_keys (kek_reference);
+ALTER TABLE file_keys
+    ADD COLUMN custody TEXT NOT NULL DEFAULT 'secret',
+    ADD COLUMN vault_reference TEXT,
+    ADD COLUMN wrapped_key BYTEA,
+    ADD COLUMN intermediate_id UUID REFERENCES intermediate_keys (id);
+ALTER TABLE file_keys
+    ADD CONSTRAINT file_keys_custody_check CHECK (
+        (custody = 'secret' AND wrapped_key IS NULL AND intermediate_id IS NULL)
+        OR (custody = 'envelope' AND wrapped_key IS NOT NULL AND intermediate_id IS NOT NULL));
+CREATE INDEX file_keys_intermediate ON file_keys (intermediate_id) WHERE intermediate_id IS NOT NULL;
+CREATE INDEX file_keys_custody ON file_keys (custody, id) WHERE state <> 'retired' OR vault_disabled_at IS NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "file_keys", _FILE_KEYS),
     Migration(2, "files", _FILES),
     Migration(3, "reliability", _RELIABILITY),
     Migration(4, "access_log", _ACCESS_LOG),
     Migration(5, "blob_facts", _BLOB_FACTS),
+    Migration(6, "envelope", _ENVELOPE),
 )
 
 _CREATE_LEDGER = """

@@ -25,7 +25,7 @@ import asyncio
 import base64
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,7 +57,16 @@ from shared.errors import (
 from shared.metrics import timed
 from shared.vault.base import SecretProperties, SecretVersion, check_secret_name
 
-__all__ = ["AzureKeyVault", "RetryOptions", "build_credential"]
+__all__ = [
+    "AzureKeyVault",
+    "RetryOptions",
+    "TransportOptions",
+    "build_credential",
+    "classify",
+    "translate",
+    "translated",
+    "vault_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +138,28 @@ class RetryOptions:
         )
 
 
+@dataclass(frozen=True)
+class TransportOptions:
+    """How an SDK client reaches the vault: the Key Vault client keywords every adapter passes."""
+
+    verify_challenge_resource: bool = True
+    connection_verify: bool | str = True
+    connection_timeout: float = 10.0
+    read_timeout: float = 30.0
+    api_version: str | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "verify_challenge_resource": self.verify_challenge_resource,
+            "connection_verify": self.connection_verify,
+            "connection_timeout": self.connection_timeout,
+            "read_timeout": self.read_timeout,
+        }
+        if self.api_version is not None:
+            kwargs["api_version"] = self.api_version
+        return kwargs
+
+
 def build_credential(settings: Settings) -> AsyncTokenCredential:
     """A service principal when a client secret is configured, else the managed identity chain."""
     if settings.key_vault_client_secret:
@@ -168,14 +199,9 @@ class AzureKeyVault:
         self.vault_url = vault_url
         self._credential = credential
         self._retry = retry or RetryOptions()
-        self._transport = {
-            "verify_challenge_resource": verify_challenge_resource,
-            "connection_verify": connection_verify,
-            "connection_timeout": connection_timeout,
-            "read_timeout": read_timeout,
-        }
-        if api_version is not None:
-            self._transport["api_version"] = api_version
+        self._transport = TransportOptions(
+            verify_challenge_resource, connection_verify, connection_timeout, read_timeout, api_version
+        ).client_kwargs()
         self._delete_poll_interval = delete_poll_interval
         self._delete_timeout = delete_timeout
         self._close_credential = close_credential
@@ -273,28 +299,45 @@ class AzureKeyVault:
         """Count the call, check its arguments, translate what the SDK raises."""
         with timed(operation, backend=BACKEND):
             check_secret_name(name, operation, version)
-            try:
+            with translated(operation, name):
                 yield
-            except (AzureError, ValueError, TimeoutError) as exc:
-                error = translate(exc, operation, name)
-                if isinstance(error, VaultUnavailableError):
-                    logger.warning("key vault unavailable: %s on %s (%s)", operation, name, error.details)
-                raise error from exc
 
 
 # --- translation ---
 
+Translator = Callable[[Exception, str, str], KeyVaultError]
+
+
+@contextmanager
+def translated(operation: str, name: str, translator: Translator | None = None) -> Iterator[None]:
+    """Raise what the SDK raises as the ``KeyVaultError`` that ``translator`` (default ``translate``) makes."""
+    try:
+        yield
+    except (AzureError, ValueError, TimeoutError) as exc:
+        error = (translator or translate)(exc, operation, name)
+        if isinstance(error, VaultUnavailableError):
+            logger.warning("key vault unavailable: %s on %s (%s)", operation, name, error.details)
+        raise error from exc
+
 
 def translate(exc: Exception, operation: str, name: str) -> KeyVaultError:
     """The ``KeyVaultError`` for an SDK failure; its text names only the operation and secret."""
-    kind, reason = _classify(exc)
-    details: dict[str, Any] = {"secret_name": name, "cause": type(exc).__name__}
+    kind, reason = classify(exc)
+    return vault_error(exc, kind, f"{reason} (secret {name})", operation, {"secret_name": name})
+
+
+def vault_error(
+    exc: Exception, kind: type[KeyVaultError], message: str, operation: str, subject: dict[str, Any]
+) -> KeyVaultError:
+    """``kind(message)`` with ``subject``, the SDK exception's type and (for HTTP errors) status and codes."""
+    details: dict[str, Any] = {**subject, "cause": type(exc).__name__}
     if isinstance(exc, HttpResponseError):
         details.update(_http_details(exc))
-    return kind(f"{reason} (secret {name})", operation=operation, details=details)
+    return kind(message, operation=operation, details=details)
 
 
-def _classify(exc: Exception) -> tuple[type[KeyVaultError], str]:
+def classify(exc: Exception) -> tuple[type[KeyVaultError], str]:
+    """The error type and reason for an SDK failure (the secret wording for 404, 403 and 409)."""
     if isinstance(exc, ClientAuthenticationError):
         return KeyVaultError, "authentication to the vault failed"
     if isinstance(exc, ResourceNotFoundError):

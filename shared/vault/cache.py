@@ -18,15 +18,74 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from shared.metrics import KEY_CACHE
 from shared.vault.base import KeyVault, SecretProperties, SecretVersion
 
-__all__ = ["CachedKeyVault"]
+__all__ = ["CachedKeyVault", "TtlCache"]
 
-_Key = tuple[str, str | None]
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """Entries live at most ``ttl_seconds`` (by ``clock``); at most ``max_entries``, least recently used
+    evicted first. An entry may belong to a group (``forget_group`` drops them all at once)."""
+
+    def __init__(self, *, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._ttl, self._max, self._clock = ttl_seconds, max_entries, clock
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._groups: dict[Hashable, set[K]] = {}
+        self._group_of: dict[K, Hashable] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires_at, value = found
+        if self._clock() >= expires_at:
+            self.forget(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V, group: Hashable = None) -> None:
+        if self._ttl <= 0:
+            return
+        self._entries[key] = (self._clock() + self._ttl, value)
+        self._entries.move_to_end(key)
+        if group is not None:
+            self._groups.setdefault(group, set()).add(key)
+            self._group_of[key] = group
+        while len(self._entries) > self._max:
+            self.forget(next(iter(self._entries)))
+
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
+        group = self._group_of.pop(key, None)
+        members = self._groups.get(group) if group is not None else None
+        if members is not None:
+            members.discard(key)
+            if not members:
+                del self._groups[group]
+
+    def forget_group(self, group: Hashable) -> None:
+        for key in self._groups.pop(group, set()):
+            self._entries.pop(key, None)
+            self._group_of.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._groups.clear()
+        self._group_of.clear()
 
 
 class CachedKeyVault:
@@ -40,24 +99,19 @@ class CachedKeyVault:
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
         self._inner = inner
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[_Key, tuple[float, SecretVersion]] = OrderedDict()
-        self._keys_by_name: dict[str, set[_Key]] = {}
+        self._cache: TtlCache[tuple[str, str | None], SecretVersion] = TtlCache(
+            ttl_seconds=ttl_seconds, max_entries=max_entries, clock=clock)
         # Bumped by every invalidation: a fetch that overlapped one must not be stored,
         # or a value read just before a disable could be served after it.
         self._generation = 0
 
     def __len__(self) -> int:
         """Entries held (the tests check the LRU bound with it)."""
-        return len(self._entries)
+        return len(self._cache)
 
     async def get_secret(self, name: str, version: str | None = None) -> SecretVersion:
-        cached = self._lookup((name, version))
+        cached = self._cache.get((name, version))
         if cached is not None:
             KEY_CACHE.labels("hit").inc()
             return cached
@@ -65,9 +119,9 @@ class CachedKeyVault:
         generation = self._generation
         secret = await self._inner.get_secret(name, version)
         if generation == self._generation and secret.properties.enabled:
-            self._store((name, version), secret)
+            self._cache.put((name, version), secret, name)
             if version is None:
-                self._store((name, secret.properties.version), secret)
+                self._cache.put((name, secret.properties.version), secret, name)
         return secret
 
     async def set_secret(self, name: str, value: bytes, *, expires_on: datetime | None = None) -> SecretProperties:
@@ -76,7 +130,7 @@ class CachedKeyVault:
             props = await self._inner.set_secret(name, value, expires_on=expires_on)
         finally:
             self.invalidate(name)
-        self._store((name, props.version), SecretVersion(properties=props, value=bytes(value)))
+        self._cache.put((name, props.version), SecretVersion(properties=props, value=bytes(value)), name)
         return props
 
     async def disable_version(self, name: str, version: str) -> None:
@@ -107,38 +161,8 @@ class CachedKeyVault:
     def invalidate(self, name: str) -> None:
         """Forget every cached version of ``name``."""
         self._generation += 1
-        for key in self._keys_by_name.pop(name, set()):
-            self._entries.pop(key, None)
+        self._cache.forget_group(name)
 
     def clear(self) -> None:
         self._generation += 1
-        self._entries.clear()
-        self._keys_by_name.clear()
-
-    def _lookup(self, key: _Key) -> SecretVersion | None:
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        expires_at, secret = found
-        if self._clock() >= expires_at:
-            self._forget(key)
-            return None
-        self._entries.move_to_end(key)
-        return secret
-
-    def _store(self, key: _Key, secret: SecretVersion) -> None:
-        if self._ttl <= 0:
-            return
-        self._entries[key] = (self._clock() + self._ttl, secret)
-        self._entries.move_to_end(key)
-        self._keys_by_name.setdefault(key[0], set()).add(key)
-        while len(self._entries) > self._max:
-            self._forget(next(iter(self._entries)))
-
-    def _forget(self, key: _Key) -> None:
-        self._entries.pop(key, None)
-        keys = self._keys_by_name.get(key[0])
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._keys_by_name[key[0]]
+        self._cache.clear()

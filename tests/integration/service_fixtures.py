@@ -18,6 +18,7 @@ from shared import http_api
 from shared.bootstrap import Services, build_services
 from shared.config import Settings
 from shared.vault.base import KeyVault
+from shared.vault.kek import KeyWrapper
 
 
 def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overrides: str) -> Settings:
@@ -35,8 +36,8 @@ def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overr
     return Settings.from_env(env)
 
 
-async def open_stack(settings: Settings, *, vault: KeyVault | None = None) -> Services:
-    services = build_services(settings, vault=vault)
+async def open_stack(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None) -> Services:
+    services = build_services(settings, vault=vault, kek=kek)
     await services.ingest.ensure()
     await services.protected.ensure()
     return services

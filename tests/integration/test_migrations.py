@@ -96,9 +96,12 @@ async def test_file_keys_has_the_spec_columns_and_constraints(pg_db: Database) -
                 "WHERE c.conrelid = 'file_keys'::regclass AND c.contype IN ('p', 'u') GROUP BY c.oid, c.contype"
             )
         }
-        bytea = await conn.fetchval(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND data_type = 'bytea'"
-        )
+        bytea = {
+            (r["table_name"], r["column_name"])
+            for r in await conn.fetch(
+                "SELECT table_name::text, column_name::text FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND data_type = 'bytea'")
+        }
     assert columns["id"][:2] == ("integer", "NO")
     assert columns["id"][2] == "nextval('file_keys_id_seq'::regclass)"  # SERIAL
     assert columns["file_id"] == ("uuid", "NO", None)
@@ -106,7 +109,8 @@ async def test_file_keys_has_the_spec_columns_and_constraints(pg_db: Database) -
     assert columns["created_at"] == ("timestamp with time zone", "NO", None)
     assert columns["expires_at"] == ("timestamp with time zone", "YES", None)
     assert constraints == {("p", ("id",)), ("u", ("file_id", "key_reference"))}
-    assert bytea == 0  # nowhere to put raw key bytes
+    # nowhere to put raw key bytes: only wrapped ones (envelope mode), useless without the KEK
+    assert bytea == {("file_keys", "wrapped_key"), ("intermediate_keys", "wrapped_key")}
 
 
 async def test_file_keys_allows_one_active_and_one_pending_key_per_file(pg_db: Database) -> None:

@@ -29,6 +29,7 @@ from shared.errors import (
     FileNotReadyError,
     IntegrityError,
     InvalidRequestError,
+    KeyRetiredError,
     RangeNotSatisfiableError,
     SecretDisabledError,
     UnknownFileError,
@@ -60,9 +61,10 @@ class Crash(Exception):
 StackFactory = Callable[..., Awaitable[Services]]
 
 
-@pytest.fixture
-async def stack(make_stack: StackFactory) -> Services:
-    return await make_stack()
+@pytest.fixture(params=["secret", "envelope"])
+async def stack(make_stack: StackFactory, request: pytest.FixtureRequest) -> Services:
+    """The stack in each key mode: every test here (tamper, ranges, rotation, crashes) runs in both."""
+    return await make_stack(KEY_MODE=request.param)
 
 
 async def ingest(stack: Services, azurite: Azurite, data: bytes, name: str | None = None) -> tuple[str, uuid.UUID]:
@@ -86,6 +88,17 @@ async def key_rows(stack: Services, file_id: uuid.UUID) -> list[tuple[str, str]]
     async with stack.db.connection() as conn:
         rows = await conn.fetch("SELECT key_reference, state FROM file_keys WHERE file_id = $1 ORDER BY id", file_id)
     return [(r["key_reference"], r["state"]) for r in rows]
+
+
+async def assert_retired_key_unreadable(stack: Services, old_ref: str) -> None:
+    """A rotated-out key is refused: its vault version disabled (secret custody), its row marked (both)."""
+    with pytest.raises(KeyRetiredError):
+        await stack.keys.get_key(old_ref)
+    if stack.settings.key_mode == "secret":
+        with pytest.raises(SecretDisabledError):
+            await stack.vault.get_secret(*old_ref.split("/"))
+    else:
+        assert old_ref.split("/")[1].startswith("env-")  # never a vault secret
 
 
 # --- ingest -----------------------------------------------------------------------------
@@ -432,7 +445,9 @@ async def test_tampered_protected_blob_is_refused(stack: Services, azurite: Azur
         assert status == 500 and json.loads(body) == {"error": "IntegrityError", "message": message}
 
 
-async def test_a_key_missing_from_the_vault_answers_with_what_to_do(stack: Services, azurite: Azurite) -> None:
+async def test_a_key_missing_from_the_vault_answers_with_what_to_do(make_stack: StackFactory,
+                                                                     azurite: Azurite) -> None:
+    stack = await make_stack(KEY_MODE="secret")  # a vault secret per key: envelope keys live in their rows
     _, file_id = await ingest(stack, azurite, b"data")
     record = await stack.files.encrypted_file(str(file_id))
     assert record.key_reference is not None
@@ -461,9 +476,7 @@ async def test_rotation_reencrypts_switches_and_retires(stack: Services, azurite
     assert new_ref != old_ref and (await stack.files.describe(str(file_id)))["key_reference"] == new_ref
     assert await download(stack, file_id) == data
     assert await key_rows(stack, file_id) == [(old_ref, "retired"), (new_ref, "active")]
-    name, version = old_ref.split("/")
-    with pytest.raises(SecretDisabledError):
-        await stack.vault.get_secret(name, version)
+    await assert_retired_key_unreadable(stack, old_ref)
     assert old_blob in await blob_names(azurite, stack.settings.protected_container)  # within its grace period
 
 
@@ -512,14 +525,13 @@ async def test_rotation_crash_leaves_file_readable_and_a_rerun_finishes(
         await stack.files.rotate_file(str(file_id))
     states = [state for _, state in await key_rows(stack, file_id)]
     assert states == ["retired", "active"]
-    old_ref = (await key_rows(stack, file_id))[0][0]
-    with pytest.raises(SecretDisabledError):
-        await stack.vault.get_secret(*old_ref.split("/"))
+    await assert_retired_key_unreadable(stack, (await key_rows(stack, file_id))[0][0])
     assert await download(stack, file_id) == data
 
 
 async def test_a_vault_failure_after_the_switch_leaves_the_rotation_done_for_the_sweep(
-        stack: Services, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_stack: StackFactory, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = await make_stack(KEY_MODE="secret")  # envelope custody has no vault step after the switch
     data = random_bytes(70_000)
     _, file_id = await ingest(stack, azurite, data)
     old_ref = (await stack.files.describe(str(file_id)))["key_reference"]

@@ -1,8 +1,8 @@
-"""A loopback HTTPS server speaking enough of the Key Vault secrets REST API for the real SDK.
+"""A loopback HTTPS server speaking enough of the Key Vault secrets and keys REST APIs for the real SDKs.
 
-No Key Vault emulator can be installed here, so the Azure adapter is tested with the real
-``azure-keyvault-secrets`` client against this server. It reproduces the wire shapes the SDK
-depends on (checked against the REST reference and SDK sources, see ``docs/VAULT_AZURE.md``):
+No Key Vault emulator can be installed here, so the Azure adapters are tested with the real
+``azure-keyvault-secrets`` and ``azure-keyvault-keys`` clients against this server. It reproduces the
+wire shapes the SDKs depend on (checked against the REST reference and SDK sources, see ``docs/VAULT_AZURE.md``):
 
 - challenge auth: a request without an accepted bearer token gets 401 with
   ``WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/<tenant>",
@@ -13,12 +13,19 @@ depends on (checked against the REST reference and SDK sources, see ``docs/VAULT
 - errors as ``{"error": {"code", "message", "innererror": {"code"}}}``: 404 ``SecretNotFound``,
   403 ``Forbidden``/``SecretDisabled`` for a disabled version, 409 ``Conflict``/
   ``ObjectIsDeletedButRecoverable`` when a soft-deleted name is set again, 429 ``Throttled``;
-- versions are listed in version-id order, not creation order, as the service does.
+- versions are listed in version-id order, not creation order, as the service does;
+- keys (RSA only, real ``cryptography`` keys): ``POST /keys/{name}/create`` adds a version;
+  ``GET /keys/{name}/{version}`` (empty version = latest) answers the public JWK (``n``, ``e``
+  base64url without padding, ``kid`` ``{url}/keys/{name}/{version}``); ``POST
+  /keys/{name}/{version}/wrapkey`` and ``/unwrapkey`` with ``{"alg", "value"}`` (RSA-OAEP-256 or
+  RSA-OAEP) answer ``{"kid", "value"}``; 404 ``KeyNotFound``, 403 ``Forbidden``/``KeyDisabled``
+  for a disabled version, 400 ``BadParameter`` for a value that does not unwrap.
 
 Fault injection applies to the next authorized requests: an HTTP status (429 with Retry-After,
 503), a dropped connection, or a response delayed past the client's read timeout. A rate limit
-can be set on secret creates, as Key Vault enforces one (300 per 10 s per vault): beyond it the
-server answers 429 with the Retry-After that the window says. Every request
+can be set on secret creates, as Key Vault enforces one (300 per 10 s per vault), and one on all
+key requests together (get, create, wrap, unwrap: Key Vault's "all other transactions" limit for
+keys): beyond it the server answers 429 with the Retry-After that the window says. Every request
 is recorded (method, path, api-version, bearer present, status, arrival time) for assertions.
 TLS material is generated at test time; nothing is committed.
 """
@@ -26,6 +33,8 @@ TLS material is generated at test time; nothing is committed.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import ipaddress
 import math
@@ -43,7 +52,7 @@ from aiohttp import web
 from azure.core.credentials import AccessToken
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ["FakeCredential", "KeyVaultServer", "RequestRecord", "TlsMaterial", "make_tls_material"]
@@ -51,6 +60,8 @@ __all__ = ["FakeCredential", "KeyVaultServer", "RequestRecord", "TlsMaterial", "
 CHALLENGE_RESOURCE = "https://vault.azure.net"
 MAX_PAGE = 25  # the service's maximum page size for list operations
 PURGE_DAYS = 90
+RSA_KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey")  # the service's default
+_OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"RSA-OAEP-256": hashes.SHA256, "RSA-OAEP": hashes.SHA1}
 
 
 # --- TLS material --------------------------------------------------------------------------
@@ -186,6 +197,17 @@ class _Version:
 
 
 @dataclass
+class _KeyVersion:
+    id: str
+    private: rsa.RSAPrivateKey = field(repr=False)
+    kty: str
+    key_ops: list[str]
+    enabled: bool
+    created: int
+    updated: int
+
+
+@dataclass
 class _Deleted:
     versions: list[_Version]
     deleted: int
@@ -198,6 +220,25 @@ class _Fault:
     status: int = 503
     retry_after: str | None = None
     seconds: float = 0.0
+
+
+class _Window:
+    """A sliding-window limit: at most ``count`` requests in any ``seconds``."""
+
+    def __init__(self, count: int, seconds: float) -> None:
+        self.count = count
+        self.seconds = seconds
+        self.accepted: deque[float] = deque()  # monotonic times of the requests accepted in the window
+
+    def admit(self) -> int | None:
+        """None if the request is accepted (and counted), else the Retry-After in seconds."""
+        now = time.monotonic()
+        while self.accepted and self.accepted[0] <= now - self.seconds:
+            self.accepted.popleft()
+        if len(self.accepted) < self.count:
+            self.accepted.append(now)
+            return None
+        return max(1, math.ceil(self.accepted[0] + self.seconds - now))
 
 
 class _Reply(Exception):
@@ -226,6 +267,34 @@ def _not_found(name: str, version: str | None = None) -> _Reply:
     )
 
 
+def _key_not_found(name: str, version: str | None = None) -> _Reply:
+    what = f"{name}/{version}" if version else name
+    return _Reply(
+        404,
+        "KeyNotFound",
+        f"A key with (name/id) {what} was not found in this key vault. If you recently deleted this key you may be "
+        "able to recover it using the correct recovery command. For help resolving this issue, please see "
+        "https://go.microsoft.com/fwlink/?linkid=2125182",
+    )
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _from_b64url(text: object) -> bytes:
+    if not isinstance(text, str) or not text:
+        raise _Reply(400, "BadParameter", "Property 'value' is required.")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise _Reply(400, "BadParameter", "Content of 'value' is not base64url.") from None
+
+
+def _unsigned(number: int) -> bytes:
+    return number.to_bytes((number.bit_length() + 7) // 8, "big")
+
+
 class KeyVaultServer:
     """The fake vault. ``await start()``, point the SDK at ``url``, ``await stop()``."""
 
@@ -249,9 +318,10 @@ class KeyVaultServer:
         self.requests: list[RequestRecord] = []
         self.secrets: dict[str, list[_Version]] = {}
         self.deleted: dict[str, _Deleted] = {}
+        self.keys: dict[str, list[_KeyVersion]] = {}
         self._faults: deque[_Fault] = deque()
-        self._create_limit: tuple[int, float] | None = None
-        self._creates: deque[float] = deque()  # monotonic times of the creates accepted in the window
+        self._create_window: _Window | None = None
+        self._key_window: _Window | None = None
         self.throttled = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -296,23 +366,27 @@ class KeyVaultServer:
 
     def limit_creates(self, count: int, per_seconds: float) -> None:
         """At most ``count`` secret creates (PUT) in any ``per_seconds``; beyond that 429 + Retry-After."""
-        self._create_limit = (count, per_seconds)
-        self._creates.clear()
+        self._create_window = _Window(count, per_seconds)
 
-    def _throttled_create(self) -> web.Response | None:
-        if self._create_limit is None:
+    def limit_key_operations(self, count: int, per_seconds: float) -> None:
+        """At most ``count`` key requests (get, create, wrap, unwrap share one window) in any
+        ``per_seconds``; beyond that 429 + Retry-After."""
+        self._key_window = _Window(count, per_seconds)
+
+    def _throttled(self, request: web.Request) -> web.Response | None:
+        if request.method == "PUT":
+            window = self._create_window
+        elif request.path.startswith("/keys/"):
+            window = self._key_window
+        else:
             return None
-        count, window = self._create_limit
-        now = time.monotonic()
-        while self._creates and self._creates[0] <= now - window:
-            self._creates.popleft()
-        if len(self._creates) < count:
-            self._creates.append(now)
+        retry_after = window.admit() if window is not None else None
+        if retry_after is None:
             return None
         self.throttled += 1
         response = _Reply(429, "Throttled", "Request was not processed because too many requests were received. "
                           "Reason: VaultRequestTypeLimitReached").response(self.error_marker)
-        response.headers["Retry-After"] = str(max(1, math.ceil(self._creates[0] + window - now)))
+        response.headers["Retry-After"] = str(retry_after)
         return response
 
     # --- helpers for assertions ---
@@ -323,6 +397,15 @@ class KeyVaultServer:
 
     def content_type_of(self, name: str, version: str) -> str | None:
         return next(v.content_type for v in self.secrets[name] if v.id == version)
+
+    def key_versions(self, name: str) -> list[str]:
+        """The versions of key ``name``, oldest first."""
+        return [v.id for v in self.keys.get(name, [])]
+
+    def unwrap_with(self, name: str, version: str, wrapped: bytes, alg: str = "RSA-OAEP-256") -> bytes:
+        """Decrypt ``wrapped`` with the private key of that exact version (raises ``ValueError`` if it does not)."""
+        found = next(v for v in self.keys[name] if v.id == version)
+        return found.private.decrypt(wrapped, _oaep(alg))
 
     # --- request handling ---
 
@@ -345,7 +428,7 @@ class KeyVaultServer:
             return self._challenge(record.bearer)
         if record.api_version is None:
             return _Reply(400, "BadParameter", "The api-version query parameter is missing.").response()
-        if request.method == "PUT" and (throttled := self._throttled_create()) is not None:
+        if (throttled := self._throttled(request)) is not None:
             record.fault = "throttled"
             return throttled
         fault = self._faults.popleft() if self._faults else None
@@ -415,6 +498,14 @@ class KeyVaultServer:
                 return self._get_deleted(name)
             case ["deletedsecrets", name] if method == "DELETE":
                 return self._purge(name)
+            case ["keys", name, "create"] if method == "POST":
+                return await self._create_key(name, await request.json())
+            case ["keys", name, version] if method == "GET":
+                return web.json_response(self._key_bundle(name, self._usable_key(name, version, "get")))
+            case ["keys", name, version, "wrapkey"] if method == "POST":
+                return self._wrap_key(name, version, await request.json())
+            case ["keys", name, version, "unwrapkey"] if method == "POST":
+                return self._unwrap_key(name, version, await request.json())
         raise _Reply(400, "BadParameter", f"{method} {request.path} is not supported by the test server.")
 
     # --- operations ---
@@ -513,7 +604,75 @@ class KeyVaultServer:
             raise _Reply(404, "SecretNotFound", f"Deleted Secret not found: {name}")
         return web.Response(status=204)
 
+    async def _create_key(self, name: str, body: dict[str, Any]) -> web.Response:
+        kty, size = body.get("kty"), body.get("key_size") or 2048
+        if kty not in ("RSA", "RSA-HSM") or size not in (2048, 3072, 4096):
+            raise _Reply(400, "BadParameter", "The test server creates RSA keys of 2048, 3072 or 4096 bits only.")
+        exponent = body.get("public_exponent") or 65537
+        private = await asyncio.to_thread(rsa.generate_private_key, exponent, size)
+        now = self._now()
+        version = _KeyVersion(
+            id=self._new_version_id(),
+            private=private,
+            kty=kty,
+            key_ops=list(body.get("key_ops") or RSA_KEY_OPS),
+            enabled=(body.get("attributes") or {}).get("enabled", True),
+            created=now,
+            updated=now,
+        )
+        self.keys.setdefault(name, []).append(version)
+        return web.json_response(self._key_bundle(name, version))
+
+    def _usable_key(self, name: str, version: str, operation: str) -> _KeyVersion:
+        versions = self.keys.get(name)
+        if not versions:
+            raise _key_not_found(name)
+        found = versions[-1] if version == "" else next((v for v in versions if v.id == version), None)
+        if found is None:
+            raise _key_not_found(name, version)
+        if not found.enabled:
+            raise _Reply(403, "Forbidden", f"Operation {operation} is not allowed on a disabled key.", "KeyDisabled")
+        return found
+
+    def _wrap_key(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
+        found = self._usable_key(name, version, "wrapKey")
+        value = _from_b64url(body.get("value"))
+        wrapped = found.private.public_key().encrypt(value, _oaep(body.get("alg")))
+        return web.json_response({"kid": self._kid(name, found), "value": _b64url(wrapped)})
+
+    def _unwrap_key(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
+        found = self._usable_key(name, version, "unwrapKey")
+        value = _from_b64url(body.get("value"))
+        try:
+            key = found.private.decrypt(value, _oaep(body.get("alg")))
+        except ValueError:
+            raise _Reply(400, "BadParameter", "Error occurred while decoding OAEP padding.") from None
+        return web.json_response({"kid": self._kid(name, found), "value": _b64url(key)})
+
     # --- wire shapes ---
+
+    def _kid(self, name: str, version: _KeyVersion) -> str:
+        return f"{self.url}/keys/{name}/{version.id}"
+
+    def _key_bundle(self, name: str, version: _KeyVersion) -> dict[str, Any]:
+        public = version.private.public_key().public_numbers()
+        return {
+            "key": {
+                "kid": self._kid(name, version),
+                "kty": version.kty,
+                "key_ops": version.key_ops,
+                "n": _b64url(_unsigned(public.n)),
+                "e": _b64url(_unsigned(public.e)),
+            },
+            "attributes": {
+                "enabled": version.enabled,
+                "created": version.created,
+                "updated": version.updated,
+                "recoveryLevel": "Recoverable+Purgeable",
+                "recoverableDays": PURGE_DAYS,
+                "exportable": False,
+            },
+        }
 
     def _attributes(self, version: _Version) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -551,3 +710,10 @@ class KeyVaultServer:
         bundle["deletedDate"] = entry.deleted
         bundle["scheduledPurgeDate"] = entry.deleted + PURGE_DAYS * 86400
         return bundle
+
+
+def _oaep(alg: object) -> padding.OAEP:
+    hash_type = _OAEP_HASHES.get(alg) if isinstance(alg, str) else None
+    if hash_type is None:
+        raise _Reply(400, "BadParameter", "The test server wraps with RSA-OAEP-256 or RSA-OAEP only.")
+    return padding.OAEP(mgf=padding.MGF1(algorithm=hash_type()), algorithm=hash_type(), label=None)

@@ -1,0 +1,272 @@
+"""The envelope key mode against real Azurite, PostgreSQL and the local vault (the KEK its secret).
+
+What it must show: file keys stay unique and bound to their rows, the KEK is called per
+intermediate key and not per file, KEK rotation rewraps only intermediate keys, deleting a file
+destroys its wrapped key, and keys move between the modes (both ways, on a deployment that
+keeps ingesting in the other mode) without a blob being rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from localinfra.azurite import Azurite
+from shared.audit import SYSTEM
+from shared.bootstrap import Services
+from shared.db.migrations import migrate
+from shared.errors import KeyRetiredError, SecretDisabledError, SecretNotFoundError, WrappedKeyError
+from shared.vault.kek import KekMissingError, LocalKeyWrapper, Wrapped
+from shared.vault.local import LocalJsonVault
+from tests.integration.service_fixtures import (
+    blob_names,
+    collect,
+    http_download,
+    new_name,
+    random_bytes,
+    read_blob,
+    upload,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
+
+StackFactory = Callable[..., Awaitable[Services]]
+
+
+@pytest.fixture
+def vault_dir(tmp_path: Path) -> Path:
+    """A vault of this test's own (a KEK of its own), with a database of its own (below)."""
+    return tmp_path / "vault"
+
+
+@pytest.fixture
+def database_url(pg_empty_database_url: str) -> str:
+    asyncio.run(migrate(pg_empty_database_url))
+    return pg_empty_database_url
+
+
+class CountingKek:
+    """The real local KEK, counting what reaches it (the calls Key Vault would bill and throttle)."""
+
+    def __init__(self, inner: LocalKeyWrapper) -> None:
+        self.inner = inner
+        self.wraps = self.unwraps = 0
+
+    async def wrap(self, key: bytes) -> Wrapped:
+        self.wraps += 1
+        return await self.inner.wrap(key)
+
+    async def unwrap(self, wrapped: Wrapped) -> bytes:
+        self.unwraps += 1
+        await asyncio.sleep(0.01)  # a round trip: concurrent readers of one intermediate key overlap here
+        return await self.inner.unwrap(wrapped)
+
+    async def current(self) -> str:
+        return await self.inner.current()
+
+    async def create(self) -> str:
+        return await self.inner.create()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def counting(vault_dir: Path) -> CountingKek:
+    return CountingKek(LocalKeyWrapper(LocalJsonVault(vault_dir)))
+
+
+async def sibling(make_stack: StackFactory, stack: Services, **overrides: object) -> Services:
+    """Another instance of the same deployment (same containers, database and vault), in its own process state."""
+    return await make_stack(**{"KEY_MODE": stack.settings.key_mode, "INGEST_CONTAINER": stack.settings.ingest_container,
+                               "PROTECTED_CONTAINER": stack.settings.protected_container, **overrides})
+
+
+async def ingest(stack: Services, azurite: Azurite, data: bytes) -> uuid.UUID:
+    name = new_name()
+    await upload(azurite, stack.settings.ingest_container, name, data)
+    outcome = await stack.files.encrypt_ingest_blob(name)
+    assert outcome.status == "encrypted" and outcome.file_id is not None
+    return outcome.file_id
+
+
+async def download(stack: Services, file_id: uuid.UUID) -> bytes:
+    return await collect(await stack.files.open(await stack.files.encrypted_file(str(file_id)), None))
+
+
+async def key_row(stack: Services, file_id: uuid.UUID) -> dict[str, object]:
+    async with stack.db.connection() as conn:
+        row = await conn.fetchrow("SELECT * FROM file_keys WHERE file_id = $1 AND state = 'active'", file_id)
+    assert row is not None
+    return dict(row)
+
+
+async def test_new_keys_are_wrapped_in_their_rows_and_never_vault_secrets(make_stack: StackFactory,
+                                                                          azurite: Azurite) -> None:
+    stack = await make_stack(KEY_MODE="envelope")
+    data = [random_bytes(n) for n in (0, 1, 70_000, 300_000)]
+    ids = [await ingest(stack, azurite, d) for d in data]
+    rows = [await key_row(stack, i) for i in ids]
+    for file_id, row in zip(ids, rows, strict=True):
+        assert row["custody"] == "envelope" and row["vault_reference"] is None
+        assert str(row["key_reference"]).startswith(f"file-{file_id}/env-")
+        assert isinstance(row["wrapped_key"], bytes) and len(row["wrapped_key"]) == 60
+        with pytest.raises(SecretNotFoundError):
+            await stack.vault.get_secret(f"file-{file_id}")
+    assert len({r["intermediate_id"] for r in rows}) == 1  # one intermediate key for the instance's files
+    keys = {await stack.keys.key_of(str(r["key_reference"])) for r in rows}
+    assert len(keys) == len(ids)  # every file its own key
+    assert [await download(stack, i) for i in ids] == data
+    async with stack.db.connection() as conn:
+        intermediate = await conn.fetchrow("SELECT * FROM intermediate_keys")
+    assert str(intermediate["kek_reference"]).startswith("blobseal-kek/")
+    assert intermediate["wrapped_key"] not in keys and len(intermediate["wrapped_key"]) == 40  # AES-KW of 32 bytes
+
+
+async def test_the_kek_is_called_per_intermediate_key_not_per_file(make_stack: StackFactory, azurite: Azurite,
+                                                                   vault_dir: Path) -> None:
+    writer_kek = counting(vault_dir)
+    writer = await make_stack(KEY_MODE="envelope", ENVELOPE_INTERMEDIATE_MAX_FILES="4", kek=writer_kek)
+    data = {await ingest(writer, azurite, d): d for d in [random_bytes(5000) for _ in range(10)]}
+    # 4 + 4 + 2 files: three intermediate keys (the first wrap found no KEK yet, made it, and wrapped again)
+    assert writer_kek.wraps == 3 + 1 and writer_kek.unwraps == 0
+    reader_kek = counting(vault_dir)
+    reader = await sibling(make_stack, writer, kek=reader_kek)  # another instance: a cold cache
+    results = await asyncio.gather(*(download(reader, i) for i in data))
+    assert results == list(data.values())
+    assert reader_kek.unwraps == 3 and reader_kek.wraps == 0  # once per intermediate key, however concurrent
+    assert [await download(reader, i) for i in data] == list(data.values())
+    assert reader_kek.unwraps == 3  # warm: no KEK call at all
+
+
+async def test_an_intermediate_key_is_used_for_a_bounded_period(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack(KEY_MODE="envelope", ENVELOPE_INTERMEDIATE_MINUTES="1")
+    first = await ingest(stack, azurite, b"one")
+    intermediates = stack.keys.envelope.intermediates if stack.keys.envelope else None
+    assert intermediates is not None
+    intermediates._clock = lambda: datetime.now(UTC) + timedelta(minutes=2)  # the period ran out
+    second = await ingest(stack, azurite, b"two")
+    assert (await key_row(stack, first))["intermediate_id"] != (await key_row(stack, second))["intermediate_id"]
+
+
+@pytest.mark.parametrize("target", ["another file", "another version of the same file"])
+async def test_a_wrapped_key_moved_to_another_row_is_refused(make_stack: StackFactory, azurite: Azurite,
+                                                             target: str) -> None:
+    stack = await make_stack(KEY_MODE="envelope")
+    victim = await ingest(stack, azurite, random_bytes(10_000))
+    donor = await ingest(stack, azurite, random_bytes(10_000))
+    if target == "another version of the same file":
+        donor = victim
+        await stack.files.rotate_file(str(victim))  # the old row (retired) holds the donor wrapping
+    fresh = await sibling(make_stack, stack)  # nothing cached: the row is all it has
+    async with stack.db.connection() as conn:
+        moved = await conn.fetchrow(
+            "SELECT wrapped_key, intermediate_id FROM file_keys WHERE file_id = $1 ORDER BY id LIMIT 1", donor)
+        await conn.execute("UPDATE file_keys SET wrapped_key = $2, intermediate_id = $3 "
+                           "WHERE file_id = $1 AND state = 'active'", victim, *moved)
+    with pytest.raises(WrappedKeyError):
+        await download(fresh, victim)
+    status, _, body = await http_download(fresh, str(victim))
+    assert status == 500 and json.loads(body) == {
+        "error": "WrappedKeyError",
+        "message": "the file's key record failed its integrity check; nothing of it was served"}
+
+
+async def test_kek_rotation_rewraps_intermediate_keys_only(make_stack: StackFactory, azurite: Azurite,
+                                                           vault_dir: Path) -> None:
+    stack = await make_stack(KEY_MODE="envelope", ENVELOPE_INTERMEDIATE_MAX_FILES="2")
+    data = {await ingest(stack, azurite, d): d for d in [random_bytes(3000) for _ in range(5)]}
+    blobs = {n: await read_blob(azurite, stack.settings.protected_container, n)
+             for n in await blob_names(azurite, stack.settings.protected_container)}
+    rows_before = {i: await key_row(stack, i) for i in data}
+    old_kek = await stack.keys.envelope.intermediates.kek.current()  # type: ignore[union-attr]
+    report = await stack.files.rotate_kek()
+    assert report["rewrapped"] == 3 and report["kek_reference"] != old_kek
+    assert report["kek_versions_in_use"] == {report["kek_reference"]: 3}
+    assert {i: await key_row(stack, i) for i in data} == rows_before  # file keys untouched
+    assert {n: await read_blob(azurite, stack.settings.protected_container, n) for n in blobs} == blobs
+    await LocalJsonVault(vault_dir).disable_version(*old_kek.split("/"))  # the old KEK version can go
+    fresh = await sibling(make_stack, stack)
+    assert [await download(fresh, i) for i in data] == list(data.values())
+    assert (await fresh.files.rotate_kek(rewrap_only=True))["rewrapped"] == 0
+
+
+async def test_rotation_and_deletion_in_envelope_mode(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack(KEY_MODE="envelope")
+    data = random_bytes(150_000)
+    file_id = await ingest(stack, azurite, data)
+    old = str((await key_row(stack, file_id))["key_reference"])
+    new = await stack.files.rotate_file(str(file_id))
+    assert new != old and await download(stack, file_id) == data
+    with pytest.raises(KeyRetiredError):
+        await stack.keys.get_key(old)
+    await stack.files.delete(str(file_id), SYSTEM)
+    async with stack.db.connection() as conn:
+        left = await conn.fetchval("SELECT count(*) FROM file_keys WHERE file_id = $1", file_id)
+    assert left == 0  # the wrapped keys are gone: nothing can recover the file key (crypto-shredding)
+
+
+async def test_a_missing_kek_is_never_replaced_while_intermediate_keys_are_recorded(
+        make_stack: StackFactory, azurite: Azurite, vault_dir: Path) -> None:
+    stack = await make_stack(KEY_MODE="envelope")
+    kept = await ingest(stack, azurite, b"before")
+    await LocalJsonVault(vault_dir).delete_secret("blobseal-kek")
+    fresh = await sibling(make_stack, stack)
+    name = new_name()
+    await upload(azurite, fresh.settings.ingest_container, name, b"after")
+    with pytest.raises(KekMissingError):
+        await fresh.files.encrypt_ingest_blob(name)
+    assert name in await blob_names(azurite, fresh.settings.ingest_container)  # nothing lost: it waits
+    with pytest.raises(KekMissingError):
+        await fresh.keys.envelope.intermediates.kek.current()  # type: ignore[union-attr]
+    with pytest.raises(SecretNotFoundError):  # fail closed: no new KEK was made
+        await LocalJsonVault(vault_dir).get_secret("blobseal-kek")
+    assert kept
+
+
+async def test_switching_modes_on_a_running_deployment_loses_nothing(make_stack: StackFactory,
+                                                                     azurite: Azurite) -> None:
+    old = await make_stack(KEY_MODE="secret")
+    new = await sibling(make_stack, old, KEY_MODE="envelope")
+    data: dict[uuid.UUID, bytes] = {}
+
+    async def keep_ingesting(stack: Services, count: int) -> None:
+        for _ in range(count):
+            payload = random_bytes(20_000)
+            data[await ingest(stack, azurite, payload)] = payload
+
+    await keep_ingesting(old, 4)  # before the switch: secret mode only
+    # the rolling switch: old instances still ingest while new ones do, and the keys are migrated meanwhile
+    moved = await asyncio.gather(keep_ingesting(old, 6), keep_ingesting(new, 6),
+                                 new.files.migrate_keys("envelope", batch=3))
+    rotated = next(iter(data))
+    await new.files.rotate_file(str(rotated))  # a rotation after the switch gets an envelope key
+    final = await new.files.migrate_keys("envelope")
+    assert moved[2]["moved"] + final["moved"] >= 4
+    for file_id, payload in data.items():
+        assert await download(new, file_id) == payload and await download(old, file_id) == payload
+        assert (await key_row(new, file_id))["custody"] == "envelope"
+    blobs = {n: await read_blob(azurite, new.settings.protected_container, n)
+             for n in await blob_names(azurite, new.settings.protected_container)}
+    migrated = next(i for i in data if i != rotated)
+    secret_ref = str((await key_row(new, migrated))["vault_reference"])
+    with pytest.raises(SecretDisabledError):  # the vault no longer holds a usable copy
+        await LocalJsonVault(Path(new.settings.key_vault_local_path)).get_secret(*secret_ref.split("/"))
+
+    back = await old.files.migrate_keys("secret")  # and back again, still without re-encryption
+    assert back["moved"] == len(data)
+    fresh = await sibling(make_stack, old)
+    for file_id, payload in data.items():
+        assert await download(fresh, file_id) == payload
+        row = await key_row(fresh, file_id)
+        assert row["custody"] == "secret" and row["wrapped_key"] is None
+    after = {n: await read_blob(azurite, new.settings.protected_container, n) for n in blobs}
+    assert after == blobs  # not one blob rewritten by either migration
+    await fresh.files.delete(str(migrated), SYSTEM)
+    with pytest.raises(SecretNotFoundError):
+        await LocalJsonVault(Path(new.settings.key_vault_local_path)).get_secret(f"file-{migrated}")
