@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 CHECKOV_VENV := $(VENV)/checkov
 PY := $(VENV)/bin/python
+PGBOUNCER_DIR := $(VENV)/pgbouncer
+PGBOUNCER_DEBS := pgbouncer libc-ares2 libevent-2.1-7
+PGBOUNCER = LD_LIBRARY_PATH="$$(echo $(PGBOUNCER_DIR)/root/usr/lib/*-linux-gnu)" $(PGBOUNCER_DIR)/root/usr/sbin/pgbouncer
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install test lint unit faults dev bench docs reset clean
 
-install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
+install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed $(PGBOUNCER_DIR)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +25,22 @@ $(CHECKOV_VENV)/.installed: infra/tools/requirements-checkov.txt | $(VENV)/.inst
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r infra/tools/requirements-checkov.txt
 	touch $@
+
+# PgBouncer for tests/integration/test_pgbouncer.py (transaction pooling, as Azure's built-in one on port
+# 6432): Debian's package and the two libraries a slim machine may lack, unpacked into .venv/pgbouncer with
+# `apt-get download` + `dpkg-deb -x` (no root, nothing installed system-wide; about a second). When they
+# cannot be fetched, install goes on with a warning and that test fails saying so.
+$(PGBOUNCER_DIR)/.installed: | $(VENV)/.installed
+	@rm -rf $(PGBOUNCER_DIR) $(PGBOUNCER_DIR).log && mkdir -p $(PGBOUNCER_DIR)/debs
+	@if (cd $(PGBOUNCER_DIR)/debs && apt-get download -o Acquire::Retries=1 -o Acquire::http::Timeout=20 \
+	        $(PGBOUNCER_DEBS)) > $(PGBOUNCER_DIR).log 2>&1 \
+	    && for deb in $(PGBOUNCER_DIR)/debs/*.deb; do dpkg-deb -x "$$deb" $(PGBOUNCER_DIR)/root || exit 1; done \
+	    && $(PGBOUNCER) --version >> $(PGBOUNCER_DIR).log 2>&1; then \
+	    rm -rf $(PGBOUNCER_DIR)/debs && touch $@ && echo "$$($(PGBOUNCER) --version | head -1) in $(PGBOUNCER_DIR)"; \
+	else \
+	    rm -rf $(PGBOUNCER_DIR); echo "warning: PgBouncer could not be unpacked into $(PGBOUNCER_DIR) (see" \
+	        "$(PGBOUNCER_DIR).log; 'apt-get update' may help): tests/integration/test_pgbouncer.py will fail" >&2; \
+	fi
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

@@ -51,14 +51,26 @@ param postgresAdminType string = 'Group'
 ])
 param postgresVersion string = '16'
 
-param postgresSkuName string = 'Standard_B1ms'
+@description('Compute size. The default (2 vCores, 8 GiB, max_connections 859) is the smallest with the built-in PgBouncer; Standard_B1ms with postgresSkuTier=Burstable suits a dev deployment (no PgBouncer, 35 user connections: lower maximumInstanceCount to 7). docs/DATABASE.md has the budget.')
+param postgresSkuName string = 'Standard_D2ds_v5'
 
+@description('Burstable has no built-in PgBouncer: the app then connects to 5432 directly.')
 @allowed([
   'Burstable'
   'GeneralPurpose'
   'MemoryOptimized'
 ])
-param postgresSkuTier string = 'Burstable'
+param postgresSkuTier string = 'GeneralPurpose'
+
+@description('PgBouncer server connections for the app (pgbouncer.default_pool_size): Microsoft suggests 2-5 x vCores to start.')
+@minValue(1)
+@maxValue(4950)
+param postgresPgBouncerPoolSize int = 10
+
+@description('PgBouncer client connections in all (pgbouncer.max_client_conn): at least maximumInstanceCount x databasePoolMax, plus operators.')
+@minValue(1)
+@maxValue(50000)
+param postgresPgBouncerMaxClientConn int = 5000
 
 @minValue(32)
 param postgresStorageSizeGB int = 32
@@ -181,7 +193,7 @@ param keyVaultCacheMinutes int = 60
 @maxValue(10000000)
 param keyVaultCacheMaxEntries int = 10000
 
-@description('asyncpg pool size per instance (DATABASE_POOL_MAX). Instances x this must stay below the server\'s connection limit.')
+@description('asyncpg pool size per instance (DATABASE_POOL_MAX). Instances x this are the client connections: below pgbouncer.max_client_conn, or without PgBouncer below the server\'s max_connections (docs/DATABASE.md).')
 @minValue(1)
 @maxValue(100)
 param databasePoolMax int = 4
@@ -279,6 +291,11 @@ var deadLetterContainerName = 'eventgrid-deadletter'
 // The app's PostgreSQL role: an Entra role named like the function app (its system-assigned
 // identity), created by deploy.sh (infra/tools/db_roles.py) with least privilege.
 var databaseUser = names.functionApp
+
+// The built-in PgBouncer exists on General Purpose and Memory Optimized only: there the app goes
+// through it (6432, transaction pooling, DATABASE_PGBOUNCER=true); on Burstable to 5432 directly.
+var postgresPgBouncer = postgresSkuTier != 'Burstable'
+var databasePort = postgresPgBouncer ? 6432 : 5432
 
 // Private DNS zones of the private endpoints (public cloud names; storage from environment()).
 var dnsZones = {
@@ -400,6 +417,9 @@ module postgres 'modules/postgres.bicep' = {
     adminPrincipalType: postgresAdminType
     publicNetworkAccess: publicNetworkAccess
     allowAzureServices: !privateNetworking && postgresAllowAzureServices
+    pgBouncerEnabled: postgresPgBouncer
+    pgBouncerDefaultPoolSize: postgresPgBouncerPoolSize
+    pgBouncerMaxClientConn: postgresPgBouncerMaxClientConn
   }
 }
 
@@ -561,10 +581,13 @@ var appSettings = {
   // PostgreSQL with the managed identity: an Entra access token is the password (refreshed by the
   // app's pool); the URL names the app's role and holds no password.
   DATABASE_AUTH: 'entra'
-  DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:5432/${databaseName}?sslmode=${postgresSslMode}'
+  // Through the built-in PgBouncer (6432, transaction pooling) where the tier has it; migrations and
+  // roles (deploy.sh phase 2) go to 5432 directly.
+  DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:${databasePort}/${databaseName}?sslmode=${postgresSslMode}'
   // Empty: the system-assigned identity (a user-assigned one would put its client id here).
   DATABASE_ENTRA_CLIENT_ID: ''
   DATABASE_POOL_MAX: string(databasePoolMax)
+  DATABASE_PGBOUNCER: postgresPgBouncer ? 'true' : 'false'
   BLOB_TRIGGER_SOURCE: 'EventGrid'
   INGEST_CONTAINER: ingestContainerName
   PROTECTED_CONTAINER: protectedContainerName

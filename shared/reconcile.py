@@ -1,9 +1,10 @@
 """The reconciler: finds what faults and races left behind, and repairs it, with no operator.
 
 Run by a timer (``RECONCILE_SCHEDULE``, every 5 minutes) and by ``python -m shared.cli
-reconcile``. One run at a time per database (a session advisory lock: other instances skip
-the run), bounded per run (``RECONCILE_BATCH_SIZE`` items of each kind; long listings go on
-from a saved cursor next run), idempotent. The destructive repairs touch only what is older
+reconcile``. One run at a time per database (a lease row in ``reconciler_state``, renewed while
+the run lasts: other instances skip the run; a crashed holder's lease runs out), bounded per run
+(``RECONCILE_BATCH_SIZE`` items of each kind; long listings go on from a saved cursor next run),
+idempotent. The destructive repairs touch only what is older
 than ``RECONCILE_AFTER_SECONDS``, so attempts still in flight are left alone. Each repair is counted in
 ``blobseal_repairs_total{kind}`` and logged once, with the file id:
 
@@ -26,9 +27,14 @@ It also publishes the age of the oldest upload still in plaintext (metric; healt
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +45,7 @@ from shared.db.failures import FailureRepository
 from shared.db.file_keys import FileKeyRepository
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
-from shared.errors import BlobNotFoundError, BlobsealError, SecretNotFoundError
+from shared.errors import BlobNotFoundError, BlobsealError, DatabaseError, SecretNotFoundError
 from shared.ingest import Ingestor, identify_upload
 from shared.keys import FileKeyService
 from shared.metrics import FAILED_UPLOADS, OLDEST_PLAINTEXT, REPAIRS
@@ -47,12 +53,11 @@ from shared.rotation import Rotator
 from shared.upload import UPLOAD_ATTEMPT_PREFIX
 from shared.vault.base import KeyVault, secret_name
 
-__all__ = ["ReconcilePolicy", "ReconcileReport", "Reconciler"]
+__all__ = ["LEASE_STATE", "ReconcilePolicy", "ReconcileReport", "Reconciler", "RunLease"]
 
 log = logging.getLogger(__name__)
 
-# pg_try_advisory_lock key: "blobrcnl" as a signed 64-bit integer (one reconciler per database).
-LOCK_KEY = int.from_bytes(b"blobrcnl", "big", signed=True)
+LEASE_STATE = "run_lease"  # the reconciler_state row of the run in progress: holder and expiry
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 OLDEST_PLAINTEXT_STATE, LAST_RUN_STATE = "oldest_plaintext_at", "last_run_at"
 
@@ -63,6 +68,7 @@ class ReconcilePolicy:
     settle: timedelta = timedelta(minutes=5)  # destructive repairs leave alone what changed more recently
     stranded_after: timedelta = timedelta(minutes=1)  # an upload the host had this long to deliver
     ingest_patience_seconds: float = 10.0  # retries of one stranded upload within a run
+    lease: timedelta = timedelta(minutes=2)  # a run's lease, renewed every quarter of it while it runs
 
 
 @dataclass
@@ -96,18 +102,21 @@ class Reconciler:
     async def run(self) -> ReconcileReport:
         """One bounded pass over every kind of repair (skipped while another instance runs one)."""
         report = ReconcileReport()
-        async with self._db.connection("reconcile_lock") as lock:
-            if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+        lease = RunLease(self._db, duration=self._policy.lease)
+        async with lease.held() as taken:
+            if not taken:
                 report.skipped = True
                 return report
-            try:
-                for step in (self._stranded_uploads, self._stale_pending, self._orphan_blobs,
-                             self._unrecorded_versions, self._stalled_rotations, self._unfinished_deletions,
-                             self._access_log_retention):
-                    await self._guarded(step, report)
-                await self._publish(report)
-            finally:
-                await _unlock(lock)
+            for step in (self._stranded_uploads, self._stale_pending, self._orphan_blobs,
+                         self._unrecorded_versions, self._stalled_rotations, self._unfinished_deletions,
+                         self._access_log_retention):
+                if lease.lost:  # another instance may hold the run now: leave the rest to it
+                    report.failed += 1
+                    log.warning("reconciler: the run's lease was lost; %s and later steps left to the next run",
+                                step.__name__.strip("_"))
+                    return report
+                await self._guarded(step, report)
+            await self._publish(report)
         return report
 
     async def _guarded(self, step: Callable[[ReconcileReport], Awaitable[None]], report: ReconcileReport) -> None:
@@ -212,7 +221,10 @@ class Reconciler:
 
     async def _disable_unrecorded(self, file_id: uuid.UUID, cutoff: datetime, report: ReconcileReport) -> None:
         async with self._db.connection("reconcile_versions") as conn:
-            recorded = await FileKeyRepository(conn).references(file_id)
+            repo = FileKeyRepository(conn)
+            recorded, in_vault = await repo.references(file_id), await repo.held_in_vault(file_id)
+        if in_vault is False and self._keys.mode == "envelope":
+            return  # every key of the file is wrapped in its row: listing its secret would cost a vault call per file
         try:
             versions = await self._vault.list_versions(secret_name(file_id))
         except SecretNotFoundError:
@@ -288,10 +300,77 @@ def _file_id_of(blob_name: str) -> uuid.UUID | None:
         return None
 
 
-async def _unlock(lock: Any) -> None:
-    """Release the session lock; if that fails, end the session (the pool does not reset sessions)."""
-    try:
-        await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
-    except BaseException:
-        lock.terminate()
-        raise
+class RunLease:
+    """One reconciler run per database: the ``run_lease`` row of ``reconciler_state`` names the holder
+    and until when it holds the run, in the database's time (instances' clocks do not matter).
+
+    It is taken when absent, expired or already ours; renewed every quarter of its duration while
+    the run lasts; deleted when the run ends. A holder that dies stops renewing it, so the first run
+    after it expires takes over (at most ``duration`` later). Each statement stands alone
+    (autocommit) and no connection is held in between, so it holds through PgBouncer's transaction
+    pooling too, which a session advisory lock does not: that lock belongs to whichever server
+    connection ran the statement, and the unlock may run on another one.
+    """
+
+    _TAKE = """
+        INSERT INTO reconciler_state (name, value)
+        VALUES ($1, json_build_object('holder', $2::text, 'until', now() + make_interval(secs => $3))::text)
+        ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
+         WHERE (reconciler_state.value::json ->> 'until')::timestamptz <= now()
+            OR reconciler_state.value::json ->> 'holder' = $2
+        RETURNING 1"""
+    _RENEW = """
+        UPDATE reconciler_state
+           SET value = json_build_object('holder', $2::text, 'until', now() + make_interval(secs => $3))::text
+         WHERE name = $1 AND value::json ->> 'holder' = $2"""
+    _RELEASE = "DELETE FROM reconciler_state WHERE name = $1 AND value::json ->> 'holder' = $2"
+
+    def __init__(self, db: Database, *, duration: timedelta, holder: str | None = None,
+                 name: str = LEASE_STATE) -> None:
+        if duration <= timedelta(0):
+            raise ValueError("a lease lasts a positive time")
+        self._db, self._name, self._seconds = db, name, duration.total_seconds()
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.lost = False  # a renewal found the lease taken over (this holder's run should stop)
+
+    async def take(self) -> bool:
+        async with self._db.connection("reconcile_lease") as conn:
+            return await conn.fetchval(self._TAKE, self._name, self.holder, self._seconds) is not None
+
+    async def renew(self) -> bool:
+        """Extend the lease; False (and ``lost``) when it is no longer ours."""
+        async with self._db.connection("reconcile_lease") as conn:
+            renewed = str(await conn.execute(self._RENEW, self._name, self.holder, self._seconds)) == "UPDATE 1"
+        self.lost = self.lost or not renewed
+        return renewed
+
+    async def release(self) -> None:
+        async with self._db.connection("reconcile_lease") as conn:
+            await conn.execute(self._RELEASE, self._name, self.holder)
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[bool]:
+        """Whether the lease was taken; while it is, renewed in the background; released at the end
+        (a release that fails is logged: the lease then runs out by itself)."""
+        if not await self.take():
+            yield False
+            return
+        renewer = asyncio.create_task(self._keep())
+        try:
+            yield True
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            try:
+                await self.release()
+            except DatabaseError as exc:
+                log.warning("reconciler: the run's lease could not be released (it expires by itself): %s", exc)
+
+    async def _keep(self) -> None:
+        while not self.lost:
+            await asyncio.sleep(self._seconds / 4)
+            try:
+                await self.renew()
+            except DatabaseError as exc:  # the next tick tries again; the lease lasts three more of them
+                log.warning("reconciler: the run's lease could not be renewed: %s", exc)

@@ -5,7 +5,7 @@
 //                       the function app's outbound traffic enters the network here
 //   private-endpoints   the private endpoints of the storage accounts, the Key Vault and PostgreSQL;
 //                       its NSG admits only the network itself (peered networks and VPN included,
-//                       which is the operator path) on 443 and 5432
+//                       which is the operator path) on 443, 5432 and 6432 (PostgreSQL's built-in PgBouncer)
 //
 // Deployed only when main.bicep's privateNetworking is true (the default).
 
@@ -48,7 +48,7 @@ resource privateEndpointsNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01
       {
         name: 'allow-vnet-to-private-endpoints'
         properties: {
-          description: 'HTTPS (blob, queue, table, Key Vault) and PostgreSQL from inside the network (incl. peerings and VPN)'
+          description: 'HTTPS (blob, queue, table, Key Vault), PostgreSQL and its PgBouncer from inside the network (incl. peerings and VPN)'
           priority: 100
           direction: 'Inbound'
           access: 'Allow'
@@ -59,6 +59,7 @@ resource privateEndpointsNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01
           destinationPortRanges: [
             '443'
             '5432'
+            '6432'
           ]
         }
       }

@@ -8,6 +8,11 @@
 // private endpoint (private-endpoint.bicep, group postgresqlServer); public network access is then
 // disabled and no firewall rule exists. The "allow Azure services" rule is only possible with
 // private networking off (postgresAllowAzureServices), and then only tokens get in.
+//
+// Connection pooling: the built-in PgBouncer (General Purpose and Memory Optimized tiers only; port
+// 6432 on the same host name, Entra tokens accepted) in transaction pooling, enabled when
+// pgBouncerEnabled. The app connects through it (DATABASE_PGBOUNCER=true: no prepared statements kept
+// across transactions); migrations and roles go to 5432 directly. Budget and sources: docs/DATABASE.md.
 
 @description('Server name: 3-63 lowercase letters, digits and hyphens, globally unique.')
 @minLength(3)
@@ -78,6 +83,19 @@ param publicNetworkAccess string = 'Disabled'
 @description('Only without private networking: the 0.0.0.0 rule ("allow Azure services"), without which a Flex Consumption app outside a VNet cannot connect. Entra tokens remain the only way in.')
 param allowAzureServices bool = false
 
+@description('The built-in PgBouncer on port 6432, in transaction pooling (not available on the Burstable tier).')
+param pgBouncerEnabled bool = false
+
+@description('PgBouncer server connections per user/database pair (pgbouncer.default_pool_size, 1-4950).')
+@minValue(1)
+@maxValue(4950)
+param pgBouncerDefaultPoolSize int = 10
+
+@description('PgBouncer client connections in all (pgbouncer.max_client_conn, 1-50000).')
+@minValue(1)
+@maxValue(50000)
+param pgBouncerMaxClientConn int = 5000
+
 resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
   name: serverName
   location: location
@@ -144,6 +162,58 @@ resource allowAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@202
   }
   dependsOn: [
     database
+  ]
+}
+
+// PgBouncer's server parameters, one at a time (the server applies one configuration change at a
+// time), after the database and the firewall rule. All are dynamic: no restart.
+resource pgBouncer 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (pgBouncerEnabled) {
+  parent: server
+  name: 'pgbouncer.enabled'
+  properties: {
+    value: 'true'
+    source: 'user-override'
+  }
+  dependsOn: [
+    database
+    allowAzure
+  ]
+}
+
+// Transaction pooling (Azure's default, set explicitly): a server connection serves one transaction.
+resource pgBouncerPoolMode 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (pgBouncerEnabled) {
+  parent: server
+  name: 'pgbouncer.pool_mode'
+  properties: {
+    value: 'transaction'
+    source: 'user-override'
+  }
+  dependsOn: [
+    pgBouncer
+  ]
+}
+
+resource pgBouncerPoolSize 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (pgBouncerEnabled) {
+  parent: server
+  name: 'pgbouncer.default_pool_size'
+  properties: {
+    value: string(pgBouncerDefaultPoolSize)
+    source: 'user-override'
+  }
+  dependsOn: [
+    pgBouncerPoolMode
+  ]
+}
+
+resource pgBouncerMaxClients 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (pgBouncerEnabled) {
+  parent: server
+  name: 'pgbouncer.max_client_conn'
+  properties: {
+    value: string(pgBouncerMaxClientConn)
+    source: 'user-override'
+  }
+  dependsOn: [
+    pgBouncerPoolSize
   ]
 }
 

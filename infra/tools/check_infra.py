@@ -84,6 +84,8 @@ CHECKED_TYPES = {
     "Microsoft.Insights/actionGroups@2023-01-01",
     "Microsoft.Insights/scheduledQueryRules@2023-12-01",
     "Microsoft.Insights/metricAlerts@2018-03-01",
+    # the database at scale: the built-in PgBouncer's server parameters
+    "Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01",
 }
 
 # Allowed property names at a path of a resource body, transcribed from the published Bicep
@@ -148,6 +150,10 @@ SCHEMA: dict[str, dict[str, set[str]]] = {
     "Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01": {
         "": {"parent", "name", "properties"},
         "properties": {"charset", "collation"},
+    },
+    "Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01": {
+        "": {"parent", "name", "properties"},
+        "properties": {"source", "value"},
     },
     "Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01": {
         "": {"parent", "name", "properties"},

@@ -6,6 +6,12 @@ on first use, inside the worker's event loop, and reused after. Every way in (``
 (``DatabaseUnavailableError`` for a server that is down or a lost connection) and
 bounds the time it can take: connect timeout, per-statement timeout, acquire timeout. A pool
 survives a database restart: dead connections are replaced on the next acquire.
+
+Behind PgBouncer in transaction pooling (``DATABASE_PGBOUNCER=true``, Azure's built-in PgBouncer
+on port 6432) consecutive transactions of one client connection run on different server
+connections, so nothing may outlive a transaction on the server: the pool keeps no prepared
+statements (asyncpg's statement cache off: each statement goes as an unnamed statement, parsed
+again with its bind), and the app keeps no session state (docs/DATABASE.md).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Database:
         acquire_timeout: float = 10.0,
         migrate: bool = True,
         password: EntraPassword | None = None,
+        pgbouncer: bool = False,
     ) -> None:
         if pool_max < 1:
             raise ValueError("pool_max must be at least 1")
@@ -52,6 +59,7 @@ class Database:
         self._acquire_timeout = acquire_timeout
         self._migrate = migrate
         self._password = password  # Entra tokens (passwordless); None: whatever the URL says
+        self._pgbouncer = pgbouncer  # transaction pooling in front: no server-side state across transactions
         self._pool: Any = None
         self._opening = asyncio.Lock()
 
@@ -60,14 +68,16 @@ class Database:
         password = None
         if settings.database_auth == "entra":
             password = EntraPassword(managed_identity(settings.database_entra_client_id))
-        return cls(settings.database_url, pool_max=settings.database_pool_max, password=password)
+        return cls(settings.database_url, pool_max=settings.database_pool_max, password=password,
+                   pgbouncer=settings.database_pgbouncer)
 
     @property
     def url_redacted(self) -> str:
         return redact_url(self._url)
 
     def __repr__(self) -> str:
-        return f"Database({self.url_redacted!r}, pool_max={self._pool_max})"
+        via = ", pgbouncer=True" if self._pgbouncer else ""
+        return f"Database({self.url_redacted!r}, pool_max={self._pool_max}{via})"
 
     @asynccontextmanager
     async def connection(self, operation: str = "database") -> AsyncIterator[Any]:
@@ -131,6 +141,7 @@ class Database:
             command_timeout=self._command_timeout,
             server_settings={"application_name": "blobseal"},
             reset=_keep_session,
+            **_statement_options(self._pgbouncer),
             **({"password": self._password} if self._password is not None else {}),
         )
         try:
@@ -167,11 +178,27 @@ async def _rollback_quietly(tx: Any) -> None:
         await tx.rollback()
 
 
+def _statement_options(pgbouncer: bool) -> dict[str, Any]:
+    """asyncpg's prepared statement options: its defaults directly, none kept behind PgBouncer.
+
+    asyncpg's statement cache names each statement (``__asyncpg_stmt_N__``) and prepares it once
+    per connection; in transaction pooling the next transaction may run on a server connection that
+    never saw it ("prepared statement ... does not exist") or that another client already prepared
+    the same name on ("... already exists"). With ``statement_cache_size=0`` asyncpg uses the
+    unnamed statement only: each execution describes it (Parse, Describe, Flush) and then parses it
+    again with its Bind, Execute and Sync, all on the server connection PgBouncer assigned until that
+    Sync; the price is a second round trip and a plan per execution. ``max_cached_statement_lifetime``
+    and ``max_cacheable_statement_size`` concern that cache only, so they need nothing here.
+    """
+    return {"statement_cache_size": 0} if pgbouncer else {}
+
+
 async def _keep_session(_conn: Any) -> None:
     """What a released connection needs beyond asyncpg's own rollback of an open transaction: nothing.
 
     The default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is a round trip per
     release, two per download. The app sets no session state: settings are transaction-local
-    (``set_config(..., true)``) and the reconciler's one session lock is released by the
-    reconciler itself, or the connection is terminated with it.
+    (``set_config(..., true)``), locks are transaction-scoped (migrations) or a lease row (the
+    reconciler), nothing LISTENs and no temporary table is made. That is also what PgBouncer's
+    transaction pooling requires, where a "session" is one transaction long.
     """

@@ -17,7 +17,7 @@ from localinfra.azurite import Azurite
 from shared.db.files import FileRepository
 from shared.errors import SecretDisabledError
 from shared.metrics import REGISTRY
-from shared.reconcile import LOCK_KEY
+from shared.reconcile import LEASE_STATE
 from shared.vault.base import parse_key_reference
 from shared.vault.cache import CachedKeyVault
 from tests.integration.service_fixtures import blob_names, upload
@@ -165,14 +165,31 @@ async def test_two_reconcilers_at_once_one_runs(make_stack: StackFactory, azurit
     assert sorted(r.skipped for r in reports) in ([False, True], [False, False])  # never both inside at once
 
 
-async def test_a_run_leaves_no_session_lock_behind(make_stack: StackFactory, azurite: Azurite) -> None:
-    stack = await make_stack()  # the pool does not reset sessions on release: the reconciler unlocks itself
+async def test_a_run_leaves_no_lease_behind(make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()  # the run's lease row goes with the run: the next one starts at once
     assert not (await stack.files.reconcile()).skipped
     other = await asyncpg.connect(stack.settings.database_url)
     try:
-        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
+        assert await other.fetchval("SELECT count(*) FROM reconciler_state WHERE name = $1", LEASE_STATE) == 0
     finally:
         await other.close()
+    assert not (await stack.files.reconcile()).skipped
+
+
+async def test_a_crashed_holder_blocks_runs_only_until_its_lease_runs_out(
+        make_stack: StackFactory, azurite: Azurite) -> None:
+    stack = await make_stack()
+    lease = """{"holder": "dead-host:1:abc", "until": "%s"}"""
+    async with stack.db.connection() as conn:  # a holder that died mid-run: its lease is still valid
+        await conn.execute("INSERT INTO reconciler_state (name, value) VALUES ($1, $2)", LEASE_STATE,
+                           lease % "2999-01-01T00:00:00+00:00")
+    assert (await stack.files.reconcile()).skipped
+    async with stack.db.connection() as conn:  # ... and now it ran out: the next run takes over
+        await conn.execute("UPDATE reconciler_state SET value = $2 WHERE name = $1", LEASE_STATE,
+                           lease % "2000-01-01T00:00:00+00:00")
+    assert not (await stack.files.reconcile()).skipped
+    async with stack.db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM reconciler_state WHERE name = $1", LEASE_STATE) == 0
 
 
 async def test_a_bad_row_does_not_starve_rotation(make_stack: StackFactory, azurite: Azurite) -> None:

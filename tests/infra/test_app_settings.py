@@ -33,6 +33,7 @@ AZURE_VALUES = {
     "BLOB_TRIGGER_SOURCE": "EventGrid",
     "DATABASE_POOL_MAX": "4",
     "DATABASE_AUTH": "entra",
+    "DATABASE_PGBOUNCER": "true",
 }
 
 
@@ -41,7 +42,11 @@ def app_settings() -> dict[str, Any]:
     module = load_check_infra()
     module.INFRA = INFRA
     bicep = module.load(INFRA / "main.bicep", module._parser())
-    scope = module.Scope(bicep, {})
+    return app_settings_in(module, bicep, module.Scope(bicep, {}))
+
+
+def app_settings_in(module: Any, bicep: Any, scope: Any) -> dict[str, Any]:
+    """appSettings evaluated in ``scope`` (main.bicep with some parameters given)."""
     node = next(d.named_children[-1] for d in bicep.tree.root_node.named_children
                 if d.type == "variable_declaration" and module._text(d.named_children[0]) == "appSettings")
     connection = scope.lookup("blobConnectionName")
@@ -103,4 +108,16 @@ def test_the_database_settings_are_passwordless() -> None:
     assert settings["DATABASE_ENTRA_CLIENT_ID"] == ""
     assert settings["DATABASE_URL"] is None  # built from the server's FQDN at deployment time
     text = (INFRA / "main.bicep").read_text()
-    assert "DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:5432/" in text
+    assert "DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:${databasePort}/" in text
+
+
+def test_the_app_goes_through_pgbouncer_where_the_tier_has_it() -> None:
+    """The default tier has the built-in PgBouncer: port 6432 and DATABASE_PGBOUNCER=true; Burstable has
+    none: 5432 directly and false."""
+    module = load_check_infra()
+    module.INFRA = INFRA
+    bicep = module.load(INFRA / "main.bicep", module._parser())
+    for given, port, pgbouncer in (({}, 6432, "true"), ({"postgresSkuTier": "Burstable"}, 5432, "false")):
+        scope = module.Scope(bicep, given)
+        assert scope.lookup("databasePort") == port
+        assert app_settings_in(module, bicep, scope)["DATABASE_PGBOUNCER"] == pgbouncer
