@@ -270,3 +270,24 @@ async def test_switching_modes_on_a_running_deployment_loses_nothing(make_stack:
     await fresh.files.delete(str(migrated), SYSTEM)
     with pytest.raises(SecretNotFoundError):
         await LocalJsonVault(Path(new.settings.key_vault_local_path)).get_secret(f"file-{migrated}")
+
+
+async def test_the_reconciler_lists_no_vault_versions_for_envelope_files(make_stack: StackFactory, azurite: Azurite,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    listed: list[str] = []
+    real = LocalJsonVault.list_versions
+
+    async def counted(self: LocalJsonVault, name: str) -> object:
+        listed.append(name)
+        return await real(self, name)
+
+    monkeypatch.setattr(LocalJsonVault, "list_versions", counted)
+    secret_stack = await make_stack(KEY_MODE="secret")
+    kept_in_vault = await ingest(secret_stack, azurite, b"a secret-mode file")
+    stack = await sibling(make_stack, secret_stack, KEY_MODE="envelope")
+    contents = [random_bytes(1000) for _ in range(5)]
+    wrapped = [await ingest(stack, azurite, data) for data in contents]
+    report = await stack.files.reconcile()
+    assert report.failed == 0
+    assert listed == [f"file-{kept_in_vault}"]  # one vault call for the file with a secret, none for the 5 others
+    assert [await download(stack, i) for i in wrapped] == contents

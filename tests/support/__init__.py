@@ -1,7 +1,8 @@
 """Test doubles that stand in for services that cannot run on this machine.
 
 Only what has no local emulator lives here: a loopback HTTPS server speaking the Key Vault
-secrets REST API (driven by the real SDK) and the throwaway TLS material and credential it needs.
+secrets and keys REST APIs (driven by the real SDKs; the keys API wraps and unwraps with real RSA
+keys) and the throwaway TLS material and credential it needs.
 """
 
 from tests.support.keyvault_server import (

@@ -2,7 +2,8 @@
 
 No Key Vault emulator can be installed here, so the Azure adapters are tested with the real
 ``azure-keyvault-secrets`` and ``azure-keyvault-keys`` clients against this server. It reproduces the
-wire shapes the SDKs depend on (checked against the REST reference and SDK sources, see ``docs/VAULT_AZURE.md``):
+wire shapes the SDKs depend on (checked against the REST reference and SDK sources; ``docs/VAULT_AZURE.md``
+for secrets, the installed ``azure-keyvault-keys`` sources for keys):
 
 - challenge auth: a request without an accepted bearer token gets 401 with
   ``WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/<tenant>",
