@@ -8,7 +8,7 @@ PGBOUNCER_DEBS := pgbouncer libc-ares2 libevent-2.1-7
 PGBOUNCER = LD_LIBRARY_PATH="$$(echo $(PGBOUNCER_DIR)/root/usr/lib/*-linux-gnu)" $(PGBOUNCER_DIR)/root/usr/sbin/pgbouncer
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test lint unit faults dev bench docs reset clean
+.PHONY: install test lint unit faults dev bench scale explain docs reset clean
 
 install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed $(PGBOUNCER_DIR)/.installed
 
@@ -75,6 +75,17 @@ bench: install
 	$(PY) -m bench.vault_bench
 	$(PY) -m bench.upload_bench
 	$(PY) -m bench.perf_bench
+
+# The scale simulation of docs/SCALE.md (about five minutes): key modes at 1, 4 and 8 worker processes
+# against the Key Vault stand-in enforcing Key Vault's limits scaled by 1/20.
+scale: install
+	$(PY) scripts/check_postgres.py
+	$(PY) -m bench.scale_bench
+
+# EXPLAIN ANALYZE of every hot query on a filled scratch database: writes docs/DATABASE.md (about 20 s).
+explain: install
+	$(PY) scripts/check_postgres.py
+	$(PY) -m bench.explain
 
 # The README settings table and local.settings.json.example, from the declarations in shared/config.py.
 docs: $(VENV)/.installed

@@ -39,6 +39,7 @@ from shared.config import DEFAULT_DATABASE_URL, redact_url
 from shared.db.failures import FailureRepository
 from shared.db.file_keys import FileKeyRepository, Placement
 from shared.db.files import FileRepository
+from shared.db.intermediate_keys import IntermediateKeyRepository
 from shared.db.migrations import migrate
 from shared.db.pool import Database
 from shared.reconcile import RunLease
@@ -103,8 +104,8 @@ async def first_statement(call: Callable[[Recorder], Awaitable[Any]]) -> tuple[s
 
 
 def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
-    """Statements (and their arguments) that fill the database: files in three states, their keys
-    (vault secrets: the custody columns' defaults), the access log."""
+    """Statements (and their arguments) that fill the database: files in three states, their keys (half
+    of the active ones in envelope custody, under 48 intermediate keys), the access log."""
     statements = [
         # files: 95% encrypted (0.5% of them with a new version in flight), 3% pending, 2% deleted;
         # upload names "tenant-<0..499>/<yyyy/mm/dd>/<n>.bin" over a year.
@@ -145,11 +146,12 @@ def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
                        END AS created
                   FROM files f WHERE f.status <> 'deleted') k
         """,
-        # 10% of the encrypted files were rotated once: a retired key (1% not yet disabled in the vault)
+        # 10% of the encrypted files were rotated once: a retired key (its expiry cleared, as retiring does;
+        # 1% not yet disabled in the vault)
         """
         INSERT INTO file_keys (file_id, key_reference, created_at, expires_at, state, retired_at,
                                vault_disabled_at)
-        SELECT file_id, key_reference, created, created + interval '30 days', 'retired', created + interval '30 days',
+        SELECT file_id, key_reference, created, NULL, 'retired', created + interval '30 days',
                CASE WHEN abs(hashtext(key_reference)::bigint) % 100 = 0 THEN NULL ELSE created + interval '31 days' END
           FROM (SELECT file_id, 'file-' || file_id || '/' || md5('old' || file_id) AS key_reference,
                        created_at AS created FROM files
@@ -169,6 +171,20 @@ def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
         SELECT file_id, key_reference, now(), now() + interval '30 days', 'pending'
           FROM (SELECT file_id, 'file-' || file_id || '/' || md5('next' || file_id) AS key_reference FROM file_keys
                  WHERE state = 'active' AND id % 2000 = 2) p
+        """,
+        # envelope mode on half the deployment's life: 48 intermediate keys (an instance per hour for two
+        # days), and half the active keys wrapped by one of them
+        """
+        INSERT INTO intermediate_keys (id, kek_reference, wrapped_key, created_by, created_at, use_until, max_files)
+        SELECT gen_random_uuid(), 'blobseal-kek/' || md5('kek' || (n / 24)), decode(md5(n::text), 'hex'),
+               'instance-' || n, now() - n * interval '1 hour', now() - (n - 1) * interval '1 hour', 100000
+          FROM generate_series(1, 48) AS n
+        """,
+        """
+        UPDATE file_keys k SET custody = 'envelope', wrapped_key = decode(md5(k.key_reference) || md5(k.key_reference)
+               || substr(md5(k.key_reference), 1, 24), 'hex'), intermediate_id = i.id
+          FROM (SELECT id, row_number() OVER (ORDER BY created_at) AS n FROM intermediate_keys) i
+         WHERE k.state = 'active' AND k.id % 2 = 0 AND i.n = 1 + k.id % 48
         """,
         # a deletion that stopped half way now and then: a deleted file that still has a key row
         """
@@ -211,8 +227,9 @@ def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
             ('oldest_plaintext_at', ''), ('last_run_at', now()::text)
         """,
     ]
-    counts = {0: [files], 6: [log_rows]}  # the files statement, the access-log statement
-    return [(sql, counts.get(i, [])) for i, sql in enumerate(statements)]
+    # the files statement and the access-log statement take the row counts
+    return [(sql, [files] if i == 0 else [log_rows] if "INTO access_log" in sql else [])
+            for i, sql in enumerate(statements)]
 
 
 @dataclass(frozen=True)
@@ -321,6 +338,14 @@ def queries(s: Samples) -> list[Query]:
               lambda r: keys(r).retired_not_disabled(100)),
         Query("every key reference of a file", "reconciler: FileKeyRepository.references",
               lambda r: keys(r).references(s.file_id)),
+        Query("whether a file's keys are in the vault", "reconciler, delete: FileKeyRepository.held_in_vault",
+              lambda r: keys(r).held_in_vault(s.file_id)),
+        Query("a key and its intermediate key", "cold download: FileKeyRepository.with_intermediate",
+              lambda r: keys(r).with_intermediate(s.file_id, s.key_reference)),
+        Query("keys to move (batch of 100)", "migrate-keys: FileKeyRepository.readable_in",
+              lambda r: keys(r).readable_in("secret", 100)),
+        Query("intermediate keys to rewrap (batch of 500)", "rotate-kek: IntermediateKeyRepository.not_wrapped_by",
+              lambda r: IntermediateKeyRepository(r).not_wrapped_by("blobseal-kek/new", 500)),
         # downloads, lookups, listing
         Query("a file by id", "download, describe: FileRepository.get", lambda r: files(r).get(s.file_id)),
         Query("a file by upload name", "GET /api/files/lookup: FileRepository.by_source_name",

@@ -162,7 +162,7 @@ class FileKeyRepository:
     async def retire_claimed(self, file_id: uuid.UUID, reference: str, worker: str, *, now: datetime) -> bool:
         """Retire the active key if ``worker`` still holds its rotation claim."""
         status = await self._conn.execute(
-            "UPDATE file_keys SET state = 'retired', retired_at = $4, rotation_claimed_by = NULL, "
+            "UPDATE file_keys SET state = 'retired', retired_at = $4, expires_at = NULL, rotation_claimed_by = NULL, "
             "rotation_claimed_at = NULL, rotation_lease_until = NULL "
             "WHERE file_id = $1 AND key_reference = $2 AND state = 'active' AND rotation_claimed_by = $3",
             file_id,
@@ -191,6 +191,9 @@ class FileKeyRepository:
         never holds the head of the list; a key whose file is not (or no longer) encrypted with
         it is not listed at all.
         """
+        # A retired key's expiry is cleared (``retire_claimed``): the column's statistics then describe
+        # the keys that can fall due, and the planner reads them from ``file_keys_due`` and each file
+        # by its primary key (with retired keys' past expiries counted, it scanned every file).
         sql = (
             "SELECT k.* FROM file_keys k JOIN files f ON f.file_id = k.file_id "
             "AND f.status = 'encrypted' AND f.key_reference = k.key_reference "
@@ -213,12 +216,15 @@ class FileKeyRepository:
     async def stalled_rotations(self, now: datetime, limit: int) -> list[KeyRow]:
         """Active keys whose rotation was begun and left: a claim whose lease ran out, or a pending key
         with no live claim (a forced rotation that stopped half way)."""
+        # Two disjoint branches, each read from its own index (``file_keys_claims``, and the few pending
+        # keys of ``file_keys_one_pending``), instead of an OR that walked every active key.
         sql = (
-            "SELECT a.* FROM file_keys a WHERE a.state = 'active' "
-            "AND (a.rotation_next_attempt_at IS NULL OR a.rotation_next_attempt_at <= $1) AND ("
-            "(a.rotation_claimed_by IS NOT NULL AND a.rotation_lease_until <= $1) OR "
-            "(a.rotation_claimed_by IS NULL AND EXISTS (SELECT 1 FROM file_keys p "
-            "WHERE p.file_id = a.file_id AND p.state = 'pending'))) ORDER BY a.id LIMIT $2"
+            "SELECT * FROM (SELECT a.* FROM file_keys a WHERE a.state = 'active' "
+            "AND (a.rotation_next_attempt_at IS NULL OR a.rotation_next_attempt_at <= $1) "
+            "AND a.rotation_claimed_by IS NOT NULL AND a.rotation_lease_until <= $1 "
+            "UNION ALL SELECT a.* FROM file_keys p JOIN file_keys a ON a.file_id = p.file_id AND a.state = 'active' "
+            "WHERE p.state = 'pending' AND a.rotation_claimed_by IS NULL "
+            "AND (a.rotation_next_attempt_at IS NULL OR a.rotation_next_attempt_at <= $1)) s ORDER BY id LIMIT $2"
         )
         return _rows(await self._conn.fetch(sql, now, limit))
 

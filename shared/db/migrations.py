@@ -213,6 +213,12 @@ _HOT_INDEXES = """
 CREATE INDEX files_protected_blob ON files (protected_blob) WHERE protected_blob IS NOT NULL;
 CREATE INDEX files_deleted ON files (file_id) WHERE status = 'deleted';
 CREATE INDEX files_source_name_prefix ON files (source_name text_pattern_ops);
+CREATE INDEX file_keys_claims ON file_keys (rotation_lease_until)
+    WHERE state = 'active' AND rotation_claimed_by IS NOT NULL;
+-- A retired key never falls due: its expiry is cleared (FileKeyRepository.retire_claimed does so from
+-- now on), so the statistics of expires_at describe the keys that can, and the due keys are planned
+-- from file_keys_due instead of a scan of every file.
+UPDATE file_keys SET expires_at = NULL WHERE state = 'retired';
 """
 
 MIGRATIONS: tuple[Migration, ...] = (
