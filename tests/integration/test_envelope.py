@@ -20,6 +20,9 @@ import pytest
 from localinfra.azurite import Azurite
 from shared.audit import SYSTEM
 from shared.bootstrap import Services
+from shared.crypto.keywrap import wrap_file_key
+from shared.db.file_keys import FileKeyRepository, Placement
+from shared.db.files import FileRepository
 from shared.db.migrations import migrate
 from shared.errors import KeyRetiredError, SecretDisabledError, SecretNotFoundError, WrappedKeyError
 from shared.vault.kek import KekMissingError, LocalKeyWrapper, Wrapped
@@ -33,6 +36,7 @@ from tests.integration.service_fixtures import (
     read_blob,
     upload,
 )
+from tests.unit.test_format_vectors import KAT, frozen_ciphertext
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
@@ -291,3 +295,40 @@ async def test_the_reconciler_lists_no_vault_versions_for_envelope_files(make_st
     assert report.failed == 0
     assert listed == [f"file-{kept_in_vault}"]  # one vault call for the file with a secret, none for the 5 others
     assert [await download(stack, i) for i in wrapped] == contents
+
+
+@pytest.mark.parametrize("custody", ["secret", "envelope"])
+@pytest.mark.parametrize("name", ["partial last block", "block plus one, default block"])
+async def test_the_frozen_vectors_download_unchanged_in_both_custodies(make_stack: StackFactory, azurite: Azurite,
+                                                                      custody: str, name: str) -> None:
+    """A published ciphertext, stored as it is, served through either custody of its key."""
+    vector = next(v for v in KAT["vectors"] if v["name"] == name)
+    key, file_id, reference = bytes.fromhex(KAT["key"]), uuid.UUID(KAT["file_id"]), KAT["key_reference"]
+    plaintext = bytes(i % 251 for i in range(int(vector["plaintext_size"])))
+    stack = await make_stack(KEY_MODE=custody)
+    blob = f"{file_id}/vector.bseal"
+    etag = await upload(azurite, stack.settings.protected_container, blob, frozen_ciphertext(vector))
+    if custody == "secret":  # the vault picks the version: the row says where the key is
+        await stack.vault.initialize()  # a new deployment's vault
+        props = await stack.vault.set_secret(f"file-{file_id}", key)
+        placement = Placement("secret", vault_reference=props.key_reference)
+    else:
+        assert stack.keys.envelope is not None
+        intermediate_id, intermediate = await stack.keys.envelope.intermediates.for_new_key()
+        placement = Placement("envelope", wrapped_key=wrap_file_key(
+            intermediate, key, file_id=file_id, intermediate_id=intermediate_id, key_reference=reference),
+            intermediate_id=intermediate_id)
+    now = datetime.now(UTC)
+    async with stack.db.transaction() as conn:
+        await FileRepository(conn).register(file_id, source_name="vector.bin", source_etag="v", name="vector.bin",
+                                            content_type="application/octet-stream")
+        await FileRepository(conn).mark_encrypted(
+            file_id, source_name="vector.bin", source_etag="v", name="vector.bin",
+            content_type="application/octet-stream", size=len(plaintext), key_reference=reference,
+            protected_blob=blob, protected_etag=etag, block_size=int(vector["block_size"]), now=now)
+        await FileKeyRepository(conn).insert(file_id, reference, placement, state="active", created_at=now,
+                                             expires_at=now + timedelta(days=30))
+    cold = await sibling(make_stack, stack)
+    assert await download(cold, file_id) == plaintext
+    status, _, body = await http_download(cold, str(file_id), {"Range": "bytes=65-130"})
+    assert (status, body) == (206, plaintext[65:131])
