@@ -1,9 +1,9 @@
 // blobseal on Azure: Flex Consumption function app (Python 3.11), data + host storage,
-// Key Vault (RBAC), PostgreSQL Flexible Server 16 (Microsoft Entra authentication only),
-// Log Analytics + Application Insights with alerts, the Event Grid system topic that feeds the blob
-// trigger, and (privateNetworking, on by default) a virtual network with Flex Consumption VNet
-// integration, private endpoints and private DNS zones; public network access is then disabled on
-// both storage accounts, the Key Vault and PostgreSQL.
+// Key Vault (RBAC; with keyMode=envelope also the KEK, an RSA key), PostgreSQL Flexible Server 16
+// (Microsoft Entra authentication only), Log Analytics + Application Insights with alerts, the
+// Event Grid system topic that feeds the blob trigger, and (privateNetworking, on by default) a
+// virtual network with Flex Consumption VNet integration, private endpoints and private DNS zones;
+// public network access is then disabled on both storage accounts, the Key Vault and PostgreSQL.
 //
 // No password, key or connection-string secret is a parameter, a setting or an output: storage,
 // Key Vault and PostgreSQL are reached with the function app's managed identity.
@@ -198,6 +198,32 @@ param keyVaultCacheMaxEntries int = 10000
 @maxValue(100)
 param databasePoolMax int = 4
 
+// Key custody (docs/SCALE.md)
+@description('KEY_MODE: where new file keys go. secret = one Key Vault secret per file key (the default); envelope = wrapped in the database by intermediate keys that the KEK (an RSA key in the vault) wraps; this also deploys the KEK and its role assignments. Both modes read keys of both kinds; existing keys move only with `blobseal migrate-keys`.')
+@allowed([
+  'secret'
+  'envelope'
+])
+param keyMode string = 'secret'
+
+@description('Name of the key-encryption key in the vault (KEY_VAULT_KEK_NAME): 1-127 letters, digits and hyphens. Never rename a KEK that wraps keys.')
+@minLength(1)
+@maxLength(127)
+param kekName string = 'blobseal-kek'
+
+@description('Deploy the KEK and its role assignments while keyMode is secret: one deployment ahead of a switch (so the grants have propagated), or after switching back until `blobseal migrate-keys --to secret` has moved every key. keyMode=envelope deploys them anyway.')
+param deployKek bool = false
+
+@description('ENVELOPE_INTERMEDIATE_MINUTES: an instance wraps new file keys with one intermediate key for at most this long.')
+@minValue(1)
+@maxValue(10080)
+param envelopeIntermediateMinutes int = 60
+
+@description('ENVELOPE_INTERMEDIATE_MAX_FILES: and for at most this many files.')
+@minValue(1)
+@maxValue(10000000)
+param envelopeIntermediateMaxFiles int = 100000
+
 // Key Vault
 @minValue(7)
 @maxValue(90)
@@ -249,7 +275,7 @@ param alertEmailAddresses array = []
 param keyVaultThrottleAlertThreshold int = 10
 
 // Access for people
-@description('Object id of the operator group (or user / service principal) that runs the CLI: Storage Blob Data Contributor on the data account and Key Vault Secrets Officer on the vault ("" = none). Its PostgreSQL role is granted by deploy.sh (infra/tools/db_roles.py --operator).')
+@description('Object id of the operator group (or user / service principal) that runs the CLI: Storage Blob Data Contributor on the data account, Key Vault Secrets Officer on the vault and, with the KEK, Key Vault Crypto Officer on the KEK ("" = none). Its PostgreSQL role is granted by deploy.sh (infra/tools/db_roles.py --operator).')
 param operatorPrincipalId string = ''
 
 @allowed([
@@ -296,6 +322,10 @@ var databaseUser = names.functionApp
 // through it (6432, transaction pooling, DATABASE_PGBOUNCER=true); on Burstable to 5432 directly.
 var postgresPgBouncer = postgresSkuTier != 'Burstable'
 var databasePort = postgresPgBouncer ? 6432 : 5432
+
+// The KEK exists (and the app and operators hold their roles on it) in envelope mode, or ahead of a
+// switch / after a switch back (deployKek). The app never creates it (fail closed).
+var kekDeployed = keyMode == 'envelope' || deployKek
 
 // Private DNS zones of the private endpoints (public cloud names; storage from environment()).
 var dnsZones = {
@@ -397,6 +427,8 @@ module keyVault 'modules/keyvault.bicep' = {
     logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
     publicNetworkAccess: publicNetworkAccess
     networkDefaultAction: networkDefaultAction
+    kekName: kekName
+    deployKek: kekDeployed
   }
 }
 
@@ -523,6 +555,8 @@ module rbac 'modules/rbac.bicep' = {
   params: {
     functionPrincipalId: functionApp.outputs.principalId
     keyVaultName: keyVault.outputs.name
+    kekName: keyVault.outputs.kekName
+    grantKek: kekDeployed
     dataStorageAccountName: dataStorage.outputs.name
     hostStorageAccountName: hostStorage.outputs.name
     systemTopicPrincipalId: systemTopic.outputs.principalId
@@ -578,6 +612,12 @@ var appSettings = {
   KEY_VAULT_CACHE_ENABLED: 'true'
   KEY_VAULT_CACHE_DURATION_MINUTES: string(keyVaultCacheMinutes)
   KEY_VAULT_CACHE_MAX_ENTRIES: string(keyVaultCacheMaxEntries)
+  // Custody of new file keys (both modes read keys of both kinds); envelope: wrapped under
+  // intermediate keys that the KEK wraps. The KEK is deployed by the templates, never by the app.
+  KEY_MODE: keyMode
+  KEY_VAULT_KEK_NAME: kekName
+  ENVELOPE_INTERMEDIATE_MINUTES: string(envelopeIntermediateMinutes)
+  ENVELOPE_INTERMEDIATE_MAX_FILES: string(envelopeIntermediateMaxFiles)
   // PostgreSQL with the managed identity: an Entra access token is the password (refreshed by the
   // app's pool); the URL names the app's role and holds no password.
   DATABASE_AUTH: 'entra'
@@ -651,6 +691,9 @@ output dataStorageAccountName string = dataStorage.outputs.name
 output hostStorageAccountName string = hostStorage.outputs.name
 output keyVaultName string = keyVault.outputs.name
 output keyVaultUri string = keyVault.outputs.uri
+@description('KEY_VAULT_KEK_NAME (the key exists in envelope mode or with deployKek).')
+output keyVaultKekName string = keyVault.outputs.kekName
+output keyMode string = keyMode
 output postgresServerName string = postgres.outputs.serverName
 output postgresFqdn string = postgres.outputs.fqdn
 output databaseName string = postgres.outputs.databaseName

@@ -2,6 +2,10 @@
 //
 //   function app identity -> Key Vault          Key Vault Secrets Officer
 //                                                (set/get/list/update(disable)/delete secrets)
+//   function app identity -> the KEK (key)      Key Vault Crypto Service Encryption User, when
+//                                                grantKek (envelope key mode): read the key and
+//                                                its versions, wrapKey, unwrapKey; no create,
+//                                                no update, no delete (the app never makes the KEK)
 //   function app identity -> data storage       Storage Blob Data Owner, Storage Queue Data Contributor
 //                                                (blob trigger connection: blobs + poison queue)
 //   function app identity -> host storage       Storage Blob Data Owner, Storage Queue Data Contributor,
@@ -12,10 +16,26 @@
 //                                                --auth-mode login; the CLI reads/writes blobs)
 //   operators (optional)    -> Key Vault        Key Vault Secrets Officer (the CLI: rotate, replay,
 //                                                decrypt-file, reconcile create/read/disable keys)
+//   operators (optional)    -> the KEK (key)    Key Vault Crypto Officer, when grantKek: rotate-kek
+//                                                (a new version, rewrap), migrate-keys, disabling
+//                                                old versions; on this one key, not the vault
 //   (the operators' PostgreSQL role is granted by infra/tools/db_roles.py, not by ARM)
+//
+// The KEK grants are scoped to the key resource (vaults/<vault>/keys/<kekName>), which Key Vault
+// RBAC supports: neither principal gets a key role on the vault. Crypto Service Encryption User
+// also carries Microsoft.EventGrid/eventSubscriptions read/write/delete (control plane, for
+// services that subscribe to key events), here at the scope of this one key. Crypto Officer can
+// also delete the key (soft delete and purge protection keep it recoverable); no narrower built-in
+// role can create a version, which rotate-kek needs.
 
 param functionPrincipalId string
 param keyVaultName string
+
+@description('Name of the KEK in the vault (KEY_VAULT_KEK_NAME).')
+param kekName string = 'blobseal-kek'
+
+@description('Grant the KEK roles (the key exists: envelope key mode, or deployKek).')
+param grantKek bool = false
 param dataStorageAccountName string
 param hostStorageAccountName string
 
@@ -32,9 +52,13 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'Group'
 
-// Built-in role definition ids (the same in every tenant).
+// Built-in role definition ids (the same in every tenant). Key Vault's: learn.microsoft.com/azure/
+// role-based-access-control/built-in-roles/security (Crypto Service Encryption User: keys/read,
+// keys/wrap/action, keys/unwrap/action; Crypto Officer: keys/*, keyrotationpolicies/*).
 var roles = {
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+  keyVaultCryptoServiceEncryptionUser: 'e147488a-f6f5-4113-8e2d-b22465e65bf6'
+  keyVaultCryptoOfficer: '14b46e9e-c2b7-41b4-b07b-48a6ebf60603'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
@@ -43,6 +67,12 @@ var roles = {
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
+}
+
+// Only referenced when grantKek: keyvault.bicep deploys it then, before this module runs.
+resource kek 'Microsoft.KeyVault/vaults/keys@2023-07-01' existing = {
+  parent: vault
+  name: kekName
 }
 
 resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -58,6 +88,16 @@ resource fnVaultSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnKekEncryptionUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantKek) {
+  name: guid(kek.id, functionPrincipalId, roles.keyVaultCryptoServiceEncryptionUser)
+  scope: kek
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCryptoServiceEncryptionUser)
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
   }
@@ -138,6 +178,16 @@ resource operatorVaultSecretsOfficer 'Microsoft.Authorization/roleAssignments@20
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}
+
+resource operatorKekCryptoOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantKek && !empty(operatorPrincipalId)) {
+  name: guid(kek.id, operatorPrincipalId, roles.keyVaultCryptoOfficer)
+  scope: kek
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCryptoOfficer)
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
   }

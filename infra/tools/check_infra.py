@@ -18,7 +18,8 @@ ships the compiler), so this is not `bicep build`. It checks:
 6. secrets: no secure or password-like parameter (but the settings object), no password
    property, no Key Vault secret written by a template, no list*() call outside the one
    allow-listed place, no output that exposes a key, secret or connection string; PostgreSQL
-   takes Entra tokens only (password authentication off);
+   takes Entra tokens only (password authentication off); a deployed Key Vault key (the KEK) is
+   RSA, wrapKey/unwrapKey only, not exportable, with no expiry and no rotation policy;
 7. private networking: main.bicep is evaluated with its default parameters (privateNetworking
    true) through every module it calls: every deployed resource's publicNetworkAccess* is
    Disabled and every firewall defaults to Deny, except the resources PUBLIC_BY_DESIGN lists
@@ -86,6 +87,8 @@ CHECKED_TYPES = {
     "Microsoft.Insights/metricAlerts@2018-03-01",
     # the database at scale: the built-in PgBouncer's server parameters
     "Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01",
+    # the envelope key mode: the KEK (an RSA key in the vault), the vault's API version
+    "Microsoft.KeyVault/vaults/keys@2023-07-01",
 }
 
 # Allowed property names at a path of a resource body, transcribed from the published Bicep
@@ -174,6 +177,14 @@ SCHEMA: dict[str, dict[str, set[str]]] = {
         "": {"parent", "name", "tags", "properties"},
         "properties": {"attributes", "contentType", "value"},
     },
+    "Microsoft.KeyVault/vaults/keys@2023-07-01": {
+        "": {"parent", "name", "tags", "properties"},
+        "properties": {"attributes", "curveName", "keyOps", "keySize", "kty", "release_policy", "rotationPolicy"},
+        "properties.attributes": {"enabled", "exp", "exportable", "nbf"},
+        "properties.release_policy": {"contentType", "data"},
+        "properties.rotationPolicy": {"attributes", "lifetimeActions"},
+        "properties.rotationPolicy.attributes": {"expiryTime"},
+    },
     "Microsoft.Web/sites@2024-04-01": {
         "properties.functionAppConfig": {"deployment", "runtime", "scaleAndConcurrency"},
         "properties.functionAppConfig.deployment": {"storage"},
@@ -216,6 +227,10 @@ ENUMS: dict[str, dict[str, set[str]]] = {
         "properties.sku.name": {"premium", "standard"},
         "properties.sku.family": {"A"},
     },
+    "Microsoft.KeyVault/vaults/keys@2023-07-01": {
+        "properties.kty": {"EC", "EC-HSM", "RSA", "RSA-HSM"},
+        "properties.curveName": {"P-256", "P-256K", "P-384", "P-521"},
+    },
     "Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15": {
         "properties.eventDeliverySchema": {"CloudEventSchemaV1_0", "CustomInputSchema", "EventGridSchema"},
         "properties.deadLetterWithResourceIdentity.identity.type": {"SystemAssigned", "UserAssigned"},
@@ -252,6 +267,7 @@ REQUIRED_APP_SETTINGS = {
     "KEY_VAULT_CACHE_DURATION_MINUTES", "DATABASE_URL", "DATABASE_AUTH", "BLOB_TRIGGER_SOURCE", "INGEST_CONTAINER",
     "PROTECTED_CONTAINER", "ROTATION_SCHEDULE", "RECONCILE_SCHEDULE", "RECONCILE_BATCH_SIZE",
     "RECONCILE_AFTER_SECONDS", "INGEST_RETRY_SECONDS", "PLAINTEXT_ALERT_MINUTES", "ROTATION_LEASE_SECONDS",
+    "KEY_MODE", "KEY_VAULT_KEK_NAME",
 }
 # Flex Consumption rejects or ignores these; connection strings must not be plain settings.
 FORBIDDEN_APP_SETTINGS = {
@@ -683,6 +699,38 @@ def check_secrets(files: dict[Path, BicepFile], report: Report) -> None:
             if re.search(r"ConnectionString|InstrumentationKey|listKeys|primaryKey|secretUri", _text(decl)):
                 report.fail(f"{name}: output {output} exposes a connection string, key or secret")
     report.ok("secrets: no secure input but the settings object, no password, no secret output")
+
+
+def check_kek(files: dict[Path, BicepFile], report: Report) -> None:
+    """A deployed Key Vault key is the KEK (shared/vault/azure_kek.py): RSA, wrapKey and unwrapKey only,
+    not exportable, and with no expiry or rotation policy (the SDK wraps locally and refuses an expired
+    version; an automatic rotation would not rewrap the intermediate keys)."""
+    seen = 0
+    for bicep in files.values():
+        for symbol, type_version, body in bicep.resources:
+            if not type_version.startswith("Microsoft.KeyVault/vaults/keys@") or body is None:
+                continue
+            paths = {p: v for p, _, v in _paths(body)}
+            if "properties" not in paths[""]:
+                continue  # an `existing` reference (rbac.bicep scopes the KEK's grants to it)
+            seen += 1
+            where = f"{bicep.path.name}: {symbol}"
+            props, attributes = paths.get("properties", {}), paths.get("properties.attributes", {})
+            if "kty" not in props or _string_value(props["kty"]) != "RSA":
+                report.fail(f"{where}: the KEK must be kty 'RSA' (RSA-OAEP-256 wrapping)")
+            ops = props.get("keyOps")
+            listed = sorted(_string_value(o) or "?" for o in _named(ops)) if ops is not None and ops.type == "array" \
+                else []
+            if listed != ["unwrapKey", "wrapKey"]:
+                report.fail(f"{where}: keyOps must be exactly wrapKey and unwrapKey, not {listed}")
+            if "exportable" not in attributes or _text(attributes["exportable"]) != "false":
+                report.fail(f"{where}: attributes.exportable must be false")
+            for key in sorted({"exp", "nbf"} & set(attributes)):
+                report.fail(f"{where}: attributes.{key} on the KEK: a version outside its validity stops ingest")
+            if "rotationPolicy" in props:
+                report.fail(f"{where}: a rotation policy on the KEK: an expiry stops envelope ingest, and an automatic "
+                            "rotation does not rewrap the intermediate keys (use `blobseal rotate-kek`)")
+    report.ok(f"KEK: {seen} key resource(s), RSA, wrapKey/unwrapKey only, not exportable, no expiry")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1184,6 +1232,7 @@ def main(argv: list[str] | None = None) -> int:
     check_modules(files, report)
     check_policy(files, report)
     check_secrets(files, report)
+    check_kek(files, report)
     check_private_networking(files, report)
     check_app_contract(files, report)
     if not args.skip_scripts:
