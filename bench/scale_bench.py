@@ -58,6 +58,7 @@ WINDOW = 10.0
 class Run:
     mode: str
     workers: int
+    concurrency: int
     files: int
     seconds: float
     outcomes: dict[str, int]
@@ -129,7 +130,7 @@ def split(items: list[str], parts: int) -> list[list[str]]:
 
 async def one_run(azurite: Azurite, database_url: str, mode: str, workers: int, files: int, concurrency: int,
                   scale: float, workdir: Path) -> Run:
-    tls = workdir / f"tls-{mode}-{workers}"
+    tls = workdir / f"tls-{mode}-{workers}-{concurrency}"
     tls.mkdir()
     server = KeyVaultServer(make_tls_material(tls))
     await server.start()
@@ -169,8 +170,8 @@ async def one_run(azurite: Azurite, database_url: str, mode: str, workers: int, 
             base | {"phase": "download", "files": {i: digests[i] for i in part}} for part in split(ids, workers)])
         download_calls = answered(server, before)
         ok = sum(r["downloaded"] - len(r["mismatched"]) for r in downloaded)
-        return Run(mode, workers, files, seconds, outcomes, poisoned, ingest_calls, ingest_429, download_calls, ok,
-                   download_seconds, ingest_commits, cpu_busy)
+        return Run(mode, workers, concurrency, files, seconds, outcomes, poisoned, ingest_calls, ingest_429,
+                   download_calls, ok, download_seconds, ingest_commits, cpu_busy)
     finally:
         await server.stop()
 
@@ -210,9 +211,10 @@ async def _scalar(database_url: str, sql: str) -> int:
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> str:
-    secret_best = {r.workers: r.files_per_second for r in runs if r.mode == "secret"}
-    rows = [[r.mode, str(r.workers), str(r.files), f"{r.seconds:.1f}", f"{r.files_per_second:.1f}",
-             f"{r.files_per_second / secret_best[r.workers]:.1f}x" if r.workers in secret_best else "-",
+    secret = {r.workers: r.files_per_second for r in runs if r.mode == "secret"}
+    rows = [[r.mode, str(r.workers), str(r.concurrency), str(r.files), f"{r.seconds:.1f}",
+             f"{r.files_per_second:.1f}",
+             f"{r.files_per_second / secret[r.workers]:.1f}x" if r.workers in secret else "-",
              f"{r.ingest_calls * 1000 / r.files:.0f}", str(r.ingest_429),
              str(r.files - r.outcomes.get("encrypted", 0)), str(r.poisoned),
              f"{r.downloads_ok}/{r.files}", f"{r.download_calls * 1000 / r.files:.0f}",
@@ -223,11 +225,12 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
     return "\n".join([
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make scale` "
         f"(`python -m bench.scale_bench --files-secret {args.files_secret} --files-envelope {args.files_envelope} "
-        f"--scale {args.scale:g}`), {os.cpu_count()} cores. Vault limits enforced: {limit}. Each worker: one "
-        f"process, {args.concurrency} uploads at a time; 4 KiB files.",
+        f"--scale {args.scale:g}`), {os.cpu_count()} cores. Vault limits enforced: {limit}. Each worker is one "
+        f"process with uploads in flight as the table says ({args.concurrency}: host.json's "
+        f"maxDegreeOfParallelism; envelope mode also at {args.envelope_serial}, one upload at a time); 4 KiB files.",
         "",
-        table(["mode", "workers", "files", "seconds", "files/s", "vs secret", "KV calls per 1,000 ingests",
-               "429s", "not encrypted", "poisoned", "downloads byte-identical",
+        table(["mode", "workers", "in flight per worker", "files", "seconds", "files/s", "vs secret",
+               "KV calls per 1,000 ingests", "429s", "not encrypted", "poisoned", "downloads byte-identical",
                "KV calls per 1,000 cold downloads", "DB commits per ingest", "CPU busy (ingest)"], rows),
     ])
 
@@ -241,6 +244,14 @@ def write(text: str) -> None:
         SCALE_DOC.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
 
 
+def plan(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(mode, uploads in flight per worker) series to run, each at every worker count."""
+    series = [(mode, args.concurrency) for mode in args.modes.split(",")]
+    if args.envelope_serial and "envelope" in args.modes.split(","):
+        series.append(("envelope", args.envelope_serial))
+    return series
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,4,8")
@@ -249,18 +260,19 @@ def main() -> None:
     parser.add_argument("--files-envelope", type=int, default=600, help="uploads per envelope-mode run")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="uploads in flight per worker (host.json's blobs maxDegreeOfParallelism)")
+    parser.add_argument("--envelope-serial", type=int, default=1,
+                        help="envelope mode again with this many uploads in flight per worker (0: not)")
     parser.add_argument("--scale", type=float, default=0.05, help="Key Vault's limits times this")
     args = parser.parse_args()
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp, running_azurite(Path(tmp) / "azurite") as azurite, \
             database(os.environ.get("DATABASE_URL"), ROOT / ".dev" / "pgdata-test") as server_url:
-        for mode in args.modes.split(","):
+        for mode, concurrency in plan(args):
             for workers in map(int, args.workers.split(",")):
                 with scratch_database(server_url, "blobseal_scale") as url:
                     asyncio.run(migrate(url))
                     files = args.files_secret if mode == "secret" else args.files_envelope
-                    run = asyncio.run(one_run(azurite, url, mode, workers, files, args.concurrency, args.scale,
-                                              Path(tmp)))
+                    run = asyncio.run(one_run(azurite, url, mode, workers, files, concurrency, args.scale, Path(tmp)))
                 runs.append(run)
                 print(json.dumps(run.__dict__ | {"files_per_second": round(run.files_per_second, 2)}), flush=True)
     text = report(runs, args)
