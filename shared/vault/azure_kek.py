@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
@@ -80,6 +80,7 @@ class AzureKeyWrapper:
         current_ttl: float = CURRENT_TTL,
         key_size: int = KEY_SIZE,
         close_credential: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not vault_url.lower().startswith("https://"):
             raise ConfigError([f"Key Vault URL must be https://, got {vault_url!r}"])
@@ -92,7 +93,7 @@ class AzureKeyWrapper:
         self._credential = credential
         self._retry = retry or RetryOptions()
         self._transport = (transport or TransportOptions()).client_kwargs()
-        self._current_ttl = current_ttl
+        self._current_ttl, self._clock = current_ttl, clock
         self._key_size = key_size
         self._close_credential = close_credential
         self._keys: KeyClient | None = None
@@ -135,7 +136,7 @@ class AzureKeyWrapper:
                 self.name, size=self._key_size, key_operations=list(_KEY_OPERATIONS)
             )
             reference = self._reference_of(kek.id)
-            self._current = (kek, time.monotonic())  # the newest version: no GET for the next wrap
+            self._current = (kek, self._clock())  # the newest version: no GET for the next wrap
             return reference
 
     async def close(self) -> None:
@@ -165,14 +166,14 @@ class AzureKeyWrapper:
             if kek.properties.enabled is False:  # the service refuses operations on it anyway
                 raise KeyVaultError("the current KEK version is disabled", operation="get_kek",
                                     details={"kek": self._reference_of(kek.id)})
-            self._current = (kek, time.monotonic())
+            self._current = (kek, self._clock())
             return kek
 
     def _fresh(self) -> KeyVaultKey | None:
         if self._current is None:
             return None
         kek, fetched = self._current
-        return kek if time.monotonic() - fetched < self._current_ttl else None
+        return kek if self._clock() - fetched < self._current_ttl else None
 
     async def _version_client(self, version: str) -> CryptographyClient:
         """The client of one exact version; the first use of a version this process has not seen GETs it."""

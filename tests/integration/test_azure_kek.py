@@ -129,12 +129,14 @@ async def test_rotation_keeps_old_wrappings_readable_and_new_wraps_name_the_new_
 
 
 async def test_a_rotation_elsewhere_is_used_here_within_the_cache_ttl(server: KeyVaultServer) -> None:
-    here, elsewhere = make_wrapper(server, current_ttl=0.3), make_wrapper(server)
+    now = [0.0]
+    here, elsewhere = make_wrapper(server, current_ttl=300, clock=lambda: now[0]), make_wrapper(server)
     try:
         v1 = await here.create()
         v2 = await elsewhere.create()
+        now[0] += 299
         assert (await here.wrap(os.urandom(32))).kek_reference == v1  # cached: no GET
-        await asyncio.sleep(0.35)
+        now[0] += 2  # the cache time ran out
         start = len(server.requests)
         assert (await here.wrap(os.urandom(32))).kek_reference == v2
         assert since(server, start) == [("GET", f"/keys/{KEK}/", 200)]
