@@ -68,7 +68,7 @@ class ReconcilePolicy:
     settle: timedelta = timedelta(minutes=5)  # destructive repairs leave alone what changed more recently
     stranded_after: timedelta = timedelta(minutes=1)  # an upload the host had this long to deliver
     ingest_patience_seconds: float = 10.0  # retries of one stranded upload within a run
-    lease: timedelta = timedelta(minutes=2)  # a run's lease, renewed every quarter of it while it runs
+    lease: timedelta = timedelta(seconds=30)  # a run's lease, renewed every quarter of it while it runs
 
 
 @dataclass

@@ -24,7 +24,7 @@ from localinfra.hostprocess import ROOT, DevHost, host_env
 from shared.bootstrap import Services
 from tests.integration.service_fixtures import blob_names, upload
 from tests.support.pg_proxy import PgProxy
-from tests.support.stack import StackFactory, all_blobs, assert_clean
+from tests.support.stack import StackFactory, all_blobs, assert_clean, unreferenced_blobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow, pytest.mark.long]
 
@@ -96,9 +96,16 @@ async def test_the_host_killed_mid_encryption_is_completed_after_restart(
         file_id = uuid.UUID(name.removesuffix(".bin"))
         await until(lambda: encrypted(stack, [file_id]))
         await until(lambda: _empty(azurite, env["INGEST_CONTAINER"]))
+        # the killed attempt's staged blocks go with the reconciler's next run: the killed host's run
+        # lease (30 s) runs out first
+        await until(lambda: _no_orphans(stack, azurite), within=90)
         await assert_clean(stack, azurite, {file_id: data})
     finally:
         await asyncio.to_thread(restarted.stop)
+
+
+async def _no_orphans(stack: Services, azurite: Azurite) -> bool:
+    return await unreferenced_blobs(stack, azurite) == []
 
 
 async def test_a_rotation_killed_mid_reencryption_is_resumed_by_the_reconciler(

@@ -20,19 +20,19 @@ import pytest
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.keyvault.keys import ApiVersion
 from azure.keyvault.keys._shared import http_challenge_cache as keys_challenge_cache
-from azure.keyvault.secrets._shared import http_challenge_cache as secrets_challenge_cache
 
 from shared.config import Settings
 from shared.errors import BlobsealError, ConfigError, KeyVaultError, VaultUnavailableError
 from shared.metrics import REGISTRY
-from shared.vault.azure import RetryOptions, TransportOptions
+from shared.vault.azure import TransportOptions
 from shared.vault.azure_kek import KEY_SIZE, AzureKeyWrapper
 from shared.vault.base import parse_key_reference
 from shared.vault.kek import KekMissingError, Wrapped
 from tests.support import FakeCredential, KeyVaultServer, TlsMaterial, make_tls_material
+from tests.support.keyvault_server import FAST_RETRY as FAST
+from tests.support.keyvault_server import serving
 
 KEK = "blobseal-kek"
-FAST = RetryOptions(total=3, status=3, connect=2, read=1, backoff_factor=0.01, backoff_max=0.05, deadline=10)
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,8 @@ def kek_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
 
 @pytest.fixture
 async def server(kek_tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
-    keys_challenge_cache.clear()  # process-wide, keyed by host:port (one per SDK package); ports get reused
-    secrets_challenge_cache.clear()
-    fake = KeyVaultServer(kek_tls)
-    await fake.start()
-    yield fake
-    fake.clear_faults()
-    await fake.stop()
+    async with serving(kek_tls) as fake:
+        yield fake
 
 
 def make_wrapper(server: KeyVaultServer, credential: Any = None, name: str = KEK, **options: Any) -> AzureKeyWrapper:

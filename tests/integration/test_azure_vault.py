@@ -20,7 +20,6 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential
 from azure.keyvault.secrets import ApiVersion
-from azure.keyvault.secrets._shared import http_challenge_cache
 
 from shared.config import Settings
 from shared.errors import (
@@ -34,9 +33,10 @@ from shared.errors import (
 from shared.metrics import REGISTRY
 from shared.vault.azure import CONTENT_TYPE, AzureKeyVault, RetryOptions, build_credential
 from tests.support import FakeCredential, KeyVaultServer, TlsMaterial, make_tls_material
+from tests.support.keyvault_server import FAST_RETRY as FAST
+from tests.support.keyvault_server import serving
 
 NAME = "file-3f0c2a4e-8d1b-4c55-9a43-1f2e3d4c5b6a"
-FAST = RetryOptions(total=3, status=3, connect=2, read=1, backoff_factor=0.01, backoff_max=0.05, deadline=10)
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +46,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
 
 @pytest.fixture
 async def server(tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
-    http_challenge_cache.clear()  # process-wide, keyed by host:port; ports get reused
-    fake = KeyVaultServer(tls)
-    await fake.start()
-    yield fake
-    fake.clear_faults()
-    await fake.stop()
+    async with serving(tls) as fake:
+        yield fake
 
 
 def make_vault(server: KeyVaultServer, credential: Any = None, **options: Any) -> AzureKeyVault:

@@ -44,17 +44,22 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from azure.core.credentials import AccessToken
+from azure.keyvault.keys._shared import http_challenge_cache as keys_challenge_cache
+from azure.keyvault.secrets._shared import http_challenge_cache as secrets_challenge_cache
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shared.vault.azure import RetryOptions
 
 __all__ = ["FakeCredential", "KeyVaultServer", "RequestRecord", "TlsMaterial", "make_tls_material"]
 
@@ -257,25 +262,14 @@ class _Reply(Exception):
         return web.json_response({"error": error}, status=self.status)
 
 
-def _not_found(name: str, version: str | None = None) -> _Reply:
+def _not_found(name: str, version: str | None = None, kind: str = "secret") -> _Reply:
     what = f"{name}/{version}" if version else name
     return _Reply(
         404,
-        "SecretNotFound",
-        f"A secret with (name/id) {what} was not found in this key vault. If you recently deleted this secret "
+        f"{kind.capitalize()}NotFound",
+        f"A {kind} with (name/id) {what} was not found in this key vault. If you recently deleted this {kind} "
         "you may be able to recover it using the correct recovery command. For help resolving this issue, "
         "please see https://go.microsoft.com/fwlink/?linkid=2125182",
-    )
-
-
-def _key_not_found(name: str, version: str | None = None) -> _Reply:
-    what = f"{name}/{version}" if version else name
-    return _Reply(
-        404,
-        "KeyNotFound",
-        f"A key with (name/id) {what} was not found in this key vault. If you recently deleted this key you may be "
-        "able to recover it using the correct recovery command. For help resolving this issue, please see "
-        "https://go.microsoft.com/fwlink/?linkid=2125182",
     )
 
 
@@ -294,6 +288,25 @@ def _from_b64url(text: object) -> bytes:
 
 def _unsigned(number: int) -> bytes:
     return number.to_bytes((number.bit_length() + 7) // 8, "big")
+
+
+# Client retries for tests: a few quick attempts, so a fault test ends in a second, not a minute.
+FAST_RETRY = RetryOptions(total=3, status=3, connect=2, read=1, backoff_factor=0.01, backoff_max=0.05, deadline=10)
+
+
+@asynccontextmanager
+async def serving(tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
+    """A started server (for a fixture), with the SDKs' process-wide challenge caches cleared: they are
+    keyed by host:port, and ports get reused."""
+    keys_challenge_cache.clear()
+    secrets_challenge_cache.clear()
+    server = KeyVaultServer(tls)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.clear_faults()
+        await server.stop()
 
 
 class KeyVaultServer:
@@ -627,10 +640,10 @@ class KeyVaultServer:
     def _usable_key(self, name: str, version: str, operation: str) -> _KeyVersion:
         versions = self.keys.get(name)
         if not versions:
-            raise _key_not_found(name)
+            raise _not_found(name, kind="key")
         found = versions[-1] if version == "" else next((v for v in versions if v.id == version), None)
         if found is None:
-            raise _key_not_found(name, version)
+            raise _not_found(name, version, kind="key")
         if not found.enabled:
             raise _Reply(403, "Forbidden", f"Operation {operation} is not allowed on a disabled key.", "KeyDisabled")
         return found
