@@ -305,6 +305,9 @@ class Settings:
         if self.key_vault_enabled and self.key_vault_mode == "azure":
             problems.extend(self._azure_problems())
         problems.extend(self._app_problems())
+        if not re.fullmatch(r"[0-9a-zA-Z-]{1,127}", self.key_vault_kek_name):
+            problems.append("KEY_VAULT_KEK_NAME must be 1-127 letters, digits or dashes, "
+                            f"got {self.key_vault_kek_name!r}")
         if self.database_auth == "entra" and urlsplit(self.database_url).password:
             problems.append("DATABASE_AUTH=entra takes its password from Entra: DATABASE_URL must not hold one")
         if urlsplit(self.database_url).scheme not in ("postgresql", "postgres"):

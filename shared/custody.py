@@ -127,6 +127,15 @@ class IntermediateKeys:
                 done += await IntermediateKeyRepository(conn).rewrap(row, again.kek_reference, again.wrapped)
         return done
 
+    async def check(self) -> None:
+        """The KEK answers (health); a missing one is an error unless a first one may still be made."""
+        try:
+            await self.kek.current()
+        except KekMissingError:
+            await self._refuse_if_recorded(file_keys_too=False)
+        except VaultMissingError:
+            await self._refuse_if_recorded(file_keys_too=True)
+
     async def kek_usage(self) -> dict[str, int]:
         async with self._db.connection("kek_usage") as conn:
             return await IntermediateKeyRepository(conn).kek_references()

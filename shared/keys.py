@@ -352,11 +352,14 @@ class FileKeyService:
             await self.envelope.intermediates.kek.close()
 
     async def check_vault(self) -> None:
-        """The vault answers; a missing or empty store is an error only while the database records keys."""
+        """The vault answers; a missing or empty store is an error only while the database records keys.
+        In envelope mode the KEK must be there too (unless a first one may still be made: nothing recorded)."""
         try:
             await self._vault.ping()
         except VaultMissingError:
             await self._refuse_if_keys_recorded()
+        if self.mode == "envelope" and self.envelope is not None:
+            await self.envelope.intermediates.check()
 
     async def _new_key(self, file_id: uuid.UUID, expires_at: datetime) -> tuple[bytes, tuple[str, Placement]]:
         """A new random key, placed in the custody of the mode (not recorded yet)."""

@@ -169,21 +169,23 @@ class FileService:
     async def reconcile(self) -> ReconcileReport:
         return await self._reconciler.run()
 
-    async def migrate_keys(self, to: Custody, *, batch: int = 100) -> dict[str, Any]:
+    async def migrate_keys(self, to: Custody, access: Access = SYSTEM, *, batch: int = 100) -> dict[str, Any]:
         """Move every readable key into custody ``to`` (no blob is touched); resumable, idempotent."""
         moved = raced = 0
         while True:
             report = await self._keys.migrate_keys(to, batch)
             moved, raced = moved + report.moved, raced + report.raced
             if report.moved + report.raced == 0:
+                await self.audit.record(f"migrate_keys_to_{to}", access, outcome=f"ok: {moved} moved", required=False)
                 return {"to": to, "moved": moved, "raced": raced}
 
-    async def rotate_kek(self, *, rewrap_only: bool = False) -> dict[str, Any]:
+    async def rotate_kek(self, access: Access = SYSTEM, *, rewrap_only: bool = False) -> dict[str, Any]:
         """A new KEK version and every intermediate key rewrapped with it (or only the rewrap, to resume)."""
         if rewrap_only:
             kek, rewrapped = None, await self._keys.rewrap_intermediates()
         else:
             kek, rewrapped = await self._keys.rotate_kek()
+        await self.audit.record("rotate_kek", access, outcome=f"ok: {rewrapped} rewrapped", required=False)
         return {"kek_reference": kek, "rewrapped": rewrapped, "kek_versions_in_use": await self._keys.kek_usage()}
 
     async def failed_uploads(self, limit: int = 1000) -> list[FailureRecord]:

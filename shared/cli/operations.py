@@ -86,12 +86,12 @@ def run_reconcile(args: argparse.Namespace) -> int:
 def run_migrate_keys(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
-    print(json.dumps(_with_service(args, lambda s: s.migrate_keys(args.to, batch=args.batch))))
+    print(json.dumps(_with_service(args, lambda s: s.migrate_keys(args.to, cli_access(), batch=args.batch))))
     return 0
 
 
 def run_rotate_kek(args: argparse.Namespace) -> int:
-    print(json.dumps(_with_service(args, lambda s: s.rotate_kek(rewrap_only=args.rewrap_only))))
+    print(json.dumps(_with_service(args, lambda s: s.rotate_kek(cli_access(), rewrap_only=args.rewrap_only))))
     return 0
 
 

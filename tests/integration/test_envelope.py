@@ -332,3 +332,15 @@ async def test_the_frozen_vectors_download_unchanged_in_both_custodies(make_stac
     assert await download(cold, file_id) == plaintext
     status, _, body = await http_download(cold, str(file_id), {"Range": "bytes=65-130"})
     assert (status, body) == (206, plaintext[65:131])
+
+
+async def test_health_reports_a_missing_kek_once_keys_depend_on_it(make_stack: StackFactory, azurite: Azurite,
+                                                                  vault_dir: Path) -> None:
+    stack = await make_stack(KEY_MODE="envelope")
+    assert (await stack.files.health())["dependencies"]["vault"] == "ok"  # a new deployment: the KEK comes with use
+    await ingest(stack, azurite, b"wrapped")
+    assert (await stack.files.health())["dependencies"]["vault"] == "ok"
+    await LocalJsonVault(vault_dir).set_secret("file-00000000-0000-0000-0000-000000000001", b"k" * 32)
+    await LocalJsonVault(vault_dir).delete_secret("blobseal-kek")  # the vault is there, its KEK is not
+    fresh = await sibling(make_stack, stack)
+    assert (await fresh.files.health())["dependencies"]["vault"] == "KekMissingError"

@@ -54,6 +54,9 @@ def test_one_error_names_every_problem() -> None:
      "KEY_VAULT_TENANT_ID is required"),
     ({"INGEST_CONTAINER": "same", "PROTECTED_CONTAINER": "same"}, "must differ"),
     ({"ROTATION_SCHEDULE": "hourly"}, "NCRONTAB"),
+    ({"KEY_MODE": "kms"}, "KEY_MODE must be one of secret, envelope"),
+    ({"KEY_VAULT_KEK_NAME": "kek/1"}, "KEY_VAULT_KEK_NAME must be 1-127 letters"),
+    ({"ENVELOPE_INTERMEDIATE_MAX_FILES": "0"}, "ENVELOPE_INTERMEDIATE_MAX_FILES must be from 1"),
 ])
 def test_contradictions_fail_at_start(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
