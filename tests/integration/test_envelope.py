@@ -158,10 +158,10 @@ async def test_an_intermediate_key_is_used_for_a_bounded_period(make_stack: Stac
     assert (await key_row(stack, first))["intermediate_id"] != (await key_row(stack, second))["intermediate_id"]
 
 
-@pytest.mark.parametrize("target", ["another file", "another version of the same file"])
+@pytest.mark.parametrize("target", ["another file", "another version of the same file", "another intermediate key"])
 async def test_a_wrapped_key_moved_to_another_row_is_refused(make_stack: StackFactory, azurite: Azurite,
                                                              target: str) -> None:
-    stack = await make_stack(KEY_MODE="envelope")
+    stack = await make_stack(KEY_MODE="envelope", ENVELOPE_INTERMEDIATE_MAX_FILES="1")  # a key each
     victim = await ingest(stack, azurite, random_bytes(10_000))
     donor = await ingest(stack, azurite, random_bytes(10_000))
     if target == "another version of the same file":
@@ -169,10 +169,12 @@ async def test_a_wrapped_key_moved_to_another_row_is_refused(make_stack: StackFa
         await stack.files.rotate_file(str(victim))  # the old row (retired) holds the donor wrapping
     fresh = await sibling(make_stack, stack)  # nothing cached: the row is all it has
     async with stack.db.connection() as conn:
-        moved = await conn.fetchrow(
+        wrapped, intermediate = await conn.fetchrow(
             "SELECT wrapped_key, intermediate_id FROM file_keys WHERE file_id = $1 ORDER BY id LIMIT 1", donor)
+        if target == "another intermediate key":  # the victim's own wrapping, pointed at the donor's key
+            wrapped = await conn.fetchval("SELECT wrapped_key FROM file_keys WHERE file_id = $1", victim)
         await conn.execute("UPDATE file_keys SET wrapped_key = $2, intermediate_id = $3 "
-                           "WHERE file_id = $1 AND state = 'active'", victim, *moved)
+                           "WHERE file_id = $1 AND state = 'active'", victim, wrapped, intermediate)
     with pytest.raises(WrappedKeyError):
         await download(fresh, victim)
     status, _, body = await http_download(fresh, str(victim))
