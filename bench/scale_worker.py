@@ -49,8 +49,10 @@ async def ingest(job: dict[str, Any]) -> dict[str, Any]:
 
     try:
         started = await _wait_for_go()
+        cpu = time.process_time()
         await asyncio.gather(*(one(n) for n in job["names"]))
-        return {"outcomes": outcomes, "started": started, "finished": time.time()}
+        return {"outcomes": outcomes, "started": started, "finished": time.time(),
+                "cpu_seconds": time.process_time() - cpu}
     finally:
         await services.close()
 
