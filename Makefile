@@ -76,7 +76,7 @@ bench: install
 	$(PY) -m bench.upload_bench
 	$(PY) -m bench.perf_bench
 
-# The scale simulation of docs/SCALE.md (about five minutes): key modes at 1, 4 and 8 worker processes
+# The scale simulation of docs/SCALE.md (about six minutes): key modes at 1, 4 and 8 worker processes
 # against the Key Vault stand-in enforcing Key Vault's limits scaled by 1/20.
 scale: install
 	$(PY) scripts/check_postgres.py

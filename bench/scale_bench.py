@@ -1,7 +1,7 @@
 """The scale simulation of issue 10: files/s and Key Vault calls per file, per key mode, at 1, 4 and 8 workers.
 
 Run ``make scale`` (or ``.venv/bin/python -m bench.scale_bench``; PostgreSQL as for ``make test``;
-about five minutes on 2 cores). For each key mode and worker count, on a fresh database, fresh
+about six minutes on 2 cores). For each key mode and worker count, on a fresh database, fresh
 containers and a fresh Key Vault stand-in:
 
 1. ``--files`` small uploads (4 KiB) are dropped into the ingest container (not timed);
@@ -9,12 +9,14 @@ containers and a fresh Key Vault stand-in:
    the Azure vault and KEK adapters on the real SDK) ingest them, ``--concurrency`` at a time
    each, against the stand-in enforcing Key Vault's published limits scaled down by ``--scale``
    (429 + Retry-After past them): secret creates 300 per 10 s, key operations (RSA 3072,
-   software) 1,000 per 10 s;
+   software) 1,000 per 10 s; they reach Azurite and PostgreSQL through proxies adding
+   ``--storage-rtt-ms`` (5) and ``--db-rtt-ms`` (1) round trips, Azure-like (assumed, not measured);
 3. as many fresh processes (cold caches) download every file and compare its SHA-256.
 
 Counted: files/s (files over the wall time from "go" to the last worker done), every request the
-stand-in answered in each phase (429s apart), uploads not encrypted, rows in ``ingest_failures``
-(poisoned), downloads not byte-identical. Writes ``bench/results/scale.md`` and the measured
+stand-in served in each phase (429s apart), uploads not encrypted, rows in ``ingest_failures``
+(poisoned), downloads not byte-identical, database commits, the machine's CPU busy and the
+workers' own CPU. Writes ``bench/results/scale.md`` and the measured
 section of ``docs/SCALE.md``.
 """
 
@@ -29,6 +31,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ from shared.db import migrate
 from shared.vault.azure import RetryOptions, TransportOptions
 from shared.vault.azure_kek import AzureKeyWrapper
 from tests.support.keyvault_server import FakeCredential, KeyVaultServer, make_tls_material
+from tests.support.pg_proxy import PgProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results") / "scale.md"
@@ -129,8 +134,31 @@ def split(items: list[str], parts: int) -> list[list[str]]:
     return [items[i::parts] for i in range(parts)]
 
 
+@dataclass(frozen=True)
+class Network:
+    """Round trips added between the workers and storage / the database (Azure's are not loopback's)."""
+
+    storage_rtt_ms: float
+    db_rtt_ms: float
+
+
+@asynccontextmanager
+async def network(azurite: Azurite, database_url: str, net: Network) -> AsyncIterator[tuple[Azurite, str]]:
+    """Azurite and the database as the workers reach them: through proxies adding half the round trip
+    each way (none at 0 ms)."""
+    storage = PgProxy("127.0.0.1", azurite.blob_port, delay=net.storage_rtt_ms / 2000)
+    db = PgProxy.for_url(database_url, delay=net.db_rtt_ms / 2000)
+    for proxy in (storage, db):
+        await proxy.start()
+    try:
+        yield Azurite(storage.port, azurite.queue_port, None), db.url(database_url)
+    finally:
+        for proxy in (storage, db):
+            await proxy.close()
+
+
 async def one_run(azurite: Azurite, database_url: str, mode: str, workers: int, files: int, concurrency: int,
-                  scale: float, workdir: Path) -> Run:
+                  scale: float, workdir: Path, net: Network) -> Run:
     tls = workdir / f"tls-{mode}-{workers}-{concurrency}"
     tls.mkdir()
     server = KeyVaultServer(make_tls_material(tls))
@@ -139,43 +167,50 @@ async def one_run(azurite: Azurite, database_url: str, mode: str, workers: int, 
         server.limit_creates(max(1, round(SECRET_CREATES * scale)), WINDOW)
         server.limit_key_operations(max(1, round(KEY_OPERATIONS_RSA3072 * scale)), WINDOW)
         suffix = uuid.uuid4().hex[:8]
-        env = settings_env(azurite, database_url, mode, suffix)
-        if mode == "envelope":  # the KEK exists before the app runs (infra/ deploys it)
-            kek = AzureKeyWrapper(server.url, FakeCredential(), "blobseal-kek", retry=RetryOptions(deadline=60),
-                                  transport=TransportOptions(verify_challenge_resource=False,
-                                                             connection_verify=str(server.tls.ca_file)))
-            await kek.create()
-            await kek.close()
-        digests = await drop_files(azurite, env["INGEST_CONTAINER"], files)
-        async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
-            await service.create_container(env["PROTECTED_CONTAINER"])
-        base = {"settings": env, "vault_url": server.url, "ca_file": str(server.tls.ca_file),
-                "concurrency": concurrency}
-        names = [f"{i}.bin" for i in digests]
-        before, throttled_before, commits_before = len(server.requests), server.throttled, await commits(database_url)
-        cpu_before = cpu_times()
-        seconds, ingested = await run_workers([base | {"phase": "ingest", "names": part}
-                                               for part in split(names, workers)])
-        cpu_busy = busy_share(cpu_before, cpu_times())
-        ingest_calls = answered(server, before)
-        ingest_429 = server.throttled - throttled_before
-        outcomes: dict[str, int] = {}
-        for result in ingested:
-            for status, count in result["outcomes"].items():
-                outcomes[status] = outcomes.get(status, 0) + count
-        poisoned = await count_failures(database_url)
-        worker_cpu = sum(r["cpu_seconds"] for r in ingested)
-        ingest_commits = await commits(database_url) - commits_before
-        before = len(server.requests)
-        ids = list(digests)
-        download_seconds, downloaded = await run_workers([
-            base | {"phase": "download", "files": {i: digests[i] for i in part}} for part in split(ids, workers)])
-        download_calls = answered(server, before)
-        ok = sum(r["downloaded"] - len(r["mismatched"]) for r in downloaded)
-        return Run(mode, workers, concurrency, files, seconds, outcomes, poisoned, ingest_calls, ingest_429,
-                   download_calls, ok, download_seconds, ingest_commits, cpu_busy, worker_cpu)
+        async with network(azurite, database_url, net) as (reached, reached_url):
+            return await _measure(server, azurite, database_url, settings_env(reached, reached_url, mode, suffix),
+                                  mode, workers, files, concurrency)
     finally:
         await server.stop()
+
+
+async def _measure(server: KeyVaultServer, azurite: Azurite, database_url: str, env: dict[str, str], mode: str,
+                   workers: int, files: int, concurrency: int) -> Run:
+    """Ingest, then download cold, in worker processes; what the vault, the database and the CPU saw."""
+    if mode == "envelope":  # the KEK exists before the app runs (infra/ deploys it)
+        kek = AzureKeyWrapper(server.url, FakeCredential(), "blobseal-kek", retry=RetryOptions(deadline=60),
+                              transport=TransportOptions(verify_challenge_resource=False,
+                                                         connection_verify=str(server.tls.ca_file)))
+        await kek.create()
+        await kek.close()
+    digests = await drop_files(azurite, env["INGEST_CONTAINER"], files)
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        await service.create_container(env["PROTECTED_CONTAINER"])
+    base = {"settings": env, "vault_url": server.url, "ca_file": str(server.tls.ca_file),
+            "concurrency": concurrency}
+    names = [f"{i}.bin" for i in digests]
+    before, throttled_before, commits_before = len(server.requests), server.throttled, await commits(database_url)
+    cpu_before = cpu_times()
+    seconds, ingested = await run_workers([base | {"phase": "ingest", "names": part}
+                                           for part in split(names, workers)])
+    cpu_busy = busy_share(cpu_before, cpu_times())
+    ingest_calls = answered(server, before)
+    ingest_429 = server.throttled - throttled_before
+    outcomes: dict[str, int] = {}
+    for result in ingested:
+        for status, count in result["outcomes"].items():
+            outcomes[status] = outcomes.get(status, 0) + count
+    poisoned = await count_failures(database_url)
+    worker_cpu = sum(r["cpu_seconds"] for r in ingested)
+    ingest_commits = await commits(database_url) - commits_before
+    before = len(server.requests)
+    ids = list(digests)
+    download_seconds, downloaded = await run_workers([
+        base | {"phase": "download", "files": {i: digests[i] for i in part}} for part in split(ids, workers)])
+    download_calls = answered(server, before)
+    ok = sum(r["downloaded"] - len(r["mismatched"]) for r in downloaded)
+    return Run(mode, workers, concurrency, files, seconds, outcomes, poisoned, ingest_calls, ingest_429,
+               download_calls, ok, download_seconds, ingest_commits, cpu_busy, worker_cpu)
 
 
 def cpu_times() -> tuple[int, int]:
@@ -228,7 +263,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
     return "\n".join([
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make scale` "
         f"(`python -m bench.scale_bench --files-secret {args.files_secret} --files-envelope {args.files_envelope} "
-        f"--scale {args.scale:g}`), {os.cpu_count()} cores. Vault limits enforced: {limit}. Each worker is one "
+        f"--scale {args.scale:g} --storage-rtt-ms {args.storage_rtt_ms:g} --db-rtt-ms {args.db_rtt_ms:g}`), "
+        f"{os.cpu_count()} cores. Vault limits enforced: {limit}. Round trips added by proxies (Azure's are not "
+        f"loopback's): storage {args.storage_rtt_ms:g} ms, database {args.db_rtt_ms:g} ms. Each worker is one "
         f"process with uploads in flight as the table says ({args.concurrency}: host.json's "
         f"maxDegreeOfParallelism; envelope mode also at {args.envelope_serial}, one upload at a time); 4 KiB files.",
         "",
@@ -267,6 +304,10 @@ def main() -> None:
     parser.add_argument("--envelope-serial", type=int, default=1,
                         help="envelope mode again with this many uploads in flight per worker (0: not)")
     parser.add_argument("--scale", type=float, default=0.05, help="Key Vault's limits times this")
+    parser.add_argument("--storage-rtt-ms", type=float, default=5.0,
+                        help="round trip added between the workers and Azurite (0: loopback)")
+    parser.add_argument("--db-rtt-ms", type=float, default=1.0,
+                        help="round trip added between the workers and PostgreSQL (0: loopback)")
     args = parser.parse_args()
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp, running_azurite(Path(tmp) / "azurite") as azurite, \
@@ -276,7 +317,8 @@ def main() -> None:
                 with scratch_database(server_url, "blobseal_scale") as url:
                     asyncio.run(migrate(url))
                     files = args.files_secret if mode == "secret" else args.files_envelope
-                    run = asyncio.run(one_run(azurite, url, mode, workers, files, concurrency, args.scale, Path(tmp)))
+                    run = asyncio.run(one_run(azurite, url, mode, workers, files, concurrency, args.scale, Path(tmp),
+                                              Network(args.storage_rtt_ms, args.db_rtt_ms)))
                 runs.append(run)
                 print(json.dumps(run.__dict__ | {"files_per_second": round(run.files_per_second, 2)}), flush=True)
     text = report(runs, args)

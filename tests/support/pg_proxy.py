@@ -4,12 +4,15 @@ It stands in for a database restart without touching the shared server: ``cut()`
 every proxied connection (both sides, so the server rolls back their transactions) and stops
 listening, so new connections are refused; ``restore()`` listens again on the same port.
 ``stall()`` keeps accepting connections but forwards nothing (a black hole, for timeouts).
+With ``delay`` it also adds that many seconds to every chunk in each direction, without
+limiting throughput (a round trip over a network; the scale simulation uses it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = ["PgProxy"]
@@ -20,8 +23,10 @@ _CHUNK = 64 * 1024
 class PgProxy:
     """Forward 127.0.0.1:<port> to ``target_host:target_port`` until told otherwise."""
 
-    def __init__(self, target_host: str, target_port: int, *, unix_socket: str | None = None) -> None:
+    def __init__(self, target_host: str, target_port: int, *, unix_socket: str | None = None,
+                 delay: float = 0.0) -> None:
         self._target = (target_host, target_port)
+        self._delay = delay
         self._unix_socket = unix_socket  # an embedded PostgreSQL listens on a unix socket only
         self._server: asyncio.Server | None = None
         self._port = 0
@@ -31,12 +36,12 @@ class PgProxy:
         self.connections_accepted = 0
 
     @classmethod
-    def for_url(cls, url: str) -> PgProxy:
+    def for_url(cls, url: str, *, delay: float = 0.0) -> PgProxy:
         parts = urlsplit(url)
         socket_dir = dict(parse_qsl(parts.query)).get("host", "")
         if socket_dir.startswith("/"):  # postgresql://user@/db?host=/run/dir: the socket file is in that folder
-            return cls("", 0, unix_socket=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}")
-        return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+            return cls("", 0, unix_socket=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}", delay=delay)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 5432, delay=delay)
 
     @property
     def port(self) -> int:
@@ -92,8 +97,9 @@ class PgProxy:
             writer.transport.abort()
             return
         self._writers.add(up_writer)
+        pump = _pump if self._delay <= 0 else functools.partial(_delayed_pump, delay=self._delay)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(_pump(source, sink))
+            task = asyncio.create_task(pump(source, sink))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -107,6 +113,33 @@ class PgProxy:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _delayed_pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, delay: float) -> None:
+    """Forward each chunk ``delay`` seconds after it arrived; chunks in flight overlap (latency, not a rate)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def send() -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                return
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            sink.write(data)
+            await sink.drain()
+
+    sender = asyncio.create_task(send())
+    try:
+        while data := await source.read(_CHUNK):
+            queue.put_nowait((loop.time() + delay, data))
+        queue.put_nowait((loop.time() + delay, b""))
+        await sender
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        sender.cancel()
+        sink.transport.abort()
 
 
 async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
