@@ -20,14 +20,14 @@ import uuid
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from shared.crypto.format import KEY_SIZE
 from shared.errors import WrappedKeyError
 
 __all__ = ["WRAPPED_SIZE", "unwrap_file_key", "wrap_file_key"]
 
-_KEY_BYTES = 32
 _NONCE_BYTES = 12
 _LABEL = b"blobseal/file-key/v1"
-WRAPPED_SIZE = _NONCE_BYTES + _KEY_BYTES + 16
+WRAPPED_SIZE = _NONCE_BYTES + KEY_SIZE + 16
 
 
 def _aad(file_id: uuid.UUID, intermediate_id: uuid.UUID, key_reference: str) -> bytes:
@@ -36,7 +36,7 @@ def _aad(file_id: uuid.UUID, intermediate_id: uuid.UUID, key_reference: str) -> 
 
 def wrap_file_key(intermediate: bytes, key: bytes, *, file_id: uuid.UUID, intermediate_id: uuid.UUID,
                   key_reference: str) -> bytes:
-    if len(intermediate) != _KEY_BYTES or len(key) != _KEY_BYTES:
+    if len(intermediate) != KEY_SIZE or len(key) != KEY_SIZE:
         raise ValueError("the intermediate key and the file key must be 32 bytes")
     nonce = os.urandom(_NONCE_BYTES)
     return nonce + AESGCM(intermediate).encrypt(nonce, key, _aad(file_id, intermediate_id, key_reference))
