@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shared.clock import Clock, utcnow
+from shared.crypto.format import KEY_SIZE
 from shared.crypto.keywrap import unwrap_file_key, wrap_file_key
 from shared.db.file_keys import FileKeyRepository, KeyRow, Placement
 from shared.db.intermediate_keys import IntermediateKeyRepository, IntermediateRow
@@ -35,13 +36,8 @@ from shared.vault.kek import KekMissingError, KeyWrapper, Wrapped
 
 __all__ = ["EnvelopeCustody", "IntermediateKeys", "IntermediatePolicy", "SecretCustody"]
 
-KEY_BYTES = 32
-
-
 class SecretCustody:
     """Each key a version of the vault secret ``file-<file_id>`` (the spec's model)."""
-
-    name = "secret"
 
     def __init__(self, vault: KeyVault) -> None:
         self.vault = vault
@@ -142,14 +138,14 @@ class IntermediateKeys:
 
     async def _unwrap(self, intermediate_id: uuid.UUID, wrapped: Wrapped) -> bytes:
         key = await self.kek.unwrap(wrapped)
-        if len(key) != KEY_BYTES:
+        if len(key) != KEY_SIZE:
             raise KeyManagementError("an intermediate key unwrapped to the wrong size", operation="unwrap_key",
                                      details={"intermediate_id": str(intermediate_id)})
         self._cache.put(intermediate_id, key)
         return key
 
     async def _mint(self) -> _Current:
-        key = secrets.token_bytes(KEY_BYTES)
+        key = secrets.token_bytes(KEY_SIZE)
         wrapped = await self._wrap(key)
         now = self._clock()
         row = IntermediateRow(uuid.uuid4(), wrapped.kek_reference, wrapped.wrapped, self._instance, now,
@@ -185,24 +181,24 @@ class IntermediateKeys:
 class EnvelopeCustody:
     """Each key wrapped by an intermediate key, bound to its row, stored in ``file_keys``."""
 
-    name = "envelope"
-
     def __init__(self, intermediates: IntermediateKeys) -> None:
         self.intermediates = intermediates
 
     async def place(self, file_id: uuid.UUID, key: bytes, expires_at: datetime) -> tuple[str, Placement]:
         reference = f"{secret_name(file_id)}/env-{secrets.token_hex(12)}"
+        return reference, await self._wrapped(file_id, reference, key)
+
+    async def wrap_existing(self, row: KeyRow, key: bytes) -> Placement:
+        """The placement of an existing key (moved from secret custody), bound to its own row; it keeps
+        naming the secret it came from, which deleting the file deletes."""
+        return await self._wrapped(row.file_id, row.key_reference, key, row.placement.vault_reference)
+
+    async def _wrapped(self, file_id: uuid.UUID, reference: str, key: bytes,
+                       vault_reference: str | None = None) -> Placement:
         intermediate_id, intermediate = await self.intermediates.for_new_key()
         wrapped = wrap_file_key(intermediate, key, file_id=file_id, intermediate_id=intermediate_id,
                                 key_reference=reference)
-        return reference, Placement("envelope", wrapped_key=wrapped, intermediate_id=intermediate_id)
-
-    async def wrap_existing(self, row: KeyRow, key: bytes) -> Placement:
-        """The placement of an existing key (moved from secret custody), bound to its own row."""
-        intermediate_id, intermediate = await self.intermediates.for_new_key()
-        wrapped = wrap_file_key(intermediate, key, file_id=row.file_id, intermediate_id=intermediate_id,
-                                key_reference=row.key_reference)
-        return Placement("envelope", vault_reference=row.vault_reference, wrapped_key=wrapped,
+        return Placement("envelope", vault_reference=vault_reference, wrapped_key=wrapped,
                          intermediate_id=intermediate_id)
 
     async def read(self, row: KeyRow, intermediate: Wrapped) -> bytes:

@@ -346,3 +346,18 @@ async def test_health_reports_a_missing_kek_once_keys_depend_on_it(make_stack: S
     await LocalJsonVault(vault_dir).delete_secret("blobseal-kek")  # the vault is there, its KEK is not
     fresh = await sibling(make_stack, stack)
     assert (await fresh.files.health())["dependencies"]["vault"] == "KekMissingError"
+
+
+async def test_a_key_from_before_the_envelope_mode_moved_and_deleted_leaves_no_secret(
+        make_stack: StackFactory, azurite: Azurite, vault_dir: Path) -> None:
+    old = await make_stack(KEY_MODE="secret")
+    data = random_bytes(5000)
+    file_id = await ingest(old, azurite, data)
+    async with old.db.connection() as conn:  # a row from before migration 6: the spec's columns only
+        await conn.execute("UPDATE file_keys SET vault_reference = NULL WHERE file_id = $1", file_id)
+    new = await sibling(make_stack, old, KEY_MODE="envelope")
+    assert (await new.files.migrate_keys("envelope"))["moved"] == 1
+    assert await download(await sibling(make_stack, new), file_id) == data
+    await new.files.delete(str(file_id), SYSTEM)
+    with pytest.raises(SecretNotFoundError):  # the moved key's old secret went with the file
+        await LocalJsonVault(vault_dir).get_secret(f"file-{file_id}")
