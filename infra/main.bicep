@@ -211,6 +211,11 @@ param keyMode string = 'secret'
 @maxLength(127)
 param kekName string = 'blobseal-kek'
 
+@description('Name of the signing key in the vault (KEY_VAULT_SIGNING_KEY_NAME): an EC P-256 key the app may only sign with. Never rename it while signed rows exist.')
+@minLength(1)
+@maxLength(127)
+param signingKeyName string = 'blobseal-signing'
+
 @description('Deploy the KEK and its role assignments while keyMode is secret: one deployment ahead of a switch (so the grants have propagated), or after switching back until `blobseal migrate-keys --to secret` has moved every key. keyMode=envelope deploys them anyway.')
 param deployKek bool = false
 
@@ -429,6 +434,7 @@ module keyVault 'modules/keyvault.bicep' = {
     networkDefaultAction: networkDefaultAction
     kekName: kekName
     deployKek: kekDeployed
+    signingKeyName: signingKeyName
   }
 }
 
@@ -556,6 +562,7 @@ module rbac 'modules/rbac.bicep' = {
     functionPrincipalId: functionApp.outputs.principalId
     keyVaultName: keyVault.outputs.name
     kekName: keyVault.outputs.kekName
+    signingKeyName: keyVault.outputs.signingKeyName
     grantKek: kekDeployed
     dataStorageAccountName: dataStorage.outputs.name
     hostStorageAccountName: hostStorage.outputs.name
@@ -616,6 +623,11 @@ var appSettings = {
   // intermediate keys that the KEK wraps. The KEK is deployed by the templates, never by the app.
   KEY_MODE: keyMode
   KEY_VAULT_KEK_NAME: kekName
+  // The custodies whose key rows the app reads: envelope rows only where the KEK is deployed; any
+  // other custody named in a row is refused as tampered (docs/THREATS.md).
+  KEY_CUSTODIES: kekDeployed ? 'secret,envelope' : 'secret'
+  // Signs each intermediate key row (a database writer cannot forge one); deployed always.
+  KEY_VAULT_SIGNING_KEY_NAME: signingKeyName
   ENVELOPE_INTERMEDIATE_MINUTES: string(envelopeIntermediateMinutes)
   ENVELOPE_INTERMEDIATE_MAX_FILES: string(envelopeIntermediateMaxFiles)
   // PostgreSQL with the managed identity: an Entra access token is the password (refreshed by the

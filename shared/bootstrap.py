@@ -22,9 +22,10 @@ from pathlib import Path
 from shared.audit import AuditLog
 from shared.blobs import BlobStore, Container
 from shared.config import Settings
-from shared.custody import EnvelopeCustody, IntermediateKeys, IntermediatePolicy
+from shared.custody import EnvelopeCustody, IntermediateKeys, IntermediatePolicy, KeyCustody, SecretCustody
 from shared.db.pool import Database
 from shared.download import Reader
+from shared.erase import Eraser
 from shared.errors import ConfigError
 from shared.ingest import Ingestor, RetryPolicy
 from shared.keys import FileKeyService
@@ -37,6 +38,7 @@ from shared.upload import Uploader
 from shared.vault.base import KeyVault
 from shared.vault.cache import CachedKeyVault, TtlCache
 from shared.vault.kek import KeyWrapper, LocalKeyWrapper
+from shared.vault.signer import LocalSigner, Signer
 
 __all__ = [
     "Services",
@@ -97,13 +99,14 @@ class Services:
     db: Database
     vault: KeyVault
     keys: FileKeyService
+    intermediates: IntermediateKeys
     blobs: BlobStore
     ingest: Container
     protected: Container
     files: FileService
 
     async def close(self) -> None:
-        for close in (self.blobs.close, self.keys.close, self.vault.close, self.db.close):
+        for close in (self.blobs.close, self.keys.close, self.intermediates.close, self.vault.close, self.db.close):
             try:
                 await close()
             except Exception:  # closing is best effort; report, keep closing the rest
@@ -146,19 +149,41 @@ def build_kek(settings: Settings, vault: KeyVault, adapter: KeyWrapper | None = 
     return LocalKeyWrapper(vault, settings.key_vault_kek_name)
 
 
-def build_key_service(settings: Settings, db: Database, vault: KeyVault,
-                      kek: KeyWrapper | None = None) -> FileKeyService:
-    """The key service, able to read keys in both custodies; ``KEY_MODE`` places the new ones."""
-    ttl = settings.key_vault_cache_minutes * 60 if settings.key_vault_cache_enabled else 0
-    entries = settings.key_vault_cache_max_entries
+def build_signer(settings: Settings, vault: KeyVault, adapter: Signer | None = None) -> Signer:
+    """The signing key the settings name: a Key Vault EC key (azure mode), or a secret of the local vault."""
+    if adapter is not None:
+        return adapter
+    if settings.key_vault_mode == "azure":
+        from shared.vault.azure_signer import AzureSigner  # the Azure SDK only where it is used
+
+        return AzureSigner.from_settings(settings)
+    return LocalSigner(vault, settings.key_vault_signing_key_name)
+
+
+def build_intermediates(settings: Settings, db: Database, vault: KeyVault, kek: KeyWrapper | None = None,
+                        signer: Signer | None = None) -> IntermediateKeys:
+    """The envelope custody's intermediate keys: the KEK wraps them, the signing key vouches for them."""
     policy = IntermediatePolicy(period=timedelta(minutes=settings.envelope_intermediate_minutes),
-                                max_files=settings.envelope_intermediate_max_files, cache_seconds=ttl,
-                                cache_entries=entries, may_create_kek=settings.key_vault_mode == "local")
-    intermediates = IntermediateKeys(db, build_kek(settings, vault, kek), policy, instance=instance_name())
-    return FileKeyService(db, vault, rotation_days=settings.key_rotation_days,
+                                max_files=settings.envelope_intermediate_max_files, cache_seconds=_cache_ttl(settings),
+                                cache_entries=settings.key_vault_cache_max_entries,
+                                may_create_keys=settings.key_vault_mode == "local")
+    return IntermediateKeys(db, build_kek(settings, vault, kek), build_signer(settings, vault, signer), policy,
+                            instance=instance_name())
+
+
+def build_key_service(settings: Settings, db: Database, vault: KeyVault, intermediates: IntermediateKeys) \
+        -> FileKeyService:
+    """The key service over every custody; it reads those ``KEY_CUSTODIES`` allows, ``KEY_MODE`` places new keys."""
+    custodies: dict[str, KeyCustody] = {"secret": SecretCustody(vault, db), "envelope": EnvelopeCustody(intermediates)}
+    return FileKeyService(db, custodies, rotation_days=settings.key_rotation_days,
                           mode="envelope" if settings.key_mode == "envelope" else "secret",
-                          envelope=EnvelopeCustody(intermediates),
-                          cache=TtlCache(ttl_seconds=ttl, max_entries=entries))
+                          allowed=settings.allowed_custodies,  # type: ignore[arg-type]
+                          cache=TtlCache(ttl_seconds=_cache_ttl(settings),
+                                         max_entries=settings.key_vault_cache_max_entries))
+
+
+def _cache_ttl(settings: Settings) -> float:
+    return settings.key_vault_cache_minutes * 60 if settings.key_vault_cache_enabled else 0
 
 
 def instance_name() -> str:
@@ -182,15 +207,17 @@ def reconcile_policy(settings: Settings) -> ReconcilePolicy:
                            settle=timedelta(seconds=settings.reconcile_after_seconds))
 
 
-def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None) -> Services:
+def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None,
+                   signer: Signer | None = None) -> Services:
     """Construct every adapter (no I/O: pools and clients connect on first use).
 
-    ``vault`` and ``kek`` replace the adapters the settings name, ``vault`` behind the same cache
-    (tests drive the Azure adapters against a loopback Key Vault stand-in this way; nothing else does).
+    ``vault``, ``kek`` and ``signer`` replace the adapters the settings name, ``vault`` behind the same
+    cache (tests drive the Azure adapters against a loopback Key Vault stand-in this way; nothing else does).
     """
     db = Database.from_settings(settings)
     vault = build_vault(settings, vault)
-    keys = build_key_service(settings, db, vault, kek)
+    intermediates = build_intermediates(settings, db, vault, kek, signer)
+    keys = build_key_service(settings, db, vault, intermediates)
     blobs = BlobStore.from_settings(settings)
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
     ingestor = Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
@@ -199,18 +226,20 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: Ke
                         replace_grace=timedelta(minutes=settings.rotation_grace_minutes))
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                       policy=rotation_policy(settings))
-    reconciler = Reconciler(db=db, keys=keys, vault=vault, ingest=ingest, protected=protected, ingestor=ingestor,
+    eraser = Eraser(db=db, keys=keys, ingest=ingest, protected=protected)
+    reconciler = Reconciler(db=db, keys=keys, eraser=eraser, ingest=ingest, protected=protected, ingestor=ingestor,
                             rotator=rotator, policy=reconcile_policy(settings), keep_plaintext=settings.keep_plaintext,
                             audit_retention=timedelta(days=settings.audit_retention_days))
     uploader = Uploader(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                         max_bytes=settings.upload_max_mb * 1024 * 1024)
     audit = AuditLog(db, fail_open=settings.audit_fail_open, key_names=settings.key_names)
     reader = Reader(protected)
-    files = FileService(db=db, keys=keys, protected=protected, reader=reader, ingestor=ingestor, rotator=rotator,
-                        reconciler=reconciler, uploader=uploader, audit=audit,
+    files = FileService(db=db, keys=keys, intermediates=intermediates, protected=protected, reader=reader,
+                        eraser=eraser, ingestor=ingestor, rotator=rotator, reconciler=reconciler, uploader=uploader,
+                        audit=audit,
                         probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
                         plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
-    return Services(settings, db, vault, keys, blobs, ingest, protected, files)
+    return Services(settings, db, vault, keys, intermediates, blobs, ingest, protected, files)
 
 
 _services: Services | None = None

@@ -38,6 +38,7 @@ LOCAL_STORAGE = "UseDevelopmentStorage=true"
 DATA_STORAGE = "DataStorage"
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 _NCRONTAB = re.compile(r"(\S+\s+){5}\S+")
+CUSTODIES = ("secret", "envelope")  # what KEY_CUSTODIES may list (shared.custody)
 
 
 def redact_url(url: str) -> str:
@@ -173,6 +174,14 @@ class Settings:
     key_vault_kek_name: str = setting(
         "KEY_VAULT_KEK_NAME", "blobseal-kek", "envelope mode: the name of the KEK (an RSA key in Key Vault; "
         "a secret of the local vault in local mode)")
+    key_custodies: str = setting(
+        "KEY_CUSTODIES", "secret,envelope", "the custodies whose key rows this deployment reads (comma list of "
+        "`secret`, `envelope`); a row naming any other is refused as tampered. Narrow it to `KEY_MODE`'s once "
+        "`migrate-keys` has moved every key (docs/THREATS.md)")
+    key_vault_signing_key_name: str = setting(
+        "KEY_VAULT_SIGNING_KEY_NAME", "blobseal-signing", "the key that signs what the service must prove its own "
+        "(intermediate key rows): an EC P-256 key in Key Vault the app may only sign with; a secret of the local "
+        "vault in local mode")
     envelope_intermediate_minutes: int = setting(
         "ENVELOPE_INTERMEDIATE_MINUTES", 60, "envelope mode: an instance wraps new file keys with one "
         "intermediate key for at most this long", low=1, high=7 * 24 * 60)
@@ -305,14 +314,33 @@ class Settings:
         if self.key_vault_enabled and self.key_vault_mode == "azure":
             problems.extend(self._azure_problems())
         problems.extend(self._app_problems())
-        if not re.fullmatch(r"[0-9a-zA-Z-]{1,127}", self.key_vault_kek_name):
-            problems.append("KEY_VAULT_KEK_NAME must be 1-127 letters, digits or dashes, "
-                            f"got {self.key_vault_kek_name!r}")
+        for env, name in (("KEY_VAULT_KEK_NAME", self.key_vault_kek_name),
+                          ("KEY_VAULT_SIGNING_KEY_NAME", self.key_vault_signing_key_name)):
+            if not re.fullmatch(r"[0-9a-zA-Z-]{1,127}", name):
+                problems.append(f"{env} must be 1-127 letters, digits or dashes, got {name!r}")
+        if self.key_vault_kek_name == self.key_vault_signing_key_name:
+            problems.append("KEY_VAULT_KEK_NAME and KEY_VAULT_SIGNING_KEY_NAME must differ")
+        problems.extend(self._custody_problems())
         if self.database_auth == "entra" and urlsplit(self.database_url).password:
             problems.append("DATABASE_AUTH=entra takes its password from Entra: DATABASE_URL must not hold one")
         if urlsplit(self.database_url).scheme not in ("postgresql", "postgres"):
             problems.append(f"DATABASE_URL must be a postgresql:// URL, got {redact_url(self.database_url)!r}")
         return problems
+
+    def _custody_problems(self) -> list[str]:
+        names = [name.strip() for name in self.key_custodies.split(",") if name.strip()]
+        unknown = [name for name in names if name not in CUSTODIES]
+        if unknown or not names:
+            return [f"KEY_CUSTODIES must list custodies among {', '.join(CUSTODIES)}, got {self.key_custodies!r}"]
+        if self.key_mode not in names:
+            return [f"KEY_CUSTODIES must include KEY_MODE ({self.key_mode}): new keys are placed there"]
+        return []
+
+    @property
+    def allowed_custodies(self) -> tuple[str, ...]:
+        """KEY_CUSTODIES as a tuple, in the order ``CUSTODIES`` lists them."""
+        names = {name.strip() for name in self.key_custodies.split(",")}
+        return tuple(name for name in CUSTODIES if name in names)
 
     def _app_problems(self) -> list[str]:
         problems = []

@@ -13,13 +13,17 @@ The tree::
     │   ├── FileKeyNotFoundError       no key is recorded for the file
     │   │   └── KeyRetiredError        the key was rotated out and its vault version disabled
     │   ├── KeyMissingError            a recorded key is not in the vault (an operator must restore it)
+    │   ├── KeyIntegrityError          a key row the service cannot prove its own (forged, moved, unsigned,
+    │   │   │                          a custody the deployment does not allow): refused, never followed
+    │   │   └── WrappedKeyError        a wrapped file key that does not open for its row
     │   └── RotationConflictError      another worker holds the rotation of this file
     ├── DatabaseError                  PostgreSQL refused a statement or the schema disagrees
     │   ├── DatabaseUnavailableError   the database did not answer (transient; retry later)
     │   └── AuditUnavailableError      the access log cannot be written: access refused (fail-closed)
     ├── EncryptionError                encryption or decryption failed
     │   ├── FormatError                not a blobseal file, or a header we refuse
-    │   └── IntegrityError             authentication failed: tampered data or wrong key
+    │   ├── IntegrityError             authentication failed: tampered data or wrong key
+    │   └── SignatureError             a signature that does not verify (or by a key not trusted)
     ├── StorageError                   blob storage failed
     │   ├── BlobNotFoundError          no such blob (or container)
     │   ├── BlobChangedError           the blob changed since it was read (ETag mismatch)
@@ -65,6 +69,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "InvalidRequestError",
+    "KeyIntegrityError",
     "KeyManagementError",
     "KeyMissingError",
     "KeyRetiredError",
@@ -73,6 +78,7 @@ __all__ = [
     "RotationConflictError",
     "SecretDisabledError",
     "SecretNotFoundError",
+    "SignatureError",
     "StorageError",
     "StorageUnavailableError",
     "UnknownFileError",
@@ -178,7 +184,11 @@ class RotationConflictError(KeyManagementError):
     pass
 
 
-class WrappedKeyError(KeyManagementError):
+class KeyIntegrityError(KeyManagementError):
+    """A key row the service cannot prove it made (``docs/THREATS.md``): refused, logged, counted, alerted on."""
+
+
+class WrappedKeyError(KeyIntegrityError):
     """A wrapped file key that does not open for its row (moved, altered): refused, never guessed around."""
 
 
@@ -204,6 +214,10 @@ class FormatError(EncryptionError):
 
 class IntegrityError(EncryptionError):
     pass
+
+
+class SignatureError(EncryptionError):
+    """A signed statement whose signature does not verify, or names a key that is not the service's."""
 
 
 class StorageError(BlobsealError):

@@ -36,13 +36,13 @@ from shared.errors import (
     FileNotReadyError,
     IntegrityError,
     InvalidRequestError,
+    KeyIntegrityError,
     KeyMissingError,
     KeyVaultError,
     RangeNotSatisfiableError,
     StorageUnavailableError,
     UnknownFileError,
     UploadTooLargeError,
-    WrappedKeyError,
 )
 from shared.ingest import guess_type
 from shared.metrics import ERRORS, REGISTRY
@@ -74,7 +74,7 @@ SERVER_MESSAGES: tuple[tuple[type[BlobsealError], str], ...] = (
     (KeyVaultError, "the key vault is unavailable; retry later"),
     (StorageUnavailableError, "blob storage is unavailable; retry later"),
     (IntegrityError, "the stored file failed its integrity check; nothing of it was served"),
-    (WrappedKeyError, "the file's key record failed its integrity check; nothing of it was served"),
+    (KeyIntegrityError, "the file's key record failed its integrity check; nothing of it was served"),
 )
 
 # The first match wins. A vault problem answers 503 ("vault"), as health does for the same cause.

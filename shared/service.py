@@ -19,14 +19,16 @@ from typing import Any
 from shared.audit import SYSTEM, Access, AuditLog
 from shared.blobs import Container
 from shared.clock import Clock, utcnow
+from shared.custody import IntermediateKeys
 from shared.db.failures import FailureRecord, FailureRepository
 from shared.db.file_keys import Custody
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
 from shared.download import Reader, Span
+from shared.erase import Eraser
 from shared.errors import BlobsealError, FileNotReadyError, InvalidRequestError, UnknownFileError
 from shared.ingest import Ingestor, IngestOutcome
-from shared.keys import FileKeyService
+from shared.keys import FileKeyService, MigrationReport
 from shared.reconcile import LAST_RUN_STATE, OLDEST_PLAINTEXT_STATE, Reconciler, ReconcileReport
 from shared.rotation import RotationReport, Rotator
 from shared.upload import Uploader, UploadRequest
@@ -50,11 +52,12 @@ def parse_file_id(text: str) -> uuid.UUID:
 
 
 class FileService:
-    def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, reader: Reader, ingestor: Ingestor,
-                 rotator: Rotator, reconciler: Reconciler, uploader: Uploader, audit: AuditLog,
-                 probes: Mapping[str, Probe], plaintext_alert: timedelta = timedelta(minutes=30),
-                 clock: Clock = utcnow) -> None:
-        self._db, self._keys, self._protected = db, keys, protected
+    def __init__(self, *, db: Database, keys: FileKeyService, intermediates: IntermediateKeys, protected: Container,
+                 reader: Reader, eraser: Eraser, ingestor: Ingestor, rotator: Rotator, reconciler: Reconciler,
+                 uploader: Uploader, audit: AuditLog, probes: Mapping[str, Probe],
+                 plaintext_alert: timedelta = timedelta(minutes=30), clock: Clock = utcnow) -> None:
+        self._db, self._keys, self._intermediates, self._protected = db, keys, intermediates, protected
+        self._eraser = eraser
         self._reader = reader
         self._ingestor, self.rotator, self._reconciler = ingestor, rotator, reconciler
         self._uploader, self.audit = uploader, audit
@@ -125,7 +128,8 @@ class FileService:
         return views, (_next_cursor(last.source_name, last.file_id) if last else None)
 
     async def delete(self, file_id_text: str, access: Access) -> dict[str, Any]:
-        """Erase a file: its blobs and every key version go; the row stays as a tombstone (who, when).
+        """Erase a file (``shared.erase``): its plaintext in ingest, its blobs and every key go; the row stays
+        as a tombstone (who, when).
 
         Idempotent: a deletion that stopped half way is finished by calling it again (or by the
         reconciler). After it no key exists that could open any copy of the file.
@@ -133,20 +137,13 @@ class FileService:
         file_id = parse_file_id(file_id_text)
         await self._record(file_id)
         async with self._db.transaction("delete_file") as conn:
-            record = await FileRepository(conn).mark_deleted(file_id, by=access.caller, now=self._clock())
+            files = FileRepository(conn)
+            record = await files.mark_deleted(file_id, by=access.caller, now=self._clock())
+            await files.forget_retired_of(file_id)  # in the same commit: no row outlives the blob it names
         assert record is not None
-        await self.erase(file_id)
+        await self._eraser.erase(record)
         await self.audit.record("delete", access, file_id=file_id, required=False)
         return _view(record, None)
-
-    async def erase(self, file_id: uuid.UUID) -> None:
-        """The blobs (every version and staged block) and the keys of a deleted file."""
-        blobs, _ = await self._protected.page(prefix=f"{file_id}/", size=1000, uncommitted=True)
-        for blob in blobs:
-            await self._protected.discard(blob.name)
-        async with self._db.transaction("erase_file") as conn:
-            await FileRepository(conn).forget_retired_of(file_id)
-        await self._keys.delete_file_keys(file_id)
 
     async def upload(self, request: UploadRequest, body: AsyncIterator[bytes], access: Access) -> dict[str, Any]:
         try:
@@ -171,22 +168,35 @@ class FileService:
 
     async def migrate_keys(self, to: Custody, access: Access = SYSTEM, *, batch: int = 100) -> dict[str, Any]:
         """Move every readable key into custody ``to`` (no blob is touched); resumable, idempotent."""
-        moved = raced = 0
+        total, after = MigrationReport(), 0
         while True:
-            report = await self._keys.migrate_keys(to, batch)
-            moved, raced = moved + report.moved, raced + report.raced
-            if report.moved + report.raced == 0:
-                await self.audit.record(f"migrate_keys_to_{to}", access, outcome=f"ok: {moved} moved", required=False)
-                return {"to": to, "moved": moved, "raced": raced}
+            report, last = await self._keys.migrate_keys(to, batch, after=after)
+            total.moved, total.raced, total.refused = (total.moved + report.moved, total.raced + report.raced,
+                                                       total.refused + report.refused)
+            if last == after:
+                outcome = f"ok: {total.moved} moved" + (f", {total.refused} refused" if total.refused else "")
+                await self.audit.record(f"migrate_keys_to_{to}", access, outcome=outcome, required=False)
+                return {"to": to, "moved": total.moved, "raced": total.raced, "refused": total.refused}
+            after = last
 
     async def rotate_kek(self, access: Access = SYSTEM, *, rewrap_only: bool = False) -> dict[str, Any]:
         """A new KEK version and every intermediate key rewrapped with it (or only the rewrap, to resume)."""
-        if rewrap_only:
-            kek, rewrapped = None, await self._keys.rewrap_intermediates()
-        else:
-            kek, rewrapped = await self._keys.rotate_kek()
+        kek = None if rewrap_only else await self._intermediates.kek.create()
+        rewrapped = 0
+        while done := await self._intermediates.rewrap(500):
+            rewrapped += done
         await self.audit.record("rotate_kek", access, outcome=f"ok: {rewrapped} rewrapped", required=False)
-        return {"kek_reference": kek, "rewrapped": rewrapped, "kek_versions_in_use": await self._keys.kek_usage()}
+        return {"kek_reference": kek, "rewrapped": rewrapped,
+                "kek_versions_in_use": await self._intermediates.kek_usage()}
+
+    async def attest_intermediates(self, access: Access = SYSTEM) -> dict[str, Any]:
+        """Sign the intermediate key rows made before signatures existed (trust on first use: run once, right
+        after upgrading, while the database is trusted; docs/THREATS.md)."""
+        attested = 0
+        while done := await self._intermediates.attest(500):
+            attested += done
+        await self.audit.record("attest_intermediates", access, outcome=f"ok: {attested} signed", required=False)
+        return {"attested": attested}
 
     async def failed_uploads(self, limit: int = 1000) -> list[FailureRecord]:
         async with self._db.connection("failed_uploads") as conn:

@@ -23,7 +23,8 @@ from shared.errors import BlobsealError, SecretDisabledError
 from shared.service import FileService, parse_file_id
 
 __all__ = [
-    "run_audit", "run_decrypt_file", "run_delete", "run_expire", "run_failed", "run_key_fingerprint", "run_list",
+    "run_attest_intermediates", "run_audit", "run_decrypt_file",
+    "run_delete", "run_expire", "run_failed", "run_key_fingerprint", "run_list",
     "run_migrate", "run_migrate_keys", "run_reconcile", "run_release", "run_replay", "run_rotate", "run_rotate_kek",
     "run_show",
 ]
@@ -86,12 +87,18 @@ def run_reconcile(args: argparse.Namespace) -> int:
 def run_migrate_keys(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
-    print(json.dumps(_with_service(args, lambda s: s.migrate_keys(args.to, cli_access(), batch=args.batch))))
-    return 0
+    result = _with_service(args, lambda s: s.migrate_keys(args.to, cli_access(), batch=args.batch))
+    print(json.dumps(result))
+    return 1 if result["refused"] else 0  # rows the service cannot prove its own: the database was written
 
 
 def run_rotate_kek(args: argparse.Namespace) -> int:
     print(json.dumps(_with_service(args, lambda s: s.rotate_kek(cli_access(), rewrap_only=args.rewrap_only))))
+    return 0
+
+
+def run_attest_intermediates(args: argparse.Namespace) -> int:
+    print(json.dumps(_with_service(args, lambda s: s.attest_intermediates(cli_access()))))
     return 0
 
 

@@ -97,6 +97,10 @@ def register(commands: Any) -> None:
     rotate_kek.add_argument("--rewrap-only", action="store_true", help="no new version: finish an interrupted rewrap")
     rotate_kek.set_defaults(handler=_lazy("run_rotate_kek"))
 
+    attest = commands.add_parser("attest-intermediates", help="once, right after upgrading from a version without "
+                                 "signed intermediate keys: sign the existing rows (trusts the database as it is now)")
+    attest.set_defaults(handler=_lazy("run_attest_intermediates"))
+
     decrypt = commands.add_parser("decrypt-file", help="decrypt a protected blob with the configured vault")
     decrypt.add_argument("file_id")
     decrypt.add_argument("output", help="plaintext file, or - for stdout")

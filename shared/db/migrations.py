@@ -221,6 +221,27 @@ CREATE INDEX file_keys_claims ON file_keys (rotation_lease_until)
 UPDATE file_keys SET expires_at = NULL WHERE state = 'retired';
 """
 
+# Keys the database cannot subvert (docs/THREATS.md): each intermediate key row carries the signing
+# key's signature over it (rows from before stay unsigned, and are refused until an operator runs
+# `blobseal attest-intermediates`); a secret placed in the vault is announced in secret_intents
+# before the vault call and the announcement removed with the row that records it, so the
+# reconciler finds every version a killed worker left (and nothing else); a deleted file is
+# erased (blobs, plaintext, keys) when erased_at is set, and the reconciler finishes the rest.
+_KEY_TRUST = """
+ALTER TABLE intermediate_keys ADD COLUMN signing_key TEXT, ADD COLUMN signature BYTEA;
+ALTER TABLE intermediate_keys ADD CONSTRAINT intermediate_keys_signed_check
+    CHECK ((signing_key IS NULL) = (signature IS NULL));
+CREATE TABLE secret_intents (
+    file_id UUID NOT NULL,
+    token TEXT NOT NULL,
+    since TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    PRIMARY KEY (file_id, token)
+);
+CREATE INDEX secret_intents_since ON secret_intents (since);
+ALTER TABLE files ADD COLUMN erased_at TIMESTAMP WITH TIME ZONE;
+CREATE INDEX files_unerased ON files (deleted_at) WHERE status = 'deleted' AND erased_at IS NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "file_keys", _FILE_KEYS),
     Migration(2, "files", _FILES),
@@ -229,6 +250,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "blob_facts", _BLOB_FACTS),
     Migration(6, "envelope", _ENVELOPE),
     Migration(7, "hot_indexes", _HOT_INDEXES),
+    Migration(8, "key_trust", _KEY_TRUST),
 )
 
 _CREATE_LEDGER = """

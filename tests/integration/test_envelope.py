@@ -151,8 +151,7 @@ async def test_the_kek_is_called_per_intermediate_key_not_per_file(make_stack: S
 async def test_an_intermediate_key_is_used_for_a_bounded_period(make_stack: StackFactory, azurite: Azurite) -> None:
     stack = await make_stack(KEY_MODE="envelope", ENVELOPE_INTERMEDIATE_MINUTES="1")
     first = await ingest(stack, azurite, b"one")
-    intermediates = stack.keys.envelope.intermediates if stack.keys.envelope else None
-    assert intermediates is not None
+    intermediates = stack.intermediates
     intermediates._clock = lambda: datetime.now(UTC) + timedelta(minutes=2)  # the period ran out
     second = await ingest(stack, azurite, b"two")
     assert (await key_row(stack, first))["intermediate_id"] != (await key_row(stack, second))["intermediate_id"]
@@ -190,7 +189,7 @@ async def test_kek_rotation_rewraps_intermediate_keys_only(make_stack: StackFact
     blobs = {n: await read_blob(azurite, stack.settings.protected_container, n)
              for n in await blob_names(azurite, stack.settings.protected_container)}
     rows_before = {i: await key_row(stack, i) for i in data}
-    old_kek = await stack.keys.envelope.intermediates.kek.current()  # type: ignore[union-attr]
+    old_kek = await stack.intermediates.kek.current()
     report = await stack.files.rotate_kek()
     assert report["rewrapped"] == 3 and report["kek_reference"] != old_kek
     assert report["kek_versions_in_use"] == {report["kek_reference"]: 3}
@@ -229,7 +228,7 @@ async def test_a_missing_kek_is_never_replaced_while_intermediate_keys_are_recor
         await fresh.files.encrypt_ingest_blob(name)
     assert name in await blob_names(azurite, fresh.settings.ingest_container)  # nothing lost: it waits
     with pytest.raises(KekMissingError):
-        await fresh.keys.envelope.intermediates.kek.current()  # type: ignore[union-attr]
+        await fresh.intermediates.kek.current()
     with pytest.raises(SecretNotFoundError):  # fail closed: no new KEK was made
         await LocalJsonVault(vault_dir).get_secret("blobseal-kek")
     assert kept
@@ -295,8 +294,9 @@ async def test_the_reconciler_lists_no_vault_versions_for_envelope_files(make_st
     wrapped = [await ingest(stack, azurite, data) for data in contents]
     report = await stack.files.reconcile()
     assert report.failed == 0
-    assert listed == [f"file-{kept_in_vault}"]  # one vault call for the file with a secret, none for the 5 others
+    assert listed == []  # every placement was recorded: no file's versions are listed, in either custody
     assert [await download(stack, i) for i in wrapped] == contents
+    assert await download(stack, kept_in_vault) == b"a secret-mode file"
 
 
 @pytest.mark.parametrize("custody", ["secret", "envelope"])
@@ -315,8 +315,7 @@ async def test_the_frozen_vectors_download_unchanged_in_both_custodies(make_stac
         props = await stack.vault.set_secret(f"file-{file_id}", key)
         placement = Placement("secret", vault_reference=props.key_reference)
     else:
-        assert stack.keys.envelope is not None
-        intermediate_id, intermediate = await stack.keys.envelope.intermediates.for_new_key()
+        intermediate_id, intermediate = await stack.intermediates.for_new_key()
         placement = Placement("envelope", wrapped_key=wrap_file_key(
             intermediate, key, file_id=file_id, intermediate_id=intermediate_id, key_reference=reference),
             intermediate_id=intermediate_id)

@@ -18,7 +18,7 @@ from shared.errors import AuditUnavailableError, DatabaseError, UnknownFileError
 from shared.keys import FileKeyService
 from shared.metrics import REGISTRY
 from shared.upload import UploadRequest
-from tests.integration.service_fixtures import http_download, upload
+from tests.integration.service_fixtures import blob_names, http_download, upload
 from tests.support.stack import StackFactory, all_blobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
@@ -132,9 +132,17 @@ async def test_a_deleted_file_id_is_never_filled_again(make_stack: StackFactory,
     await upload(azurite, stack.settings.ingest_container, name, b"first")
     file_id = str((await stack.files.encrypt_ingest_blob(name)).file_id)
     await stack.files.delete(file_id, ALICE)
-    await upload(azurite, stack.settings.ingest_container, name, b"second")
-    with pytest.raises(UploadConflictError, match="deleted file"):
-        await stack.files.encrypt_ingest_blob(name)
+    await upload(azurite, stack.settings.ingest_container, name, b"second")  # the same name (so the same id) again
+    outcome = await stack.files.encrypt_ingest_blob(name)
+    assert (outcome.status, str(outcome.file_id)) == ("erased", file_id)  # erased on arrival, never encrypted
+    assert await blob_names(azurite, stack.settings.ingest_container) == []
+    assert (await stack.files.describe(file_id))["status"] == "deleted"
+    async with stack.db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM file_keys WHERE file_id = $1", uuid.UUID(file_id)) == 0
+    other = f"{file_id}/another-name.txt"  # another upload name carrying the deleted id: refused, kept, listed
+    await upload(azurite, stack.settings.ingest_container, other, b"third")
+    with pytest.raises(UploadConflictError, match="already used by another upload"):
+        await stack.files.encrypt_ingest_blob(other)
 
 
 async def test_a_failed_upload_leaves_nothing(make_stack: StackFactory, azurite: Azurite) -> None:

@@ -15,11 +15,13 @@ for secrets, the installed ``azure-keyvault-keys`` sources for keys):
   403 ``Forbidden``/``SecretDisabled`` for a disabled version, 409 ``Conflict``/
   ``ObjectIsDeletedButRecoverable`` when a soft-deleted name is set again, 429 ``Throttled``;
 - versions are listed in version-id order, not creation order, as the service does;
-- keys (RSA only, real ``cryptography`` keys): ``POST /keys/{name}/create`` adds a version;
-  ``GET /keys/{name}/{version}`` (empty version = latest) answers the public JWK (``n``, ``e``
-  base64url without padding, ``kid`` ``{url}/keys/{name}/{version}``); ``POST
+- keys (RSA and EC P-256, real ``cryptography`` keys): ``POST /keys/{name}/create`` adds a version;
+  ``GET /keys/{name}/{version}`` (empty version = latest) answers the public JWK (``n``, ``e`` or
+  ``crv``, ``x``, ``y``, base64url without padding, ``kid`` ``{url}/keys/{name}/{version}``); ``POST
   /keys/{name}/{version}/wrapkey`` and ``/unwrapkey`` with ``{"alg", "value"}`` (RSA-OAEP-256 or
-  RSA-OAEP) answer ``{"kid", "value"}``; 404 ``KeyNotFound``, 403 ``Forbidden``/``KeyDisabled``
+  RSA-OAEP) answer ``{"kid", "value"}``; ``POST /keys/{name}/{version}/sign`` with ``{"alg": "ES256",
+  "value": <SHA-256 digest>}`` answers ``{"kid", "value": r || s}``; an operation the key's
+  ``key_ops`` do not list is 403 ``Forbidden``; 404 ``KeyNotFound``, 403 ``Forbidden``/``KeyDisabled``
   for a disabled version, 400 ``BadParameter`` for a value that does not unwrap.
 
 Fault injection applies to the next authorized requests: an HTTP status (429 with Retry-After,
@@ -57,6 +59,7 @@ from azure.keyvault.secrets._shared import http_challenge_cache as secrets_chall
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.vault.azure import RetryOptions
@@ -67,6 +70,7 @@ CHALLENGE_RESOURCE = "https://vault.azure.net"
 MAX_PAGE = 25  # the service's maximum page size for list operations
 PURGE_DAYS = 90
 RSA_KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey")  # the service's default
+EC_KEY_OPS = ("sign", "verify")
 _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"RSA-OAEP-256": hashes.SHA256, "RSA-OAEP": hashes.SHA1}
 
 
@@ -205,7 +209,7 @@ class _Version:
 @dataclass
 class _KeyVersion:
     id: str
-    private: rsa.RSAPrivateKey = field(repr=False)
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = field(repr=False)
     kty: str
     key_ops: list[str]
     enabled: bool
@@ -419,7 +423,7 @@ class KeyVaultServer:
     def unwrap_with(self, name: str, version: str, wrapped: bytes, alg: str = "RSA-OAEP-256") -> bytes:
         """Decrypt ``wrapped`` with the private key of that exact version (raises ``ValueError`` if it does not)."""
         found = next(v for v in self.keys[name] if v.id == version)
-        return found.private.decrypt(wrapped, _oaep(alg))
+        return _rsa(found).decrypt(wrapped, _oaep(alg))
 
     # --- request handling ---
 
@@ -520,6 +524,8 @@ class KeyVaultServer:
                 return self._wrap_key(name, version, await request.json())
             case ["keys", name, version, "unwrapkey"] if method == "POST":
                 return self._unwrap_key(name, version, await request.json())
+            case ["keys", name, version, "sign"] if method == "POST":
+                return self._sign(name, version, await request.json())
         raise _Reply(400, "BadParameter", f"{method} {request.path} is not supported by the test server.")
 
     # --- operations ---
@@ -619,17 +625,14 @@ class KeyVaultServer:
         return web.Response(status=204)
 
     async def _create_key(self, name: str, body: dict[str, Any]) -> web.Response:
-        kty, size = body.get("kty"), body.get("key_size") or 2048
-        if kty not in ("RSA", "RSA-HSM") or size not in (2048, 3072, 4096):
-            raise _Reply(400, "BadParameter", "The test server creates RSA keys of 2048, 3072 or 4096 bits only.")
-        exponent = body.get("public_exponent") or 65537
-        private = await asyncio.to_thread(rsa.generate_private_key, exponent, size)
+        private = await _new_private_key(body)
         now = self._now()
         version = _KeyVersion(
             id=self._new_version_id(),
             private=private,
-            kty=kty,
-            key_ops=list(body.get("key_ops") or RSA_KEY_OPS),
+            kty=str(body.get("kty")),
+            key_ops=list(body.get("key_ops") or (RSA_KEY_OPS if isinstance(private, rsa.RSAPrivateKey)
+                                                 else EC_KEY_OPS)),
             enabled=(body.get("attributes") or {}).get("enabled", True),
             created=now,
             updated=now,
@@ -638,6 +641,12 @@ class KeyVaultServer:
         return web.json_response(self._key_bundle(name, version))
 
     def _usable_key(self, name: str, version: str, operation: str) -> _KeyVersion:
+        found = self._enabled_key(name, version, operation)
+        if operation != "get" and operation not in found.key_ops:
+            raise _Reply(403, "Forbidden", f"Operation {operation} is not permitted on this key.")
+        return found
+
+    def _enabled_key(self, name: str, version: str, operation: str) -> _KeyVersion:
         versions = self.keys.get(name)
         if not versions:
             raise _not_found(name, kind="key")
@@ -651,17 +660,28 @@ class KeyVaultServer:
     def _wrap_key(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
         found = self._usable_key(name, version, "wrapKey")
         value = _from_b64url(body.get("value"))
-        wrapped = found.private.public_key().encrypt(value, _oaep(body.get("alg")))
+        wrapped = _rsa(found).public_key().encrypt(value, _oaep(body.get("alg")))
         return web.json_response({"kid": self._kid(name, found), "value": _b64url(wrapped)})
 
     def _unwrap_key(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
         found = self._usable_key(name, version, "unwrapKey")
         value = _from_b64url(body.get("value"))
         try:
-            key = found.private.decrypt(value, _oaep(body.get("alg")))
+            key = _rsa(found).decrypt(value, _oaep(body.get("alg")))
         except ValueError:
             raise _Reply(400, "BadParameter", "Error occurred while decoding OAEP padding.") from None
         return web.json_response({"kid": self._kid(name, found), "value": _b64url(key)})
+
+    def _sign(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
+        found = self._usable_key(name, version, "sign")
+        digest = _from_b64url(body.get("value"))
+        if body.get("alg") != "ES256" or not isinstance(found.private, ec.EllipticCurvePrivateKey) \
+                or len(digest) != 32:
+            raise _Reply(400, "BadParameter", "The test server signs SHA-256 digests with ES256 (EC P-256 keys) only.")
+        der = found.private.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        r, s = decode_dss_signature(der)
+        return web.json_response({"kid": self._kid(name, found), "value": _b64url(r.to_bytes(32, "big")
+                                                                                  + s.to_bytes(32, "big"))})
 
     # --- wire shapes ---
 
@@ -669,15 +689,9 @@ class KeyVaultServer:
         return f"{self.url}/keys/{name}/{version.id}"
 
     def _key_bundle(self, name: str, version: _KeyVersion) -> dict[str, Any]:
-        public = version.private.public_key().public_numbers()
         return {
-            "key": {
-                "kid": self._kid(name, version),
-                "kty": version.kty,
-                "key_ops": version.key_ops,
-                "n": _b64url(_unsigned(public.n)),
-                "e": _b64url(_unsigned(public.e)),
-            },
+            "key": {"kid": self._kid(name, version), "kty": version.kty, "key_ops": version.key_ops,
+                    **_public_jwk(version.private)},
             "attributes": {
                 "enabled": version.enabled,
                 "created": version.created,
@@ -724,6 +738,31 @@ class KeyVaultServer:
         bundle["deletedDate"] = entry.deleted
         bundle["scheduledPurgeDate"] = entry.deleted + PURGE_DAYS * 86400
         return bundle
+
+
+async def _new_private_key(body: dict[str, Any]) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    kty, size, curve = body.get("kty"), body.get("key_size") or 2048, body.get("crv")
+    if kty in ("EC", "EC-HSM") and curve == "P-256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kty not in ("RSA", "RSA-HSM") or size not in (2048, 3072, 4096):
+        raise _Reply(400, "BadParameter", "The test server creates RSA keys of 2048, 3072 or 4096 bits and EC P-256 "
+                     "keys only.")
+    return await asyncio.to_thread(rsa.generate_private_key, body.get("public_exponent") or 65537, size)
+
+
+def _public_jwk(private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        numbers = private.public_key().public_numbers()
+        return {"crv": "P-256", "x": _b64url(numbers.x.to_bytes(32, "big")),
+                "y": _b64url(numbers.y.to_bytes(32, "big"))}
+    public = private.public_key().public_numbers()
+    return {"n": _b64url(_unsigned(public.n)), "e": _b64url(_unsigned(public.e))}
+
+
+def _rsa(version: _KeyVersion) -> rsa.RSAPrivateKey:
+    if not isinstance(version.private, rsa.RSAPrivateKey):
+        raise _Reply(400, "BadParameter", "The key is not an RSA key.")
+    return version.private
 
 
 def _oaep(alg: object) -> padding.OAEP:
