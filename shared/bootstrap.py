@@ -38,6 +38,7 @@ from shared.upload import Uploader
 from shared.vault.base import KeyVault
 from shared.vault.cache import CachedKeyVault, TtlCache
 from shared.vault.kek import KeyWrapper, LocalKeyWrapper
+from shared.vault.sealing import MasterKeySource
 from shared.vault.signer import LocalSigner, Signer
 
 __all__ = [
@@ -119,6 +120,17 @@ def local_vault_path(settings: Settings) -> Path:
         else APP_ROOT / settings.key_vault_local_path
 
 
+def master_key_source(settings: Settings) -> MasterKeySource:
+    """Where the local vault's master key is: the setting's text, else its file (relative: from the app folder)."""
+    folder = local_vault_path(settings)
+    given = Path(settings.key_vault_local_master_key_file)
+    if not settings.key_vault_local_master_key_file:
+        path = folder.parent / f"{folder.name}.master-key"
+    else:
+        path = given if given.is_absolute() else APP_ROOT / given
+    return MasterKeySource(path, settings.key_vault_local_master_key)
+
+
 def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault:
     """The vault the settings name (or ``adapter``), behind the TTL cache when it is on."""
     vault: KeyVault
@@ -131,7 +143,7 @@ def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault
     else:
         from shared.vault.local import LocalJsonVault
 
-        vault = LocalJsonVault(local_vault_path(settings))
+        vault = LocalJsonVault(local_vault_path(settings), master=master_key_source(settings))
     if settings.key_vault_cache_enabled and settings.key_vault_cache_minutes > 0:
         vault = CachedKeyVault(vault, ttl_seconds=settings.key_vault_cache_minutes * 60,
                                max_entries=settings.key_vault_cache_max_entries)

@@ -192,6 +192,12 @@ class Settings:
         "KEY_VAULT_LOCAL_PATH", Path("secrets"),
         "folder of the local vault (`secrets.json`, mode 0600 in a 0700 folder); a relative path is taken "
         "from the app folder (where `function_app.py` is), whatever the working directory")
+    key_vault_local_master_key: str = setting(
+        "KEY_VAULT_LOCAL_MASTER_KEY", "", "local mode: the master key that seals the vault's values at rest (base64 "
+        "of 32 bytes); empty: the file below", secret=True)
+    key_vault_local_master_key_file: str = setting(
+        "KEY_VAULT_LOCAL_MASTER_KEY_FILE", "", "local mode: the master key's file (0600), made on first run; "
+        "empty: `<KEY_VAULT_LOCAL_PATH>.master-key` beside the vault folder, never in it (docs/VAULT_LOCAL.md)")
     database_url: str = setting(
         "DATABASE_URL", DEFAULT_DATABASE_URL, "PostgreSQL (asyncpg). Unset, `make dev` and `make test` use the "
         "server on 127.0.0.1:5432, or else start an embedded one (`.dev/`)", secret=True, in_example=False)

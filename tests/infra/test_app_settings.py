@@ -19,6 +19,8 @@ NOT_SET_IN_AZURE = {
     "KEY_VAULT_CLIENT_ID": "system-assigned identity: no client id (a user-assigned one would set it)",
     "KEY_VAULT_CLIENT_SECRET": "no secret is ever a setting: the managed identity reaches the vault",
     "KEY_VAULT_LOCAL_PATH": "the local JSON vault only; Azure uses KEY_VAULT_MODE=azure",
+    "KEY_VAULT_LOCAL_MASTER_KEY": "the local JSON vault's master key; Key Vault keeps its own keys",
+    "KEY_VAULT_LOCAL_MASTER_KEY_FILE": "the local JSON vault's master key file; Key Vault keeps its own keys",
     "DataStorage": "a connection string; the identity-based DataStorage__blobServiceUri is set instead",
     "LOCAL_FUNCTION_KEY": "the local host's key; in Azure the platform keeps the function keys",
     "LOCAL_FUNCTION_KEYS": "the local host's named keys; in Azure the platform keeps the function keys",
