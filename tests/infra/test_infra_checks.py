@@ -108,7 +108,8 @@ MUTATIONS = [
     ("modules/keyvault.bicep", "    curveName: 'P-256'\n", "    curveName: 'P-384'\n",
      "signingKey: must be curve 'P-256'"),
     ("modules/rbac.bicep", "          'Microsoft.KeyVault/vaults/keys/sign/action'\n",
-     "          'Microsoft.KeyVault/vaults/keys/sign/action'\n          'Microsoft.KeyVault/vaults/keys/decrypt/action'\n",
+     "          'Microsoft.KeyVault/vaults/keys/sign/action'\n"
+     "          'Microsoft.KeyVault/vaults/keys/decrypt/action'\n",
      "signerRole: grants"),
     ("modules/rbac.bicep", "var resourceGroupId = resourceGroup().id\n", "var resourceGroupId = subscription().id\n",
      "signerRole: must be assignable in the resource group only"),
