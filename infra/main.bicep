@@ -86,12 +86,6 @@ param postgresHighAvailability string = 'Disabled'
 @description('Only with privateNetworking=false: firewall rule 0.0.0.0 ("allow Azure services"), needed then for the app to connect (Entra tokens remain the only credential).')
 param postgresAllowAzureServices bool = false
 
-@allowed([
-  'require'
-  'verify-ca'
-  'verify-full'
-])
-param postgresSslMode string = 'require'
 
 param databaseName string = 'blobseal'
 
@@ -631,11 +625,13 @@ var appSettings = {
   ENVELOPE_INTERMEDIATE_MINUTES: string(envelopeIntermediateMinutes)
   ENVELOPE_INTERMEDIATE_MAX_FILES: string(envelopeIntermediateMaxFiles)
   // PostgreSQL with the managed identity: an Entra access token is the password (refreshed by the
-  // app's pool); the URL names the app's role and holds no password.
+  // app's pool); the URL names the app's role and holds no password. verify-full: the token goes only
+  // to a server whose certificate chains to a root the platform trusts and names the host (the app
+  // refuses DATABASE_AUTH=entra with anything less; shared/db/tls.py).
   DATABASE_AUTH: 'entra'
   // Through the built-in PgBouncer (6432, transaction pooling) where the tier has it; migrations and
   // roles (deploy.sh phase 2) go to 5432 directly.
-  DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:${databasePort}/${databaseName}?sslmode=${postgresSslMode}'
+  DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:${databasePort}/${databaseName}?sslmode=verify-full'
   // Empty: the system-assigned identity (a user-assigned one would put its client id here).
   DATABASE_ENTRA_CLIENT_ID: ''
   DATABASE_POOL_MAX: string(databasePoolMax)

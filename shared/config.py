@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from shared.errors import ConfigError
 
@@ -41,14 +41,20 @@ _NCRONTAB = re.compile(r"(\S+\s+){5}\S+")
 CUSTODIES = ("secret", "envelope")  # what KEY_CUSTODIES may list (shared.custody)
 
 
+_SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:password|sslpassword)=)[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """The URL with any password replaced (in the user part and in ``password=``/``sslpassword=`` of the
+    query), for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+    except ValueError:  # not a URL at all: say nothing of it
+        return "<not a URL>"
+    return urlunsplit(parts._replace(netloc=netloc, query=_SECRET_QUERY.sub(r"\1***", parts.query)))
 
 
 @dataclass(frozen=True)
@@ -327,10 +333,23 @@ class Settings:
         if self.key_vault_kek_name == self.key_vault_signing_key_name:
             problems.append("KEY_VAULT_KEK_NAME and KEY_VAULT_SIGNING_KEY_NAME must differ")
         problems.extend(self._custody_problems())
-        if self.database_auth == "entra" and urlsplit(self.database_url).password:
-            problems.append("DATABASE_AUTH=entra takes its password from Entra: DATABASE_URL must not hold one")
-        if urlsplit(self.database_url).scheme not in ("postgresql", "postgres"):
+        problems.extend(self._database_problems())
+        return problems
+
+    def _database_problems(self) -> list[str]:
+        try:
+            url = urlsplit(self.database_url)
+            _ = url.port
+        except ValueError:
+            return ["DATABASE_URL is not a valid URL"]
+        problems = []
+        if url.scheme not in ("postgresql", "postgres"):
             problems.append(f"DATABASE_URL must be a postgresql:// URL, got {redact_url(self.database_url)!r}")
+        if self.database_auth == "entra" and (url.password or _SECRET_QUERY.search(url.query)):
+            problems.append("DATABASE_AUTH=entra takes its password from Entra: DATABASE_URL must not hold one")
+        if self.database_auth == "entra" and dict(parse_qsl(url.query)).get("sslmode") != "verify-full":
+            problems.append("DATABASE_AUTH=entra sends a bearer token as the password: DATABASE_URL must say "
+                            "sslmode=verify-full (the server's certificate and name checked)")
         return problems
 
     def _custody_problems(self) -> list[str]:

@@ -1185,7 +1185,7 @@ def check_deploy_script(report: Report) -> None:
                 order.append("migrate")
                 url = next(c for c in call if c.startswith("DATABASE_URL="))
                 if url != ("DATABASE_URL=postgresql://deployer%40example.com@stub-pg.postgres.database.azure.com"
-                           ":5432/blobseal?sslmode=require"):
+                           ":5432/blobseal?sslmode=verify-full"):
                     report.fail(f"deploy.sh: migrate does not run as the Entra admin without a password: {url}")
             elif "db_roles.py" in call[1]:
                 order.append("roles")

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from shared.db.errors import Attempt, database_errors
+from shared.db.tls import server_verification
 from shared.errors import DatabaseError
 
 __all__ = ["MIGRATIONS", "Migration", "apply_migrations", "migrate"]
@@ -278,8 +279,9 @@ async def migrate(database_url: str, *, connect_timeout: float = 5.0) -> list[in
     attempt = Attempt()
     with database_errors("migrate", database_url, attempt):
         # no statement cache: migrations may also be pointed at PgBouncer (transaction pooling)
-        conn = await asyncpg.connect(database_url, timeout=connect_timeout, command_timeout=60,
-                                     statement_cache_size=0)
+        url, tls = server_verification(database_url)
+        conn = await asyncpg.connect(url, timeout=connect_timeout, command_timeout=60, statement_cache_size=0,
+                                     **({"ssl": tls} if tls is not None else {}))
         attempt.stage = "query"
         try:
             with attempt.on(conn):

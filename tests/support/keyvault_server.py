@@ -111,9 +111,10 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.C
 
 
 def _leaf_certificate(
-    key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime
+    key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime,
+    names: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> x509.Certificate:
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    san = x509.SubjectAlternativeName([_general_name(name) for name in names])
     return (
         x509.CertificateBuilder()
         .subject_name(_name("127.0.0.1"))
@@ -130,13 +131,20 @@ def _leaf_certificate(
     )
 
 
-def make_tls_material(directory: Path) -> TlsMaterial:
-    """A throwaway CA and a leaf for 127.0.0.1/localhost, written as PEM files in ``directory``."""
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_tls_material(directory: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> TlsMaterial:
+    """A throwaway CA and a leaf for ``names`` (127.0.0.1/localhost), written as PEM files in ``directory``."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     ca = _ca_certificate(ca_key, now)
-    leaf = _leaf_certificate(leaf_key, ca, ca_key, now)
+    leaf = _leaf_certificate(leaf_key, ca, ca_key, now, names)
     material = TlsMaterial(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
     material.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     material.cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
