@@ -15,6 +15,7 @@ from shared.bootstrap import Services
 from shared.db import Database, migrate
 from shared.vault.base import KeyVault
 from shared.vault.kek import KeyWrapper
+from shared.vault.signer import Signer
 from tests.integration.service_fixtures import open_stack, stack_settings
 from tests.support.pg_proxy import PgProxy
 from tests.support.stack import StackFactory
@@ -130,11 +131,11 @@ async def proxy(database_url: str) -> AsyncIterator[PgProxy]:
 async def make_stack(azurite: Azurite, database_url: str, vault_dir: Path) -> AsyncIterator[StackFactory]:
     opened: list[Services] = []
 
-    async def make(*, vault: KeyVault | None = None, kek: KeyWrapper | None = None,
+    async def make(*, vault: KeyVault | None = None, kek: KeyWrapper | None = None, signer: Signer | None = None,
                    database_url_override: str | None = None, **overrides: str) -> Services:
         settings = stack_settings(azurite, database_url_override or database_url, vault_dir,
                                   **{"RECONCILE_AFTER_SECONDS": "0", "INGEST_RETRY_SECONDS": "30", **overrides})
-        opened.append(await open_stack(settings, vault=vault, kek=kek))
+        opened.append(await open_stack(settings, vault=vault, kek=kek, signer=signer))
         return opened[-1]
 
     yield make

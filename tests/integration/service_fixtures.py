@@ -19,6 +19,7 @@ from shared.bootstrap import Services, build_services
 from shared.config import Settings
 from shared.vault.base import KeyVault
 from shared.vault.kek import KeyWrapper
+from shared.vault.signer import Signer
 
 
 def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overrides: str) -> Settings:
@@ -36,8 +37,9 @@ def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overr
     return Settings.from_env(env)
 
 
-async def open_stack(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None) -> Services:
-    services = build_services(settings, vault=vault, kek=kek)
+async def open_stack(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None,
+                     signer: Signer | None = None) -> Services:
+    services = build_services(settings, vault=vault, kek=kek, signer=signer)
     await services.ingest.ensure()
     await services.protected.ensure()
     return services

@@ -62,7 +62,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.vault.azure import RetryOptions
+from shared.vault.azure import RetryOptions, TransportOptions
+from shared.vault.azure_kek import AzureKeyWrapper
+from shared.vault.azure_signer import AzureSigner
 
 __all__ = ["FakeCredential", "KeyVaultServer", "RequestRecord", "TlsMaterial", "make_tls_material"]
 
@@ -306,6 +308,23 @@ def _unsigned(number: int) -> bytes:
 FAST_RETRY = RetryOptions(total=3, status=3, connect=2, read=1, backoff_factor=0.01, backoff_max=0.05, deadline=10)
 
 
+def transport_for(server: KeyVaultServer) -> TransportOptions:
+    """How the real SDKs reach this server: its CA, no challenge-resource check (loopback), short timeouts."""
+    return TransportOptions(verify_challenge_resource=False, connection_verify=str(server.tls.ca_file),
+                            connection_timeout=1.0, read_timeout=2.0)
+
+
+async def key_adapters(server: KeyVaultServer, *, kek: str = "blobseal-kek", signing: str = "blobseal-signing",
+                       kek_size: int = 2048) -> tuple[AzureKeyWrapper, AzureSigner]:
+    """The app's Azure KEK and signing key adapters on this server, both keys made (as the templates deploy them)."""
+    options: dict[str, Any] = {"retry": FAST_RETRY, "transport": transport_for(server)}
+    wrapper = AzureKeyWrapper(server.url, FakeCredential(), kek, key_size=kek_size, **options)
+    signer = AzureSigner(server.url, FakeCredential(), signing, **options)
+    await wrapper.create()
+    await signer.create()
+    return wrapper, signer
+
+
 @asynccontextmanager
 async def serving(tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
     """A started server (for a fixture), with the SDKs' process-wide challenge caches cleared: they are
@@ -345,6 +364,7 @@ class KeyVaultServer:
         self.secrets: dict[str, list[_Version]] = {}
         self.deleted: dict[str, _Deleted] = {}
         self.keys: dict[str, list[_KeyVersion]] = {}
+        self.unwrapped: list[bytes] = []  # every wrapped value an unwrapkey request carried (what the vault opened)
         self._faults: deque[_Fault] = deque()
         self._create_window: _Window | None = None
         self._key_window: _Window | None = None
@@ -427,6 +447,10 @@ class KeyVaultServer:
     def key_versions(self, name: str) -> list[str]:
         """The versions of key ``name``, oldest first."""
         return [v.id for v in self.keys.get(name, [])]
+
+    def public_key(self, name: str) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+        """The public half of the latest version (what anyone with read access to the key gets)."""
+        return self.keys[name][-1].private.public_key()
 
     def unwrap_with(self, name: str, version: str, wrapped: bytes, alg: str = "RSA-OAEP-256") -> bytes:
         """Decrypt ``wrapped`` with the private key of that exact version (raises ``ValueError`` if it does not)."""
@@ -674,6 +698,7 @@ class KeyVaultServer:
     def _unwrap_key(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
         found = self._usable_key(name, version, "unwrapKey")
         value = _from_b64url(body.get("value"))
+        self.unwrapped.append(value)
         try:
             key = _rsa(found).decrypt(value, _oaep(body.get("alg")))
         except ValueError:
