@@ -41,8 +41,10 @@ async def enabled_unrecorded_versions(stack: Services, file_ids: list[uuid.UUID]
     found = []
     for file_id in file_ids:
         async with stack.db.connection() as conn:
-            recorded = {r["key_reference"] for r in await conn.fetch(
-                "SELECT key_reference FROM file_keys WHERE file_id = $1", file_id)}
+            recorded = {r["ref"] for r in await conn.fetch(
+                "SELECT key_reference AS ref FROM file_keys WHERE file_id = $1 "
+                "UNION SELECT vault_reference FROM file_keys WHERE file_id = $1 AND vault_reference IS NOT NULL",
+                file_id)}
         for version in await stack.vault.list_versions(f"file-{file_id}"):
             if version.enabled and version.key_reference not in recorded:
                 found.append(version.key_reference)
