@@ -40,7 +40,9 @@ async def run_killed(env: dict[str, str], stack: Services, after_moves: int) -> 
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "shared.cli", "migrate-keys", "--to", "secret", "--batch", "7", cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while process.returncode is None and await moved(stack) < start + after_moves:
+    for _ in range(4000):  # up to 20 s
+        if process.returncode is not None or await moved(stack) >= start + after_moves:
+            break
         await asyncio.sleep(0.005)
     if process.returncode is not None:
         return False
