@@ -756,6 +756,22 @@ def _check_key(where: str, symbol: str, paths: dict[str, Any], report: Report) -
                     "not rewrap the intermediate keys (use `blobseal rotate-kek`)")
 
 
+def check_erasure(files: dict[Path, BicepFile], report: Report) -> None:
+    """DELETE erases a file's blobs (docs/THREATS.md): the data account keeps no blob versions and no
+    soft-deleted blobs that would outlive it (a plaintext from ingest, a protected blob)."""
+    main = (INFRA / "main.bicep").read_text()
+    block = re.search(r"module dataStorage 'modules/storage\.bicep' = \{(.*?)\n\}", main, re.DOTALL)
+    days = re.search(r"blobSoftDeleteDays:\s*(\S+)", block.group(1)) if block else None
+    if block is None or days is None or days.group(1) != "0":
+        report.fail("main.bicep: dataStorage must pass blobSoftDeleteDays: 0 (a deleted blob must not stay "
+                    "recoverable)")
+    storage = (INFRA / "modules" / "storage.bicep").read_text()
+    if not re.search(r"isVersioningEnabled:\s*false\b", storage):
+        report.fail("storage.bicep: isVersioningEnabled must be false (a deleted file's blobs would live on as "
+                    "versions)")
+    report.ok("erasure: the data account keeps no blob versions and no soft-deleted blobs")
+
+
 def check_custom_roles(files: dict[Path, BicepFile], report: Report) -> None:
     """Custom roles grant data actions only, exactly the signer's, assignable in the resource group alone."""
     seen = 0
@@ -1276,6 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
     check_secrets(files, report)
     check_keys(files, report)
     check_custom_roles(files, report)
+    check_erasure(files, report)
     check_private_networking(files, report)
     check_app_contract(files, report)
     if not args.skip_scripts:

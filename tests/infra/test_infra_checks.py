@@ -111,6 +111,10 @@ MUTATIONS = [
      "          'Microsoft.KeyVault/vaults/keys/sign/action'\n"
      "          'Microsoft.KeyVault/vaults/keys/decrypt/action'\n",
      "signerRole: grants"),
+    ("main.bicep", "    blobSoftDeleteDays: 0\n", "    blobSoftDeleteDays: 7\n",
+     "dataStorage must pass blobSoftDeleteDays: 0"),
+    ("modules/storage.bicep", "isVersioningEnabled: false", "isVersioningEnabled: true",
+     "isVersioningEnabled must be false"),
     ("modules/rbac.bicep", "var resourceGroupId = resourceGroup().id\n", "var resourceGroupId = subscription().id\n",
      "signerRole: must be assignable in the resource group only"),
 ]
