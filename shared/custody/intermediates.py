@@ -207,8 +207,9 @@ class IntermediateKeys:
                                      placing: bool) -> None:
         """Fail closed: a missing key (or vault) that recorded keys depend on is restored, never replaced."""
         async with self._db.connection("check_kek") as conn:
-            recorded = await IntermediateKeyRepository(conn).any_recorded() or (
-                vault_missing and await FileKeyRepository(conn).any_recorded())
+            repo = IntermediateKeyRepository(conn)  # rows need the KEK; only signed rows need the signing key
+            depends = repo.any_signed if missing is SigningKeyMissingError else repo.any_recorded
+            recorded = await depends() or (vault_missing and await FileKeyRepository(conn).any_recorded())
         if recorded:
             raise missing(f"the {what} or its vault is missing while keys are recorded: restore it (a new one is "
                           "never made beside them)", operation="check_keys", details={"key": what})

@@ -91,3 +91,7 @@ class IntermediateKeyRepository:
 
     async def any_recorded(self) -> bool:
         return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM intermediate_keys)"))
+
+    async def any_signed(self) -> bool:
+        return bool(await self._conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM intermediate_keys WHERE signature IS NOT NULL)"))

@@ -24,7 +24,7 @@ from shared.crypto.keywrap import wrap_file_key
 from shared.db.file_keys import FileKeyRepository, Placement
 from shared.db.files import FileRepository
 from shared.db.migrations import migrate
-from shared.errors import KeyRetiredError, SecretDisabledError, SecretNotFoundError, WrappedKeyError
+from shared.errors import KeyIntegrityError, KeyRetiredError, SecretDisabledError, SecretNotFoundError, WrappedKeyError
 from shared.vault.kek import KekMissingError, LocalKeyWrapper, Wrapped
 from shared.vault.local import LocalJsonVault
 from tests.integration.service_fixtures import (
@@ -180,6 +180,24 @@ async def test_a_wrapped_key_moved_to_another_row_is_refused(make_stack: StackFa
     assert status == 500 and json.loads(body) == {
         "error": "WrappedKeyError",
         "message": "the file's key record failed its integrity check; nothing of it was served"}
+
+
+async def test_rows_from_before_signatures_are_refused_until_attested_once(make_stack: StackFactory, azurite: Azurite,
+                                                                         vault_dir: Path) -> None:
+    """The upgrade: an older version left unsigned intermediate rows and no signing key in its vault."""
+    stack = await make_stack(KEY_MODE="envelope")
+    data = {await ingest(stack, azurite, d): d for d in [random_bytes(3000) for _ in range(3)]}
+    async with stack.db.connection() as conn:
+        await conn.execute("UPDATE intermediate_keys SET signing_key = NULL, signature = NULL")
+    await LocalJsonVault(vault_dir).delete_secret("blobseal-signing")
+    upgraded = await sibling(make_stack, stack)
+    first = next(iter(data))
+    with pytest.raises(KeyIntegrityError, match="not signed"):
+        await download(upgraded, first)
+    assert await upgraded.files.attest_intermediates() == {"attested": 1}  # the signing key made on the way
+    assert [await download(upgraded, i) for i in data] == list(data.values())
+    assert await download(upgraded, await ingest(upgraded, azurite, b"after the upgrade")) == b"after the upgrade"
+    assert await upgraded.files.attest_intermediates() == {"attested": 0}  # nothing left unsigned
 
 
 async def test_kek_rotation_rewraps_intermediate_keys_only(make_stack: StackFactory, azurite: Azurite,
