@@ -17,6 +17,8 @@ from shared.vault.base import KeyVault
 from shared.vault.kek import KeyWrapper
 from shared.vault.signer import Signer
 from tests.integration.service_fixtures import open_stack, stack_settings
+from tests.support import KeyVaultServer, TlsMaterial, make_tls_material
+from tests.support.keyvault_server import serving
 from tests.support.pg_proxy import PgProxy
 from tests.support.stack import StackFactory
 
@@ -96,6 +98,23 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 
 
 # ============================================================================== end Azurite
+
+
+# =========================================================================================
+# The Key Vault stand-in (tests/support/keyvault_server.py): its TLS material once per session,
+# a fresh server per test (the SDKs' challenge caches cleared).
+# =========================================================================================
+
+
+@pytest.fixture(scope="session")
+def keyvault_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    return make_tls_material(tmp_path_factory.mktemp("keyvault-tls"))
+
+
+@pytest.fixture
+async def keyvault_server(keyvault_tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
+    async with serving(keyvault_tls) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

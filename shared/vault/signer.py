@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.crypto.attest import es256_public_point, es256_sign, es256_verify
-from shared.errors import KeyVaultError, SecretNotFoundError, SignatureError, VaultMissingError
-from shared.vault.base import KeyVault, SecretVersion, format_key_reference, parse_key_reference
+from shared.errors import KeyVaultError, SecretNotFoundError, SignatureError
+from shared.vault.base import KeyVault, SecretVersion, format_key_reference, parse_key_reference, set_in_new_vault
 
 __all__ = ["DEFAULT_SIGNING_KEY_NAME", "LocalSigner", "Signature", "Signer", "SigningKeyMissingError", "verify"]
 
@@ -113,11 +113,7 @@ class LocalSigner:
         """A new version; a missing local vault is created (the caller checked nothing signed is recorded)."""
         value = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        try:
-            props = await self._vault.set_secret(self.name, value)
-        except VaultMissingError:
-            await self._vault.initialize()
-            props = await self._vault.set_secret(self.name, value)
+        props = await set_in_new_vault(self._vault, self.name, value)
         return format_key_reference(props.name, props.version)
 
     async def close(self) -> None:

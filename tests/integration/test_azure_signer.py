@@ -19,19 +19,13 @@ from shared.crypto.attest import es256_sign
 from shared.errors import SignatureError
 from shared.vault.azure_signer import AzureSigner
 from shared.vault.signer import Signature, SigningKeyMissingError, verify
-from tests.support import FakeCredential, KeyVaultServer, TlsMaterial, make_tls_material
-from tests.support.keyvault_server import FAST_RETRY, key_adapters, serving, transport_for
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
-    return make_tls_material(tmp_path_factory.mktemp("keyvault-signer-tls"))
+from tests.support import FakeCredential, KeyVaultServer
+from tests.support.keyvault_server import FAST_RETRY, key_adapters, transport_for
 
 
 @pytest.fixture
-async def server(tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
-    async with serving(tls) as fake:
-        yield fake
+def server(keyvault_server: KeyVaultServer) -> KeyVaultServer:
+    return keyvault_server
 
 
 @pytest.fixture

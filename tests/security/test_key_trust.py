@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,8 @@ from shared.crypto.stream import Encryptor, decrypt
 from shared.errors import IntegrityError, KeyIntegrityError
 from shared.metrics import REGISTRY
 from tests.integration.service_fixtures import http_download, read_blob, upload
-from tests.support import KeyVaultServer, TlsMaterial, make_tls_material
-from tests.support.keyvault_server import key_adapters, serving
+from tests.support import KeyVaultServer
+from tests.support.keyvault_server import key_adapters
 from tests.support.stack import StackFactory, download
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
@@ -41,15 +40,9 @@ MODES = {  # the two ways a deployment reads envelope rows: envelope mode, and s
 }
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
-    return make_tls_material(tmp_path_factory.mktemp("keyvault-attack-tls"))
-
-
 @pytest.fixture
-async def vault_server(tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
-    async with serving(tls) as server:
-        yield server
+def vault_server(keyvault_server: KeyVaultServer) -> KeyVaultServer:
+    return keyvault_server
 
 
 @pytest.fixture(params=list(MODES))
