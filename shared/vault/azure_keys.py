@@ -180,9 +180,9 @@ class AzureKey:
         return vault_error(exc, kind, f"{reason} ({self.kind} {reference})", operation, {self.detail: reference})
 
     def _classify(self, exc: Exception, operation: str) -> tuple[type[KeyVaultError], str]:
-        if isinstance(exc, ResourceNotFoundError):
-            return self.missing, f"{self.kind} not found"
         status = exc.status_code if isinstance(exc, HttpResponseError) else None
+        if isinstance(exc, ResourceNotFoundError) or status == 404:  # a raw request's 404 is a plain HttpResponseError
+            return self.missing, f"{self.kind} not found"
         if status == 403:
             return KeyVaultError, f"access to the {self.kind} is denied, or the {self.kind} version is disabled"
         if status == 409:

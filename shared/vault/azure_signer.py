@@ -8,8 +8,10 @@ with the public half alone, here, so verifying costs no vault call).
 
 Vault calls (measured against ``tests/support/keyvault_server.py``)::
 
-    sign()        POST /keys/{name}/{version}/sign, one per signature (rare: one per intermediate
-                  key, one per access-log digest); the current version is fetched once per 5 minutes
+    sign()        POST /keys/{name}//sign, one per signature (rare: one per intermediate key): a
+                  request without a version, which Key Vault serves with the current version and
+                  names in its answer (the same request the SDK's CryptographyClient makes for a key
+                  id without a version); no GET of the key first
     public_key()  GET /keys/{name}/{version} once per version and process, then from memory
     create()      POST /keys/{name}/create (operators and tests: the app never creates it in Azure)
 
@@ -18,8 +20,11 @@ Errors as every key adapter (``shared.vault.azure_keys``): 404 -> ``SigningKeyMi
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import ClassVar, Final
 
+from azure.core.rest import HttpRequest
 from azure.keyvault.keys import KeyCurveName, KeyOperation, KeyVaultKey
 from azure.keyvault.keys.crypto import SignatureAlgorithm
 
@@ -50,10 +55,12 @@ class AzureSigner(AzureKey):
                    retry=retry)
 
     async def sign(self, message: bytes) -> Signature:
+        body = {"alg": str(ALGORITHM.value), "value": _b64url(statement_digest(message))}
         with self._call("sign", self.name):
-            key = await self._current_key()
-            result = await self._crypto_client(key).sign(ALGORITHM, statement_digest(message))
-            return Signature(self._reference_of(result.key_id), bytes(result.signature))
+            response = await self._client().send_request(HttpRequest("POST", f"/keys/{self.name}//sign", json=body))
+            response.raise_for_status()
+            answer = response.json()
+        return Signature(self._reference_of(answer.get("kid")), _from_b64url(answer.get("value"), self.name))
 
     async def public_key(self, key_reference: str) -> bytes:
         name, version = parse_key_reference(key_reference)
@@ -65,6 +72,18 @@ class AzureSigner(AzureKey):
 
     async def create(self) -> str:
         return await self._create("EC", list(_KEY_OPERATIONS), curve=KeyCurveName.p_256)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _from_b64url(text: object, name: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(str(text) + "=" * (-len(str(text)) % 4))
+    except (binascii.Error, ValueError):
+        raise KeyVaultError("the vault answered a sign request without a signature", operation="sign",
+                            details={"signing_key": name}) from None
 
 
 def _point(key: KeyVaultKey, reference: str) -> bytes:
