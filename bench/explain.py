@@ -34,8 +34,8 @@ from typing import Any, cast
 
 import asyncpg
 
-from shared.audit import _INSERT_ROWS, AuditLog
 from shared.config import DEFAULT_DATABASE_URL, redact_url
+from shared.db.access_log import AccessLogRepository, NewRow
 from shared.db.failures import FailureRepository
 from shared.db.file_keys import FileKeyRepository, Placement
 from shared.db.files import FileRepository
@@ -208,14 +208,15 @@ def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
         # the access log: a year of downloads, lookups, uploads, ... by 50 callers
         """
         INSERT INTO access_log (at, operation, file_id, caller, client_address, range_start, range_end, bytes_sent,
-                                outcome)
-        SELECT now() - (n::float8 / $1::int) * interval '365 days',
+                                outcome, chain, seq, mac)
+        SELECT now() - (($1::int - n)::float8 / $1::int) * interval '365 days',
                (ARRAY['download', 'download', 'download', 'lookup', 'upload', 'list', 'rotate', 'delete'])[1 + n % 8],
                ids[1 + (n::bigint * 7919) % array_length(ids, 1)], 'key:client-' || (n % 50),
                '10.0.' || (n % 256) || '.' || (n / 256 % 256),
                CASE WHEN n % 8 < 3 THEN 0 END, CASE WHEN n % 8 < 3 THEN 1048575 END,
                CASE WHEN n % 8 < 3 THEN 1048576 END,
-               CASE WHEN n % 97 = 0 THEN 'aborted' ELSE 'ok' END
+               CASE WHEN n % 97 = 0 THEN 'aborted' ELSE 'ok' END,
+               md5('chain' || (n / 5000))::uuid, 1 + n % 5000, sha256(n::text::bytea)
           FROM generate_series(1, $1::int) AS n, (SELECT array_agg(file_id) AS ids FROM files) f
         """,
         # failed uploads (30% permanent), blobs waiting out their grace, the reconciler's memory
@@ -306,8 +307,8 @@ def queries(s: Samples) -> list[Query]:
     def failures(r: Recorder) -> FailureRepository:
         return FailureRepository(r)
 
-    def audit(r: Recorder) -> AuditLog:
-        return AuditLog(cast(Database, RecordingDb(r)))
+    def audit(r: Recorder) -> AccessLogRepository:
+        return AccessLogRepository(r)
 
     def lease(r: Recorder) -> RunLease:
         return RunLease(cast(Database, RecordingDb(r)), duration=timedelta(minutes=2), holder="explain:1")
@@ -391,21 +392,27 @@ def queries(s: Samples) -> list[Query]:
         Query("retired blobs due", "rotation: FileRepository.retired_blobs_due",
               lambda r: files(r).retired_blobs_due(now + timedelta(minutes=30), 100)),
         # the access log
-        Query("append accesses (a batch of 20)", "every access: AuditLog._write_waiting",
-              lambda r: r.execute(_INSERT_ROWS, *map(list, zip(*[
-                  (now, "download", s.file_id, "key:client-1", "10.0.0.1", 0, 99, 100, "ok")] * 20, strict=True))),
+        Query("append accesses (a batch of 20)", "every access: AuditLog._write (AccessLogRepository.append)",
+              lambda r: audit(r).append([NewRow(now, "download", s.file_id, "key:client-1", "10.0.0.1", 0, 99, 100,
+                                                "ok")] * 20, uuid.uuid4(), range(1, 21), [bytes(32)] * 20),
               write=True),
-        Query("audit: one file", "blobseal audit --file: AuditLog.query",
-              lambda r: audit(r).query(file_id=s.file_id)),
-        Query("audit: one caller, last week", "blobseal audit --caller --since: AuditLog.query",
-              lambda r: audit(r).query(caller="key:client-7", since=now - timedelta(days=7))),
-        Query("audit: everything since yesterday", "blobseal audit --since: AuditLog.query",
-              lambda r: audit(r).query(since=now - timedelta(days=1))),
-        Query("purge the access log (retention)", "reconciler: purge_access_log",
+        Query("audit: one file", "blobseal audit --file-id: AccessLogRepository.query",
+              lambda r: audit(r).query(file_id=s.file_id, since=None, caller=None, limit=1000)),
+        Query("audit: one caller, last week", "blobseal audit --caller --since: AccessLogRepository.query",
+              lambda r: audit(r).query(file_id=None, since=now - timedelta(days=7), caller="key:client-7",
+                                       limit=1000)),
+        Query("audit: everything since yesterday", "blobseal audit --since: AccessLogRepository.query",
+              lambda r: audit(r).query(file_id=None, since=now - timedelta(days=1), caller=None, limit=1000)),
+        Query("digest: chain heads since the last digest", "reconciler: AccessLogRepository.heads",
+              lambda r: audit(r).heads({}, now - timedelta(hours=2))),
+        Query("verify: a page of rows in chain order", "blobseal audit verify: AccessLogRepository.chained",
+              lambda r: audit(r).chained((uuid.UUID(int=0), 0), 5000)),
+        Query("purge plan: each chain's last row to go", "blobseal audit purge: AccessLogRepository.purge_plan",
+              lambda r: audit(r).purge_plan(now - timedelta(days=364))),
+        Query("purge the access log (retention)", "blobseal audit purge: purge_access_log",
               lambda r: audit(r).purge(now - timedelta(days=364)), write=True),
-        Query("the purge's DELETE (inside purge_access_log)", "purge_access_log (migration 4)",
-              lambda r: r.execute("DELETE FROM access_log WHERE at < $1", now - timedelta(days=364)), write=True,
-              before="SELECT set_config('blobseal.access_log_purge', 'on', true)"),
+        Query("the purge's DELETE (inside purge_access_log)", "purge_access_log (migration 9)",
+              lambda r: r.execute("DELETE FROM access_log WHERE at < $1", now - timedelta(days=364)), write=True),
     ]
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from shared.audit import AuditLog
+from shared.access import Guard
+from shared.audit import AuditLog, ChainKey, Digests, DigestStore
 from shared.blobs import BlobStore, Container
 from shared.config import Settings
 from shared.custody import EnvelopeCustody, IntermediateKeys, IntermediatePolicy, KeyCustody, SecretCustody
@@ -27,8 +28,11 @@ from shared.db.pool import Database
 from shared.download import Reader
 from shared.erase import Eraser
 from shared.errors import ConfigError
+from shared.health import Health
+from shared.identity import IdentityPolicy
 from shared.ingest import Ingestor, RetryPolicy
 from shared.keys import FileKeyService
+from shared.maintenance import Maintenance
 from shared.reconcile import ReconcilePolicy, Reconciler
 from shared.rotation import RotationPolicy, Rotator
 from shared.service import FileService
@@ -92,9 +96,17 @@ def trigger_source(environ: Mapping[str, str] | None = None) -> str:
         .blob_trigger_source
 
 
+def http_auth_level(environ: Mapping[str, str] | None = None) -> str:
+    """The HTTP functions' auth level, needed when the worker indexes ``function_app.py``: ``function``
+    while ``FUNCTION_KEYS_ENABLED`` (the host checks a key first), else ``anonymous`` (App Service
+    Authentication in front decides who gets in; the app checks each caller's roles either way)."""
+    value = settings_mapping(environ).get("FUNCTION_KEYS_ENABLED", "")
+    return "function" if Settings.from_env({"FUNCTION_KEYS_ENABLED": value}).function_keys_enabled else "anonymous"
+
+
 @dataclass
 class Services:
-    """Every adapter of one worker, built from the settings, and the file service over them."""
+    """Every adapter of one worker, built from the settings, and the services over them."""
 
     settings: Settings
     db: Database
@@ -105,6 +117,9 @@ class Services:
     ingest: Container
     protected: Container
     files: FileService
+    maintenance: Maintenance
+    health: Health
+    identity: IdentityPolicy
 
     async def close(self) -> None:
         for close in (self.blobs.close, self.keys.close, self.intermediates.close, self.vault.close, self.db.close):
@@ -232,26 +247,37 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: Ke
     keys = build_key_service(settings, db, vault, intermediates)
     blobs = BlobStore.from_settings(settings)
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
-    ingestor = Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
-                        keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled,
-                        retry=RetryPolicy(patience_seconds=settings.ingest_retry_seconds),
-                        replace_grace=timedelta(minutes=settings.rotation_grace_minutes))
+    chain_key = ChainKey(vault, db, settings.audit_chain_key_name)
+    guard = Guard(AuditLog(db, chain_key, fail_open=settings.audit_fail_open))
+    digests = Digests(db, intermediates.signer, DigestStore(blobs.container(settings.audit_digest_container)),
+                      writer=instance_name())
+    ingestor = build_ingestor(settings, db, keys, ingest, protected)
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                       policy=rotation_policy(settings))
     eraser = Eraser(db=db, keys=keys, ingest=ingest, protected=protected)
     reconciler = Reconciler(db=db, keys=keys, eraser=eraser, ingest=ingest, protected=protected, ingestor=ingestor,
-                            rotator=rotator, policy=reconcile_policy(settings), keep_plaintext=settings.keep_plaintext,
-                            audit_retention=timedelta(days=settings.audit_retention_days))
+                            rotator=rotator, digests=digests, policy=reconcile_policy(settings),
+                            keep_plaintext=settings.keep_plaintext)
     uploader = Uploader(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                         max_bytes=settings.upload_max_mb * 1024 * 1024)
-    audit = AuditLog(db, fail_open=settings.audit_fail_open, key_names=settings.key_names)
-    reader = Reader(protected)
-    files = FileService(db=db, keys=keys, intermediates=intermediates, protected=protected, reader=reader,
-                        eraser=eraser, ingestor=ingestor, rotator=rotator, reconciler=reconciler, uploader=uploader,
-                        audit=audit,
-                        probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
-                        plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
-    return Services(settings, db, vault, keys, intermediates, blobs, ingest, protected, files)
+    files = FileService(db=db, keys=keys, reader=Reader(protected), eraser=eraser, ingestor=ingestor,
+                        uploader=uploader, guard=guard)
+    maintenance = Maintenance(db=db, keys=keys, intermediates=intermediates, rotator=rotator, reconciler=reconciler,
+                              ingestor=ingestor, digests=digests, chain_key=chain_key, signer=intermediates.signer,
+                              guard=guard)
+    health = Health(db=db, probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
+                    guard=guard, interval_seconds=settings.health_probe_seconds,
+                    plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
+    return Services(settings, db, vault, keys, intermediates, blobs, ingest, protected, files, maintenance, health,
+                    IdentityPolicy.from_settings(settings))
+
+
+def build_ingestor(settings: Settings, db: Database, keys: FileKeyService, ingest: Container,
+                   protected: Container) -> Ingestor:
+    return Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
+                    keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled,
+                    retry=RetryPolicy(patience_seconds=settings.ingest_retry_seconds),
+                    replace_grace=timedelta(minutes=settings.rotation_grace_minutes))
 
 
 _services: Services | None = None

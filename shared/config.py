@@ -39,6 +39,7 @@ DATA_STORAGE = "DataStorage"
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 _NCRONTAB = re.compile(r"(\S+\s+){5}\S+")
 CUSTODIES = ("secret", "envelope")  # what KEY_CUSTODIES may list (shared.custody)
+ROLES = ("read", "write", "erase", "audit", "operate")  # what a caller may be allowed (shared.identity)
 
 
 _SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:password|sslpassword)=)[^&]*")
@@ -260,11 +261,29 @@ class Settings:
         "AUDIT_FAIL_OPEN", False, "`false`: an access that cannot be written to the access log is refused (503); "
         "`true`: it is served, and the failure counted and logged")
     audit_retention_days: int = setting(
-        "AUDIT_RETENTION_DAYS", 365, "access log rows older than this are purged by the reconciler",
-        low=1, high=36500)
+        "AUDIT_RETENTION_DAYS", 365, "`blobseal audit purge` removes access log rows older than this (the purge "
+        "role only; the database keeps every row at least 30 days whatever this says)", low=30, high=36500)
+    audit_chain_key_name: str = setting(
+        "AUDIT_CHAIN_KEY_NAME", "blobseal-audit-chain", "the vault secret that keys the access log's chains (made on "
+        "first use while no chained row exists; docs/THREATS.md)")
+    audit_digest_container: str = setting(
+        "AUDIT_DIGEST_CONTAINER", "audit-digests", "container of the access log's signed digests (in the data "
+        "account; an immutability policy in Azure)")
+    platform_auth_enabled: bool = setting(
+        "WEBSITE_AUTH_ENABLED", False, "set by the platform when App Service Authentication is on (never by hand): "
+        "only then is the X-MS-CLIENT-PRINCIPAL header trusted", in_example=False)
+    function_keys_enabled: bool = setting(
+        "FUNCTION_KEYS_ENABLED", True, "HTTP functions take function keys (auth level `function`); `false`: "
+        "anonymous to the host, callers known only through App Service Authentication (the templates' default)")
+    function_key_roles: str = setting(
+        "FUNCTION_KEY_ROLES", "", "roles of named function keys: `name=read+write,other=audit`; a key not named has "
+        "none, except the local development key (`default`), which has every role unless named here")
     function_key_names: str = setting(
         "FUNCTION_KEY_NAMES", "", "names for function keys in the access log: `name:fingerprint,...` "
         "(fingerprint: `blobseal key-fingerprint`); unnamed keys are logged by fingerprint")
+    health_probe_seconds: int = setting(
+        "HEALTH_PROBE_SECONDS", 30, "anonymous health answers from probes at most this old (one probe of each "
+        "dependency per interval, whatever the request rate)", low=1, high=3600)
     upload_max_mb: int = setting(
         "UPLOAD_MAX_MB", 10240, "largest body `POST /api/files` accepts (413 beyond)", low=1, high=4 * 1024 * 1024)
     local_function_keys: str = setting(
@@ -282,6 +301,12 @@ class Settings:
         names = {key_fingerprint(key): name for name, key in self.local_keys.items()}
         names.update({fp: name for name, fp in _pairs(self.function_key_names, ":")})
         return names
+
+    @property
+    def key_roles(self) -> dict[str, frozenset[str]]:
+        """Function key name -> its roles, from FUNCTION_KEY_ROLES."""
+        pairs = _pairs(self.function_key_roles, "=")
+        return {name: frozenset(role for role in roles.split("+") if role) for name, roles in pairs}
 
     @property
     def local_keys(self) -> dict[str, str]:
@@ -327,7 +352,8 @@ class Settings:
             problems.extend(self._azure_problems())
         problems.extend(self._app_problems())
         for env, name in (("KEY_VAULT_KEK_NAME", self.key_vault_kek_name),
-                          ("KEY_VAULT_SIGNING_KEY_NAME", self.key_vault_signing_key_name)):
+                          ("KEY_VAULT_SIGNING_KEY_NAME", self.key_vault_signing_key_name),
+                          ("AUDIT_CHAIN_KEY_NAME", self.audit_chain_key_name)):
             if not re.fullmatch(r"[0-9a-zA-Z-]{1,127}", name):
                 problems.append(f"{env} must be 1-127 letters, digits or dashes, got {name!r}")
         if self.key_vault_kek_name == self.key_vault_signing_key_name:
@@ -380,10 +406,16 @@ class Settings:
             if not _NCRONTAB.fullmatch(schedule):
                 problems.append(f"{name} must be a 6-field NCRONTAB expression, got {schedule!r}")
         for name, text, separator in (("FUNCTION_KEY_NAMES", self.function_key_names, ":"),
-                                      ("LOCAL_FUNCTION_KEYS", self.local_function_keys, "=")):
+                                      ("LOCAL_FUNCTION_KEYS", self.local_function_keys, "="),
+                                      ("FUNCTION_KEY_ROLES", self.function_key_roles, "=")):
             entries = [item for item in text.split(",") if item.strip()]
             if len(_pairs(text, separator)) != len(entries):
                 problems.append(f"{name} must be a list of name{separator}value pairs separated by commas")
+        unknown = sorted({role for roles in self.key_roles.values() for role in roles} - set(ROLES))
+        if unknown:
+            problems.append(f"FUNCTION_KEY_ROLES names unknown roles {unknown}: the roles are {', '.join(ROLES)}")
+        if not _CONTAINER.fullmatch(self.audit_digest_container) or self.audit_digest_container in containers.values():
+            problems.append("AUDIT_DIGEST_CONTAINER must be a container name of its own (3-63 of a-z, 0-9, -)")
         if not self.data_storage_connection and not self.data_storage_blob_uri:
             problems.append(f"{DATA_STORAGE} (connection string) or {DATA_STORAGE}__blobServiceUri is required")
         return problems

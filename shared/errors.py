@@ -28,12 +28,14 @@ The tree::
     │   ├── BlobNotFoundError          no such blob (or container)
     │   ├── BlobChangedError           the blob changed since it was read (ETag mismatch)
     │   └── StorageUnavailableError    storage did not answer (transient; retry later)
+    ├── AccessDeniedError              the caller lacks the role the operation needs (403; logged)
     └── FileError                      a request about a file cannot be served
         ├── UnknownFileError           no such file id or name
         ├── FileNotReadyError          the file is not encrypted yet (or was deleted)
         ├── RangeNotSatisfiableError   a well-formed range outside the file
         ├── UploadConflictError        an upload reuses a file id held by other content or another name
         ├── UploadRaceError            an older attempt held the upload's row (transient; retried)
+        ├── ClientGoneError            the client went away before the request's body arrived whole
         └── InvalidRequestError        malformed id, range or header
             └── UploadTooLargeError    an upload body over UPLOAD_MAX_MB
 
@@ -55,10 +57,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "AccessDeniedError",
     "AuditUnavailableError",
     "BlobChangedError",
     "BlobNotFoundError",
     "BlobsealError",
+    "ClientGoneError",
     "ConfigError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -236,6 +240,13 @@ class StorageUnavailableError(StorageError):
     transient = True
 
 
+class AccessDeniedError(BlobsealError):
+    """The caller's roles do not include the one the operation needs (``details["role"]``)."""
+
+    default_operation = "authorize"
+    permanent = True
+
+
 class FileError(BlobsealError):
     default_operation = "file"
 
@@ -266,6 +277,10 @@ class UploadConflictError(FileError):
 
 class UploadRaceError(FileError):
     transient = True
+
+
+class ClientGoneError(FileError):
+    """The client closed the connection before its request body arrived whole (an upload cut short)."""
 
 
 def is_transient(exc: BaseException) -> bool:

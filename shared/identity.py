@@ -33,13 +33,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.config import Settings, key_fingerprint
+from shared.config import ROLES, Settings, key_fingerprint
 
 __all__ = ["ALL_ROLES", "ROLES", "SYSTEM", "Caller", "IdentityPolicy"]
 
 log = logging.getLogger(__name__)
 
-ROLES = ("read", "write", "erase", "audit", "operate")
 ALL_ROLES = frozenset(ROLES)
 ENTRA_ROLE_PREFIX = "blobseal."
 _ROLE_CLAIMS = {"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"}
@@ -75,7 +74,7 @@ class IdentityPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IdentityPolicy:
-        roles = dict(settings.function_key_roles)
+        roles = dict(settings.key_roles)
         if settings.local_function_key and "default" not in roles:
             roles["default"] = ALL_ROLES  # the local development key: every role unless the setting says otherwise
         return cls(settings.platform_auth_enabled, settings.function_keys_enabled, settings.key_names, roles)

@@ -24,7 +24,9 @@ than ``RECONCILE_AFTER_SECONDS``, so attempts still in flight are left alone. Ea
 - ``unfinished_deletion``: a deleted file whose erasure did not complete is erased
   (``shared.erase``: the same call as ``DELETE``).
 
-It also publishes the age of the oldest upload still in plaintext (metric; health reports
+Every run also writes a signed digest of the access log's new rows (``access_log_digest``; the log
+is no longer purged here: ``blobseal audit purge``, the purge role only). It also publishes the age
+of the oldest upload still in plaintext (metric; health reports
 ``degraded`` past ``PLAINTEXT_ALERT_MINUTES``) and the counts of failed uploads.
 """
 
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.audit.digests import Digests
 from shared.blobs import BlobInfo, Container
 from shared.clock import Clock, utcnow
 from shared.db.failures import FailureRepository
@@ -92,14 +95,13 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(self, *, db: Database, keys: FileKeyService, eraser: Eraser, ingest: Container,
-                 protected: Container, ingestor: Ingestor, rotator: Rotator, policy: ReconcilePolicy,
-                 keep_plaintext: bool = False, audit_retention: timedelta = timedelta(days=365),
-                 clock: Clock = utcnow) -> None:
+                 protected: Container, ingestor: Ingestor, rotator: Rotator, digests: Digests, policy: ReconcilePolicy,
+                 keep_plaintext: bool = False, clock: Clock = utcnow) -> None:
         self._db, self._keys, self._eraser = db, keys, eraser
         self._ingest, self._protected = ingest, protected
         self._ingestor, self._rotator = ingestor, rotator
         self._policy, self._keep_plaintext, self._clock = policy, keep_plaintext, clock
-        self._audit_retention = audit_retention
+        self._digests = digests
 
     async def run(self) -> ReconcileReport:
         """One bounded pass over every kind of repair (skipped while another instance runs one)."""
@@ -111,7 +113,7 @@ class Reconciler:
                 return report
             for step in (self._stranded_uploads, self._stale_pending, self._orphan_blobs,
                          self._unrecorded_placements, self._stalled_rotations, self._unfinished_erasures,
-                         self._access_log_retention):
+                         self._access_log_digest):
                 if lease.lost:  # another instance may hold the run now: leave the rest to it
                     report.failed += 1
                     log.warning("reconciler: the run's lease was lost; %s and later steps left to the next run",
@@ -235,11 +237,10 @@ class Reconciler:
             await self._eraser.erase(record)
             report.count("unfinished_deletion", record.file_id, "deletion that stopped half way finished")
 
-    async def _access_log_retention(self, report: ReconcileReport) -> None:
-        async with self._db.connection("access_log_retention") as conn:
-            purged = int(await conn.fetchval("SELECT purge_access_log($1)", self._clock() - self._audit_retention))
-        if purged:
-            report.repairs["access_log_purged"] = purged
+    async def _access_log_digest(self, report: ReconcileReport) -> None:
+        """A signed digest of the access log's rows since the last one (``shared.audit.digests``)."""
+        if await self._digests.write() is not None:
+            report.repairs["access_log_digest"] = 1
 
     # --- plumbing ---------------------------------------------------------------------------
 

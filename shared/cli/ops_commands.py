@@ -70,7 +70,11 @@ def register(commands: Any) -> None:
     delete.add_argument("--yes", action="store_true", help="do not ask")
     delete.set_defaults(handler=_lazy("run_delete"))
 
-    audit = commands.add_parser("audit", help="the access log: who read, uploaded, rotated or deleted what")
+    audit = commands.add_parser("audit", help="the access log: list (who read, uploaded, rotated or deleted what), "
+                                "verify (chains and signed digests), digest (write one now), purge (the purge role)")
+    audit.add_argument("action", nargs="?", choices=("list", "verify", "digest", "purge"), default="list")
+    audit.add_argument("--before", help="purge: remove rows older than this ISO 8601 time")
+    audit.add_argument("--yes", action="store_true", help="purge: do not ask")
     audit.add_argument("--file-id")
     audit.add_argument("--since", help="ISO 8601 time, e.g. 2026-11-30 or 2026-11-30T12:00Z")
     audit.add_argument("--caller", help="e.g. key:alice, entra:someone@contoso.com, cli:user@host")

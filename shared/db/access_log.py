@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from shared.crypto.chain import row_fields
+
 __all__ = ["AccessLogRepository", "ChainHead", "LoggedRow", "NewRow"]
 
 
@@ -29,6 +31,18 @@ class NewRow:
     range_end: int | None
     bytes_sent: int | None
     outcome: str
+
+    def fields(self) -> list[bytes]:
+        """What the row's MAC covers (``shared.crypto.chain.row_fields``)."""
+        return row_fields(self.at, self.operation, self.file_id, self.caller, self.client_address, self.range_start,
+                          self.range_end, self.bytes_sent, self.outcome)
+
+    def as_dict(self) -> dict[str, Any]:
+        span = None if self.range_start is None or self.range_end is None else f"{self.range_start}-{self.range_end}"
+        return {"at": self.at.isoformat(), "operation": self.operation,
+                "file_id": str(self.file_id) if self.file_id else None, "caller": self.caller,
+                "client_address": self.client_address, "range": span, "bytes_sent": self.bytes_sent,
+                "outcome": self.outcome}
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,8 @@ _INSERT = (
     "INSERT INTO access_log (at, operation, file_id, caller, client_address, range_start, range_end, bytes_sent, "
     "outcome, chain, seq, mac) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], "
     "$5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::uuid[], $11::bigint[], $12::bytea[])")
-_COLUMNS = "id, at, operation, file_id, caller, client_address, range_start, range_end, bytes_sent, outcome, chain, seq, mac"
+_COLUMNS = ("id, at, operation, file_id, caller, client_address, range_start, range_end, bytes_sent, outcome, "
+            "chain, seq, mac")
 
 
 def _logged(record: Any) -> LoggedRow:
@@ -76,7 +91,8 @@ class AccessLogRepository:
     async def query(self, *, file_id: uuid.UUID | None, since: datetime | None, caller: str | None,
                     limit: int) -> list[LoggedRow]:
         sql = (f"SELECT {_COLUMNS} FROM access_log WHERE ($1::uuid IS NULL OR file_id = $1) "  # noqa: S608 - constant
-               "AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::text IS NULL OR caller = $3) ORDER BY at, id LIMIT $4")
+               "AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::text IS NULL OR caller = $3) "
+               "ORDER BY at, id LIMIT $4")
         return [_logged(r) for r in await self._conn.fetch(sql, file_id, since, caller, limit)]
 
     async def chained(self, after: tuple[uuid.UUID, int] | None, limit: int) -> list[LoggedRow]:
@@ -89,16 +105,17 @@ class AccessLogRepository:
                "ORDER BY chain, seq LIMIT $3")
         return [_logged(r) for r in await self._conn.fetch(sql, after[0], after[1], limit)]
 
-    async def heads(self, after: dict[uuid.UUID, int]) -> list[ChainHead]:
-        """Each chain with rows after the number ``after`` gives for it (0 for a chain not seen yet)."""
+    async def heads(self, after: dict[uuid.UUID, int], since: datetime | None) -> list[ChainHead]:
+        """Each chain with rows written since ``since`` (None: ever) numbered past what ``after`` gives for it
+        (0 for a chain not seen yet): its newest row. Pinning that row pins every row before it."""
         sql = """
             SELECT chain, max(seq) AS last_seq, count(*) AS rows, min(at) AS first_at, max(at) AS last_at
               FROM access_log l
-             WHERE chain IS NOT NULL
+             WHERE chain IS NOT NULL AND ($3::timestamptz IS NULL OR at >= $3)
                AND seq > COALESCE((SELECT s.seq FROM unnest($1::uuid[], $2::bigint[]) AS s(chain, seq)
                                     WHERE s.chain = l.chain), 0)
              GROUP BY chain ORDER BY chain"""
-        found = await self._conn.fetch(sql, list(after), list(after.values()))
+        found = await self._conn.fetch(sql, list(after), list(after.values()), since)
         macs = await self._macs([(r["chain"], r["last_seq"]) for r in found])
         return [ChainHead(r["chain"], r["last_seq"], macs[(r["chain"], r["last_seq"])], r["rows"], r["first_at"],
                           r["last_at"]) for r in found]
@@ -122,6 +139,7 @@ class AccessLogRepository:
         if not keys:
             return {}
         rows = await self._conn.fetch(
-            "SELECT chain, seq, mac FROM access_log WHERE (chain, seq) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))",
+            "SELECT chain, seq, mac FROM access_log "
+            "WHERE (chain, seq) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))",
             [k[0] for k in keys], [k[1] for k in keys])
         return {(r["chain"], r["seq"]): bytes(r["mac"]) for r in rows}

@@ -283,6 +283,9 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'access_log is append-only' USING ERRCODE = 'insufficient_privilege';
 END $$;
+-- TRUNCATE fires no row trigger: refused by a statement trigger (the app's role has no TRUNCATE grant either)
+CREATE TRIGGER access_log_no_truncate BEFORE TRUNCATE ON access_log
+    FOR EACH STATEMENT EXECUTE FUNCTION access_log_append_only();
 """
 
 MIGRATIONS: tuple[Migration, ...] = (

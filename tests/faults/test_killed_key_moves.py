@@ -64,7 +64,7 @@ async def test_a_migrate_keys_killed_three_times_leaves_no_unrecorded_version_en
     finished = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", "migrate-keys", "--to",
                                                     "secret", cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     assert await finished.wait() == 0 and await moved(stack) == FILES
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.failed == 0
     ids: list[uuid.UUID] = list(contents)
     assert await enabled_unrecorded_versions(stack, ids) == []

@@ -20,18 +20,18 @@ from typing import Any
 import pytest
 
 from localinfra.azurite import Azurite
-from shared.audit import Access
 from shared.bootstrap import Services
 from shared.custody import EnvelopeCustody, SecretCustody
 from shared.db.files import FileRepository
 from shared.errors import StorageUnavailableError, VaultMissingError
+from shared.identity import ALL_ROLES, Caller
 from shared.vault.local import LocalJsonVault
 from tests.integration.service_fixtures import blob_names, upload
-from tests.support.stack import StackFactory, all_blobs, download
+from tests.support.stack import OPERATOR, StackFactory, all_blobs, download
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
-ALICE = Access("key:alice", "127.0.0.1")
+ALICE = Caller("key:alice", ALL_ROLES, "127.0.0.1")
 CUSTODIES = ["secret", "envelope"]
 
 
@@ -70,12 +70,12 @@ async def test_delete_leaves_no_byte_and_no_key(make_stack: StackFactory, azurit
     stack = await make_stack(KEY_MODE=custody, KEEP_PLAINTEXT=str(keep_plaintext).lower())
     file_id, name = await ingest(stack, azurite, os.urandom(150_000))
     other, _ = await ingest(stack, azurite, b"another file")
-    await stack.files.rotate_file(str(file_id))  # a retired key, a blob waiting out its grace
+    await stack.maintenance.rotate_file(OPERATOR, str(file_id))  # a retired key, a blob waiting out its grace
     assert (name in await blob_names(azurite, stack.settings.ingest_container)) is keep_plaintext
-    await stack.files.delete(str(file_id), ALICE)
+    await stack.files.delete(ALICE, str(file_id))
     await assert_erased(stack, azurite, file_id, vault_dir)
     assert await download(stack, other) == b"another file"
-    await stack.files.reconcile()  # and nothing comes back
+    await stack.maintenance.reconcile()  # and nothing comes back
     await assert_erased(stack, azurite, file_id, vault_dir)
 
 
@@ -114,12 +114,12 @@ async def test_delete_racing_an_ingest_leaves_the_same(make_stack: StackFactory,
     await upload(azurite, stack.settings.ingest_container, name, os.urandom(200_000))
     ingesting = asyncio.create_task(stack.files.encrypt_ingest_blob(name))
     await asyncio.wait_for(gate.reached.wait(), 10)
-    await stack.files.delete(str(file_id), ALICE)  # while the upload is half encrypted
+    await stack.files.delete(ALICE, str(file_id))  # while the upload is half encrypted
     gate.opened.set()
     outcome = await asyncio.wait_for(ingesting, 30)
     assert outcome.status in ("erased", "gone")
     monkeypatch.undo()
-    await stack.files.reconcile()
+    await stack.maintenance.reconcile()
     await assert_erased(stack, azurite, file_id, vault_dir)
     assert await download(stack, first) == b"a first file: the vault exists"
 
@@ -143,14 +143,14 @@ async def test_delete_racing_migrate_keys_leaves_the_same(make_stack: StackFacto
         return result
 
     monkeypatch.setattr(custody_type, "place", placed_then_held)
-    migrating = asyncio.create_task(stack.files.migrate_keys(target))  # type: ignore[arg-type]
+    migrating = asyncio.create_task(stack.maintenance.migrate_keys(OPERATOR, target))  # type: ignore[arg-type]
     await asyncio.wait_for(gate.reached.wait(), 10)
-    deleting = asyncio.create_task(stack.files.delete(str(victim), ALICE))
+    deleting = asyncio.create_task(stack.files.delete(ALICE, str(victim)))
     await asyncio.sleep(0.2)  # the DELETE runs as far as it can while the move is held
     gate.opened.set()
     await asyncio.wait_for(asyncio.gather(migrating, deleting), 30)
     monkeypatch.undo()
-    await stack.files.reconcile()
+    await stack.maintenance.reconcile()
     await assert_erased(stack, azurite, victim, vault_dir)
     for file_id, data in list(files.items())[1:]:
         assert await download(stack, file_id) == data
@@ -160,7 +160,7 @@ async def test_a_delete_cut_half_way_leaves_no_row_naming_a_gone_blob(
         make_stack: StackFactory, azurite: Azurite, vault_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stack = await make_stack()
     file_id, _ = await ingest(stack, azurite, os.urandom(50_000))
-    await stack.files.rotate_file(str(file_id))  # the old blob waits in retired_blobs
+    await stack.maintenance.rotate_file(OPERATOR, str(file_id))  # the old blob waits in retired_blobs
     real = stack.protected.discard
     discarded: list[str] = []
 
@@ -172,13 +172,13 @@ async def test_a_delete_cut_half_way_leaves_no_row_naming_a_gone_blob(
 
     monkeypatch.setattr(stack.protected, "discard", cut_after_one)
     with pytest.raises(StorageUnavailableError):
-        await stack.files.delete(str(file_id), ALICE)
+        await stack.files.delete(ALICE, str(file_id))
     async with stack.db.connection() as conn:
         named = [r["blob_name"] for r in await conn.fetch("SELECT blob_name FROM retired_blobs WHERE file_id = $1",
                                                           file_id)]
     assert discarded and named == []  # one blob gone, and no row names it (or the other)
     monkeypatch.undo()
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.repairs.get("unfinished_deletion") == 1
     await assert_erased(stack, azurite, file_id, vault_dir)
 
@@ -187,7 +187,7 @@ async def test_a_copied_vault_folder_reveals_no_key(make_stack: StackFactory, az
                                                     tmp_path: Path) -> None:
     stack = await make_stack()
     ids = [(await ingest(stack, azurite, os.urandom(1000)))[0] for _ in range(5)]
-    await stack.files.rotate_file(str(ids[0]))
+    await stack.maintenance.rotate_file(OPERATOR, str(ids[0]))
     keys = [await stack.keys.key_of((await stack.keys.active_key(i)).key_reference) for i in ids]
     copy = tmp_path / "stolen" / "secrets"
     shutil.copytree(vault_dir, copy)  # the folder, backups included; the master key is kept apart

@@ -134,7 +134,7 @@ async def test_a_planted_pending_key_is_never_used_by_the_reconciler(
     planted = await plant_pending(stack, victim, forgery)
     refused_before = sum(refusals(r) for r in ("intermediate_unsigned", "intermediate_forged"))
 
-    report = await stack.files.reconcile()  # a pending key without a claim: a stalled rotation, resumed
+    report = await stack.maintenance.reconcile()  # a pending key without a claim: a stalled rotation, resumed
 
     assert report.repairs.get("stalled_rotation") == 1 and report.failed == 0
     record = await stack.files.encrypted_file(str(victim))
@@ -230,7 +230,7 @@ async def test_a_pending_row_pointed_at_another_files_key_is_dropped_never_used_
         await plant_row(stack, victim, f"file-{victim}/env-{os.urandom(12).hex()}", "envelope",
                         wrapped_key=source["wrapped_key"], intermediate_id=source["intermediate_id"])
 
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
 
     assert report.repairs.get("stalled_rotation") == 1 and report.failed == 0
     assert refusals("secret_of_another_file") + refusals("wrapped_key_moved") == before + 1
@@ -250,7 +250,7 @@ async def test_a_custody_switched_in_a_row_is_refused(stack: Services, azurite: 
     else:  # a secret read as an envelope key: no wrapped key to open
         await plant_row(stack, victim, reference, "envelope", wrapped_key=os.urandom(60),
                         intermediate_id=(await stack.intermediates.for_new_key())[0])
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.repairs.get("stalled_rotation") == 1 and report.failed == 0
     assert await download(stack, victim) == data
 

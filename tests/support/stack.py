@@ -10,9 +10,13 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from localinfra.azurite import Azurite
 from shared.bootstrap import Services
+from shared.identity import ALL_ROLES, Caller
 from tests.integration.service_fixtures import blob_names, collect, upload
 
 StackFactory = Callable[..., Awaitable[Services]]
+
+# An operator with every role, as the CLI calls the services (tests that are about roles make their own callers).
+OPERATOR = Caller("cli:test-operator", ALL_ROLES, "127.0.0.1")
 
 
 async def pending_rows(stack: Services) -> list[str]:

@@ -21,7 +21,9 @@ EXPECTED = {
     "file_metadata": ("httpTrigger", {"route": "files/{file_id}/metadata", "methods": ["GET"],
                                       "authLevel": "function"}),
     "find_file": ("httpTrigger", {"route": "files", "methods": ["GET"], "authLevel": "function"}),
+    "access_log": ("httpTrigger", {"route": "audit", "methods": ["GET"], "authLevel": "function"}),
     "health": ("httpTrigger", {"route": "health", "methods": ["GET"], "authLevel": "anonymous"}),
+    "status": ("httpTrigger", {"route": "status", "methods": ["GET"], "authLevel": "function"}),
     "metrics": ("httpTrigger", {"route": "metrics", "methods": ["GET"], "authLevel": "function"}),
     "rotate_keys": ("timerTrigger", {"schedule": "%ROTATION_SCHEDULE%", "runOnStartup": False}),
     "reconcile": ("timerTrigger", {"schedule": "%RECONCILE_SCHEDULE%", "runOnStartup": False}),
@@ -69,7 +71,8 @@ def test_trigger_bindings(functions: dict[str, Any], name: str) -> None:
 def test_parameter_types_pick_sdk_and_streaming_bindings(functions: dict[str, Any]) -> None:
     blob_fn = inspect.signature(functions["encrypt_ingest_blob"].get_user_function())
     assert blob_fn.parameters["client"].annotation is blob_ext.BlobClient
-    for name in ("download_file", "delete_file", "upload_file", "file_metadata", "find_file", "health", "metrics"):
+    for name in ("download_file", "delete_file", "upload_file", "file_metadata", "find_file", "access_log", "health",
+                 "status", "metrics"):
         assert inspect.signature(functions[name].get_user_function()).parameters["req"].annotation is Request
 
 
@@ -78,6 +81,18 @@ def test_trigger_source_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> 
         module = load_app(monkeypatch, BLOB_TRIGGER_SOURCE=source)
         trigger = next(f for f in module.app.get_functions() if f.get_function_name() == "encrypt_ingest_blob")
         assert plain(trigger.get_bindings()[0].get_dict_repr()["source"]) == source
+    sys.modules.pop("function_app", None)
+
+
+def test_keys_off_makes_every_route_but_health_anonymous_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With FUNCTION_KEYS_ENABLED=false (the templates: App Service Authentication in front) the host checks no
+    key; the app still checks every caller's role. With it on (the default), every route but health needs a key."""
+    for keys, level in (("false", "anonymous"), ("true", "function")):
+        module = load_app(monkeypatch, FUNCTION_KEYS_ENABLED=keys)
+        levels = {f.get_function_name(): plain(f.get_bindings()[0].get_dict_repr().get("authLevel"))
+                  for f in module.app.get_functions() if f.get_bindings()[0].type == "httpTrigger"}
+        assert levels.pop("health") == "anonymous"
+        assert set(levels.values()) == {level}
     sys.modules.pop("function_app", None)
 
 
