@@ -249,7 +249,7 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: Ke
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
     chain_key = ChainKey(vault, db, settings.audit_chain_key_name)
     guard = Guard(AuditLog(db, chain_key, fail_open=settings.audit_fail_open))
-    digests = Digests(db, intermediates.signer, DigestStore(blobs.container(settings.audit_digest_container)),
+    digests = Digests(db, intermediates, DigestStore(blobs.container(settings.audit_digest_container)),
                       writer=instance_name())
     ingestor = build_ingestor(settings, db, keys, ingest, protected)
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
@@ -264,7 +264,7 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: Ke
                         uploader=uploader, guard=guard)
     maintenance = Maintenance(db=db, keys=keys, intermediates=intermediates, rotator=rotator, reconciler=reconciler,
                               ingestor=ingestor, digests=digests, chain_key=chain_key, signer=intermediates.signer,
-                              guard=guard)
+                              guard=guard, retention=timedelta(days=settings.audit_retention_days))
     health = Health(db=db, probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
                     guard=guard, interval_seconds=settings.health_probe_seconds,
                     plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))

@@ -8,16 +8,18 @@ before, an outcome row after.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.access import Guard
 from shared.audit import Digests, VerifyReport, verify_log
 from shared.audit.log import ChainKey
+from shared.clock import Clock, utcnow
 from shared.custody import IntermediateKeys
 from shared.db.failures import FailureRecord, FailureRepository
 from shared.db.file_keys import Custody
 from shared.db.pool import Database
+from shared.errors import InvalidRequestError
 from shared.identity import Caller
 from shared.ingest import Ingestor, IngestOutcome
 from shared.keys import FileKeyService, MigrationReport
@@ -32,7 +34,8 @@ __all__ = ["Maintenance"]
 class Maintenance:
     def __init__(self, *, db: Database, keys: FileKeyService, intermediates: IntermediateKeys, rotator: Rotator,
                  reconciler: Reconciler, ingestor: Ingestor, digests: Digests, chain_key: ChainKey, signer: Signer,
-                 guard: Guard) -> None:
+                 guard: Guard, retention: timedelta = timedelta(days=365), clock: Clock = utcnow) -> None:
+        self._retention, self._clock = retention, clock
         self._db, self._keys, self._intermediates = db, keys, intermediates
         self.rotator, self._reconciler, self._ingestor = rotator, reconciler, ingestor
         self._digests, self._chain_key, self._signer, self._guard = digests, chain_key, signer, guard
@@ -131,10 +134,16 @@ class Maintenance:
         async with self._guard.change("audit_digest", caller, "audit"):
             return await self._digests.write()
 
-    async def audit_purge(self, caller: Caller, before: datetime) -> dict[str, Any]:
-        """Remove rows older than ``before`` (the database's purge role, never younger than 30 days), after a
-        digest that says what goes."""
+    async def audit_purge(self, caller: Caller, before: datetime | None = None) -> dict[str, Any]:
+        """Remove rows older than ``before`` (default: ``AUDIT_RETENTION_DAYS`` ago, never later), after a digest
+        that says what goes. The database lets only its purge role do it, never for rows under 30 days."""
+        oldest_kept = self._clock() - self._retention
+        before = before or oldest_kept
         async with self._guard.change("audit_purge", caller, "operate") as receipt:
+            if before > oldest_kept:
+                raise InvalidRequestError(f"the access log keeps {self._retention.days} days (AUDIT_RETENTION_DAYS): "
+                                          f"purge before {oldest_kept.isoformat()} at the latest",
+                                          operation="audit_purge")
             digest, purged = await self._digests.purge(before)
             receipt.outcome = f"ok: {purged} purged"
             return {"purged": purged, "digest": digest, "before": before.isoformat()}

@@ -27,14 +27,14 @@ from typing import Any
 
 from shared.blobs import Container
 from shared.clock import Clock, utcnow
-from shared.crypto.chain import canonical_json, digest_statement
+from shared.crypto.chain import LegacyPin, canonical_json, digest_statement
+from shared.custody.intermediates import IntermediateKeys
 from shared.db.access_log import AccessLogRepository, ChainHead
 from shared.db.failures import FailureRepository
 from shared.db.pool import Database
 from shared.errors import BlobNotFoundError, DatabaseError
-from shared.vault.signer import Signer
 
-__all__ = ["DIGEST_PREFIX", "DigestStore", "Digests", "StoredDigest"]
+__all__ = ["DIGEST_PREFIX", "DigestStore", "Digests", "StoredDigest", "legacy_pin"]
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,28 @@ def _window_start(previous: StoredDigest | None) -> datetime | None:
         return None
 
 
+async def legacy_pin(db: Database, since: datetime | None = None) -> LegacyPin:
+    """The pin of the rows from before chains existed (at or after ``since``: what a purge leaves)."""
+    pin, after = LegacyPin(), 0
+    while True:
+        async with db.connection("audit_legacy") as conn:
+            rows = await AccessLogRepository(conn).unchained(after, 5000, since=since)
+        for row in rows:
+            pin.add(row.id, row.fields())
+            after = row.id
+        if len(rows) < 5000:
+            return pin
+
+
 def _recent(covered: dict[uuid.UUID, int]) -> dict[uuid.UUID, int]:
     """The hint kept: at most the chains of this digest and the last thousand others (ended chains drop out)."""
     return dict(list(covered.items())[-1000:])
 
 
 class Digests:
-    def __init__(self, db: Database, signer: Signer, store: DigestStore, *, writer: str, clock: Clock = utcnow) -> None:
-        self._db, self._signer, self.store, self._writer, self._clock = db, signer, store, writer, clock
+    def __init__(self, db: Database, keys: IntermediateKeys, store: DigestStore, *, writer: str,
+                 clock: Clock = utcnow) -> None:
+        self._db, self._keys, self.store, self._writer, self._clock = db, keys, store, writer, clock
 
     async def write(self, purge: dict[str, Any] | None = None) -> str | None:
         """A digest of what the log gained since the last one (None when it gained nothing and nothing is purged)."""
@@ -115,9 +129,12 @@ class Digests:
         since = _window_start(previous)
         async with self._db.connection("audit_digest") as conn:
             heads = await AccessLogRepository(conn).heads(covered, since)
-        if not heads and purge is None:
+        if previous is not None and not heads and purge is None:
             return None
-        name = await self._put(self._body(heads, previous, purge))
+        body = self._body(heads, previous, purge)
+        if previous is None:  # the first digest pins the rows from before chains (a purge's note pins what stays)
+            body["legacy"] = (await legacy_pin(self._db)).as_dict()
+        name = await self._put(body)
         await self._remember({**_recent(covered), **{h.chain: h.last_seq for h in heads}}, name)
         log.info("access log digest %s: %d chain(s), %d row(s)%s", name, len(heads), sum(h.rows for h in heads),
                  ", with a purge" if purge else "")
@@ -128,7 +145,8 @@ class Digests:
         async with self._db.connection("audit_purge") as conn:
             plan = await AccessLogRepository(conn).purge_plan(before)
         note = {"before": before.isoformat(), "chains": {str(c): {"through_seq": s, "mac": m.hex()}
-                                                         for c, (s, m) in plan.items()}}
+                                                         for c, (s, m) in plan.items()},
+                "legacy_after": (await legacy_pin(self._db, since=before)).as_dict()}
         name = await self.write(purge=note)
         async with self._db.connection("audit_purge") as conn:
             return name, await AccessLogRepository(conn).purge(before)
@@ -143,13 +161,16 @@ class Digests:
                 "purge": purge}
 
     async def _put(self, body: dict[str, Any]) -> str:
-        signature = await self._signer.sign(digest_statement(body))
+        signature = await self._keys.sign(digest_statement(body), dependents=self._any_digest)
         document = {**body, "signature": {"key": signature.key_reference,
                                           "value": base64.b64encode(signature.value).decode("ascii")}}
         now = self._clock()
         name = f"{DIGEST_PREFIX}{now:%Y/%m/%d/%H%M%S%f}Z-{secrets.token_hex(4)}.json"
         await self.store.put(name, canonical_json(document))
         return name
+
+    async def _any_digest(self) -> bool:
+        return bool(await self.store.names())
 
     async def _previous(self, hint: str | None) -> StoredDigest | None:
         if hint:

@@ -10,8 +10,12 @@ In order, and the first problem found is named (the report counts the rest):
 3. each row a digest pins must still be there with the MAC the digest recorded (so a chain cannot be
    rewritten or cut back behind a digest even by whoever holds the chain key).
 
+4. the rows written before chains existed (migration 9, ``unchained``): their count and hash must be
+   what the first digest pinned (or the latest purge note, after a purge), so none can be added,
+   changed or removed.
+
 Rows newer than the last digest that pins their chain are counted as ``undigested`` (verified by
-their MACs only), and rows written before chains existed (migration 9) as ``unchained``.
+their MACs only). Row problems are listed oldest row first.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.audit.digests import DigestStore, StoredDigest
+from shared.audit.digests import DigestStore, StoredDigest, legacy_pin
 from shared.crypto.chain import GENESIS, digest_statement, link
 from shared.db.access_log import AccessLogRepository, LoggedRow
 from shared.db.pool import Database
@@ -38,6 +42,7 @@ PAGE = 5000
 class Problem:
     where: str
     what: str
+    order: tuple[str, int] = ("", 0)  # rows: (time, id), so the first problem named is the oldest bad row
 
 
 @dataclass
@@ -53,8 +58,8 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, where: str, what: str) -> None:
-        self.problems.append(Problem(where, what))
+    def add(self, where: str, what: str, order: tuple[str, int] = ("", 0)) -> None:
+        self.problems.append(Problem(where, what, order))
 
     def as_dict(self) -> dict[str, Any]:
         first = self.problems[0] if self.problems else None
@@ -68,6 +73,7 @@ class _Pins:
     """What the digests say: rows they pin (chain, number) -> (MAC, digest), and purge notes per chain."""
 
     rows: dict[tuple[uuid.UUID, int], tuple[bytes, str]] = field(default_factory=dict)
+    legacy: tuple[dict[str, Any], str] | None = None  # the latest pin of the unchained rows, and its digest
     purged: dict[uuid.UUID, dict[int, bytes]] = field(default_factory=dict)
     seen: set[tuple[uuid.UUID, int]] = field(default_factory=set)
     last: dict[uuid.UUID, int] = field(default_factory=dict)  # per chain, the highest number a digest pins
@@ -84,7 +90,22 @@ async def verify_log(db: Database, key: bytes, signer: Signer, store: DigestStor
     for (chain, seq), (_, digest) in sorted(pins.rows.items(), key=lambda item: item[1][1]):
         if (chain, seq) not in pins.seen:
             report.add(f"digest {digest}", f"pins row #{seq} of chain {chain}, which is gone")
+    await _check_legacy(db, pins, report)
+    report.problems.sort(key=lambda problem: problem.order)  # stable: digests first, then rows by age
     return report
+
+
+async def _check_legacy(db: Database, pins: _Pins, report: VerifyReport) -> None:
+    found = (await legacy_pin(db)).as_dict()
+    report.unchained = found["rows"]
+    if pins.legacy is None:
+        if found["rows"] and report.digests:
+            report.add("rows without a chain", f"{found['rows']} row(s) without a chain, and no digest pins any")
+        return
+    pinned, digest = pins.legacy
+    if found != pinned:
+        report.add("rows without a chain", f"{found['rows']} now, {pinned.get('rows')} pinned by digest {digest}: "
+                   "rows from before chains were added, changed or removed")
 
 
 async def _check_digests(store: DigestStore, signer: Signer, report: VerifyReport) -> _Pins:
@@ -122,8 +143,12 @@ def _collect(digest: StoredDigest, pins: _Pins) -> None:
     document = digest.document
     for chain, entry in (document.get("chains") or {}).items():
         pins.pin(uuid.UUID(chain), int(entry["through_seq"]), bytes.fromhex(entry["mac"]), digest.name)
-    for chain, entry in ((document.get("purge") or {}).get("chains") or {}).items():
+    purge = document.get("purge") or {}
+    for chain, entry in (purge.get("chains") or {}).items():
         pins.purged.setdefault(uuid.UUID(chain), {})[int(entry["through_seq"])] = bytes.fromhex(entry["mac"])
+    legacy = purge.get("legacy_after") or document.get("legacy")
+    if isinstance(legacy, dict):
+        pins.legacy = (legacy, digest.name)
 
 
 async def _check_rows(db: Database, key: bytes, pins: _Pins, report: VerifyReport) -> None:
@@ -134,9 +159,7 @@ async def _check_rows(db: Database, key: bytes, pins: _Pins, report: VerifyRepor
         async with db.connection("audit_verify") as conn:
             rows = await AccessLogRepository(conn).chained(after, PAGE)
         for row in rows:
-            if row.chain is None or row.seq is None or row.mac is None:
-                report.unchained += 1
-                continue
+            assert row.chain is not None and row.seq is not None and row.mac is not None
             if row.chain != chain:
                 chain, report.chains = row.chain, report.chains + 1
                 expected, previous = _start(pins, row)
@@ -160,15 +183,16 @@ def _check_row(key: bytes, row: LoggedRow, expected: int, previous: bytes, pins:
     assert row.chain is not None and row.seq is not None and row.mac is not None
     report.rows += 1
     where = f"row id {row.id} (chain {row.chain}, #{row.seq}, {row.at.isoformat()})"
+    order = (row.at.isoformat(), row.id)
     if row.seq != expected:
-        report.add(where, f"rows #{expected} to #{row.seq - 1} of its chain are missing (removed)")
+        report.add(where, f"rows #{expected} to #{row.seq - 1} of its chain are missing (removed)", order)
     elif link(key, row.chain, row.seq, previous, row.fields()) != bytes(row.mac):
         report.add(where, "its MAC does not match: changed, inserted or moved (or the chain key is not the one "
-                   "that wrote it)")
+                   "that wrote it)", order)
     pinned = pins.rows.get((row.chain, row.seq))
     if pinned is not None:
         pins.seen.add((row.chain, row.seq))
         if pinned[0] != bytes(row.mac):
-            report.add(where, f"digest {pinned[1]} pinned it with another MAC: the chain was rewritten")
+            report.add(where, f"digest {pinned[1]} pinned it with another MAC: the chain was rewritten", order)
     if row.seq > pins.last.get(row.chain, 0):
         report.undigested += 1

@@ -203,11 +203,10 @@ def _audit_digest(args: argparse.Namespace) -> int:
 
 
 def _audit_purge(args: argparse.Namespace) -> int:
-    if not args.before:
-        raise UsageError("audit purge needs --before (an ISO 8601 time at least AUDIT_RETENTION_DAYS ago)")
-    before = _when(args.before)
+    before = _when(args.before) if args.before else None
     if not args.yes:
-        raise UsageError(f"audit purge removes every access log row before {before.isoformat()}: confirm with --yes")
+        when = before.isoformat() if before else "AUDIT_RETENTION_DAYS ago"
+        raise UsageError(f"audit purge removes every access log row from before {when}: confirm with --yes")
     print(json.dumps(_with_services(args, lambda s, me: s.maintenance.audit_purge(me, before)), indent=2))
     return 0
 

@@ -73,7 +73,8 @@ def register(commands: Any) -> None:
     audit = commands.add_parser("audit", help="the access log: list (who read, uploaded, rotated or deleted what), "
                                 "verify (chains and signed digests), digest (write one now), purge (the purge role)")
     audit.add_argument("action", nargs="?", choices=("list", "verify", "digest", "purge"), default="list")
-    audit.add_argument("--before", help="purge: remove rows older than this ISO 8601 time")
+    audit.add_argument("--before", help="purge: remove rows older than this ISO 8601 time (default: "
+                       "AUDIT_RETENTION_DAYS ago; never later)")
     audit.add_argument("--yes", action="store_true", help="purge: do not ask")
     audit.add_argument("--file-id")
     audit.add_argument("--since", help="ISO 8601 time, e.g. 2026-11-30 or 2026-11-30T12:00Z")

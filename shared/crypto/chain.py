@@ -27,7 +27,8 @@ from typing import Any
 
 from shared.crypto.attest import statement
 
-__all__ = ["DIGEST_LABEL", "GENESIS", "ROW_LABEL", "canonical_json", "digest_statement", "link", "row_fields"]
+__all__ = ["DIGEST_LABEL", "GENESIS", "ROW_LABEL", "LegacyPin", "canonical_json", "digest_statement", "link",
+           "row_fields"]
 
 ROW_LABEL = b"blobseal/access-log/v1"
 DIGEST_LABEL = b"blobseal/access-log-digest/v1"
@@ -49,6 +50,25 @@ def link(key: bytes, chain: uuid.UUID, seq: int, previous: bytes, fields: list[b
     """The MAC of row ``seq`` of ``chain`` after the row whose MAC is ``previous``."""
     message = statement(ROW_LABEL, chain.bytes, seq.to_bytes(8, "big"), previous, *fields)
     return hmac.new(key, message, hashlib.sha256).digest()
+
+
+class LegacyPin:
+    """What the first digest (and each purge's) says of the rows from before chains existed: how many, and a
+    SHA-256 over each one's id and fields in id order. Those rows have no MAC; the pin stops any being added,
+    changed or removed afterwards (chained rows are refused unchained by the schema too)."""
+
+    LABEL = b"blobseal/access-log-legacy/v1"
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._hash = hashlib.sha256(self.LABEL)
+
+    def add(self, row_id: int, fields: list[bytes]) -> None:
+        self.rows += 1
+        self._hash.update(statement(b"row", str(row_id).encode(), *fields))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "sha256": self._hash.hexdigest()}
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:

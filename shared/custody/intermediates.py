@@ -179,17 +179,25 @@ class IntermediateKeys:
         return _Current(row.id, key, row.use_until, row.max_files)
 
     async def _signed(self, row: IntermediateRow) -> IntermediateRow:
-        message = intermediate_statement(row.id, row.kek_reference, row.wrapped_key)
-        signature = await self._ensured(lambda: self.signer.sign(message), "signing key", SigningKeyMissingError,
-                                        self.signer.create)
+        signature = await self.sign(intermediate_statement(row.id, row.kek_reference, row.wrapped_key))
         return row.signed(signature.key_reference, signature.value)
 
+    async def sign(self, message: bytes, *, dependents: Callable[[], Awaitable[bool]] | None = None) -> Signature:
+        """A signature by the signing key, which is made first where that is allowed: locally, and while nothing
+        depends on it (no signed row, and nothing ``dependents`` knows of, such as the access log's digests)."""
+        return await self._ensured(lambda: self.signer.sign(message), "signing key", SigningKeyMissingError,
+                                   self.signer.create, dependents)
+
     async def _ensured(self, call: Callable[[], Awaitable[T]], what: str, missing: type[KeyVaultError],
-                       create: Callable[[], Awaitable[str]]) -> T:
+                       create: Callable[[], Awaitable[str]],
+                       dependents: Callable[[], Awaitable[bool]] | None = None) -> T:
         """``call``; if the key it needs is missing, make it where that is allowed (fail closed) and call again."""
         try:
             return await call()
         except (missing, VaultMissingError) as exc:
+            if dependents is not None and await dependents():
+                raise missing(f"the {what} is missing while what it signed is kept: restore it (a new one is never "
+                              "made)", operation="check_keys", details={"key": what}) from exc
             await self._refuse_if_depended_on(what, missing, vault_missing=isinstance(exc, VaultMissingError),
                                               placing=True)
         await create()

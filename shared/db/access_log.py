@@ -96,14 +96,12 @@ class AccessLogRepository:
         return [_logged(r) for r in await self._conn.fetch(sql, file_id, since, caller, limit)]
 
     async def chained(self, after: tuple[uuid.UUID, int] | None, limit: int) -> list[LoggedRow]:
-        """Rows in chain order (by chain, then number), after ``(chain, seq)``: the verifier reads them in pages.
-        Rows without a chain (written before migration 9) come first, by id."""
-        if after is None:
-            sql = f"SELECT {_COLUMNS} FROM access_log ORDER BY chain NULLS FIRST, seq, id LIMIT $1"  # noqa: S608
-            return [_logged(r) for r in await self._conn.fetch(sql, limit)]
-        sql = (f"SELECT {_COLUMNS} FROM access_log WHERE (chain, seq) > ($1, $2) "  # noqa: S608 - constant
+        """Chained rows in chain order (by chain, then number), after ``(chain, seq)``: the verifier reads them
+        in pages (rows from before chains: ``unchained``)."""
+        start = after or (uuid.UUID(int=0), -1)
+        sql = (f"SELECT {_COLUMNS} FROM access_log WHERE chain IS NOT NULL AND (chain, seq) > ($1, $2) "  # noqa: S608
                "ORDER BY chain, seq LIMIT $3")
-        return [_logged(r) for r in await self._conn.fetch(sql, after[0], after[1], limit)]
+        return [_logged(r) for r in await self._conn.fetch(sql, start[0], start[1], limit)]
 
     async def heads(self, after: dict[uuid.UUID, int], since: datetime | None) -> list[ChainHead]:
         """Each chain with rows written since ``since`` (None: ever) numbered past what ``after`` gives for it
@@ -119,6 +117,12 @@ class AccessLogRepository:
         macs = await self._macs([(r["chain"], r["last_seq"]) for r in found])
         return [ChainHead(r["chain"], r["last_seq"], macs[(r["chain"], r["last_seq"])], r["rows"], r["first_at"],
                           r["last_at"]) for r in found]
+
+    async def unchained(self, after_id: int, limit: int, *, since: datetime | None = None) -> list[LoggedRow]:
+        """Rows from before chains existed (migration 9), by id after ``after_id`` (at or after ``since``)."""
+        sql = (f"SELECT {_COLUMNS} FROM access_log WHERE chain IS NULL AND id > $1 "  # noqa: S608 - constant
+               "AND ($2::timestamptz IS NULL OR at >= $2) ORDER BY id LIMIT $3")
+        return [_logged(r) for r in await self._conn.fetch(sql, after_id, since, limit)]
 
     async def row_at(self, chain: uuid.UUID, seq: int) -> LoggedRow | None:
         record = await self._conn.fetchrow(

@@ -253,6 +253,8 @@ ALTER TABLE access_log ADD COLUMN chain UUID, ADD COLUMN seq BIGINT, ADD COLUMN 
 ALTER TABLE access_log ADD CONSTRAINT access_log_chained_check
     CHECK ((chain IS NULL) = (seq IS NULL) AND (seq IS NULL) = (mac IS NULL));
 CREATE UNIQUE INDEX access_log_chain ON access_log (chain, seq);
+-- every row from now on is chained; rows from before stay (NOT VALID), pinned by the first digest
+ALTER TABLE access_log ADD CONSTRAINT access_log_chained_now CHECK (chain IS NOT NULL) NOT VALID;
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'blobseal_audit_purger') THEN
         CREATE ROLE blobseal_audit_purger NOLOGIN;
