@@ -93,9 +93,11 @@ class IdentityPolicy:
 
 
 def _address(headers: Mapping[str, str], peer: str | None) -> str | None:
-    """The host's ``X-Forwarded-For`` (one address; the rightmost if a chain got through), else the peer."""
-    forwarded = [part.strip() for part in headers.get("x-forwarded-for", "").split(",") if part.strip()]
-    return forwarded[-1] if forwarded else peer
+    """The host's ``X-Forwarded-For`` (one address; where a caller's own value got through, the front end's
+    is the rightmost, of every such header line), else the peer."""
+    lines = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else [headers.get("x-forwarded-for", "")]
+    forwarded = [part.strip() for line in lines for part in line.split(",") if part.strip()]
+    return forwarded[-1][:MAX_NAME] if forwarded else peer
 
 
 def _entra(encoded: str, principal_id: str | None, address: str | None) -> Caller:

@@ -87,7 +87,7 @@ async def verify(env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
 
 
 async def test_an_untouched_log_verifies(logged: tuple[Services, dict[str, str]]) -> None:
-    stack, env = logged
+    _, env = logged
     code, report, _ = await verify(env)
     assert code == 0 and report["ok"] and report["problems"] == 0
     assert report["chains"] >= 2 and report["digests"] == 1 and report["undigested"] >= 3
@@ -181,7 +181,8 @@ async def test_tampering_is_found_and_the_first_bad_row_named(logged: tuple[Serv
     assert "verification FAILED" in stderr and first["where"] in stderr
 
 
-async def test_the_chain_key_holder_cannot_rewrite_what_a_digest_pinned(logged: tuple[Services, dict[str, str]]) -> None:
+async def test_the_chain_key_holder_cannot_rewrite_what_a_digest_pinned(
+        logged: tuple[Services, dict[str, str]]) -> None:
     """With the vault's chain key too, a digested row edited and every later MAC recomputed: the chain is
     consistent again, but the digest in its container pinned the old MAC."""
     stack, env = logged
@@ -233,7 +234,7 @@ async def test_a_purge_goes_only_past_the_retention_and_leaves_a_log_that_verifi
     result = await stack.maintenance.audit_purge(OPERATOR)  # AUDIT_RETENTION_DAYS ago
     assert result["purged"] == 4 and result["digest"]
     note = (await stack.maintenance._digests.store.get(result["digest"])).document["purge"]
-    assert len(note["chains"]) == 1 and list(note["chains"].values())[0]["through_seq"] == 4
+    assert len(note["chains"]) == 1 and next(iter(note["chains"].values()))["through_seq"] == 4
     code, report, _ = await verify(env)
     assert code == 0, report
     async with stack.db.connection() as conn:
