@@ -33,10 +33,13 @@ The tree::
         ├── UnknownFileError           no such file id or name
         ├── FileNotReadyError          the file is not encrypted yet (or was deleted)
         ├── RangeNotSatisfiableError   a well-formed range outside the file
+        ├── NotModified                If-None-Match names the current version (304)
+        ├── PreconditionFailedError    If-Match names another version (412)
         ├── UploadConflictError        an upload reuses a file id held by other content or another name
         ├── UploadRaceError            an older attempt held the upload's row (transient; retried)
         ├── ClientGoneError            the client went away before the request's body arrived whole
         └── InvalidRequestError        malformed id, range or header
+            ├── InvalidNameError       a name that breaks the name rule (shared.names)
             └── UploadTooLargeError    an upload body over UPLOAD_MAX_MB
 
 ``transient`` marks the errors worth retrying soon (a dependency that did not answer): the
@@ -72,12 +75,15 @@ __all__ = [
     "FileNotReadyError",
     "FormatError",
     "IntegrityError",
+    "InvalidNameError",
     "InvalidRequestError",
     "KeyIntegrityError",
     "KeyManagementError",
     "KeyMissingError",
     "KeyRetiredError",
     "KeyVaultError",
+    "NotModified",
+    "PreconditionFailedError",
     "RangeNotSatisfiableError",
     "RotationConflictError",
     "SecretDisabledError",
@@ -263,12 +269,26 @@ class InvalidRequestError(FileError):
     pass
 
 
+class InvalidNameError(InvalidRequestError):
+    """A name that breaks the one name rule (``shared.names``): never accepted, whichever way it came."""
+
+    permanent = True
+
+
 class UploadTooLargeError(InvalidRequestError):
     permanent = True
 
 
 class RangeNotSatisfiableError(FileError):
     pass
+
+
+class NotModified(FileError):
+    """``If-None-Match`` matched the current version: 304, no body (``details["etag"]``)."""
+
+
+class PreconditionFailedError(FileError):
+    """``If-Match`` named another version than the current one: 412, nothing done."""
 
 
 class UploadConflictError(FileError):

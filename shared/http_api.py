@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
@@ -39,6 +39,8 @@ from shared.errors import (
     KeyIntegrityError,
     KeyMissingError,
     KeyVaultError,
+    NotModified,
+    PreconditionFailedError,
     RangeNotSatisfiableError,
     StorageUnavailableError,
     UnknownFileError,
@@ -89,6 +91,7 @@ STATUS: tuple[tuple[type[BlobsealError], int], ...] = (
     (UnknownFileError, 404),
     (FileNotReadyError, 409),
     (RangeNotSatisfiableError, 416),
+    (PreconditionFailedError, 412),
     (DatabaseUnavailableError, 503),
     (AuditUnavailableError, 503),
     (KeyVaultError, 503),
@@ -110,11 +113,13 @@ Handler = Callable[[Request, App], Awaitable[Response]]
 
 
 async def download(req: Request, app: App) -> Response:
-    """GET or HEAD ``/api/files/{id}`` (``read``), with one ``Range``."""
+    """GET or HEAD ``/api/files/{id}`` (``read``): RFC 9110 preconditions, then one ``Range`` (``plan``)."""
     async def run(caller: Caller) -> Response:
-        got = await app.files.download(caller, req.path_params.get("file_id", ""),
-                                       lambda record: parse_range(req.headers.get("range"), record.size or 0),
-                                       head=req.method == "HEAD")
+        try:
+            got = await app.files.download(caller, req.path_params.get("file_id", ""),
+                                           lambda record: plan(req.headers, record), head=req.method == "HEAD")
+        except NotModified as exc:
+            return Response(status_code=304, headers=_validators(str(exc.details.get("etag", ""))))
         status, headers = (206 if got.span else 200), response_headers(got.record, got.span)
         if got.body is None:
             return Response(status_code=status, headers=headers)
@@ -155,8 +160,12 @@ async def upload(req: Request, app: App) -> Response:
 
 
 async def delete(req: Request, app: App) -> Response:
-    return await _answer("delete", req, app,
-                         lambda caller: _json(app.files.delete(caller, req.path_params.get("file_id", ""))))
+    """``DELETE /api/files/{id}`` (``erase``); with ``If-Match``, only while the file is that version (else 412)."""
+    def precondition(record: FileRecord) -> None:
+        if_match(req.headers.get("if-match"), record)
+
+    return await _answer("delete", req, app, lambda caller: _json(
+        app.files.delete(caller, req.path_params.get("file_id", ""), precondition=precondition)))
 
 
 async def access_log(req: Request, app: App) -> Response:
@@ -207,20 +216,54 @@ def caller_of(req: Request, app: App) -> Caller:
     return app.identity.caller(req.headers, req.query_params, req.client.host if req.client else None)
 
 
-# --- Range and response headers -----------------------------------------------------------
+# --- preconditions, Range and response headers (RFC 9110 sections 13 and 14) -----------------------
 
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+def plan(headers: Mapping[str, str], record: FileRecord) -> Span | None:
+    """What a GET or HEAD gets, in RFC 9110's order (13.2.2): ``If-Match`` (412 unless it names this
+    version), ``If-None-Match`` (304 when it does), then ``Range`` unless ``If-Range`` names another
+    version (or is a date: no ``Last-Modified`` is served, so a date never matches). ``If-Modified-Since``
+    and ``If-Unmodified-Since`` are ignored, as the RFC says for a resource without a modification date."""
+    if_match(headers.get("if-match"), record)
+    current = etag(record)
+    if (wanted := headers.get("if-none-match")) is not None and _matches(wanted, current, weak=True):
+        raise NotModified("the client's copy is current", operation="download", details={"etag": current})
+    if (validator := headers.get("if-range")) is not None and validator.strip() != current:
+        return None  # a stale (or weak, or date) If-Range: the whole current version, 200
+    return parse_range(headers.get("range"), record.size or 0)
+
+
+def if_match(header: str | None, record: FileRecord) -> None:
+    """``If-Match``: the request goes ahead only for the version it names (strong comparison), or ``*``."""
+    if header is not None and not _matches(header, etag(record), weak=False):
+        raise PreconditionFailedError("the file is no longer the version If-Match names", operation="if_match",
+                                      details={"etag": etag(record)})
+
+
+def _matches(header: str, current: str, *, weak: bool) -> bool:
+    """Whether an entity-tag list (``*``, or ``"a", W/"b"``) names ``current``."""
+    if header.strip() == "*":
+        return True
+    for tag in (t.strip() for t in header.split(",")):
+        if tag.startswith("W/"):
+            if weak and tag[2:] == current:
+                return True
+        elif tag == current:
+            return True
+    return False
 
 
 def parse_range(header: str | None, size: int) -> Span | None:
     """The requested span of a ``size``-byte file, or None for the whole file.
 
-    Malformed headers, other units and multiple ranges are refused (400); a well-formed range
-    outside the file is unsatisfiable (416).
+    A unit other than ``bytes`` is ignored (the whole file, as RFC 9110 14.2 says); a malformed bytes
+    range and several ranges are refused (400); a well-formed range outside the file is unsatisfiable (416).
     """
-    if header is None:
+    if header is None or not header.strip().lower().startswith("bytes="):
         return None
-    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
+    match = _RANGE.fullmatch("bytes=" + header.strip()[6:].replace(" ", ""))
     if match is None or match.group(1) == match.group(2) == "":
         raise InvalidRequestError("malformed Range header (one range: bytes=a-b, a- or -n)",
                                   operation="parse_range")
@@ -247,15 +290,19 @@ def _unsatisfiable(size: int) -> RangeNotSatisfiableError:
     return RangeNotSatisfiableError("range not satisfiable", operation="parse_range", details={"size": size})
 
 
+def _validators(current: str) -> dict[str, str]:
+    """What a 200, 206 and 304 share (RFC 9110 15.4.5: a 304 repeats the validator and caching fields)."""
+    return {"ETag": current, "Cache-Control": "private, no-store", "Vary": "Authorization, x-functions-key"}
+
+
 def response_headers(record: FileRecord, span: Span | None) -> dict[str, str]:
     size = record.size or 0
     headers = {
         "Content-Type": record.content_type,
         "Content-Disposition": content_disposition(record.name),
         "Content-Length": str(span.length if span else size),
-        "ETag": etag(record),
+        **_validators(etag(record)),
         "Accept-Ranges": "bytes",
-        "Cache-Control": "private, no-store",
         "X-Content-Type-Options": "nosniff",
     }
     if span:

@@ -64,6 +64,7 @@ from shared.errors import (
 )
 from shared.keys import FileKeyService
 from shared.metrics import BYTES_PROCESSED, FILE_SIZE, INGEST_RETRIES, OPERATION_SECONDS, OPERATIONS
+from shared.names import check_name
 from shared.transfer import Transfer, seal
 
 __all__ = [
@@ -194,6 +195,7 @@ class Ingestor:
 
     async def _attempt(self, name: str, info: BlobInfo, source: AsyncIterator[bytes], tag: str) -> IngestOutcome:
         """``source``: the upload's bytes, its first request made (it told ``info``), pinned to its ETag."""
+        check_name(name, "ingest")  # a name no client could download or look up: refused, kept, listed by `failed`
         file_id, display = identify_upload(name, info.etag)
         async with self._db.connection("register_file") as conn:  # one statement: no BEGIN/COMMIT round trips
             record = await FileRepository(conn).register(file_id, source_name=name, source_etag=info.etag,

@@ -29,11 +29,10 @@ from shared.errors import FileNotReadyError, InvalidRequestError, UnknownFileErr
 from shared.identity import Caller
 from shared.ingest import Ingestor, IngestOutcome, guess_type
 from shared.keys import FileKeyService
+from shared.names import check_name, check_prefix
 from shared.upload import Uploader, UploadRequest
 
 __all__ = ["Download", "FileService", "file_id_or_none", "parse_file_id"]
-
-MAX_BLOB_NAME = 1024
 
 
 def parse_file_id(text: str) -> uuid.UUID:
@@ -91,7 +90,7 @@ class FileService:
         async with self.guard.read("lookup", caller) as receipt:
             if not name:
                 raise InvalidRequestError("query parameter 'name' is required", operation="find_file")
-            _check_name(name)  # PostgreSQL text cannot hold NUL; no blob name is longer
+            check_name(name, "find_file")
             async with self._db.connection("find_file") as conn:
                 record = await FileRepository(conn).by_source_name(name)
             if record is None:
@@ -107,7 +106,7 @@ class FileService:
             if status not in (None, "pending", "encrypted", "deleted"):
                 raise InvalidRequestError("status must be pending, encrypted or deleted", operation="list_files")
             count = _bounded(limit, 100, 1000, "list_files")
-            _check_name(prefix, allow_empty=True)
+            check_prefix(prefix, "list_files")
             async with self._db.connection("list_files") as conn:
                 page = await FileRepository(conn).listed(prefix=prefix, status=status, after=_cursor(cursor),
                                                          limit=count + 1)
@@ -131,7 +130,7 @@ class FileService:
         async with self.guard.change("upload", caller, "write") as receipt:
             if not name:
                 raise InvalidRequestError("the upload needs a name (X-File-Name)", operation="upload")
-            _check_name(name)
+            check_name(name, "upload")
             size = None if declared_size in (None, "") else _bounded(declared_size, 0, None, "upload",
                                                                       "Content-Length")
             request = UploadRequest(name=name, content_type=guess_type(content_type, name), declared_size=size)
@@ -139,14 +138,18 @@ class FileService:
             receipt.file_id, receipt.bytes_sent = record.file_id, record.size
             return await self._view(record)
 
-    async def delete(self, caller: Caller, file_id_text: str) -> dict[str, Any]:
+    async def delete(self, caller: Caller, file_id_text: str, *,
+                     precondition: Callable[[FileRecord], None] | None = None) -> dict[str, Any]:
         """Erase a file (``shared.erase``): its plaintext in ingest, its blobs and every key go; the row stays
         as a tombstone (who, when). Idempotent: a deletion that stopped half way is finished by calling it
-        again (or by the reconciler). After it no key exists that could open any copy of the file."""
+        again (or by the reconciler). After it no key exists that could open any copy of the file.
+        ``precondition`` sees the file's record first and may refuse (HTTP ``If-Match``)."""
         file_id = file_id_or_none(file_id_text)
         async with self.guard.change("delete", caller, "erase", file_id=file_id):
             file_id = parse_file_id(file_id_text)
-            await self._record(file_id)
+            current = await self._record(file_id)
+            if precondition is not None and current.status != "deleted":
+                precondition(current)
             async with self._db.transaction("delete_file") as conn:
                 files = FileRepository(conn)
                 record = await files.mark_deleted(file_id, by=caller.name, now=self._clock())
@@ -247,12 +250,6 @@ def _moment(value: str | datetime | None) -> datetime | None:
     except ValueError:
         raise InvalidRequestError("since must be an ISO 8601 time", operation="audit_log") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _check_name(name: str, *, allow_empty: bool = False) -> None:
-    if (not name and not allow_empty) or "\x00" in name or len(name) > MAX_BLOB_NAME:
-        raise InvalidRequestError(f"a name is a blob name: no NUL, at most {MAX_BLOB_NAME} characters",
-                                  operation="find_file")
 
 
 def _next_cursor(name: str, file_id: uuid.UUID) -> str:

@@ -21,6 +21,7 @@ from shared.config import Settings, key_fingerprint, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
 from shared.errors import BlobsealError, SecretDisabledError
 from shared.identity import Caller
+from shared.names import for_terminal
 from shared.service import parse_file_id
 
 __all__ = [
@@ -119,7 +120,8 @@ def run_failed(args: argparse.Namespace) -> int:
         print("no failed uploads")
     for row in rows:
         when = "waits for an operator (replay)" if row["permanent"] else f"retried after {row['next_attempt_at']}"
-        print(f"{row['name']}  [{row['error']}, {row['attempts']} attempt(s); {when}]\n    {row['reason']}")
+        print(f"{for_terminal(str(row['name']))}  [{row['error']}, {row['attempts']} attempt(s); {when}]\n"
+              f"    {for_terminal(str(row['reason']))}")
     return 0
 
 
@@ -148,7 +150,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     for view in page:
         print(f"{view['file_id']}  {view['status']:<9}  {view['size'] if view['size'] is not None else '-':>12}  "
-              f"{view['source_name']}")
+              f"{for_terminal(view['source_name'])}")
     if cursor:
         print(f"more: --cursor {cursor}", file=sys.stderr)
     return 0
@@ -180,9 +182,10 @@ def _audit_list(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         row = r.as_dict()
-        print(f"{row['at']}  {row['operation']:<9} {row['outcome']:<22} {row['caller']:<28} "
-              f"{row['file_id'] or '-':<36} range={row['range'] or '-'} bytes={row['bytes_sent']} "
-              f"from={row['client_address'] or '-'}")
+        sent = "-" if row["bytes_sent"] is None else row["bytes_sent"]
+        print(f"{row['at']}  {row['operation']:<9} {for_terminal(row['outcome']):<22} "
+              f"{for_terminal(row['caller']):<28} {row['file_id'] or '-':<36} range={row['range'] or '-'} "
+              f"bytes={sent} from={for_terminal(row['client_address'])}")
     return 0
 
 

@@ -465,7 +465,7 @@ async def test_names_that_cannot_be_blob_names_are_400(stack: Services, name: st
              "headers": [(b"x-functions-key", TEST_FUNCTION_KEY.encode())],
              "query_string": urlencode({"name": name}).encode()}
     response = await http_api.find_file(Request(scope), stack)
-    assert response.status_code == 400 and json.loads(bytes(response.body))["error"] == "InvalidRequestError"
+    assert response.status_code == 400 and json.loads(bytes(response.body))["error"] == "InvalidNameError"
 
 
 # --- rotation ---------------------------------------------------------------------------

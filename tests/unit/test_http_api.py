@@ -24,11 +24,18 @@ def test_valid_ranges(header: str | None, size: int, expected: Span | None) -> N
     assert parse_range(header, size) == expected
 
 
-@pytest.mark.parametrize("header", ["bytes=", "bytes=-", "bytes=a-b", "items=0-1", "bytes=0-1,3-4", "bytes=5-2",
-                                   "0-1", "bytes=1-2-3", "bytes=" + "9" * 20 + "-"])
+@pytest.mark.parametrize("header", ["bytes=", "bytes=-", "bytes=a-b", "bytes=0-1,3-4", "bytes=5-2",
+                                   "bytes=1-2-3", "bytes=" + "9" * 20 + "-", "BYTES=x-"])
 def test_malformed_ranges(header: str) -> None:
     with pytest.raises(InvalidRequestError):
         parse_range(header, 10)
+
+
+@pytest.mark.parametrize("header", ["items=0-5", "0-1", "pages=1-2", "", "none"])
+def test_a_range_unit_other_than_bytes_is_ignored(header: str) -> None:
+    """RFC 9110 14.2: "An origin server MUST ignore a Range header field that contains a range unit it does not
+    understand": the whole file."""
+    assert parse_range(header, 10) is None
 
 
 @pytest.mark.parametrize("header,size", [("bytes=10-", 10), ("bytes=10-20", 10), ("bytes=-0", 10), ("bytes=0-", 0),
