@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-azurite", action="store_true", help="use the storage the settings name as is")
     parser.add_argument("--no-func", action="store_true", help="use the bundled host even if Core Tools exist")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="blob polling interval")
-    parser.add_argument("--verbose", action="store_true", help="also the runtime's own logs (as `func start --verbose`)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also the runtime's own logs (as `func start --verbose`)")
     return parser.parse_args(argv)
 
 

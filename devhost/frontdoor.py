@@ -89,11 +89,15 @@ async def _answer(send: Send, status: int, body: dict[str, str]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+class ClientGone(ConnectionError):
+    """The client went away before its request body ended: the forwarded request is aborted too."""
+
+
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            raise ClientGone("the client disconnected in the middle of its request body")
         if body := message.get("body", b""):
             yield body
         if not message.get("more_body", False):
@@ -103,12 +107,15 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
 class FrontDoor:
     """The ASGI app of the host's HTTP port (served by uvicorn)."""
 
-    def __init__(self, worker: Worker, function_keys: Collection[str]) -> None:
+    def __init__(self, worker: Worker, function_keys: Collection[str], *, function_timeout: float = 600) -> None:
         if worker.http_uri is None:
-            raise WorkerError("the runtime started no HTTP server: function_app.py must use the FastAPI extension")
+            raise WorkerError("worker init", "the runtime started no HTTP server (function_app.py must use the "
+                              "FastAPI streaming extension)")
         self.worker, self.upstream, self.function_keys = worker, worker.http_uri, function_keys
+        self.function_timeout = function_timeout
         self.routes = routes_of(worker.functions)
         self._session: aiohttp.ClientSession | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on the running loop, reused: one keep-alive pool to the runtime
@@ -150,10 +157,12 @@ class FrontDoor:
         try:
             await self._relay(scope, receive, send, invocation_id)
         except BaseException:
-            invocation.cancel()  # the request may never have reached the runtime: nothing would pair with it
+            # As the host on a client abort: the invocation runs on (the function sees the disconnect),
+            # bounded by functionTimeout; nobody waits for it here.
+            self._pending.add(asyncio.create_task(_settled(invocation, function.name, self.function_timeout)))
+            self._pending = {task for task in self._pending if not task.done()}
             raise
-        finally:
-            await _settled(invocation, function.name)
+        await _settled(invocation, function.name, self.function_timeout)
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, invocation_id: str) -> None:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
@@ -174,11 +183,12 @@ class FrontDoor:
             await send({"type": "http.response.body", "body": b""})
 
 
-async def _settled(invocation: asyncio.Task[Any], name: str) -> None:
-    """The invocation's outcome is logged; its response went back over the runtime's HTTP server."""
+async def _settled(invocation: asyncio.Task[Any], name: str, limit: float) -> None:
+    """The invocation's outcome is logged (its response went back over the runtime's HTTP server);
+    one still running after ``limit`` seconds (host.json's functionTimeout) is cancelled, as the host does."""
     try:
-        await invocation
+        await asyncio.wait_for(invocation, limit)
     except WorkerError as exc:
         log.error("%s failed: %s", name, exc.kind)
-    except asyncio.CancelledError:
-        log.info("%s: the request ended before its response", name)
+    except TimeoutError:
+        log.error("%s ran past functionTimeout (%.0f s) and was cancelled", name, limit)

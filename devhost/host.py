@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -30,20 +31,31 @@ from devhost.worker import RUNTIME_VERSION, Worker
 from shared import bootstrap
 from shared.config import LOCAL_STORAGE
 
-__all__ = ["serve", "start_worker"]
+__all__ = ["end_runtime_server_quietly", "quiet_system_logs", "serve", "start_worker"]
 
 log = logging.getLogger("devhost")
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_LOGGERS = ("azure.functions", "uvicorn", "uvicorn.access", "uvicorn.error")  # the runtime's, its server's
 
 
+def host_json() -> dict[str, Any]:
+    return dict(json.loads((ROOT / "host.json").read_text()))
+
+
 def host_blob_options() -> tuple[int, int]:
     """(concurrency, poison threshold) from host.json, as the Functions host reads them."""
-    blobs = json.loads((ROOT / "host.json").read_text()).get("extensions", {}).get("blobs", {})
+    blobs = host_json().get("extensions", {}).get("blobs", {})
     return int(blobs.get("maxDegreeOfParallelism", 4)), int(blobs.get("poisonBlobThreshold", 5))
 
 
-def background_tasks(worker: Worker, settings: Mapping[str, str], poll_seconds: float) -> list[BlobPoller | TimerRunner]:
+def function_timeout() -> float:
+    """host.json's functionTimeout (``hh:mm:ss``) in seconds (Flex Consumption's default: 30 minutes)."""
+    hours, minutes, seconds = (float(part) for part in str(host_json().get("functionTimeout", "00:30:00")).split(":"))
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def background_tasks(worker: Worker, settings: Mapping[str, str],
+                     poll_seconds: float) -> list[BlobPoller | TimerRunner]:
     runners: list[BlobPoller | TimerRunner] = []
     for function in worker.functions:
         trigger = function.trigger
@@ -59,25 +71,35 @@ def background_tasks(worker: Worker, settings: Mapping[str, str], poll_seconds: 
 
 
 def quiet_system_logs(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
     for name in SYSTEM_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(level)
+    # The runtime starts its server with uvicorn's default logging config, which sets INFO again as it
+    # starts: that default (a module-level dict) says the same level.
+    for name, config in uvicorn.config.LOGGING_CONFIG.get("loggers", {}).items():
+        config["level"] = logging.getLevelName(level) if name in SYSTEM_LOGGERS else config.get("level")
+
+
+def end_runtime_server_quietly() -> None:
+    """The runtime's HTTP server has no stop call (in Azure the worker process just ends): the loop
+    cancels its task on the way out, which its lifespan handler would report as an error."""
+    logging.getLogger("uvicorn.error").disabled = True
 
 
 async def start_worker(*, verbose: bool = False) -> Worker:
     """The runtime, initialised on this loop, its functions indexed and loaded, its HTTP server up."""
+    quiet_system_logs(verbose)
     worker = Worker(ROOT)
     await worker.start()
-    await asyncio.sleep(0)  # the runtime's HTTP server task configures uvicorn's loggers as it starts
-    quiet_system_logs(verbose)
     if worker.http_uri:
         await _listening(worker.http_uri)
     return worker
 
 
-async def _listening(uri: str, timeout: float = 30) -> None:
+async def _listening(uri: str, within: float = 30) -> None:
     """Wait until the runtime's HTTP server accepts connections (its task starts it after init)."""
     parts = urlsplit(uri)
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
             _, writer = await asyncio.open_connection(parts.hostname, parts.port)
@@ -97,9 +119,9 @@ def describe(functions: Collection[Function]) -> str:
 
 async def serve(*, port: int, poll_seconds: float, settings: Mapping[str, str], verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_system_logs(verbose)
     worker = await start_worker(verbose=verbose)
-    front = FrontDoor(worker, function_keys=list(bootstrap.load_settings().local_keys.values()))
+    front = FrontDoor(worker, function_keys=list(bootstrap.load_settings().local_keys.values()),
+                      function_timeout=function_timeout())
     server = uvicorn.Server(uvicorn.Config(front, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
                                            server_header=False, date_header=False))
     tasks = [asyncio.create_task(r.run()) for r in background_tasks(worker, settings, poll_seconds)]
@@ -116,6 +138,4 @@ async def serve(*, port: int, poll_seconds: float, settings: Mapping[str, str], 
         await front.close()
         worker.stop()
         await bootstrap.close_services()
-        # The runtime's HTTP server has no stop call (in Azure the worker process just ends): asyncio.run
-        # cancels its task after this returns, which its lifespan handler would report as an error.
-        logging.getLogger("uvicorn.error").disabled = True
+        end_runtime_server_quietly()

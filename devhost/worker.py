@@ -102,14 +102,14 @@ class Worker:
     async def _index_and_load(self) -> None:
         request = protocol.FunctionsMetadataRequest(function_app_directory=str(self.app_directory))
         message = protocol.StreamingMessage(request_id=_request_id(), functions_metadata_request=request)
-        response = _checked(await runtime.functions_metadata_request(WorkerRequest("FunctionsMetadataRequest", message)),
-                            "function metadata")
+        response = _checked(await runtime.functions_metadata_request(
+            WorkerRequest("FunctionsMetadataRequest", message)), "function metadata")
         self.functions = [from_metadata(metadata) for metadata in response.function_metadata_results]
         for metadata in response.function_metadata_results:
             load = protocol.FunctionLoadRequest(function_id=metadata.function_id, metadata=metadata)
-            _checked(await runtime.function_load_request(WorkerRequest(
-                "FunctionLoadRequest", protocol.StreamingMessage(request_id=_request_id(), function_load_request=load))),
-                f"loading {metadata.name}")
+            message = protocol.StreamingMessage(request_id=_request_id(), function_load_request=load)
+            _checked(await runtime.function_load_request(WorkerRequest("FunctionLoadRequest", message)),
+                     f"loading {metadata.name}")
 
     async def invoke(self, function: Function, inputs: Mapping[str, protocol.TypedData], *,
                      trigger_metadata: Mapping[str, protocol.TypedData] | None = None,

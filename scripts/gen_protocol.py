@@ -1,4 +1,4 @@
-"""Generates ``devhost/protocol/*_pb2.py`` (+ ``.pyi``) from the vendored .proto files of the worker protocol.
+"""Generates ``devhost/protocol/*_pb2.py`` from the vendored .proto files of the worker protocol.
 
 ``python scripts/gen_protocol.py [OUT]`` runs protoc (from ``grpcio-tools``) over
 ``devhost/protocol/proto`` and writes the modules into OUT (default ``devhost/protocol``). protoc writes
@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from grpc_tools import protoc  # type: ignore[import-untyped]
+from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "devhost" / "protocol" / "proto"
@@ -26,10 +26,10 @@ def generate(out: Path) -> list[Path]:
     for folder in ("identity", "shared"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"  # google/protobuf/duration.proto and friends
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}", *FILES]
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", *FILES]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on devhost/protocol/proto")
-    written = sorted(p for p in out.rglob("*_pb2.py*"))
+    written = sorted(out.rglob("*_pb2.py"))
     for path in written:
         path.write_text(_IMPORT.sub(r"from devhost.protocol.\1 import \2", path.read_text()))
     return written
