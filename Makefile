@@ -74,6 +74,7 @@ dev: install
 	$(PY) -m devhost --port $(PORT)
 
 bench: install
+	$(PY) -m bench.runtime_bench --profile
 	$(PY) -m bench.format_bench
 	$(PY) -m bench.app_bench
 	$(PY) -m bench.vault_bench
