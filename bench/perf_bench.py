@@ -476,8 +476,8 @@ def machine(host: DevHost, database_url: str) -> list[list[str]]:
                   if line.startswith("MemTotal"))
     azurite = json.loads((ROOT / "node_modules" / "azurite" / "package.json").read_text())["version"]
     packages = ", ".join(f"{name} {importlib.metadata.version(name)}"
-                         for name in ("azure-functions-runtime", "azure-functions", "azure-storage-blob", "cryptography", "httpx",
-                                      "aiohttp", "uvicorn"))
+                         for name in ("azure-functions-runtime", "azure-functions", "azure-storage-blob",
+                                      "cryptography", "httpx", "aiohttp", "uvicorn"))
     return [
         ["date", time.strftime("%Y-%m-%d %H:%M %Z")],
         ["cores (`nproc`)", str(len(os.sched_getaffinity(0)))],
