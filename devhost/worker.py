@@ -12,9 +12,12 @@ are passed as objects, in the order the host sends them:
 3. ``FunctionLoadRequest`` per function;
 4. ``InvocationRequest`` per trigger: input bindings as ``TypedData`` and trigger metadata.
 
-``reload`` sends ``FunctionEnvironmentReloadRequest`` (the placeholder specialisation of Azure's
-cold start: new environment variables and app directory). A response with a failure status raises
-``WorkerError`` carrying the runtime's own message.
+Not sent: ``FunctionEnvironmentReloadRequest``. Azure sends it only to specialise a placeholder worker,
+after the proxy worker has swapped in the app's own packages (a fresh ``azure_functions_runtime``
+among them); ``func start`` never sends it. Replayed in one process after a placeholder init it fails
+(the runtime keeps what it concluded about HTTP streaming while no app was loaded), so it would test
+this host, not the app. A response with a failure status raises ``WorkerError`` carrying the
+runtime's own message.
 """
 
 from __future__ import annotations
@@ -87,16 +90,6 @@ class Worker:
         response = _checked(await runtime.worker_init_request(
             WorkerRequest("WorkerInitRequest", message, self._properties())), "worker init")
         self.capabilities = dict(response.capabilities)
-        await self._index_and_load()
-
-    async def reload(self, environment: Mapping[str, str]) -> None:
-        """Placeholder specialisation: the runtime replaces its environment and indexes the app again."""
-        reload = protocol.FunctionEnvironmentReloadRequest(environment_variables=dict(environment),
-                                                           function_app_directory=str(self.app_directory))
-        message = protocol.StreamingMessage(request_id=_request_id(), function_environment_reload_request=reload)
-        response = _checked(await runtime.function_environment_reload_request(
-            WorkerRequest("FunctionEnvironmentReloadRequest", message, self._properties())), "environment reload")
-        self.capabilities.update(response.capabilities)
         await self._index_and_load()
 
     async def _index_and_load(self) -> None:
