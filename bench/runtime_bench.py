@@ -200,7 +200,7 @@ def profiles(sides: list[Side], plan: Plan, work: Path) -> str:
     for side in sides:
         dump = work / f"{side.name}.prof"
         host = DevHost(side.host.env, work / f"{side.name}-profiled.log", app_root=side.host.app_root,
-                       launcher=("-m", "cProfile", "-o", str(dump))).start()
+                       launcher=(str(ROOT / "bench" / "cpu_profile.py"), str(dump))).start()
         profiled = Side(side.name, host, Blobseal(host), get_ids=side.get_ids)
         try:
             cpu_per_get(profiled, plan)  # warm-up, in the profile too (both hosts alike)

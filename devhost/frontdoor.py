@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-import aiohttp
-
 from devhost import protocol
 from devhost.functions import Function
+from devhost.relay import Relay
 from devhost.worker import Worker, WorkerError
 
 __all__ = ["FrontDoor", "Route", "routes_of"]
@@ -76,9 +75,9 @@ def routes_of(functions: Collection[Function]) -> list[Route]:
 
 
 def _authorised(scope: Scope, keys: Collection[str]) -> bool:
-    headers = dict(scope["headers"])
-    code = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("code", [""])[0]
-    given = (code or headers.get(b"x-functions-key", b"").decode("latin-1")).encode()
+    query: bytes = scope.get("query_string", b"")
+    code = parse_qs(query.decode("latin-1")).get("code", [""])[0] if b"code=" in query else ""
+    given = code.encode() or next((v for k, v in scope["headers"] if k == b"x-functions-key"), b"")
     return any(key and hmac.compare_digest(given, key.encode()) for key in keys)
 
 
@@ -111,21 +110,14 @@ class FrontDoor:
         if worker.http_uri is None:
             raise WorkerError("worker init", "the runtime started no HTTP server (function_app.py must use the "
                               "FastAPI streaming extension)")
-        self.worker, self.upstream, self.function_keys = worker, worker.http_uri, function_keys
+        self.worker, self.function_keys = worker, function_keys
         self.function_timeout = function_timeout
         self.routes = routes_of(worker.functions)
-        self._session: aiohttp.ClientSession | None = None
+        self.relay = Relay(worker.http_uri)
         self._pending: set[asyncio.Task[None]] = set()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # made on the running loop, reused: one keep-alive pool to the runtime
-            self._session = aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("User-Agent",),
-                                                  timeout=aiohttp.ClientTimeout(total=None, sock_read=240))
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.relay.close()
 
     def find(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:
@@ -165,29 +157,25 @@ class FrontDoor:
         await _settled(invocation, function.name, self.function_timeout)
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, invocation_id: str) -> None:
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]  # ASGI names are lowercase
         headers.append((INVOCATION_HEADER, invocation_id.encode()))
         if client := scope.get("client"):
             headers.append((b"x-forwarded-for", str(client[0]).encode()))
-        target = self.upstream + scope["raw_path"].decode("latin-1")
+        target = scope["raw_path"].decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
-        async with self._client().request(
-                scope["method"], target, headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
-                data=_request_body(receive) if has_body else None, allow_redirects=False) as upstream:
-            await send({"type": "http.response.start", "status": upstream.status,
-                        "headers": [(k, v) for k, v in upstream.raw_headers if k.lower() not in HOP_BY_HOP]})
-            async for chunk in upstream.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        await self.relay.forward(scope["method"], target, headers, _request_body(receive) if has_body else None,
+                                 send)
 
 
 async def _settled(invocation: asyncio.Task[Any], name: str, limit: float) -> None:
     """The invocation's outcome is logged (its response went back over the runtime's HTTP server);
     one still running after ``limit`` seconds (host.json's functionTimeout) is cancelled, as the host does."""
     try:
-        await asyncio.wait_for(invocation, limit)
+        if not invocation.done():  # a streamed response: the function returned before its body went out
+            await asyncio.wait_for(invocation, limit)
+        invocation.result()
     except WorkerError as exc:
         log.error("%s failed: %s", name, exc.kind)
     except TimeoutError:
