@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 __all__ = ["Function", "from_metadata", "resolve"]
@@ -24,7 +25,7 @@ class Function:
     function_id: str
     bindings: tuple[dict[str, Any], ...]
 
-    @property
+    @cached_property
     def trigger(self) -> dict[str, Any]:
         return next(b for b in self.bindings if str(b.get("type", "")).endswith("Trigger"))
 
@@ -32,7 +33,7 @@ class Function:
     def trigger_type(self) -> str:
         return str(self.trigger["type"])
 
-    @property
+    @cached_property
     def methods(self) -> tuple[str, ...]:
         return tuple(str(m).upper() for m in self.trigger.get("methods") or ("GET", "POST"))
 
