@@ -211,9 +211,10 @@ def profiles(sides: list[Side], plan: Plan, work: Path) -> str:
         found.append(by_package(dump, side.host.app_root))
     return "\n".join([
         "## Where the host's time goes (cProfile, own time per package, per GET)", "",
-        f"Each host started once more under cProfile on the same deployment and given {2 * plan.gets} GETs "
-        "(a warm-up round and a measured one, both in the profile); only the ranking and the differences "
-        "mean something, cProfile's overhead inflates every Python call alike.", "",
+        f"Each host started once more under cProfile timed with CPU time (`bench/cpu_profile.py`) on the same "
+        f"deployment and given {2 * plan.gets} GETs (a warm-up round and a measured one, both in the profile). "
+        "Own time per package: C built-ins include the socket calls. cProfile's overhead inflates every Python "
+        "call alike, so the ranking and the differences are what count.", "",
         compare(found[0], found[1], 2 * plan.gets)])
 
 
