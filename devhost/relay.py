@@ -21,7 +21,7 @@ __all__ = ["Relay"]
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
-PIECE = 1024 * 1024
+PIECE = 1024 * 1024  # read buffer and largest piece passed on: fewer, larger writes to the client
 NO_BODY = frozenset({204, 304})
 
 
