@@ -97,10 +97,10 @@ docs: $(VENV)/.installed
 	$(PY) scripts/settings_docs.py
 
 # Forget the local deployment's data (asks first): blobs in .azurite/, the embedded database in .dev/,
-# the local vault's keys in secrets/. Files encrypted under those keys cannot be read afterwards.
+# the local vault's keys in secrets/ and its master key. Files encrypted under those keys cannot be read afterwards.
 reset:
-	@printf "delete .azurite/ (blobs), .dev/ (embedded database) and secrets/ (local keys)? [y/N] "; \
-	read answer; if [ "$$answer" = y ]; then rm -rf .azurite .dev secrets && echo "local state deleted"; \
+	@printf "delete .azurite/ (blobs), .dev/ (embedded database), secrets/ and secrets.master-key (local keys)? [y/N] "; \
+	read answer; if [ "$$answer" = y ]; then rm -rf .azurite .dev secrets secrets.master-key && echo "local state deleted"; \
 	else echo "kept"; fi
 
 clean:

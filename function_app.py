@@ -9,8 +9,11 @@ them to pick the SDK-type blob binding and the streaming HTTP types.
 - ``encrypt_ingest_blob``: blob trigger on ``%INGEST_CONTAINER%/{name}``; SDK-type binding,
   so the host hands over a client (names only) and never loads the blob into memory.
 - ``download_file``, ``delete_file``, ``file_metadata``, ``find_file`` (lookup and listing),
-  ``upload_file`` (encrypts a request body on the fly), ``metrics``: HTTP, function key.
-- ``health``: HTTP, anonymous.
+  ``upload_file`` (encrypts a request body on the fly), ``access_log``, ``status``, ``metrics``: HTTP.
+  Each checks its caller's role (``shared.identity``): in Azure the caller comes from App Service
+  Authentication (Entra app roles; the functions are then ``anonymous`` to the host, keys off);
+  with ``FUNCTION_KEYS_ENABLED`` (locally, by default) the host checks a function key first.
+- ``health``: HTTP, anonymous: up or down only.
 - ``rotate_keys``: timer on ``%ROTATION_SCHEDULE%``.
 - ``reconcile``: timer on ``%RECONCILE_SCHEDULE%``: repairs what faults and races left behind.
 """
@@ -26,7 +29,7 @@ from shared.errors import ConfigError
 
 log = logging.getLogger("blobseal.functions")
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app = func.FunctionApp(http_auth_level=func.AuthLevel(bootstrap.http_auth_level()))
 
 
 @app.blob_trigger(arg_name="client", path="%INGEST_CONTAINER%/{name}", connection="DataStorage",
@@ -39,12 +42,12 @@ async def encrypt_ingest_blob(client: blob.BlobClient) -> None:
 
 
 async def _http(handler: http_api.Handler, req: Request) -> Response:
-    """The one place HTTP functions get the service (built once per worker by the bootstrap)."""
+    """The one place HTTP functions get the services (built once per worker by the bootstrap)."""
     try:
-        files = (await bootstrap.services()).files
+        services = await bootstrap.services()
     except ConfigError as exc:
         return http_api.misconfigured(exc)
-    return await handler(req, files)
+    return await handler(req, services)
 
 
 @app.route(route="files/{file_id}", methods=["GET", "HEAD"])
@@ -72,23 +75,33 @@ async def upload_file(req: Request) -> Response:
     return await _http(http_api.upload, req)
 
 
+@app.route(route="audit", methods=["GET"])
+async def access_log(req: Request) -> Response:
+    return await _http(http_api.access_log, req)
+
+
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
     return await _http(http_api.health, req)
 
 
+@app.route(route="status", methods=["GET"])
+async def status(req: Request) -> Response:
+    return await _http(http_api.status, req)
+
+
 @app.route(route="metrics", methods=["GET"])
 async def metrics(req: Request) -> Response:
-    return await http_api.metrics(req)
+    return await _http(http_api.metrics, req)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%ROTATION_SCHEDULE%", run_on_startup=False, use_monitor=True)
 async def rotate_keys(timer: func.TimerRequest) -> None:
-    report = await (await bootstrap.services()).files.rotate_due()
+    report = await (await bootstrap.services()).maintenance.rotate_due()
     log.info("rotation run (past due: %s): %s", timer.past_due, report.as_dict())
 
 
 @app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
 async def reconcile(timer: func.TimerRequest) -> None:
-    report = await (await bootstrap.services()).files.reconcile()
+    report = await (await bootstrap.services()).maintenance.reconcile()
     log.info("reconcile run (past due: %s): %s", timer.past_due, report.as_dict())

@@ -35,9 +35,11 @@ from localinfra.postgres import database, scratch_database
 from shared.bootstrap import Services, build_services
 from shared.config import Settings
 from shared.db import migrate
+from shared.identity import ALL_ROLES, Caller
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).with_name("results") / "app.md"
+BENCH_CALLER = Caller("bench", ALL_ROLES)
 
 
 def settings_for(azurite: Azurite, database_url: str, vault: Path) -> Settings:
@@ -76,8 +78,10 @@ async def plain_download(s: Services, blob: str) -> int:
 
 
 async def service_download(s: Services, file_id: str) -> int:
-    body = await s.files.open(await s.files.encrypted_file(file_id), None)
-    return sum([len(piece) async for piece in body])
+    """The download use case as a caller gets it: role check, access row, verified body."""
+    got = await s.files.download(BENCH_CALLER, file_id, lambda record: None)
+    assert got.body is not None
+    return sum([len(piece) async for piece in got.body])
 
 
 async def one_round(azurite: Azurite, s: Services, size: int) -> dict[str, float]:
@@ -86,7 +90,7 @@ async def one_round(azurite: Azurite, s: Services, size: int) -> dict[str, float
     await asyncio.to_thread(upload, azurite, s.settings.ingest_container, name, size)
     times = {"copy": await timed(lambda: plain_copy(s, name, f"copy-{name}")),
              "ingest": await timed(lambda: s.files.encrypt_ingest_blob(name))}
-    info = await s.files.find_by_name(name)
+    info = await s.files.find_by_name(BENCH_CALLER, name)
     blob = (await s.files.encrypted_file(str(info["file_id"]))).protected_blob
     assert blob is not None
     times["plain get"] = await timed(lambda: plain_download(s, blob))

@@ -34,14 +34,15 @@ from typing import Any, cast
 
 import asyncpg
 
-from shared.audit import _INSERT_ROWS, AuditLog
 from shared.config import DEFAULT_DATABASE_URL, redact_url
+from shared.db.access_log import AccessLogRepository, NewRow
 from shared.db.failures import FailureRepository
 from shared.db.file_keys import FileKeyRepository, Placement
 from shared.db.files import FileRepository
 from shared.db.intermediate_keys import IntermediateKeyRepository
 from shared.db.migrations import migrate
 from shared.db.pool import Database
+from shared.db.secret_intents import SecretIntentRepository
 from shared.reconcile import RunLease
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,24 +187,36 @@ def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
           FROM (SELECT id, row_number() OVER (ORDER BY created_at) AS n FROM intermediate_keys) i
          WHERE k.state = 'active' AND k.id % 2 = 0 AND i.n = 1 + k.id % 48
         """,
-        # a deletion that stopped half way now and then: a deleted file that still has a key row
+        # deletions are erased (erased_at set) but now and then one stopped half way (a key row left)
+        "UPDATE files SET erased_at = deleted_at WHERE status = 'deleted'",
         """
         INSERT INTO file_keys (file_id, key_reference, created_at, expires_at, state)
         SELECT file_id, key_reference, now() - interval '40 days', now() - interval '10 days', 'active'
           FROM (SELECT file_id, 'file-' || file_id || '/' || md5(file_id::text) AS key_reference FROM files
                  WHERE status = 'deleted' AND abs(hashtext(file_id::text)::bigint) % 200 = 0) d
         """,
+        """
+        UPDATE files SET erased_at = NULL
+         WHERE status = 'deleted' AND abs(hashtext(file_id::text)::bigint) % 200 = 0
+        """,
+        # secret placements in flight: a few announced, one in a thousand never recorded (a killed worker)
+        """
+        INSERT INTO secret_intents (file_id, token, since)
+        SELECT file_id, md5(file_id::text), now() - (n % 600) * interval '1 second'
+          FROM (SELECT file_id, row_number() OVER () AS n FROM files WHERE status = 'encrypted' LIMIT 200) r
+        """,
         # the access log: a year of downloads, lookups, uploads, ... by 50 callers
         """
         INSERT INTO access_log (at, operation, file_id, caller, client_address, range_start, range_end, bytes_sent,
-                                outcome)
-        SELECT now() - (n::float8 / $1::int) * interval '365 days',
+                                outcome, chain, seq, mac)
+        SELECT now() - (($1::int - n)::float8 / $1::int) * interval '365 days',
                (ARRAY['download', 'download', 'download', 'lookup', 'upload', 'list', 'rotate', 'delete'])[1 + n % 8],
                ids[1 + (n::bigint * 7919) % array_length(ids, 1)], 'key:client-' || (n % 50),
                '10.0.' || (n % 256) || '.' || (n / 256 % 256),
                CASE WHEN n % 8 < 3 THEN 0 END, CASE WHEN n % 8 < 3 THEN 1048575 END,
                CASE WHEN n % 8 < 3 THEN 1048576 END,
-               CASE WHEN n % 97 = 0 THEN 'aborted' ELSE 'ok' END
+               CASE WHEN n % 97 = 0 THEN 'aborted' ELSE 'ok' END,
+               md5('chain' || (n / 5000))::uuid, 1 + n % 5000, sha256(n::text::bytea)
           FROM generate_series(1, $1::int) AS n, (SELECT array_agg(file_id) AS ids FROM files) f
         """,
         # failed uploads (30% permanent), blobs waiting out their grace, the reconciler's memory
@@ -223,7 +236,7 @@ def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
         """,
         """
         INSERT INTO reconciler_state (name, value) VALUES
-            ('ingest_cursor', ''), ('protected_cursor', ''), ('versions_checked_until', now()::text),
+            ('ingest_cursor', ''), ('protected_cursor', ''),
             ('oldest_plaintext_at', ''), ('last_run_at', now()::text)
         """,
     ]
@@ -247,6 +260,7 @@ class Samples:
     after: tuple[str, uuid.UUID]
     blob_page: list[str]
     name_page: list[str]
+    intermediate_id: uuid.UUID
 
 
 async def samples(conn: Any) -> Samples:
@@ -264,7 +278,8 @@ async def samples(conn: Any) -> Samples:
     return Samples(file_id=row["file_id"], source_name=row["source_name"], key_reference=row["key_reference"],
                    protected_blob=row["protected_blob"], etag=row["source_etag"], pending_id=pending["file_id"],
                    pending_etag=pending["pending_etag"], prefix=prefix, after=(after["source_name"], after["file_id"]),
-                   blob_page=blobs, name_page=names)
+                   blob_page=blobs, name_page=names,
+                   intermediate_id=await conn.fetchval("SELECT id FROM intermediate_keys ORDER BY created_at LIMIT 1"))
 
 
 # --- the hot queries -----------------------------------------------------------------------
@@ -292,8 +307,8 @@ def queries(s: Samples) -> list[Query]:
     def failures(r: Recorder) -> FailureRepository:
         return FailureRepository(r)
 
-    def audit(r: Recorder) -> AuditLog:
-        return AuditLog(cast(Database, RecordingDb(r)))
+    def audit(r: Recorder) -> AccessLogRepository:
+        return AccessLogRepository(r)
 
     def lease(r: Recorder) -> RunLease:
         return RunLease(cast(Database, RecordingDb(r)), duration=timedelta(minutes=2), holder="explain:1")
@@ -338,12 +353,13 @@ def queries(s: Samples) -> list[Query]:
               lambda r: keys(r).retired_not_disabled(100)),
         Query("every key reference of a file", "reconciler: FileKeyRepository.references",
               lambda r: keys(r).references(s.file_id)),
-        Query("whether a file's keys are in the vault", "reconciler, delete: FileKeyRepository.held_in_vault",
-              lambda r: keys(r).held_in_vault(s.file_id)),
-        Query("a key and its intermediate key", "cold download: FileKeyRepository.with_intermediate",
-              lambda r: keys(r).with_intermediate(s.file_id, s.key_reference)),
-        Query("keys to move (batch of 100)", "migrate-keys: FileKeyRepository.readable_in",
-              lambda r: keys(r).readable_in("secret", 100)),
+        Query("every key row of a file", "delete: FileKeyRepository.of_file", lambda r: keys(r).of_file(s.file_id)),
+        Query("lock a file's row while a key is recorded", "keys: FileKeyRepository.lock_file",
+              lambda r: keys(r).lock_file(s.file_id), write=True),
+        Query("an intermediate key", "cold download: IntermediateKeyRepository.get",
+              lambda r: IntermediateKeyRepository(r).get(s.intermediate_id)),
+        Query("keys to move (batch of 100)", "migrate-keys: FileKeyRepository.readable_elsewhere",
+              lambda r: keys(r).readable_elsewhere("envelope", 0, 100)),
         Query("intermediate keys to rewrap (batch of 500)", "rotate-kek: IntermediateKeyRepository.not_wrapped_by",
               lambda r: IntermediateKeyRepository(r).not_wrapped_by("blobseal-kek/new", 500)),
         # downloads, lookups, listing
@@ -363,10 +379,10 @@ def queries(s: Samples) -> list[Query]:
               lambda r: files(r).encrypted_versions(s.name_page)),
         Query("referenced blobs of a listing page", "reconciler: FileRepository.referenced_blobs",
               lambda r: files(r).referenced_blobs(s.blob_page)),
-        Query("files changed since the last check", "reconciler: FileRepository.updated_since",
-              lambda r: files(r).updated_since(now - timedelta(hours=1), 200)),
-        Query("deletions left half way", "reconciler: FileRepository.deleted_with_leftovers",
-              lambda r: files(r).deleted_with_leftovers(200)),
+        Query("secret placements never recorded", "reconciler: SecretIntentRepository.settled",
+              lambda r: SecretIntentRepository(r).settled(settle, 200)),
+        Query("deletions left half way", "reconciler: FileRepository.unerased",
+              lambda r: files(r).unerased(200)),
         Query("failures held back", "reconciler: FailureRepository.held",
               lambda r: failures(r).held(s.name_page, now)),
         Query("failure counts", "reconciler: FailureRepository.counts", lambda r: failures(r).counts()),
@@ -376,21 +392,27 @@ def queries(s: Samples) -> list[Query]:
         Query("retired blobs due", "rotation: FileRepository.retired_blobs_due",
               lambda r: files(r).retired_blobs_due(now + timedelta(minutes=30), 100)),
         # the access log
-        Query("append accesses (a batch of 20)", "every access: AuditLog._write_waiting",
-              lambda r: r.execute(_INSERT_ROWS, *map(list, zip(*[
-                  (now, "download", s.file_id, "key:client-1", "10.0.0.1", 0, 99, 100, "ok")] * 20, strict=True))),
+        Query("append accesses (a batch of 20)", "every access: AuditLog._write (AccessLogRepository.append)",
+              lambda r: audit(r).append([NewRow(now, "download", s.file_id, "key:client-1", "10.0.0.1", 0, 99, 100,
+                                                "ok")] * 20, uuid.uuid4(), range(1, 21), [bytes(32)] * 20),
               write=True),
-        Query("audit: one file", "blobseal audit --file: AuditLog.query",
-              lambda r: audit(r).query(file_id=s.file_id)),
-        Query("audit: one caller, last week", "blobseal audit --caller --since: AuditLog.query",
-              lambda r: audit(r).query(caller="key:client-7", since=now - timedelta(days=7))),
-        Query("audit: everything since yesterday", "blobseal audit --since: AuditLog.query",
-              lambda r: audit(r).query(since=now - timedelta(days=1))),
-        Query("purge the access log (retention)", "reconciler: purge_access_log",
+        Query("audit: one file", "blobseal audit --file-id: AccessLogRepository.query",
+              lambda r: audit(r).query(file_id=s.file_id, since=None, caller=None, limit=1000)),
+        Query("audit: one caller, last week", "blobseal audit --caller --since: AccessLogRepository.query",
+              lambda r: audit(r).query(file_id=None, since=now - timedelta(days=7), caller="key:client-7",
+                                       limit=1000)),
+        Query("audit: everything since yesterday", "blobseal audit --since: AccessLogRepository.query",
+              lambda r: audit(r).query(file_id=None, since=now - timedelta(days=1), caller=None, limit=1000)),
+        Query("digest: chain heads since the last digest", "reconciler: AccessLogRepository.heads",
+              lambda r: audit(r).heads({}, now - timedelta(hours=2))),
+        Query("verify: a page of rows in chain order", "blobseal audit verify: AccessLogRepository.chained",
+              lambda r: audit(r).chained((uuid.UUID(int=0), 0), 5000)),
+        Query("purge plan: each chain's last row to go", "blobseal audit purge: AccessLogRepository.purge_plan",
+              lambda r: audit(r).purge_plan(now - timedelta(days=364))),
+        Query("purge the access log (retention)", "blobseal audit purge: purge_access_log",
               lambda r: audit(r).purge(now - timedelta(days=364)), write=True),
-        Query("the purge's DELETE (inside purge_access_log)", "purge_access_log (migration 4)",
-              lambda r: r.execute("DELETE FROM access_log WHERE at < $1", now - timedelta(days=364)), write=True,
-              before="SELECT set_config('blobseal.access_log_purge', 'on', true)"),
+        Query("the purge's DELETE (inside purge_access_log)", "purge_access_log (migration 9)",
+              lambda r: r.execute("DELETE FROM access_log WHERE at < $1", now - timedelta(days=364)), write=True),
     ]
 
 

@@ -46,6 +46,7 @@ from localinfra.postgres import database, scratch_database
 from shared.db import migrate
 from shared.vault.azure import RetryOptions, TransportOptions
 from shared.vault.azure_kek import AzureKeyWrapper
+from shared.vault.azure_signer import AzureSigner
 from tests.support.keyvault_server import FakeCredential, KeyVaultServer, make_tls_material
 from tests.support.pg_proxy import PgProxy
 
@@ -177,12 +178,13 @@ async def one_run(azurite: Azurite, database_url: str, mode: str, workers: int, 
 async def _measure(server: KeyVaultServer, azurite: Azurite, database_url: str, env: dict[str, str], mode: str,
                    workers: int, files: int, concurrency: int) -> Run:
     """Ingest, then download cold, in worker processes; what the vault, the database and the CPU saw."""
-    if mode == "envelope":  # the KEK exists before the app runs (infra/ deploys it)
-        kek = AzureKeyWrapper(server.url, FakeCredential(), "blobseal-kek", retry=RetryOptions(deadline=60),
-                              transport=TransportOptions(verify_challenge_resource=False,
-                                                         connection_verify=str(server.tls.ca_file)))
-        await kek.create()
-        await kek.close()
+    if mode == "envelope":  # the KEK and the signing key exist before the app runs (infra/ deploys them)
+        options: dict[str, Any] = {"retry": RetryOptions(deadline=60), "transport": TransportOptions(
+            verify_challenge_resource=False, connection_verify=str(server.tls.ca_file))}
+        for key in (AzureKeyWrapper(server.url, FakeCredential(), "blobseal-kek", **options),
+                    AzureSigner(server.url, FakeCredential(), "blobseal-signing", **options)):
+            await key.create()
+            await key.close()
     digests = await drop_files(azurite, env["INGEST_CONTAINER"], files)
     async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
         await service.create_container(env["PROTECTED_CONTAINER"])

@@ -1,7 +1,7 @@
 """One worker process of the scale simulation (``bench.scale_bench``): the real ingest or download code.
 
 Started by the simulation with one JSON argument (the job); builds the services exactly as a
-Functions worker does (``bootstrap.build_services``), with the Azure vault and KEK adapters
+Functions worker does (``bootstrap.build_services``), with the Azure vault, KEK and signing key adapters
 pointed at the loopback Key Vault stand-in. It prints ``ready``, waits for ``go`` on stdin (so
 the clock starts when every worker is up), does its share, and prints one JSON line of results.
 """
@@ -20,6 +20,7 @@ from shared.bootstrap import build_services
 from shared.config import Settings
 from shared.vault.azure import AzureKeyVault, RetryOptions, TransportOptions
 from shared.vault.azure_kek import AzureKeyWrapper
+from shared.vault.azure_signer import AzureSigner
 from tests.support.keyvault_server import FakeCredential
 
 
@@ -31,7 +32,9 @@ def services_for(job: dict[str, Any]):  # type: ignore[no-untyped-def]
                           connection_verify=job["ca_file"], retry=retry)
     kek = AzureKeyWrapper(job["vault_url"], FakeCredential(), settings.key_vault_kek_name, retry=retry,
                           transport=transport)
-    return build_services(settings, vault=vault, kek=kek)
+    signer = AzureSigner(job["vault_url"], FakeCredential(), settings.key_vault_signing_key_name, retry=retry,
+                         transport=transport)
+    return build_services(settings, vault=vault, kek=kek, signer=signer)
 
 
 async def ingest(job: dict[str, Any]) -> dict[str, Any]:

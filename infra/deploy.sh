@@ -252,12 +252,12 @@ if ((SKIP_DATABASE == 0)); then
   # this variable and in the children's environment.
   pg_token="$(az account get-access-token --resource-type oss-rdbms --query accessToken -o tsv)"
   [[ -n "$pg_token" ]] || die "could not get an Entra token for PostgreSQL (az account get-access-token --resource-type oss-rdbms)"
-  admin_url="postgresql://$(urlencode "$DB_ADMIN_NAME")@${PG_FQDN}:5432/${DATABASE}?sslmode=require"
+  admin_url="postgresql://$(urlencode "$DB_ADMIN_NAME")@${PG_FQDN}:5432/${DATABASE}?sslmode=verify-full"
   (
     cd "$REPO_ROOT"
     # The URL names the administrator and holds no password: asyncpg takes PGPASSWORD (the token).
     PGPASSWORD="$pg_token" DATABASE_AUTH=password DATABASE_URL="$admin_url" "$PYTHON" -m shared.cli migrate || exit 1
-    db_roles_args=(--host "$PG_FQDN" --database "$DATABASE" --admin "$DB_ADMIN_NAME"
+    db_roles_args=(--host "$PG_FQDN" --database "$DATABASE" --admin "$DB_ADMIN_NAME" --sslmode verify-full
       --app-role "$DATABASE_USER" --app-object-id "$APP_PRINCIPAL")
     if [[ -n "$OPERATOR_ID" ]]; then
       db_roles_args+=(--operator-role "$OPERATOR_NAME" --operator-object-id "$OPERATOR_ID" --operator-type "$OPERATOR_TYPE")

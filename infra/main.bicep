@@ -86,12 +86,6 @@ param postgresHighAvailability string = 'Disabled'
 @description('Only with privateNetworking=false: firewall rule 0.0.0.0 ("allow Azure services"), needed then for the app to connect (Entra tokens remain the only credential).')
 param postgresAllowAzureServices bool = false
 
-@allowed([
-  'require'
-  'verify-ca'
-  'verify-full'
-])
-param postgresSslMode string = 'require'
 
 param databaseName string = 'blobseal'
 
@@ -210,6 +204,11 @@ param keyMode string = 'secret'
 @minLength(1)
 @maxLength(127)
 param kekName string = 'blobseal-kek'
+
+@description('Name of the signing key in the vault (KEY_VAULT_SIGNING_KEY_NAME): an EC P-256 key the app may only sign with. Never rename it while signed rows exist.')
+@minLength(1)
+@maxLength(127)
+param signingKeyName string = 'blobseal-signing'
 
 @description('Deploy the KEK and its role assignments while keyMode is secret: one deployment ahead of a switch (so the grants have propagated), or after switching back until `blobseal migrate-keys --to secret` has moved every key. keyMode=envelope deploys them anyway.')
 param deployKek bool = false
@@ -429,6 +428,7 @@ module keyVault 'modules/keyvault.bicep' = {
     networkDefaultAction: networkDefaultAction
     kekName: kekName
     deployKek: kekDeployed
+    signingKeyName: signingKeyName
   }
 }
 
@@ -556,6 +556,7 @@ module rbac 'modules/rbac.bicep' = {
     functionPrincipalId: functionApp.outputs.principalId
     keyVaultName: keyVault.outputs.name
     kekName: keyVault.outputs.kekName
+    signingKeyName: keyVault.outputs.signingKeyName
     grantKek: kekDeployed
     dataStorageAccountName: dataStorage.outputs.name
     hostStorageAccountName: hostStorage.outputs.name
@@ -616,14 +617,21 @@ var appSettings = {
   // intermediate keys that the KEK wraps. The KEK is deployed by the templates, never by the app.
   KEY_MODE: keyMode
   KEY_VAULT_KEK_NAME: kekName
+  // The custodies whose key rows the app reads: envelope rows only where the KEK is deployed; any
+  // other custody named in a row is refused as tampered (docs/THREATS.md).
+  KEY_CUSTODIES: kekDeployed ? 'secret,envelope' : 'secret'
+  // Signs each intermediate key row (a database writer cannot forge one); deployed always.
+  KEY_VAULT_SIGNING_KEY_NAME: signingKeyName
   ENVELOPE_INTERMEDIATE_MINUTES: string(envelopeIntermediateMinutes)
   ENVELOPE_INTERMEDIATE_MAX_FILES: string(envelopeIntermediateMaxFiles)
   // PostgreSQL with the managed identity: an Entra access token is the password (refreshed by the
-  // app's pool); the URL names the app's role and holds no password.
+  // app's pool); the URL names the app's role and holds no password. verify-full: the token goes only
+  // to a server whose certificate chains to a root the platform trusts and names the host (the app
+  // refuses DATABASE_AUTH=entra with anything less; shared/db/tls.py).
   DATABASE_AUTH: 'entra'
   // Through the built-in PgBouncer (6432, transaction pooling) where the tier has it; migrations and
   // roles (deploy.sh phase 2) go to 5432 directly.
-  DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:${databasePort}/${databaseName}?sslmode=${postgresSslMode}'
+  DATABASE_URL: 'postgresql://${databaseUser}@${postgres.outputs.fqdn}:${databasePort}/${databaseName}?sslmode=verify-full'
   // Empty: the system-assigned identity (a user-assigned one would put its client id here).
   DATABASE_ENTRA_CLIENT_ID: ''
   DATABASE_POOL_MAX: string(databasePoolMax)

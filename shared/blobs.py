@@ -248,6 +248,17 @@ class Container:
                 props = await self._blob(name).get_blob_properties()
         return _info(name, props)
 
+    async def create(self, name: str, data: bytes, *, content_type: str) -> None:
+        """Write a new small blob in one request; never replaces one (``BlobChangedError`` if it exists)."""
+        with _translated("create", self.name, name):
+            try:
+                async with asyncio.timeout(CALL_DEADLINE_SECONDS):
+                    await self._blob(name).upload_blob(data, overwrite=False,
+                                                       content_settings=ContentSettings(content_type=content_type))
+            except ResourceExistsError as exc:
+                raise BlobChangedError("blob already exists", operation="create",
+                                       details={"container": self.name, "blob": name}) from exc
+
     async def open_whole(self, name: str) -> tuple[BlobInfo, AsyncIterator[bytes]]:
         """A blob's properties and its bytes (``read``'s chunks) from one first request instead of two;
         the read's later requests are pinned to that ETag (``BlobChangedError`` if it changes)."""

@@ -19,15 +19,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from shared.audit import AuditLog
+from shared.access import Guard
+from shared.audit import AuditLog, ChainKey, Digests, DigestStore
 from shared.blobs import BlobStore, Container
 from shared.config import Settings
-from shared.custody import EnvelopeCustody, IntermediateKeys, IntermediatePolicy
+from shared.custody import EnvelopeCustody, IntermediateKeys, IntermediatePolicy, KeyCustody, SecretCustody
 from shared.db.pool import Database
 from shared.download import Reader
+from shared.erase import Eraser
 from shared.errors import ConfigError
+from shared.health import Health
+from shared.identity import IdentityPolicy
 from shared.ingest import Ingestor, RetryPolicy
 from shared.keys import FileKeyService
+from shared.maintenance import Maintenance
 from shared.reconcile import ReconcilePolicy, Reconciler
 from shared.rotation import RotationPolicy, Rotator
 from shared.service import FileService
@@ -37,6 +42,8 @@ from shared.upload import Uploader
 from shared.vault.base import KeyVault
 from shared.vault.cache import CachedKeyVault, TtlCache
 from shared.vault.kek import KeyWrapper, LocalKeyWrapper
+from shared.vault.sealing import MasterKeySource
+from shared.vault.signer import LocalSigner, Signer
 
 __all__ = [
     "Services",
@@ -89,21 +96,33 @@ def trigger_source(environ: Mapping[str, str] | None = None) -> str:
         .blob_trigger_source
 
 
+def http_auth_level(environ: Mapping[str, str] | None = None) -> str:
+    """The HTTP functions' auth level, needed when the worker indexes ``function_app.py``: ``function``
+    while ``FUNCTION_KEYS_ENABLED`` (the host checks a key first), else ``anonymous`` (App Service
+    Authentication in front decides who gets in; the app checks each caller's roles either way)."""
+    value = settings_mapping(environ).get("FUNCTION_KEYS_ENABLED", "")
+    return "function" if Settings.from_env({"FUNCTION_KEYS_ENABLED": value}).function_keys_enabled else "anonymous"
+
+
 @dataclass
 class Services:
-    """Every adapter of one worker, built from the settings, and the file service over them."""
+    """Every adapter of one worker, built from the settings, and the services over them."""
 
     settings: Settings
     db: Database
     vault: KeyVault
     keys: FileKeyService
+    intermediates: IntermediateKeys
     blobs: BlobStore
     ingest: Container
     protected: Container
     files: FileService
+    maintenance: Maintenance
+    health: Health
+    identity: IdentityPolicy
 
     async def close(self) -> None:
-        for close in (self.blobs.close, self.keys.close, self.vault.close, self.db.close):
+        for close in (self.blobs.close, self.keys.close, self.intermediates.close, self.vault.close, self.db.close):
             try:
                 await close()
             except Exception:  # closing is best effort; report, keep closing the rest
@@ -114,6 +133,17 @@ def local_vault_path(settings: Settings) -> Path:
     """``KEY_VAULT_LOCAL_PATH``, a relative one taken from the app folder (never the working directory)."""
     return settings.key_vault_local_path if settings.key_vault_local_path.is_absolute() \
         else APP_ROOT / settings.key_vault_local_path
+
+
+def master_key_source(settings: Settings) -> MasterKeySource:
+    """Where the local vault's master key is: the setting's text, else its file (relative: from the app folder)."""
+    folder = local_vault_path(settings)
+    given = Path(settings.key_vault_local_master_key_file)
+    if not settings.key_vault_local_master_key_file:
+        path = folder.parent / f"{folder.name}.master-key"
+    else:
+        path = given if given.is_absolute() else APP_ROOT / given
+    return MasterKeySource(path, settings.key_vault_local_master_key)
 
 
 def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault:
@@ -128,7 +158,7 @@ def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault
     else:
         from shared.vault.local import LocalJsonVault
 
-        vault = LocalJsonVault(local_vault_path(settings))
+        vault = LocalJsonVault(local_vault_path(settings), master=master_key_source(settings))
     if settings.key_vault_cache_enabled and settings.key_vault_cache_minutes > 0:
         vault = CachedKeyVault(vault, ttl_seconds=settings.key_vault_cache_minutes * 60,
                                max_entries=settings.key_vault_cache_max_entries)
@@ -146,19 +176,41 @@ def build_kek(settings: Settings, vault: KeyVault, adapter: KeyWrapper | None = 
     return LocalKeyWrapper(vault, settings.key_vault_kek_name)
 
 
-def build_key_service(settings: Settings, db: Database, vault: KeyVault,
-                      kek: KeyWrapper | None = None) -> FileKeyService:
-    """The key service, able to read keys in both custodies; ``KEY_MODE`` places the new ones."""
-    ttl = settings.key_vault_cache_minutes * 60 if settings.key_vault_cache_enabled else 0
-    entries = settings.key_vault_cache_max_entries
+def build_signer(settings: Settings, vault: KeyVault, adapter: Signer | None = None) -> Signer:
+    """The signing key the settings name: a Key Vault EC key (azure mode), or a secret of the local vault."""
+    if adapter is not None:
+        return adapter
+    if settings.key_vault_mode == "azure":
+        from shared.vault.azure_signer import AzureSigner  # the Azure SDK only where it is used
+
+        return AzureSigner.from_settings(settings)
+    return LocalSigner(vault, settings.key_vault_signing_key_name)
+
+
+def build_intermediates(settings: Settings, db: Database, vault: KeyVault, kek: KeyWrapper | None = None,
+                        signer: Signer | None = None) -> IntermediateKeys:
+    """The envelope custody's intermediate keys: the KEK wraps them, the signing key vouches for them."""
     policy = IntermediatePolicy(period=timedelta(minutes=settings.envelope_intermediate_minutes),
-                                max_files=settings.envelope_intermediate_max_files, cache_seconds=ttl,
-                                cache_entries=entries, may_create_kek=settings.key_vault_mode == "local")
-    intermediates = IntermediateKeys(db, build_kek(settings, vault, kek), policy, instance=instance_name())
-    return FileKeyService(db, vault, rotation_days=settings.key_rotation_days,
+                                max_files=settings.envelope_intermediate_max_files, cache_seconds=_cache_ttl(settings),
+                                cache_entries=settings.key_vault_cache_max_entries,
+                                may_create_keys=settings.key_vault_mode == "local")
+    return IntermediateKeys(db, build_kek(settings, vault, kek), build_signer(settings, vault, signer), policy,
+                            instance=instance_name())
+
+
+def build_key_service(settings: Settings, db: Database, vault: KeyVault, intermediates: IntermediateKeys) \
+        -> FileKeyService:
+    """The key service over every custody; it reads those ``KEY_CUSTODIES`` allows, ``KEY_MODE`` places new keys."""
+    custodies: dict[str, KeyCustody] = {"secret": SecretCustody(vault, db), "envelope": EnvelopeCustody(intermediates)}
+    return FileKeyService(db, custodies, rotation_days=settings.key_rotation_days,
                           mode="envelope" if settings.key_mode == "envelope" else "secret",
-                          envelope=EnvelopeCustody(intermediates),
-                          cache=TtlCache(ttl_seconds=ttl, max_entries=entries))
+                          allowed=settings.allowed_custodies,  # type: ignore[arg-type]
+                          cache=TtlCache(ttl_seconds=_cache_ttl(settings),
+                                         max_entries=settings.key_vault_cache_max_entries))
+
+
+def _cache_ttl(settings: Settings) -> float:
+    return settings.key_vault_cache_minutes * 60 if settings.key_vault_cache_enabled else 0
 
 
 def instance_name() -> str:
@@ -182,35 +234,50 @@ def reconcile_policy(settings: Settings) -> ReconcilePolicy:
                            settle=timedelta(seconds=settings.reconcile_after_seconds))
 
 
-def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None) -> Services:
+def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None,
+                   signer: Signer | None = None) -> Services:
     """Construct every adapter (no I/O: pools and clients connect on first use).
 
-    ``vault`` and ``kek`` replace the adapters the settings name, ``vault`` behind the same cache
-    (tests drive the Azure adapters against a loopback Key Vault stand-in this way; nothing else does).
+    ``vault``, ``kek`` and ``signer`` replace the adapters the settings name, ``vault`` behind the same
+    cache (tests drive the Azure adapters against a loopback Key Vault stand-in this way; nothing else does).
     """
     db = Database.from_settings(settings)
     vault = build_vault(settings, vault)
-    keys = build_key_service(settings, db, vault, kek)
+    intermediates = build_intermediates(settings, db, vault, kek, signer)
+    keys = build_key_service(settings, db, vault, intermediates)
     blobs = BlobStore.from_settings(settings)
     ingest, protected = blobs.container(settings.ingest_container), blobs.container(settings.protected_container)
-    ingestor = Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
-                        keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled,
-                        retry=RetryPolicy(patience_seconds=settings.ingest_retry_seconds),
-                        replace_grace=timedelta(minutes=settings.rotation_grace_minutes))
+    chain_key = ChainKey(vault, db, settings.audit_chain_key_name)
+    guard = Guard(AuditLog(db, chain_key, fail_open=settings.audit_fail_open))
+    digests = Digests(db, intermediates.signer, DigestStore(blobs.container(settings.audit_digest_container)),
+                      writer=instance_name())
+    ingestor = build_ingestor(settings, db, keys, ingest, protected)
     rotator = Rotator(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                       policy=rotation_policy(settings))
-    reconciler = Reconciler(db=db, keys=keys, vault=vault, ingest=ingest, protected=protected, ingestor=ingestor,
-                            rotator=rotator, policy=reconcile_policy(settings), keep_plaintext=settings.keep_plaintext,
-                            audit_retention=timedelta(days=settings.audit_retention_days))
+    eraser = Eraser(db=db, keys=keys, ingest=ingest, protected=protected)
+    reconciler = Reconciler(db=db, keys=keys, eraser=eraser, ingest=ingest, protected=protected, ingestor=ingestor,
+                            rotator=rotator, digests=digests, policy=reconcile_policy(settings),
+                            keep_plaintext=settings.keep_plaintext)
     uploader = Uploader(db=db, keys=keys, protected=protected, transfer=transfer(settings),
                         max_bytes=settings.upload_max_mb * 1024 * 1024)
-    audit = AuditLog(db, fail_open=settings.audit_fail_open, key_names=settings.key_names)
-    reader = Reader(protected)
-    files = FileService(db=db, keys=keys, protected=protected, reader=reader, ingestor=ingestor, rotator=rotator,
-                        reconciler=reconciler, uploader=uploader, audit=audit,
-                        probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
-                        plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
-    return Services(settings, db, vault, keys, blobs, ingest, protected, files)
+    files = FileService(db=db, keys=keys, reader=Reader(protected), eraser=eraser, ingestor=ingestor,
+                        uploader=uploader, guard=guard)
+    maintenance = Maintenance(db=db, keys=keys, intermediates=intermediates, rotator=rotator, reconciler=reconciler,
+                              ingestor=ingestor, digests=digests, chain_key=chain_key, signer=intermediates.signer,
+                              guard=guard)
+    health = Health(db=db, probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
+                    guard=guard, interval_seconds=settings.health_probe_seconds,
+                    plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
+    return Services(settings, db, vault, keys, intermediates, blobs, ingest, protected, files, maintenance, health,
+                    IdentityPolicy.from_settings(settings))
+
+
+def build_ingestor(settings: Settings, db: Database, keys: FileKeyService, ingest: Container,
+                   protected: Container) -> Ingestor:
+    return Ingestor(db=db, keys=keys, ingest=ingest, protected=protected, transfer=transfer(settings),
+                    keep_plaintext=settings.keep_plaintext, enabled=settings.encryption_enabled,
+                    retry=RetryPolicy(patience_seconds=settings.ingest_retry_seconds),
+                    replace_grace=timedelta(minutes=settings.rotation_grace_minutes))
 
 
 _services: Services | None = None

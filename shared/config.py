@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from shared.errors import ConfigError
 
@@ -38,16 +38,24 @@ LOCAL_STORAGE = "UseDevelopmentStorage=true"
 DATA_STORAGE = "DataStorage"
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 _NCRONTAB = re.compile(r"(\S+\s+){5}\S+")
+CUSTODIES = ("secret", "envelope")  # what KEY_CUSTODIES may list (shared.custody)
+ROLES = ("read", "write", "erase", "audit", "operate")  # what a caller may be allowed (shared.identity)
+
+
+_SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:password|sslpassword)=)[^&]*")
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """The URL with any password replaced (in the user part and in ``password=``/``sslpassword=`` of the
+    query), for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+    except ValueError:  # not a URL at all: say nothing of it
+        return "<not a URL>"
+    return urlunsplit(parts._replace(netloc=netloc, query=_SECRET_QUERY.sub(r"\1***", parts.query)))
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,14 @@ class Settings:
     key_vault_kek_name: str = setting(
         "KEY_VAULT_KEK_NAME", "blobseal-kek", "envelope mode: the name of the KEK (an RSA key in Key Vault; "
         "a secret of the local vault in local mode)")
+    key_custodies: str = setting(
+        "KEY_CUSTODIES", "secret,envelope", "the custodies whose key rows this deployment reads (comma list of "
+        "`secret`, `envelope`); a row naming any other is refused as tampered. Narrow it to `KEY_MODE`'s once "
+        "`migrate-keys` has moved every key (docs/THREATS.md)")
+    key_vault_signing_key_name: str = setting(
+        "KEY_VAULT_SIGNING_KEY_NAME", "blobseal-signing", "the key that signs what the service must prove its own "
+        "(intermediate key rows): an EC P-256 key in Key Vault the app may only sign with; a secret of the local "
+        "vault in local mode")
     envelope_intermediate_minutes: int = setting(
         "ENVELOPE_INTERMEDIATE_MINUTES", 60, "envelope mode: an instance wraps new file keys with one "
         "intermediate key for at most this long", low=1, high=7 * 24 * 60)
@@ -183,6 +199,12 @@ class Settings:
         "KEY_VAULT_LOCAL_PATH", Path("secrets"),
         "folder of the local vault (`secrets.json`, mode 0600 in a 0700 folder); a relative path is taken "
         "from the app folder (where `function_app.py` is), whatever the working directory")
+    key_vault_local_master_key: str = setting(
+        "KEY_VAULT_LOCAL_MASTER_KEY", "", "local mode: the master key that seals the vault's values at rest (base64 "
+        "of 32 bytes); empty: the file below", secret=True)
+    key_vault_local_master_key_file: str = setting(
+        "KEY_VAULT_LOCAL_MASTER_KEY_FILE", "", "local mode: the master key's file (0600), made on first run; "
+        "empty: `<KEY_VAULT_LOCAL_PATH>.master-key` beside the vault folder, never in it (docs/VAULT_LOCAL.md)")
     database_url: str = setting(
         "DATABASE_URL", DEFAULT_DATABASE_URL, "PostgreSQL (asyncpg). Unset, `make dev` and `make test` use the "
         "server on 127.0.0.1:5432, or else start an embedded one (`.dev/`)", secret=True, in_example=False)
@@ -239,11 +261,29 @@ class Settings:
         "AUDIT_FAIL_OPEN", False, "`false`: an access that cannot be written to the access log is refused (503); "
         "`true`: it is served, and the failure counted and logged")
     audit_retention_days: int = setting(
-        "AUDIT_RETENTION_DAYS", 365, "access log rows older than this are purged by the reconciler",
-        low=1, high=36500)
+        "AUDIT_RETENTION_DAYS", 365, "`blobseal audit purge` removes access log rows older than this (the purge "
+        "role only; the database keeps every row at least 30 days whatever this says)", low=30, high=36500)
+    audit_chain_key_name: str = setting(
+        "AUDIT_CHAIN_KEY_NAME", "blobseal-audit-chain", "the vault secret that keys the access log's chains (made on "
+        "first use while no chained row exists; docs/THREATS.md)")
+    audit_digest_container: str = setting(
+        "AUDIT_DIGEST_CONTAINER", "audit-digests", "container of the access log's signed digests (in the data "
+        "account; an immutability policy in Azure)")
+    platform_auth_enabled: bool = setting(
+        "WEBSITE_AUTH_ENABLED", False, "set by the platform when App Service Authentication is on (never by hand): "
+        "only then is the X-MS-CLIENT-PRINCIPAL header trusted", in_example=False)
+    function_keys_enabled: bool = setting(
+        "FUNCTION_KEYS_ENABLED", True, "HTTP functions take function keys (auth level `function`); `false`: "
+        "anonymous to the host, callers known only through App Service Authentication (the templates' default)")
+    function_key_roles: str = setting(
+        "FUNCTION_KEY_ROLES", "", "roles of named function keys: `name=read+write,other=audit`; a key not named has "
+        "none, except the local development key (`default`), which has every role unless named here")
     function_key_names: str = setting(
         "FUNCTION_KEY_NAMES", "", "names for function keys in the access log: `name:fingerprint,...` "
         "(fingerprint: `blobseal key-fingerprint`); unnamed keys are logged by fingerprint")
+    health_probe_seconds: int = setting(
+        "HEALTH_PROBE_SECONDS", 30, "anonymous health answers from probes at most this old (one probe of each "
+        "dependency per interval, whatever the request rate)", low=1, high=3600)
     upload_max_mb: int = setting(
         "UPLOAD_MAX_MB", 10240, "largest body `POST /api/files` accepts (413 beyond)", low=1, high=4 * 1024 * 1024)
     local_function_keys: str = setting(
@@ -261,6 +301,12 @@ class Settings:
         names = {key_fingerprint(key): name for name, key in self.local_keys.items()}
         names.update({fp: name for name, fp in _pairs(self.function_key_names, ":")})
         return names
+
+    @property
+    def key_roles(self) -> dict[str, frozenset[str]]:
+        """Function key name -> its roles, from FUNCTION_KEY_ROLES."""
+        pairs = _pairs(self.function_key_roles, "=")
+        return {name: frozenset(role for role in roles.split("+") if role) for name, roles in pairs}
 
     @property
     def local_keys(self) -> dict[str, str]:
@@ -305,14 +351,47 @@ class Settings:
         if self.key_vault_enabled and self.key_vault_mode == "azure":
             problems.extend(self._azure_problems())
         problems.extend(self._app_problems())
-        if not re.fullmatch(r"[0-9a-zA-Z-]{1,127}", self.key_vault_kek_name):
-            problems.append("KEY_VAULT_KEK_NAME must be 1-127 letters, digits or dashes, "
-                            f"got {self.key_vault_kek_name!r}")
-        if self.database_auth == "entra" and urlsplit(self.database_url).password:
-            problems.append("DATABASE_AUTH=entra takes its password from Entra: DATABASE_URL must not hold one")
-        if urlsplit(self.database_url).scheme not in ("postgresql", "postgres"):
-            problems.append(f"DATABASE_URL must be a postgresql:// URL, got {redact_url(self.database_url)!r}")
+        for env, name in (("KEY_VAULT_KEK_NAME", self.key_vault_kek_name),
+                          ("KEY_VAULT_SIGNING_KEY_NAME", self.key_vault_signing_key_name),
+                          ("AUDIT_CHAIN_KEY_NAME", self.audit_chain_key_name)):
+            if not re.fullmatch(r"[0-9a-zA-Z-]{1,127}", name):
+                problems.append(f"{env} must be 1-127 letters, digits or dashes, got {name!r}")
+        if self.key_vault_kek_name == self.key_vault_signing_key_name:
+            problems.append("KEY_VAULT_KEK_NAME and KEY_VAULT_SIGNING_KEY_NAME must differ")
+        problems.extend(self._custody_problems())
+        problems.extend(self._database_problems())
         return problems
+
+    def _database_problems(self) -> list[str]:
+        try:
+            url = urlsplit(self.database_url)
+            _ = url.port
+        except ValueError:
+            return ["DATABASE_URL is not a valid URL"]
+        problems = []
+        if url.scheme not in ("postgresql", "postgres"):
+            problems.append(f"DATABASE_URL must be a postgresql:// URL, got {redact_url(self.database_url)!r}")
+        if self.database_auth == "entra" and (url.password or _SECRET_QUERY.search(url.query)):
+            problems.append("DATABASE_AUTH=entra takes its password from Entra: DATABASE_URL must not hold one")
+        if self.database_auth == "entra" and dict(parse_qsl(url.query)).get("sslmode") != "verify-full":
+            problems.append("DATABASE_AUTH=entra sends a bearer token as the password: DATABASE_URL must say "
+                            "sslmode=verify-full (the server's certificate and name checked)")
+        return problems
+
+    def _custody_problems(self) -> list[str]:
+        names = [name.strip() for name in self.key_custodies.split(",") if name.strip()]
+        unknown = [name for name in names if name not in CUSTODIES]
+        if unknown or not names:
+            return [f"KEY_CUSTODIES must list custodies among {', '.join(CUSTODIES)}, got {self.key_custodies!r}"]
+        if self.key_mode not in names:
+            return [f"KEY_CUSTODIES must include KEY_MODE ({self.key_mode}): new keys are placed there"]
+        return []
+
+    @property
+    def allowed_custodies(self) -> tuple[str, ...]:
+        """KEY_CUSTODIES as a tuple, in the order ``CUSTODIES`` lists them."""
+        names = {name.strip() for name in self.key_custodies.split(",")}
+        return tuple(name for name in CUSTODIES if name in names)
 
     def _app_problems(self) -> list[str]:
         problems = []
@@ -327,10 +406,16 @@ class Settings:
             if not _NCRONTAB.fullmatch(schedule):
                 problems.append(f"{name} must be a 6-field NCRONTAB expression, got {schedule!r}")
         for name, text, separator in (("FUNCTION_KEY_NAMES", self.function_key_names, ":"),
-                                      ("LOCAL_FUNCTION_KEYS", self.local_function_keys, "=")):
+                                      ("LOCAL_FUNCTION_KEYS", self.local_function_keys, "="),
+                                      ("FUNCTION_KEY_ROLES", self.function_key_roles, "=")):
             entries = [item for item in text.split(",") if item.strip()]
             if len(_pairs(text, separator)) != len(entries):
                 problems.append(f"{name} must be a list of name{separator}value pairs separated by commas")
+        unknown = sorted({role for roles in self.key_roles.values() for role in roles} - set(ROLES))
+        if unknown:
+            problems.append(f"FUNCTION_KEY_ROLES names unknown roles {unknown}: the roles are {', '.join(ROLES)}")
+        if not _CONTAINER.fullmatch(self.audit_digest_container) or self.audit_digest_container in containers.values():
+            problems.append("AUDIT_DIGEST_CONTAINER must be a container name of its own (3-63 of a-z, 0-9, -)")
         if not self.data_storage_connection and not self.data_storage_blob_uri:
             problems.append(f"{DATA_STORAGE} (connection string) or {DATA_STORAGE}__blobServiceUri is required")
         return problems

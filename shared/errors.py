@@ -13,23 +13,29 @@ The tree::
     │   ├── FileKeyNotFoundError       no key is recorded for the file
     │   │   └── KeyRetiredError        the key was rotated out and its vault version disabled
     │   ├── KeyMissingError            a recorded key is not in the vault (an operator must restore it)
+    │   ├── KeyIntegrityError          a key row the service cannot prove its own (forged, moved, unsigned,
+    │   │   │                          a custody the deployment does not allow): refused, never followed
+    │   │   └── WrappedKeyError        a wrapped file key that does not open for its row
     │   └── RotationConflictError      another worker holds the rotation of this file
     ├── DatabaseError                  PostgreSQL refused a statement or the schema disagrees
     │   ├── DatabaseUnavailableError   the database did not answer (transient; retry later)
     │   └── AuditUnavailableError      the access log cannot be written: access refused (fail-closed)
     ├── EncryptionError                encryption or decryption failed
     │   ├── FormatError                not a blobseal file, or a header we refuse
-    │   └── IntegrityError             authentication failed: tampered data or wrong key
+    │   ├── IntegrityError             authentication failed: tampered data or wrong key
+    │   └── SignatureError             a signature that does not verify (or by a key not trusted)
     ├── StorageError                   blob storage failed
     │   ├── BlobNotFoundError          no such blob (or container)
     │   ├── BlobChangedError           the blob changed since it was read (ETag mismatch)
     │   └── StorageUnavailableError    storage did not answer (transient; retry later)
+    ├── AccessDeniedError              the caller lacks the role the operation needs (403; logged)
     └── FileError                      a request about a file cannot be served
         ├── UnknownFileError           no such file id or name
         ├── FileNotReadyError          the file is not encrypted yet (or was deleted)
         ├── RangeNotSatisfiableError   a well-formed range outside the file
         ├── UploadConflictError        an upload reuses a file id held by other content or another name
         ├── UploadRaceError            an older attempt held the upload's row (transient; retried)
+        ├── ClientGoneError            the client went away before the request's body arrived whole
         └── InvalidRequestError        malformed id, range or header
             └── UploadTooLargeError    an upload body over UPLOAD_MAX_MB
 
@@ -51,10 +57,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "AccessDeniedError",
     "AuditUnavailableError",
     "BlobChangedError",
     "BlobNotFoundError",
     "BlobsealError",
+    "ClientGoneError",
     "ConfigError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -65,6 +73,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "InvalidRequestError",
+    "KeyIntegrityError",
     "KeyManagementError",
     "KeyMissingError",
     "KeyRetiredError",
@@ -73,6 +82,7 @@ __all__ = [
     "RotationConflictError",
     "SecretDisabledError",
     "SecretNotFoundError",
+    "SignatureError",
     "StorageError",
     "StorageUnavailableError",
     "UnknownFileError",
@@ -178,7 +188,11 @@ class RotationConflictError(KeyManagementError):
     pass
 
 
-class WrappedKeyError(KeyManagementError):
+class KeyIntegrityError(KeyManagementError):
+    """A key row the service cannot prove it made (``docs/THREATS.md``): refused, logged, counted, alerted on."""
+
+
+class WrappedKeyError(KeyIntegrityError):
     """A wrapped file key that does not open for its row (moved, altered): refused, never guessed around."""
 
 
@@ -206,6 +220,10 @@ class IntegrityError(EncryptionError):
     pass
 
 
+class SignatureError(EncryptionError):
+    """A signed statement whose signature does not verify, or names a key that is not the service's."""
+
+
 class StorageError(BlobsealError):
     default_operation = "storage"
 
@@ -220,6 +238,13 @@ class BlobChangedError(StorageError):
 
 class StorageUnavailableError(StorageError):
     transient = True
+
+
+class AccessDeniedError(BlobsealError):
+    """The caller's roles do not include the one the operation needs (``details["role"]``)."""
+
+    default_operation = "authorize"
+    permanent = True
 
 
 class FileError(BlobsealError):
@@ -252,6 +277,10 @@ class UploadConflictError(FileError):
 
 class UploadRaceError(FileError):
     transient = True
+
+
+class ClientGoneError(FileError):
+    """The client closed the connection before its request body arrived whole (an upload cut short)."""
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -12,45 +12,47 @@ terms: a file record, a byte span, a verified body.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
-from shared.audit import Access
 from shared.db.files import FileRecord
 from shared.download import Span
 from shared.errors import (
+    AccessDeniedError,
     AuditUnavailableError,
     BlobsealError,
+    ClientGoneError,
     ConfigError,
     DatabaseUnavailableError,
     FileNotReadyError,
     IntegrityError,
     InvalidRequestError,
+    KeyIntegrityError,
     KeyMissingError,
     KeyVaultError,
     RangeNotSatisfiableError,
     StorageUnavailableError,
     UnknownFileError,
     UploadTooLargeError,
-    WrappedKeyError,
 )
-from shared.ingest import guess_type
+from shared.health import Health
+from shared.identity import Caller, IdentityPolicy
 from shared.metrics import ERRORS, REGISTRY
 from shared.service import FileService
-from shared.upload import UploadRequest
 
 __all__ = [
-    "access_of",
+    "App",
+    "access_log",
+    "caller_of",
     "content_disposition",
     "delete",
     "download",
@@ -61,6 +63,7 @@ __all__ = [
     "misconfigured",
     "parse_range",
     "response_headers",
+    "status",
     "upload",
 ]
 
@@ -74,13 +77,15 @@ SERVER_MESSAGES: tuple[tuple[type[BlobsealError], str], ...] = (
     (KeyVaultError, "the key vault is unavailable; retry later"),
     (StorageUnavailableError, "blob storage is unavailable; retry later"),
     (IntegrityError, "the stored file failed its integrity check; nothing of it was served"),
-    (WrappedKeyError, "the file's key record failed its integrity check; nothing of it was served"),
+    (KeyIntegrityError, "the file's key record failed its integrity check; nothing of it was served"),
 )
 
 # The first match wins. A vault problem answers 503 ("vault"), as health does for the same cause.
 STATUS: tuple[tuple[type[BlobsealError], int], ...] = (
     (UploadTooLargeError, 413),
     (InvalidRequestError, 400),
+    (AccessDeniedError, 403),
+    (ClientGoneError, 400),
     (UnknownFileError, 404),
     (FileNotReadyError, 409),
     (RangeNotSatisfiableError, 416),
@@ -90,94 +95,116 @@ STATUS: tuple[tuple[type[BlobsealError], int], ...] = (
     (StorageUnavailableError, 503),
 )
 
-Handler = Callable[[Request, FileService], Awaitable[Response]]
+class App(Protocol):
+    """What the routes use of the bootstrap's services."""
+
+    files: FileService
+    health: Health
+    identity: IdentityPolicy
+
+
+Handler = Callable[[Request, App], Awaitable[Response]]
 
 
 # --- the routes ---------------------------------------------------------------------------
 
 
-async def download(req: Request, files: FileService) -> Response:
-    async def run(access: Access) -> Response:
-        record = await files.encrypted_file(req.path_params.get("file_id", ""))
-        assert record.size is not None
-        span = parse_range(req.headers.get("range"), record.size)
-        status, headers = (206 if span else 200), response_headers(record, span)
-        if req.method == "HEAD":
-            await files.audit.record("head", access, file_id=record.file_id, required=False)
+async def download(req: Request, app: App) -> Response:
+    """GET or HEAD ``/api/files/{id}`` (``read``), with one ``Range``."""
+    async def run(caller: Caller) -> Response:
+        got = await app.files.download(caller, req.path_params.get("file_id", ""),
+                                       lambda record: parse_range(req.headers.get("range"), record.size or 0),
+                                       head=req.method == "HEAD")
+        status, headers = (206 if got.span else 200), response_headers(got.record, got.span)
+        if got.body is None:
             return Response(status_code=status, headers=headers)
-        body = await files.open(record, span)
-        planned = (span.start, span.end) if span else (0, record.size - 1)
-        await files.audit.record("download", access, file_id=record.file_id, span=planned,
-                                 bytes_sent=span.length if span else record.size)  # refused if it cannot be recorded
-        return StreamingResponse(_counted(body, files, access, record, planned), status_code=status, headers=headers)
+        return StreamingResponse(got.body, status_code=status, headers=headers)
 
-    return await _answer("download", req, files, run)
+    return await _answer("download", req, app, run)
 
 
-async def metadata(req: Request, files: FileService) -> Response:
-    async def run(access: Access) -> Response:
-        view = await files.describe(req.path_params.get("file_id", ""))
-        await files.audit.record("metadata", access, file_id=uuid.UUID(view["file_id"]))
-        return JSONResponse(view)
-
-    return await _answer("metadata", req, files, run)
+async def metadata(req: Request, app: App) -> Response:
+    return await _answer("metadata", req, app,
+                         lambda caller: _json(app.files.describe(caller, req.path_params.get("file_id", ""))))
 
 
-async def find_file(req: Request, files: FileService) -> Response:
+async def find_file(req: Request, app: App) -> Response:
     """``?name=``: the file uploaded under that name; else a page of files (``prefix``, ``status``,
     ``limit``, ``cursor``)."""
-    async def run(access: Access) -> Response:
+    async def run(caller: Caller) -> Response:
         query = req.query_params
         if "name" in query:
-            view = await files.find_by_name(query.get("name"))
-            await files.audit.record("lookup", access, file_id=uuid.UUID(view["file_id"]))
-            return JSONResponse(view)
-        page, cursor = await files.list_files(prefix=query.get("prefix", ""), status=query.get("status") or None,
-                                              limit=_integer(query.get("limit"), 100), cursor=query.get("cursor"))
-        await files.audit.record("list", access)
+            return JSONResponse(await app.files.find_by_name(caller, query.get("name")))
+        page, cursor = await app.files.list_files(caller, prefix=query.get("prefix", ""),
+                                                  status=query.get("status") or None, limit=query.get("limit"),
+                                                  cursor=query.get("cursor"))
         return JSONResponse({"files": page, "next_cursor": cursor})
 
-    return await _answer("find_file", req, files, run)
+    return await _answer("find_file", req, app, run)
 
 
-async def upload(req: Request, files: FileService) -> Response:
-    """``POST /api/files``: the body is the file; ``X-File-Name`` names it (percent-encoded UTF-8)."""
-    async def run(access: Access) -> Response:
-        name = unquote(req.headers.get("x-file-name", ""))
-        if not name:
-            raise InvalidRequestError("the X-File-Name header names the file", operation="upload")
-        length = req.headers.get("content-length")
-        request = UploadRequest(name=name, content_type=guess_type(req.headers.get("content-type"), name),
-                                declared_size=_integer(length, 0) if length else None)
-        view = await files.upload(request, req.stream(), access)
+async def upload(req: Request, app: App) -> Response:
+    """``POST /api/files`` (``write``): the body is the file; ``X-File-Name`` names it (percent-encoded UTF-8)."""
+    async def run(caller: Caller) -> Response:
+        view = await app.files.upload(caller, _body(req), name=unquote(req.headers.get("x-file-name", "")),
+                                      content_type=req.headers.get("content-type"),
+                                      declared_size=req.headers.get("content-length"))
         return JSONResponse(view, status_code=201, headers={"Location": f"/api/files/{view['file_id']}"})
 
-    return await _answer("upload", req, files, run)
+    return await _answer("upload", req, app, run)
 
 
-async def delete(req: Request, files: FileService) -> Response:
-    return await _answer("delete", req, files,
-                         lambda access: _json(files.delete(req.path_params.get("file_id", ""), access)))
+async def delete(req: Request, app: App) -> Response:
+    return await _answer("delete", req, app,
+                         lambda caller: _json(app.files.delete(caller, req.path_params.get("file_id", ""))))
 
 
-async def health(req: Request, files: FileService) -> Response:
-    async def run(access: Access) -> Response:
-        report = await files.health()
+async def access_log(req: Request, app: App) -> Response:
+    """``GET /api/audit`` (``audit``): rows by ``file_id``, ``since`` (ISO 8601), ``caller``, ``limit``."""
+    async def run(caller: Caller) -> Response:
+        query = req.query_params
+        rows = await app.files.access_log(caller, file_id=query.get("file_id"), since=query.get("since"),
+                                          who=query.get("caller"), limit=query.get("limit"))
+        return JSONResponse({"rows": [row.as_dict() for row in rows]})
+
+    return await _answer("audit_log", req, app, run)
+
+
+async def health(req: Request, app: App) -> Response:
+    """Anonymous: ``up`` or ``down`` from the cached probes, nothing else."""
+    up = await app.health.summary()
+    return JSONResponse({"status": "up" if up else "down"}, status_code=200 if up else 503)
+
+
+async def status(req: Request, app: App) -> Response:
+    """``GET /api/status`` (``operate``): each dependency, the oldest plaintext, the last reconciler run."""
+    async def run(caller: Caller) -> Response:
+        report = await app.health.details(caller)
         healthy = all(v == "ok" for v in report["dependencies"].values())
-        status = "unavailable" if not healthy else "degraded" if report.get("degraded") else "ok"
-        return JSONResponse({"status": status, **report}, status_code=200 if healthy else 503)
+        state = "unavailable" if not healthy else "degraded" if report.get("degraded") else "ok"
+        return JSONResponse({"status": state, **report}, status_code=200 if healthy else 503)
 
-    return await _answer("health", req, files, run, audited=False)
+    return await _answer("status", req, app, run)
 
 
-async def metrics(req: Request) -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(req: Request, app: App) -> Response:
+    """Prometheus exposition (``operate``)."""
+    async def run(caller: Caller) -> Response:
+        await app.files.guard.authorize("metrics", caller, "operate")
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return await _answer("metrics", req, app, run)
 
 
 def misconfigured(exc: ConfigError) -> Response:
     """The answer while the settings are invalid (the problems go to the log, not to clients)."""
     log.error("configuration error: %s", exc)
     return _error(500, "ConfigError", "the service is misconfigured; see the logs")
+
+
+def caller_of(req: Request, app: App) -> Caller:
+    """Who asks, from what the platform validated only (``shared.identity``)."""
+    return app.identity.caller(req.headers, req.query_params, req.client.host if req.client else None)
 
 
 # --- Range and response headers -----------------------------------------------------------
@@ -247,62 +274,28 @@ def content_disposition(name: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-# --- errors -----------------------------------------------------------------------------------
+# --- errors and bodies ---------------------------------------------------------------------------
 
 
 async def _json(result: Awaitable[dict[str, Any]]) -> Response:
     return JSONResponse(await result)
 
 
-def access_of(req: Request, files: FileService) -> Access:
-    """Who asks: the Entra principal App Service authentication passes, else the function key used."""
-    principal = req.headers.get("x-ms-client-principal-name")
-    key = req.headers.get("x-functions-key") or req.query_params.get("code")
-    forwarded = req.headers.get("x-forwarded-for", "").split(",")[0].strip()
-    address = forwarded or (req.client.host if req.client else None)
-    return Access(files.audit.caller(principal=principal, key=key), address)
-
-
-async def _answer(operation: str, req: Request, files: FileService, run: Callable[[Access], Awaitable[Response]],
-                  *, audited: bool = True) -> Response:
-    access = access_of(req, files)
+async def _answer(operation: str, req: Request, app: App, run: Callable[[Caller], Awaitable[Response]]) -> Response:
+    """Run a route for its caller; an error becomes its status and JSON body (the access log has its row)."""
     try:
-        return await run(access)
+        return await run(caller_of(req, app))
     except BlobsealError as exc:
-        if audited:  # a failed access is recorded too (best effort: the answer is an error anyway)
-            await files.audit.record(operation, access, file_id=_file_id_in(req), outcome=type(exc).__name__,
-                                     required=False)
         return _from_error(operation, exc)
 
 
-async def _counted(body: AsyncIterator[memoryview], files: FileService, access: Access, record: FileRecord,
-                   planned: tuple[int, int]) -> AsyncIterator[memoryview]:
-    """The body; a download cut short (client gone, integrity failure) is recorded with what was sent."""
-    sent = 0
+async def _body(req: Request) -> AsyncIterator[bytes]:
+    """The request body; a client that goes away mid-body is ``ClientGoneError`` (logged as aborted)."""
     try:
-        async for piece in body:
-            sent += len(piece)
-            yield piece
-    except BaseException as exc:
-        outcome = "aborted" if isinstance(exc, GeneratorExit | asyncio.CancelledError) else type(exc).__name__
-        await asyncio.shield(files.audit.record("download", access, file_id=record.file_id, span=planned,
-                                                bytes_sent=sent, outcome=outcome, required=False))
-        raise
-
-
-def _file_id_in(req: Request) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(req.path_params.get("file_id", ""))
-    except ValueError:
-        return None
-
-
-def _integer(text: str | None, default: int) -> int:
-    if text is None or text == "":
-        return default
-    if not text.isdigit():
-        raise InvalidRequestError("a number was expected", operation="parse_query")
-    return int(text)
+        async for chunk in req.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ClientGoneError("the client went away before the body ended", operation="upload") from None
 
 
 def _from_error(operation: str, exc: BlobsealError) -> Response:
@@ -315,6 +308,8 @@ def _from_error(operation: str, exc: BlobsealError) -> Response:
     response = _error(status, type(exc).__name__, message)
     if isinstance(exc, RangeNotSatisfiableError):
         response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"
+    if isinstance(exc, AccessDeniedError):
+        response.headers["X-Required-Role"] = str(exc.details.get("role", ""))
     return response
 
 

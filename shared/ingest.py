@@ -57,6 +57,7 @@ from shared.errors import (
     BlobNotFoundError,
     BlobsealError,
     DatabaseError,
+    UnknownFileError,
     UploadConflictError,
     UploadRaceError,
     is_transient,
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 UPLOAD_NAMESPACE = uuid.UUID("6f1d7a52-3b0e-5c8e-9a51-b10b5ea1f11e")
 _LEADING_UUID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?:[/.]|$)")
 
-IngestStatus = Literal["encrypted", "duplicate", "gone", "disabled", "superseded"]
+IngestStatus = Literal["encrypted", "duplicate", "gone", "disabled", "superseded", "erased"]
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,10 @@ class Ingestor:
                                                          name=display, content_type=guess_type(info.content_type, name))
         if record.pending_etag != info.etag or record.source_name != name:
             return await self._not_ours(name, info.etag, record)
-        key = await self._keys.create_key(file_id)
+        try:
+            key = await self._keys.create_key(file_id)
+        except UnknownFileError:  # deleted since it was registered: erased, never encrypted
+            return await self._lost(name, info.etag, file_id, "")
         key_ref, blob_name = key.key_reference, protected_blob_name(file_id, key.key_reference, attempt=tag)
         try:
             sealed = await seal(source, self._protected, blob_name,
@@ -227,11 +231,10 @@ class Ingestor:
         return IngestOutcome("encrypted", file_id)
 
     async def _not_ours(self, name: str, etag: str, record: FileRecord) -> IngestOutcome:
-        """The file id's row belongs to another upload name or a deleted file (refused), or holds this
-        content already (a duplicate)."""
-        if record.status == "deleted":
-            raise UploadConflictError("this file id belongs to a deleted file; upload refused and kept in ingest",
-                                      operation="ingest", details={"file_id": str(record.file_id)})
+        """The file id's row belongs to another upload name (refused), or to a deleted file (its upload is
+        erased on arrival: a deleted file never comes back), or holds this content already (a duplicate)."""
+        if record.status == "deleted" and record.source_name == name:
+            return await self._erase_arrival(name, etag, record)
         if record.source_name != name:
             raise UploadConflictError("the file id at the start of this name is already used by another upload; "
                                       "upload refused and kept in ingest", operation="ingest",
@@ -240,13 +243,26 @@ class Ingestor:
         await self._discard_plaintext(name, etag)
         return IngestOutcome("duplicate", record.file_id)
 
+    async def _erase_arrival(self, name: str, etag: str, record: FileRecord) -> IngestOutcome:
+        """An upload of a deleted file (a late delivery, or the same name again): its plaintext is deleted
+        (whatever KEEP_PLAINTEXT says), never encrypted; the file id is never filled again."""
+        await self._ingest.delete(name, etag=etag)
+        async with self._db.transaction("erase_arrival") as conn:
+            await FailureRepository(conn).clear(name)
+        log.warning("%s: an upload of deleted file %s arrived; its plaintext was deleted (a deleted file id is "
+                    "never filled again: upload under a new name)", upload_tag(name), record.file_id)
+        return IngestOutcome("erased", record.file_id)
+
     async def _lost(self, name: str, etag: str, file_id: uuid.UUID, blob_name: str) -> IngestOutcome:
         """This attempt does not hold the row (any more): a twin finished, or newer content won."""
         async with self._db.connection("ingest_lost") as conn:
             record = await FileRepository(conn).get(file_id)
         if record is not None and record.protected_blob == blob_name:  # an earlier try of this delivery marked it
             return await self._not_ours(name, etag, record)
-        await self._protected.discard(blob_name)  # this delivery's alone: no other one writes this name
+        if blob_name:
+            await self._protected.discard(blob_name)  # this delivery's alone: no other one writes this name
+        if record is not None and record.status == "deleted":
+            return await self._not_ours(name, etag, record)
         if record is not None and record.status == "encrypted" and (record.source_name, record.source_etag) == (
                 name, etag):
             return await self._not_ours(name, etag, record)  # a concurrent delivery of this content finished

@@ -1,22 +1,25 @@
 """The file key service: one AES-256 key per file, tracked in PostgreSQL, kept in its custody.
 
-In ``secret`` custody (the spec's model) a key lives in the vault as a version of
-``file-<file_id>`` and the database records its reference ``file-<file_id>/<version>``; in
-``envelope`` custody (``shared.custody``) the row holds the key wrapped by an intermediate key
-under a reference ``file-<file_id>/env-<random>``. Either way the row records the state
-(``pending`` -> ``active`` -> ``retired``) and never the plain key; ``KEY_MODE`` picks the
-custody of new keys and ``migrate_keys`` moves recorded ones. Every step can be retried or
-resumed after a crash:
+A row of ``file_keys`` records a key's reference, its state (``pending`` -> ``active`` ->
+``retired``) and its custody (``shared.custody``: a vault secret version, or wrapped in the row
+under a signed intermediate key); never the plain key. ``KEY_MODE`` picks the custody of new keys;
+a row is read only through the custody it names, when the deployment allows that custody
+(``KEY_CUSTODIES``) and the custody can prove the row is the service's own
+(``shared.custody.base``): anything else is ``KeyIntegrityError``, never followed. Every step can
+be retried or resumed after a crash:
 
 - ``create_key`` is idempotent: a file has at most one active key (a unique index decides a
-  race; the loser disables the vault version it made and returns the winner's key).
+  race; the loser discards the key it placed and returns the winner's key).
 - Rotation is driven by ``shared.rotation.Rotator``; this service offers its key steps, each
   one call: ``claim_rotation`` claims the file (a lease) and adds a pending key, reusing one
-  left by a crashed attempt; ``switch_keys`` turns pending -> active and active -> retired on
-  the caller's connection, inside the caller's transaction (so the file's pointer moves in
-  the same commit); ``disable_old_key`` disables the old vault version once that committed
-  (``retire_pending_disables`` sweeps up disables that failed); ``release_claim`` gives a
-  claim up. Until the switch the old key stays active and readable.
+  left by a crashed attempt only if it passes the same checks as any read (else it is dropped
+  and a new one made); ``switch_keys`` turns pending -> active and active -> retired inside the
+  caller's transaction; ``disable_old_key`` disables the old key once that committed
+  (``retire_pending_disables`` sweeps up disables that failed); ``release_claim`` gives a claim
+  up. Until the switch the old key stays active and readable.
+- Keys are recorded only for files that are not deleted: each recording transaction locks the
+  file's row, so a deletion and a recording never interleave (a key placed for a file deleted
+  meanwhile is erased at once).
 
 Vault failures surface as ``KeyVaultError``; database failures as ``DatabaseError``
 (``DatabaseUnavailableError`` when it is down). Time comes from the injected ``clock``.
@@ -24,40 +27,41 @@ Vault failures surface as ``KeyVaultError``; database failures as ``DatabaseErro
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from shared.clock import Clock, utcnow
-from shared.custody import EnvelopeCustody, SecretCustody
+from shared.custody import KeyCustody, check_reference
 from shared.db.file_keys import Custody, FileKeyRepository, KeyRow, KeyState, Placement
 from shared.db.pool import Database
 from shared.errors import (
     DatabaseError,
     FileKeyNotFoundError,
+    KeyIntegrityError,
     KeyManagementError,
     KeyMissingError,
     KeyRetiredError,
     KeyVaultError,
     RotationConflictError,
-    SecretNotFoundError,
-    VaultMissingError,
+    UnknownFileError,
 )
-from shared.metrics import KEYS_MISSING, ROTATIONS
-from shared.vault.base import KeyVault, parse_key_reference, secret_name
+from shared.metrics import ROTATIONS
+from shared.vault.base import parse_key_reference, secret_name
 from shared.vault.cache import TtlCache
-from shared.vault.kek import Wrapped
 
 __all__ = ["KEY_BYTES", "FileKey", "FileKeyService", "KeyState", "MigrationReport", "RotationTicket"]
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32  # AES-256
+
+
 @dataclass(frozen=True)
 class FileKey:
     """What the database knows about one key of a file (never the key itself)."""
@@ -75,7 +79,8 @@ class MigrationReport:
     """What one ``migrate_keys`` pass did."""
 
     moved: int = 0
-    raced: int = 0  # moved or retired by someone else meanwhile: left as they were
+    raced: int = 0  # moved or retired by someone else meanwhile, or its file deleted: left as they were
+    refused: int = 0  # rows the service cannot prove its own (KeyIntegrityError): left, and alerted on
 
 
 @dataclass(frozen=True)
@@ -95,32 +100,28 @@ def _public(row: KeyRow) -> FileKey:
 class FileKeyService:
     """Create, fetch, rotate, expire and delete the keys of files."""
 
-    def __init__(self, db: Database, vault: KeyVault, *, rotation_days: int, clock: Clock = utcnow,
-                 envelope: EnvelopeCustody | None = None, mode: Custody = "secret",
+    def __init__(self, db: Database, custodies: Mapping[str, KeyCustody], *, rotation_days: int,
+                 mode: Custody = "secret", allowed: tuple[Custody, ...] | None = None, clock: Clock = utcnow,
                  cache: TtlCache[str, bytes] | None = None) -> None:
+        self.allowed: tuple[Custody, ...] = allowed if allowed is not None else (mode,)
         if rotation_days < 1:
             raise ValueError("rotation_days must be at least 1")
-        if mode == "envelope" and envelope is None:
-            raise ValueError("envelope mode needs the envelope custody")
-        self._db = db
-        self._vault = vault
-        self._secret = SecretCustody(vault)
-        self.envelope = envelope
-        self.mode: Custody = mode
-        self._rotation = timedelta(days=rotation_days)
-        self._clock = clock
+        if mode not in self.allowed or any(name not in custodies for name in self.allowed):
+            raise ValueError("the mode's custody must be allowed, and every allowed custody known")
+        self._db, self._custodies, self.mode = db, dict(custodies), mode
+        self._rotation, self._clock = timedelta(days=rotation_days), clock
         # Plain keys by reference (a reference's key never changes), so a warm download costs no lookup.
         self._plain = cache or TtlCache(ttl_seconds=0, max_entries=1)
 
     # --- create and read ------------------------------------------------------------------
 
     async def create_key(self, file_id: uuid.UUID) -> FileKey:
-        """The file's active key, created (in the vault and the database) if it has none."""
+        """The file's active key, created (in its custody and the database) if it has none."""
         existing = await self._find_active(file_id, "create_key")
         if existing is not None:
             return _public(existing)
         now = self._clock()
-        key, (reference, placement) = await self._new_key(file_id, now + self._rotation)
+        key, reference, placement = await self._new_key(file_id, now + self._rotation)
         row = await self._record(file_id, reference, placement, "active", now, "create_key")
         if row is not None:
             log.info("created key %s", row.key_reference)
@@ -142,23 +143,23 @@ class FileKeyService:
 
     async def get_key(self, key_reference: str) -> bytes:
         """The 32-byte key of a recorded reference (pending, active, or retired but not yet disabled)."""
-        found = await self._placed(key_reference)
-        _check_readable(found[0] if found else None, key_reference)
-        assert found is not None
-        return await self._read(*found)
+        row = await self._row(key_reference)
+        _check_readable(row, key_reference)
+        assert row is not None
+        return await self._read(row)
 
     async def key_of(self, key_reference: str) -> bytes:
         """The key of a reference taken from this service's own records (a ``FileKey`` it returned, a
-        file row's current key): from memory when read before, else its row says where it lives (no
-        state check; the vault still refuses a disabled version)."""
+        file row's current key): from memory when read before, else through its row's custody (no
+        state check; a disabled vault version is still refused by the vault)."""
         cached = self._plain.get(key_reference)
         if cached is not None:
             return cached
-        found = await self._placed(key_reference)
-        if found is None:
+        row = await self._row(key_reference)
+        if row is None:
             raise FileKeyNotFoundError("no key is recorded for this reference", operation="get_key",
                                        details={"key_reference": key_reference})
-        return await self._read(*found)
+        return await self._read(row)
 
     async def due_for_rotation(self, now: datetime | None = None, limit: int = 100) -> list[FileKey]:
         """Active keys with ``expires_at <= now``, oldest ``expires_at`` first."""
@@ -173,8 +174,9 @@ class FileKeyService:
     async def claim_rotation(self, file_id: uuid.UUID, *, worker: str, lease_seconds: float = 900) -> RotationTicket:
         """Claim the file's rotation for ``worker`` and return the old and the new (pending) key.
 
-        Raises ``RotationConflictError`` while another worker's lease is live. A pending key
-        left by an earlier attempt is reused, so a crashed rotation resumes where it stopped.
+        Raises ``RotationConflictError`` while another worker's lease is live. A pending key left
+        by an earlier attempt is reused only if it is provably the service's (checked as any read);
+        otherwise it is dropped and a new one made.
         """
         if not worker or lease_seconds <= 0:
             raise ValueError("worker must be named and lease_seconds positive")
@@ -186,7 +188,12 @@ class FileKeyService:
             other = await repo.active(file_id) if claimed is None else await repo.pending(file_id)
         if claimed is None:
             raise _claim_refused(file_id, other)
-        pending = other or await self._create_pending(file_id, now)
+        try:
+            pending = await self._trusted_pending(other) if other is not None else None
+            pending = pending or await self._create_pending(file_id, now)
+        except BaseException:  # no pending key: the claim goes back at once (the next run need not wait it out)
+            await self._release_quietly(file_id, worker)
+            raise
         ROTATIONS.labels("begun").inc()
         return RotationTicket(_public(claimed), _public(pending), worker, lease_until)
 
@@ -200,7 +207,7 @@ class FileKeyService:
             return await self._switch(conn, ticket)
 
     async def disable_old_key(self, ticket: RotationTicket) -> None:
-        """Disable the retired old key's vault version (after the switch committed). Idempotent."""
+        """Disable the retired old key (after the switch committed). Idempotent."""
         old = ticket.old
         async with self._db.connection("disable_old_key") as conn:
             row = await FileKeyRepository(conn).by_reference(old.file_id, old.key_reference)
@@ -246,7 +253,7 @@ class FileKeyService:
             return [_public(row) for row in await FileKeyRepository(conn).stalled_rotations(self._clock(), limit)]
 
     async def retire_pending_disables(self, limit: int = 100, *, file_id: uuid.UUID | None = None) -> int:
-        """Disable vault versions of retired keys whose disable failed earlier; return how many."""
+        """Disable retired keys whose disable failed earlier; return how many."""
         async with self._db.connection("retire_pending_disables") as conn:
             rows = await FileKeyRepository(conn).retired_not_disabled(limit, file_id)
         for row in rows:
@@ -265,79 +272,68 @@ class FileKeyService:
         return _public(row)
 
     async def delete_file_keys(self, file_id: uuid.UUID) -> int:
-        """Delete the file's vault secret (every version) if it ever had one, then its rows (and with
-        them the wrapped keys: crypto-shredding). Idempotent."""
+        """Destroy every key of the file: what each custody keeps outside the rows, then the rows (and
+        with them the wrapped keys: crypto-shredding). Idempotent."""
         async with self._db.connection("delete_file_keys") as conn:
-            in_vault = await FileKeyRepository(conn).held_in_vault(file_id)
-        if in_vault is not False:  # True, or no row left to tell (an earlier attempt deleted them)
-            with contextlib.suppress(SecretNotFoundError):
-                await self._vault.delete_secret(secret_name(file_id))
+            rows = await FileKeyRepository(conn).of_file(file_id)
+        for custody in self._custodies.values():
+            await custody.erase(file_id, rows or None)  # no row left to tell: each custody checks for itself
         self._plain.forget_group(file_id)
         async with self._db.transaction("delete_file_keys") as conn:
             deleted = await FileKeyRepository(conn).delete_file(file_id)
         log.info("deleted %d key(s) of file %s", deleted, file_id)
         return deleted
 
+    async def repair_placements(self, cutoff: datetime, limit: int) -> int:
+        """Make unusable what killed workers placed before ``cutoff`` and never recorded (every custody)."""
+        return sum([await custody.repair(cutoff, limit) for custody in self._custodies.values()])
+
+    async def check_vault(self) -> None:
+        """Each allowed custody can serve; the one new keys go to can make them (health)."""
+        for name in self.allowed:
+            await self._custodies[name].check(placing=name == self.mode)
+
     # --- custody ------------------------------------------------------------------------------
 
-    async def migrate_keys(self, to: Custody, limit: int = 100) -> MigrationReport:
-        """Move up to ``limit`` readable keys into custody ``to``, without touching a blob.
+    async def migrate_keys(self, to: Custody, limit: int = 100, *, after: int = 0) -> tuple[MigrationReport, int]:
+        """Move up to ``limit`` readable keys (rows after id ``after``) into custody ``to``, without touching a
+        blob; the report and the last row id looked at (pass it back for the next batch).
 
-        Each move is a compare-and-set on the row's custody; a key moved out of secret custody has
-        its vault version disabled once the move committed (deleting the file deletes it).
+        Each move is a compare-and-set on the row's custody, under the file row's lock (a deletion waits
+        for it, or it sees the deletion); the key's old placement is discarded once the move committed.
         """
-        if to == "envelope" and self.envelope is None:
-            raise KeyManagementError("moving keys to envelope custody needs the KEK (KEY_MODE=envelope)",
+        if to not in self.allowed:
+            raise KeyManagementError(f"moving keys to {to} custody needs it allowed (KEY_CUSTODIES)",
                                      operation="migrate_keys")
         async with self._db.connection("migrate_keys") as conn:
-            rows = await FileKeyRepository(conn).readable_in("secret" if to == "envelope" else "envelope", limit)
+            rows = await FileKeyRepository(conn).readable_elsewhere(to, after, limit)
         report = MigrationReport()
         for row in rows:
-            moved = await self._move(row, to)
+            try:
+                moved = await self._move(row, to)
+            except KeyIntegrityError:
+                report.refused += 1
+                continue
             report.moved += moved
             report.raced += not moved
-        return report
+        return report, (rows[-1].id if rows else after)
 
     async def _move(self, row: KeyRow, to: Custody) -> bool:
-        found = await self._placed(row.key_reference)
-        if found is None:
-            return False
-        row, intermediate = found
-        if row.custody == to:
-            return False
-        key = await self._read(row, intermediate)
-        if to == "envelope":
-            assert self.envelope is not None
-            placement = await self.envelope.wrap_existing(row, key)
-        else:
-            _, placement = await self._secret.place(row.file_id, key, row.expires_at or self._clock())
+        key = await self._read(row)
+        reference, placement = await self._custodies[to].place(row.file_id, key, row.expires_at or self._clock(),
+                                                               reference=row.key_reference,
+                                                               previous=row.placement)
         async with self._db.transaction("migrate_keys") as conn:
-            moved = await FileKeyRepository(conn).move(row, placement)
-        if moved and row.custody == "secret":  # the old vault version no longer holds the key
-            await self._discard(row.placement, row.key_reference, "migrate_keys")
-        elif not moved:  # someone else moved it first: this placement is unused
-            await self._discard(placement, row.key_reference, "migrate_keys")
+            repo = FileKeyRepository(conn)
+            live = await repo.lock_file(row.file_id)
+            moved = live and await repo.move(row, placement)
+            if moved:
+                await self._custodies[to].recorded(conn, placement)
+        if moved:  # the old placement no longer holds the key (a key moved into envelope still names its
+            await self._discard(row.placement, row.key_reference, "migrate_keys")  # secret: deletion deletes it)
+        else:
+            await self._unused(placement, reference, row.file_id, deleted=not live, operation="migrate_keys")
         return moved
-
-    async def rotate_kek(self, batch: int = 500) -> tuple[str, int]:
-        """Add a KEK version, then rewrap every intermediate key with it (file keys stay as they are)."""
-        if self.envelope is None:
-            raise KeyManagementError("KEK rotation needs KEY_MODE=envelope", operation="rotate_kek")
-        reference = await self.envelope.intermediates.kek.create()
-        return reference, await self.rewrap_intermediates(batch)
-
-    async def kek_usage(self) -> dict[str, int]:
-        """Each KEK version still wrapping intermediate keys, with how many (empty in secret-only use)."""
-        return await self.envelope.intermediates.kek_usage() if self.envelope is not None else {}
-
-    async def rewrap_intermediates(self, batch: int = 500) -> int:
-        """Rewrap every intermediate key an older KEK version wraps (resumable); return how many."""
-        if self.envelope is None:
-            raise KeyManagementError("rewrapping needs KEY_MODE=envelope", operation="rewrap_intermediates")
-        total = 0
-        while done := await self.envelope.intermediates.rewrap(batch):
-            total += done
-        return total
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -346,92 +342,76 @@ class FileKeyService:
             return await FileKeyRepository(conn).active(file_id)
 
     async def close(self) -> None:
-        """Close the KEK's client (the vault and the database have owners of their own)."""
         self._plain.clear()
-        if self.envelope is not None:
-            await self.envelope.intermediates.kek.close()
 
-    async def check_vault(self) -> None:
-        """The vault answers; a missing or empty store is an error only while the database records keys.
-        In envelope mode the KEK must be there too (unless a first one may still be made: nothing recorded)."""
-        try:
-            await self._vault.ping()
-        except VaultMissingError:
-            await self._refuse_if_keys_recorded()
-        if self.mode == "envelope" and self.envelope is not None:
-            await self.envelope.intermediates.check()
-
-    async def _new_key(self, file_id: uuid.UUID, expires_at: datetime) -> tuple[bytes, tuple[str, Placement]]:
+    async def _new_key(self, file_id: uuid.UUID, expires_at: datetime) -> tuple[bytes, str, Placement]:
         """A new random key, placed in the custody of the mode (not recorded yet)."""
         key = secrets.token_bytes(KEY_BYTES)
-        if self.mode == "envelope":
-            assert self.envelope is not None
-            return key, await self.envelope.place(file_id, key, expires_at)
-        try:
-            return key, await self._secret.place(file_id, key, expires_at)
-        except VaultMissingError:
-            await self._refuse_if_keys_recorded()  # fail closed: never start a new vault beside recorded keys
-            await self._vault.initialize()
-            return key, await self._secret.place(file_id, key, expires_at)
+        reference, placement = await self._custodies[self.mode].place(file_id, key, expires_at)
+        return key, reference, placement
 
-    async def _placed(self, key_reference: str) -> tuple[KeyRow, Wrapped | None] | None:
-        """The reference's row, and the wrapping of its intermediate key when it has one (one trip)."""
+    async def _row(self, key_reference: str) -> KeyRow | None:
         file_id, _, _ = _split_reference(key_reference)
         async with self._db.connection("get_key") as conn:
-            found = await FileKeyRepository(conn).with_intermediate(file_id, key_reference)
-        if found is None:
-            return None
-        row, kek_reference, wrapped = found
-        return row, (Wrapped(kek_reference, wrapped) if kek_reference is not None else None)
+            return await FileKeyRepository(conn).by_reference(file_id, key_reference)
 
-    async def _read(self, row: KeyRow, intermediate: Wrapped | None) -> bytes:
-        """The plain key of a row, from its custody (and remembered by reference)."""
-        if row.custody == "envelope":
-            if self.envelope is None or intermediate is None:
-                raise KeyManagementError("the key is wrapped (envelope custody) but this service has no KEK",
-                                         operation="get_key", details={"key_reference": row.key_reference})
-            key = await self.envelope.read(row, intermediate)
-        else:
-            key = await self._read_secret(row)
+    async def _read(self, row: KeyRow) -> bytes:
+        """The plain key of a row, through its custody, after the checks every row passes (remembered)."""
+        check_reference(row, self.allowed)
+        key = await self._custodies[row.custody].read(row)
         if len(key) != KEY_BYTES:
             raise KeyManagementError("the key's custody returned a key of the wrong size", operation="get_key",
                                      details={"key_reference": row.key_reference, "size": len(key)})
         self._plain.put(row.key_reference, key, row.file_id)
         return key
 
-    async def _read_secret(self, row: KeyRow) -> bytes:
-        try:
-            return await self._secret.read(row)
-        except SecretNotFoundError as exc:
-            KEYS_MISSING.inc()
-            log.error("key %s is recorded but missing from the vault: restore it from the vault's backups",
-                      row.key_reference)
-            raise KeyMissingError("the file's key is missing from the vault", operation="get_key",
-                                  details={"key_reference": row.key_reference}) from exc
-
-    async def _refuse_if_keys_recorded(self) -> None:
-        async with self._db.connection("check_vault") as conn:
-            recorded = await FileKeyRepository(conn).any_recorded()
-        if recorded:
-            raise VaultMissingError("the vault is missing or empty while the database records keys; "
-                                    "restore it (keys are never written into a new vault)", operation="check_vault")
-
     async def _record(
         self, file_id: uuid.UUID, reference: str, placement: Placement, state: KeyState, now: datetime, operation: str
     ) -> KeyRow | None:
-        """Insert the row of a new key; ``None`` if another one won the race."""
+        """Insert the row of a new key; ``None`` if another one won the race. A file deleted meanwhile gets
+        no key: the placed one is erased and ``UnknownFileError`` raised."""
         try:
             async with self._db.transaction(operation) as conn:
-                return await FileKeyRepository(conn).insert(
-                    file_id, reference, placement, state=state, created_at=now, expires_at=now + self._rotation
-                )
+                repo = FileKeyRepository(conn)
+                live = await repo.lock_file(file_id)
+                row = await repo.insert(file_id, reference, placement, state=state, created_at=now,
+                                        expires_at=now + self._rotation) if live else None
+                if row is not None:
+                    await self._custodies[placement.custody].recorded(conn, placement)
         except DatabaseError as exc:
             if exc.details.get("stage") != "commit":  # surely not committed: the placed key is an orphan
                 await self._discard(placement, reference, operation)
             raise
+        if not live:
+            await self._unused(placement, reference, file_id, deleted=True, operation=operation)
+            raise UnknownFileError("the file was deleted", operation=operation, details={"file_id": str(file_id)})
+        return row
+
+    async def _trusted_pending(self, row: KeyRow) -> KeyRow | None:
+        """The pending key left by an earlier attempt, if it is provably the service's and still there; else it
+        is dropped (a row someone planted, or a key its vault lost) and None returned."""
+        try:
+            await self._read(row)
+            return row
+        except KeyIntegrityError:
+            log.error("file %s: the pending key %s is not the service's: dropped, a new one is made",
+                      row.file_id, row.key_reference[:200])
+        except KeyMissingError:
+            log.warning("file %s: the pending key %s is missing from its vault: dropped, a new one is made",
+                        row.file_id, row.key_reference)
+        async with self._db.transaction("claim_rotation") as conn:
+            await FileKeyRepository(conn).delete_pending(row.file_id, row.key_reference)
+        return None  # its placement is not ours to discard (a planted row may name another file's secret)
+
+    async def _release_quietly(self, file_id: uuid.UUID, worker: str) -> None:
+        try:
+            async with self._db.transaction("release_claim") as conn:
+                await FileKeyRepository(conn).release_claim(file_id, worker)
+        except DatabaseError as exc:
+            log.warning("file %s: releasing the rotation claim failed (its lease ends it): %s", file_id, exc)
 
     async def _create_pending(self, file_id: uuid.UUID, now: datetime) -> KeyRow:
-        key, (reference, placement) = await self._new_key(file_id, now + self._rotation)
+        key, reference, placement = await self._new_key(file_id, now + self._rotation)
         row = await self._record(file_id, reference, placement, "pending", now, "claim_rotation")
         if row is not None:
             self._plain.put(reference, key, file_id)
@@ -457,19 +437,25 @@ class FileKeyService:
         return _public(activated)
 
     async def _disable_retired(self, row: KeyRow) -> None:
-        """Disable a retired key: its vault version (secret custody); a wrapped key is refused by the mark."""
-        if row.custody == "secret":
-            with contextlib.suppress(SecretNotFoundError):  # a deleted secret needs no disabling
-                await self._secret.discard(row.placement)
+        """Disable a retired key in its custody (a wrapped key is refused by the mark alone), then mark it."""
+        if row.custody in self._custodies:
+            await self._custodies[row.custody].discard(row.placement)
         self._plain.forget(row.key_reference)
         async with self._db.transaction("disable_retired") as conn:
             await FileKeyRepository(conn).mark_vault_disabled(row.file_id, row.key_reference, self._clock())
 
+    async def _unused(self, placement: Placement, reference: str, file_id: uuid.UUID, *, deleted: bool,
+                      operation: str) -> None:
+        """A placed key no row records: discarded; for a deleted file, erased whole."""
+        await self._discard(placement, reference, operation)
+        if deleted:
+            await self._custodies[placement.custody].erase(file_id, None)
+
     async def _discard(self, placement: Placement, reference: str, operation: str) -> None:
-        """Disable a placed key no row refers to (secret custody). Best effort: the caller's outcome stands."""
+        """Make a placed key no row needs unusable. Best effort: the caller's outcome stands."""
         self._plain.forget(reference)
         try:
-            await self._secret.discard(placement)
+            await self._custodies[placement.custody].discard(placement)
         except KeyVaultError as exc:
             log.warning("%s: could not disable unused key version %s: %s", operation, reference, exc)
 

@@ -23,6 +23,7 @@ __all__ = [
     "INTEGRITY_FAILURES",
     "KEYS_MISSING",
     "KEY_CACHE",
+    "KEY_INTEGRITY_FAILURES",
     "KEY_OPERATIONS",
     "KEY_OPERATION_SECONDS",
     "OLDEST_PLAINTEXT",
@@ -70,6 +71,9 @@ INTEGRITY_FAILURES = Counter(
 KEYS_MISSING = Counter(
     "blobseal_keys_missing_total", "Recorded keys the vault did not have (an operator must restore them).",
     registry=REGISTRY)
+KEY_INTEGRITY_FAILURES = Counter(
+    "blobseal_key_integrity_failures_total", "Key rows refused because the service cannot prove it made them "
+    "(forged, moved, unsigned, a custody not allowed): someone wrote the database.", ["reason"], registry=REGISTRY)
 AUDIT_FAILURES = Counter(
     "blobseal_audit_failures_total", "Access log writes that failed (the access was refused unless fail-open).",
     registry=REGISTRY)

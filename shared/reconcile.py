@@ -16,12 +16,17 @@ than ``RECONCILE_AFTER_SECONDS``, so attempts still in flight are left alone. Ea
   its blobs; an encrypted file keeps its content and forgets the attempt;
 - ``orphan_blob``: a protected blob no row points at (an abandoned attempt, or blocks staged
   and never committed) is discarded;
-- ``unrecorded_version``: an enabled vault version of a recently changed file that no row
-  records (a worker died between creating it and recording it) is disabled;
+- ``unrecorded_version``: a key placed (a vault version) and never recorded (a worker died in
+  between; every placement is announced first) is disabled, or its whole secret deleted when the
+  file has no key left (a deleted file);
 - ``stalled_rotation``: a rotation claim whose lease ran out, or a pending key without a claim,
-  is resumed (the pending key is reused; a lost one is replaced).
+  is resumed (the pending key is reused if it is provably the service's; else it is replaced);
+- ``unfinished_deletion``: a deleted file whose erasure did not complete is erased
+  (``shared.erase``: the same call as ``DELETE``).
 
-It also publishes the age of the oldest upload still in plaintext (metric; health reports
+Every run also writes a signed digest of the access log's new rows (``access_log_digest``; the log
+is no longer purged here: ``blobseal audit purge``, the purge role only). It also publishes the age
+of the oldest upload still in plaintext (metric; health reports
 ``degraded`` past ``PLAINTEXT_ALERT_MINUTES``) and the counts of failed uploads.
 """
 
@@ -39,19 +44,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.audit.digests import Digests
 from shared.blobs import BlobInfo, Container
 from shared.clock import Clock, utcnow
 from shared.db.failures import FailureRepository
-from shared.db.file_keys import FileKeyRepository
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
-from shared.errors import BlobNotFoundError, BlobsealError, DatabaseError, SecretNotFoundError
+from shared.erase import Eraser
+from shared.errors import BlobNotFoundError, BlobsealError, DatabaseError
 from shared.ingest import Ingestor, identify_upload
 from shared.keys import FileKeyService
 from shared.metrics import FAILED_UPLOADS, OLDEST_PLAINTEXT, REPAIRS
 from shared.rotation import Rotator
 from shared.upload import UPLOAD_ATTEMPT_PREFIX
-from shared.vault.base import KeyVault, secret_name
 
 __all__ = ["LEASE_STATE", "ReconcilePolicy", "ReconcileReport", "Reconciler", "RunLease"]
 
@@ -89,15 +94,14 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, *, db: Database, keys: FileKeyService, vault: KeyVault, ingest: Container,
-                 protected: Container, ingestor: Ingestor, rotator: Rotator, policy: ReconcilePolicy,
-                 keep_plaintext: bool = False, audit_retention: timedelta = timedelta(days=365),
-                 clock: Clock = utcnow) -> None:
-        self._db, self._keys, self._vault = db, keys, vault
+    def __init__(self, *, db: Database, keys: FileKeyService, eraser: Eraser, ingest: Container,
+                 protected: Container, ingestor: Ingestor, rotator: Rotator, digests: Digests, policy: ReconcilePolicy,
+                 keep_plaintext: bool = False, clock: Clock = utcnow) -> None:
+        self._db, self._keys, self._eraser = db, keys, eraser
         self._ingest, self._protected = ingest, protected
         self._ingestor, self._rotator = ingestor, rotator
         self._policy, self._keep_plaintext, self._clock = policy, keep_plaintext, clock
-        self._audit_retention = audit_retention
+        self._digests = digests
 
     async def run(self) -> ReconcileReport:
         """One bounded pass over every kind of repair (skipped while another instance runs one)."""
@@ -108,8 +112,8 @@ class Reconciler:
                 report.skipped = True
                 return report
             for step in (self._stranded_uploads, self._stale_pending, self._orphan_blobs,
-                         self._unrecorded_versions, self._stalled_rotations, self._unfinished_deletions,
-                         self._access_log_retention):
+                         self._unrecorded_placements, self._stalled_rotations, self._unfinished_erasures,
+                         self._access_log_digest):
                 if lease.lost:  # another instance may hold the run now: leave the rest to it
                     report.failed += 1
                     log.warning("reconciler: the run's lease was lost; %s and later steps left to the next run",
@@ -205,34 +209,14 @@ class Reconciler:
             await self._protected.discard(blob.name)
             report.count("orphan_blob", _file_id_of(blob.name), "protected blob no row points at discarded")
 
-    # --- vault versions nobody recorded -----------------------------------------------------
+    # --- keys placed and never recorded ---------------------------------------------------
 
-    async def _unrecorded_versions(self, report: ReconcileReport) -> None:
-        async with self._db.connection("reconcile_versions") as conn:
-            since = await FailureRepository(conn).state("versions_checked_until")
-            start = datetime.fromisoformat(since) if since else _EPOCH
-            records = await FileRepository(conn).updated_since(start - self._policy.settle, self._policy.batch_size)
-        cutoff = self._cutoff()
-        for record in records:
-            await self._disable_unrecorded(record.file_id, cutoff, report)
-        if records:
-            async with self._db.connection("reconcile_versions") as conn:
-                await FailureRepository(conn).set_state("versions_checked_until", records[-1].updated_at.isoformat())
-
-    async def _disable_unrecorded(self, file_id: uuid.UUID, cutoff: datetime, report: ReconcileReport) -> None:
-        async with self._db.connection("reconcile_versions") as conn:
-            repo = FileKeyRepository(conn)
-            recorded, in_vault = await repo.references(file_id), await repo.held_in_vault(file_id)
-        if in_vault is False and self._keys.mode == "envelope":
-            return  # every key of the file is wrapped in its row: listing its secret would cost a vault call per file
-        try:
-            versions = await self._vault.list_versions(secret_name(file_id))
-        except SecretNotFoundError:
-            return
-        for version in versions:
-            if version.enabled and version.created_on < cutoff and version.key_reference not in recorded:
-                await self._vault.disable_version(version.name, version.version)
-                report.count("unrecorded_version", file_id, "vault version no row records disabled")
+    async def _unrecorded_placements(self, report: ReconcileReport) -> None:
+        repaired = await self._keys.repair_placements(self._cutoff(), self._policy.batch_size)
+        if repaired:
+            report.repairs["unrecorded_version"] = report.repairs.get("unrecorded_version", 0) + repaired
+            REPAIRS.labels("unrecorded_version").inc(repaired)
+            log.info("reconciler: unrecorded_version: %d key(s) placed and never recorded made unusable", repaired)
 
     # --- stalled rotations ------------------------------------------------------------------
 
@@ -248,21 +232,15 @@ class Reconciler:
 
     # --- deletions, retention -----------------------------------------------------------------
 
-    async def _unfinished_deletions(self, report: ReconcileReport) -> None:
-        async with self._db.connection("reconcile_deletions") as conn:
-            leftovers = await FileRepository(conn).deleted_with_leftovers(self._policy.batch_size)
-        for file_id in leftovers:
-            blobs, _ = await self._protected.page(prefix=f"{file_id}/", size=1000, uncommitted=True)
-            for blob in blobs:
-                await self._protected.discard(blob.name)
-            await self._keys.delete_file_keys(file_id)
-            report.count("unfinished_deletion", file_id, "deletion that stopped half way finished")
+    async def _unfinished_erasures(self, report: ReconcileReport) -> None:
+        for record in await self._eraser.unfinished(self._policy.batch_size):
+            await self._eraser.erase(record)
+            report.count("unfinished_deletion", record.file_id, "deletion that stopped half way finished")
 
-    async def _access_log_retention(self, report: ReconcileReport) -> None:
-        async with self._db.connection("access_log_retention") as conn:
-            purged = int(await conn.fetchval("SELECT purge_access_log($1)", self._clock() - self._audit_retention))
-        if purged:
-            report.repairs["access_log_purged"] = purged
+    async def _access_log_digest(self, report: ReconcileReport) -> None:
+        """A signed digest of the access log's rows since the last one (``shared.audit.digests``)."""
+        if await self._digests.write() is not None:
+            report.repairs["access_log_digest"] = 1
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -1,42 +1,39 @@
-"""The file service: what the functions and the CLI call (one method per use case).
+"""The file service: what callers do with files (one method per use case), through the access boundary.
 
-It validates identifiers (file ids), maps the database row to the metadata view, and
-delegates the work: ``Ingestor`` (encrypt an upload), ``Reader`` (verified streaming
-read), ``Rotator`` (lazy rotation). Health checks every dependency. Answers are neutral (a
-file record, a verified body): HTTP lives in ``shared.http_api``.
+Each use case takes the ``Caller`` (``shared.identity``) and runs inside the ``Guard``
+(``shared.access``): the role it needs is checked, and its rows go to the access log there and nowhere
+else. It validates identifiers (file ids, names), maps the database row to the metadata view, and
+delegates the work: ``Ingestor`` (encrypt an upload), ``Reader`` (verified streaming read),
+``Uploader``, ``Eraser``. Answers are neutral (a file record, a verified body): HTTP lives in
+``shared.http_api``; operators' tasks in ``shared.maintenance``; health in ``shared.health``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from shared.audit import SYSTEM, Access, AuditLog
-from shared.blobs import Container
+from shared.access import Guard
 from shared.clock import Clock, utcnow
-from shared.db.failures import FailureRecord, FailureRepository
-from shared.db.file_keys import Custody
+from shared.db.access_log import LoggedRow
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
 from shared.download import Reader, Span
-from shared.errors import BlobsealError, FileNotReadyError, InvalidRequestError, UnknownFileError
-from shared.ingest import Ingestor, IngestOutcome
+from shared.erase import Eraser
+from shared.errors import FileNotReadyError, InvalidRequestError, UnknownFileError
+from shared.identity import Caller
+from shared.ingest import Ingestor, IngestOutcome, guess_type
 from shared.keys import FileKeyService
-from shared.reconcile import LAST_RUN_STATE, OLDEST_PLAINTEXT_STATE, Reconciler, ReconcileReport
-from shared.rotation import RotationReport, Rotator
 from shared.upload import Uploader, UploadRequest
 
-__all__ = ["FileService", "parse_file_id"]
+__all__ = ["Download", "FileService", "file_id_or_none", "parse_file_id"]
 
-HEALTH_TIMEOUT_SECONDS = 5.0
 MAX_BLOB_NAME = 1024
-
-Probe = Callable[[], Awaitable[None]]
 
 
 def parse_file_id(text: str) -> uuid.UUID:
@@ -49,33 +46,125 @@ def parse_file_id(text: str) -> uuid.UUID:
     return value
 
 
+@dataclass(frozen=True)
+class Download:
+    """A checked file, the span asked for (None: all of it), and its verified body (None for a HEAD)."""
+
+    record: FileRecord
+    span: Span | None
+    body: AsyncIterator[memoryview] | None
+
+
 class FileService:
-    def __init__(self, *, db: Database, keys: FileKeyService, protected: Container, reader: Reader, ingestor: Ingestor,
-                 rotator: Rotator, reconciler: Reconciler, uploader: Uploader, audit: AuditLog,
-                 probes: Mapping[str, Probe], plaintext_alert: timedelta = timedelta(minutes=30),
-                 clock: Clock = utcnow) -> None:
-        self._db, self._keys, self._protected = db, keys, protected
-        self._reader = reader
-        self._ingestor, self.rotator, self._reconciler = ingestor, rotator, reconciler
-        self._uploader, self.audit = uploader, audit
-        self._probes = dict(probes)
-        self._plaintext_alert, self._clock = plaintext_alert, clock
+    def __init__(self, *, db: Database, keys: FileKeyService, reader: Reader, eraser: Eraser, ingestor: Ingestor,
+                 uploader: Uploader, guard: Guard, clock: Clock = utcnow) -> None:
+        self._db, self._keys, self._reader, self._eraser = db, keys, reader, eraser
+        self._ingestor, self._uploader, self.guard, self._clock = ingestor, uploader, guard, clock
 
     async def encrypt_ingest_blob(self, name: str) -> IngestOutcome:
+        """What the blob trigger delivers (the app's own work: no caller, no access row)."""
         return await self._ingestor.encrypt(name)
 
-    async def describe(self, file_id_text: str) -> dict[str, Any]:
-        return await self._view(await self._record(parse_file_id(file_id_text)))
+    # --- reads ---------------------------------------------------------------------------------
 
-    async def find_by_name(self, name: str | None) -> dict[str, Any]:
-        if not name:
-            raise InvalidRequestError("query parameter 'name' is required", operation="find_file")
-        _check_name(name)  # PostgreSQL text cannot hold NUL; no blob name is longer
-        async with self._db.connection("find_file") as conn:
-            record = await FileRepository(conn).by_source_name(name)
-        if record is None:
-            raise UnknownFileError("no file was uploaded under this name", operation="find_file")
-        return await self._view(record)
+    async def download(self, caller: Caller, file_id_text: str, choose: Callable[[FileRecord], Span | None], *,
+                       head: bool = False) -> Download:
+        """The file's record, the span ``choose`` picks for it, and (not for ``head``) the verified body,
+        checked before it starts; the access is recorded before anything is sent, a cut one again."""
+        operation = "head" if head else "download"
+        async with self.guard.read(operation, caller, file_id=file_id_or_none(file_id_text)) as receipt:
+            record = await self.encrypted_file(file_id_text)
+            assert record.size is not None
+            span = choose(record)
+            if head:
+                return Download(record, span, None)
+            body = await self.open(record, span)
+            receipt.span = (span.start, span.end) if span else (0, record.size - 1)
+            receipt.bytes_sent = span.length if span else record.size
+        return Download(record, span, self.guard.streamed(body, operation, caller, receipt, record_end=False))
+
+    async def describe(self, caller: Caller, file_id_text: str) -> dict[str, Any]:
+        async with self.guard.read("metadata", caller, file_id=file_id_or_none(file_id_text)):
+            return await self._view(await self._record(parse_file_id(file_id_text)))
+
+    async def find_by_name(self, caller: Caller, name: str | None) -> dict[str, Any]:
+        async with self.guard.read("lookup", caller) as receipt:
+            if not name:
+                raise InvalidRequestError("query parameter 'name' is required", operation="find_file")
+            _check_name(name)  # PostgreSQL text cannot hold NUL; no blob name is longer
+            async with self._db.connection("find_file") as conn:
+                record = await FileRepository(conn).by_source_name(name)
+            if record is None:
+                raise UnknownFileError("no file was uploaded under this name", operation="find_file")
+            receipt.file_id = record.file_id
+            return await self._view(record)
+
+    async def list_files(self, caller: Caller, *, prefix: str = "", status: str | None = None,
+                         limit: int | str | None = None,
+                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of files by upload name; the cursor of the next page, or None at the end."""
+        async with self.guard.read("list", caller):
+            if status not in (None, "pending", "encrypted", "deleted"):
+                raise InvalidRequestError("status must be pending, encrypted or deleted", operation="list_files")
+            count = _bounded(limit, 100, 1000, "list_files")
+            _check_name(prefix, allow_empty=True)
+            async with self._db.connection("list_files") as conn:
+                page = await FileRepository(conn).listed(prefix=prefix, status=status, after=_cursor(cursor),
+                                                         limit=count + 1)
+            views = [_view(record, expires) for record, expires in page[:count]]
+            last = page[count - 1][0] if len(page) > count else None
+            return views, (_next_cursor(last.source_name, last.file_id) if last else None)
+
+    async def access_log(self, caller: Caller, *, file_id: str | None = None, since: str | datetime | None = None,
+                         who: str | None = None, limit: int | str | None = None) -> list[LoggedRow]:
+        """The access log (the ``audit`` role), newest first; reading it is itself recorded."""
+        async with self.guard.read("audit_log", caller, "audit", file_id=file_id_or_none(file_id or "")):
+            wanted = parse_file_id(file_id) if file_id else None
+            count = _bounded(limit, 1000, 10_000, "audit_log")
+            return await self.guard.audit.query(file_id=wanted, since=_moment(since), caller=who, limit=count)
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    async def upload(self, caller: Caller, body: AsyncIterator[bytes], *, name: str, content_type: str | None = None,
+                     declared_size: int | str | None = None) -> dict[str, Any]:
+        """A new file from ``body`` (the ``write`` role), encrypted as it arrives."""
+        async with self.guard.change("upload", caller, "write") as receipt:
+            if not name:
+                raise InvalidRequestError("the upload needs a name (X-File-Name)", operation="upload")
+            _check_name(name)
+            size = None if declared_size in (None, "") else _bounded(declared_size, 0, None, "upload",
+                                                                      "Content-Length")
+            request = UploadRequest(name=name, content_type=guess_type(content_type, name), declared_size=size)
+            record = await self._uploader.upload(request, body)
+            receipt.file_id, receipt.bytes_sent = record.file_id, record.size
+            return await self._view(record)
+
+    async def delete(self, caller: Caller, file_id_text: str) -> dict[str, Any]:
+        """Erase a file (``shared.erase``): its plaintext in ingest, its blobs and every key go; the row stays
+        as a tombstone (who, when). Idempotent: a deletion that stopped half way is finished by calling it
+        again (or by the reconciler). After it no key exists that could open any copy of the file."""
+        file_id = file_id_or_none(file_id_text)
+        async with self.guard.change("delete", caller, "erase", file_id=file_id):
+            file_id = parse_file_id(file_id_text)
+            await self._record(file_id)
+            async with self._db.transaction("delete_file") as conn:
+                files = FileRepository(conn)
+                record = await files.mark_deleted(file_id, by=caller.name, now=self._clock())
+                await files.forget_retired_of(file_id)  # in the same commit: no row outlives the blob it names
+            assert record is not None
+            await self._eraser.erase(record)
+            return _view(record, None)
+
+    async def decrypt_file(self, caller: Caller, file_id_text: str) -> Download:
+        """A whole file's plaintext for an operator (recovery): intent before, outcome (bytes) after it was read."""
+        file_id = file_id_or_none(file_id_text)
+        async with self.guard.change("decrypt_file", caller, "operate", file_id=file_id) as receipt:
+            record = await self.encrypted_file(file_id_text)
+            body = await self.open(record, None)
+            receipt.deferred = True  # the outcome is written when the body has been read (or cut)
+        return Download(record, None, self.guard.streamed(body, "decrypt_file", caller, receipt, record_end=True))
+
+    # --- the steps the use cases share (and tests use to look at what is stored) ------------------
 
     async def encrypted_file(self, file_id_text: str) -> FileRecord:
         """The record of a file that can be read (``FileNotReadyError`` while it is not encrypted)."""
@@ -94,132 +183,6 @@ class FileService:
         key = await self._keys.key_of(record.key_reference)  # the file's own current key: no second lookup
         return await self._reader.open(record, key, span)
 
-    async def rotate_file(self, file_id_text: str, access: Access = SYSTEM) -> str:
-        file_id = parse_file_id(file_id_text)
-        try:
-            reference = await self.rotator.rotate_file(file_id)
-        except BlobsealError as exc:
-            await self.audit.record("rotate", access, file_id=file_id, outcome=type(exc).__name__, required=False)
-            raise
-        assert reference is not None  # unconditional rotation always yields a new key
-        await self.audit.record("rotate", access, file_id=file_id, required=False)
-        return reference
-
-    async def release_rotation(self, file_id_text: str) -> bool:
-        """Give up a rotation claim whoever holds it (an operator's way out of a stuck one)."""
-        return await self._keys.force_release(parse_file_id(file_id_text))
-
-    async def list_files(self, *, prefix: str = "", status: str | None = None, limit: int = 100,
-                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of files by upload name; the cursor of the next page, or None at the end."""
-        if status not in (None, "pending", "encrypted", "deleted"):
-            raise InvalidRequestError("status must be pending, encrypted or deleted", operation="list_files")
-        if not 1 <= limit <= 1000:
-            raise InvalidRequestError("limit must be from 1 to 1000", operation="list_files")
-        _check_name(prefix, allow_empty=True)
-        async with self._db.connection("list_files") as conn:
-            page = await FileRepository(conn).listed(prefix=prefix, status=status, after=_cursor(cursor),
-                                                     limit=limit + 1)
-        views = [_view(record, expires) for record, expires in page[:limit]]
-        last = page[limit - 1][0] if len(page) > limit else None
-        return views, (_next_cursor(last.source_name, last.file_id) if last else None)
-
-    async def delete(self, file_id_text: str, access: Access) -> dict[str, Any]:
-        """Erase a file: its blobs and every key version go; the row stays as a tombstone (who, when).
-
-        Idempotent: a deletion that stopped half way is finished by calling it again (or by the
-        reconciler). After it no key exists that could open any copy of the file.
-        """
-        file_id = parse_file_id(file_id_text)
-        await self._record(file_id)
-        async with self._db.transaction("delete_file") as conn:
-            record = await FileRepository(conn).mark_deleted(file_id, by=access.caller, now=self._clock())
-        assert record is not None
-        await self.erase(file_id)
-        await self.audit.record("delete", access, file_id=file_id, required=False)
-        return _view(record, None)
-
-    async def erase(self, file_id: uuid.UUID) -> None:
-        """The blobs (every version and staged block) and the keys of a deleted file."""
-        blobs, _ = await self._protected.page(prefix=f"{file_id}/", size=1000, uncommitted=True)
-        for blob in blobs:
-            await self._protected.discard(blob.name)
-        async with self._db.transaction("erase_file") as conn:
-            await FileRepository(conn).forget_retired_of(file_id)
-        await self._keys.delete_file_keys(file_id)
-
-    async def upload(self, request: UploadRequest, body: AsyncIterator[bytes], access: Access) -> dict[str, Any]:
-        try:
-            record = await self._uploader.upload(request, body)
-        except BlobsealError as exc:
-            await self.audit.record("upload", access, outcome=type(exc).__name__, required=False)
-            raise
-        await self.audit.record("upload", access, file_id=record.file_id, bytes_sent=record.size, required=False)
-        return await self._view(record)
-
-    async def expire_key(self, file_id_text: str) -> str:
-        """Make the file's key due now (the next rotation run rotates it); returns the new expiry."""
-        expires = (await self._keys.expire(parse_file_id(file_id_text))).expires_at
-        assert expires is not None
-        return expires.isoformat()
-
-    async def rotate_due(self, *, limit: int | None = None, budget_seconds: float | None = None) -> RotationReport:
-        return await self.rotator.rotate_due(limit=limit, budget_seconds=budget_seconds)
-
-    async def reconcile(self) -> ReconcileReport:
-        return await self._reconciler.run()
-
-    async def migrate_keys(self, to: Custody, access: Access = SYSTEM, *, batch: int = 100) -> dict[str, Any]:
-        """Move every readable key into custody ``to`` (no blob is touched); resumable, idempotent."""
-        moved = raced = 0
-        while True:
-            report = await self._keys.migrate_keys(to, batch)
-            moved, raced = moved + report.moved, raced + report.raced
-            if report.moved + report.raced == 0:
-                await self.audit.record(f"migrate_keys_to_{to}", access, outcome=f"ok: {moved} moved", required=False)
-                return {"to": to, "moved": moved, "raced": raced}
-
-    async def rotate_kek(self, access: Access = SYSTEM, *, rewrap_only: bool = False) -> dict[str, Any]:
-        """A new KEK version and every intermediate key rewrapped with it (or only the rewrap, to resume)."""
-        if rewrap_only:
-            kek, rewrapped = None, await self._keys.rewrap_intermediates()
-        else:
-            kek, rewrapped = await self._keys.rotate_kek()
-        await self.audit.record("rotate_kek", access, outcome=f"ok: {rewrapped} rewrapped", required=False)
-        return {"kek_reference": kek, "rewrapped": rewrapped, "kek_versions_in_use": await self._keys.kek_usage()}
-
-    async def failed_uploads(self, limit: int = 1000) -> list[FailureRecord]:
-        async with self._db.connection("failed_uploads") as conn:
-            return await FailureRepository(conn).listed(limit)
-
-    async def replay(self, name: str) -> IngestOutcome:
-        """Ingest an upload again now, whatever its recorded failure said (an operator fixed the cause)."""
-        return await self._ingestor.encrypt(name)
-
-    async def health(self) -> dict[str, Any]:
-        """``ok`` or the failing error type, per dependency (never a message with secrets); whether an
-        upload has waited in plaintext for longer than the alert threshold."""
-        results = await asyncio.gather(*(asyncio.wait_for(probe(), HEALTH_TIMEOUT_SECONDS)
-                                         for probe in self._probes.values()), return_exceptions=True)
-        checks = {name: "ok" if not isinstance(r, BaseException) else type(r).__name__
-                  for name, r in zip(self._probes, results, strict=True)}
-        report: dict[str, Any] = {"dependencies": checks}
-        if checks.get("database") == "ok":
-            report.update(await self._plaintext_report())
-        return report
-
-    async def _plaintext_report(self) -> dict[str, Any]:
-        """What the last reconciler run saw in ``ingest`` (health must not list a container itself)."""
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS), self._db.connection("health") as conn:
-                repo = FailureRepository(conn)
-                oldest, last_run = await repo.state(OLDEST_PLAINTEXT_STATE), await repo.state(LAST_RUN_STATE)
-        except (BlobsealError, TimeoutError):
-            return {}
-        age = (self._clock() - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
-        return {"oldest_plaintext_seconds": round(age), "reconciled_at": last_run or None,
-                "degraded": age > self._plaintext_alert.total_seconds()}
-
     async def _record(self, file_id: uuid.UUID) -> FileRecord:
         async with self._db.connection("get_file") as conn:
             record = await FileRepository(conn).get(file_id)
@@ -230,6 +193,14 @@ class FileService:
     async def _view(self, record: FileRecord) -> dict[str, Any]:
         key = await self._keys.active_key(record.file_id) if record.status == "encrypted" else None
         return _view(record, key.expires_at if key else None) | {"key_custody": key.custody if key else None}
+
+
+def file_id_or_none(text: str) -> uuid.UUID | None:
+    """The file id for the access row, if the text is one (a malformed id is refused inside, and recorded)."""
+    try:
+        return parse_file_id(text)
+    except InvalidRequestError:
+        return None
 
 
 def _view(record: FileRecord, key_expires_at: datetime | None) -> dict[str, Any]:
@@ -250,6 +221,32 @@ def _view(record: FileRecord, key_expires_at: datetime | None) -> dict[str, Any]
         view.update(deleted_at=record.deleted_at.isoformat() if record.deleted_at else None,
                     deleted_by=record.deleted_by)
     return view
+
+
+def _bounded(value: int | str | None, default: int | None, most: int | None, operation: str,
+             what: str = "limit") -> int:
+    """A count from a query or header: digits only, from 1 (0 for a size) to ``most``."""
+    if value is None or value == "":
+        assert default is not None
+        return default
+    text = str(value)
+    if not text.isdigit() or len(text) > 19:
+        raise InvalidRequestError(f"{what} must be a whole number", operation=operation)
+    number, least = int(text), (0 if most is None else 1)
+    if number < least or (most is not None and number > most):
+        raise InvalidRequestError(f"{what} must be from {least} to {most}", operation=operation)
+    return number
+
+
+def _moment(value: str | datetime | None) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no zone)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError("since must be an ISO 8601 time", operation="audit_log") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _check_name(name: str, *, allow_empty: bool = False) -> None:

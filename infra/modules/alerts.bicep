@@ -6,6 +6,8 @@
 //                          blobseal_failed_uploads (customMetrics)
 //     integrity failures   ERROR "integrity check failed for file", blobseal_integrity_failures_total
 //     keys missing         ERROR "key ... is recorded but missing from the vault", blobseal_keys_missing_total
+//     key integrity        ERROR "key integrity: refused ...", blobseal_key_integrity_failures_total (a key row
+//                          the service cannot prove it made: someone wrote the database)
 //     rotation failures    ERROR "rotation of file ... failed", blobseal_errors_total{operation=rotate}
 //     plaintext too old    blobseal_ingest_oldest_plaintext_seconds, or the reconciler's run log
 //                          ("reconcile run ...: {... 'oldest_plaintext_seconds': N ...}") above the threshold
@@ -98,6 +100,12 @@ union
   (customMetrics | where name == "blobseal_keys_missing_total" and value > 0)
 '''
 
+var keyIntegrityQuery = '''
+union
+  (traces | where severityLevel >= 3 and message startswith "key integrity: refused"),
+  (customMetrics | where name == "blobseal_key_integrity_failures_total" and value > 0)
+'''
+
 var rotationQuery = '''
 union
   (traces | where severityLevel >= 3 and message matches regex @"rotation of file \S+ failed"),
@@ -132,6 +140,14 @@ var logAlerts = [
     description: 'A stored file failed authentication (tampered, truncated, wrong key): nothing unverified was served. Inspect the protected blob named in the log.'
     severity: 1
     query: integrityQuery
+    threshold: 0
+  }
+  {
+    name: 'key-integrity'
+    displayName: 'blobseal: a key row was refused as not the service\'s own'
+    description: 'A key row the service cannot prove it made (an unsigned or forged intermediate key, a key moved to another row, a custody the deployment does not allow) was refused: someone with write access to the database changed it. Nothing was served with it. docs/THREATS.md and docs/OPERATIONS.md ("Key integrity") say what to check.'
+    severity: 0
+    query: keyIntegrityQuery
     threshold: 0
   }
   {

@@ -3,7 +3,15 @@
 // purge protection, audit logs and metrics to Log Analytics. With private networking (the default)
 // public network access is disabled and the firewall denies by default: the app reaches the vault
 // through its private endpoint (private-endpoint.bicep).
-// No secret is written by the templates: the vault holds only what the app creates, and the KEK.
+// No secret is written by the templates: the vault holds only what the app creates, the KEK and the
+// signing key.
+//
+// The signing key (always): an EC P-256 key named signingKeyName (KEY_VAULT_SIGNING_KEY_NAME),
+// operations sign and verify only, not exportable. The app signs with it what it must be able to
+// prove its own later (each intermediate key row of the envelope mode; docs/THREATS.md) and
+// verifies with the public half alone; its identity may read the key and sign with it, nothing else
+// (rbac.bicep's custom role). A database writer can wrap a key of its own with the KEK's public key,
+// but cannot sign. The app never creates it in Azure (fail closed), so the template must.
 //
 // The KEK (deployKek, set by main.bicep when keyMode is 'envelope' or deployKek is true): an RSA
 // 3072 key named kekName (KEY_VAULT_KEK_NAME), operations wrapKey and unwrapKey only, not
@@ -66,6 +74,11 @@ param kekName string = 'blobseal-kek'
 @description('Deploy the KEK (envelope key mode). The deploying principal then needs a Key Vault data-plane role on keys (Key Vault Crypto Officer): ARM checks it for the key.')
 param deployKek bool = false
 
+@description('Name of the signing key (KEY_VAULT_SIGNING_KEY_NAME): 1-127 letters, digits and hyphens. Always deployed.')
+@minLength(1)
+@maxLength(127)
+param signingKeyName string = 'blobseal-signing'
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: networkAcls.defaultAction is Deny whenever privateNetworking is on (the default); checkov cannot evaluate the ternary main.bicep passes, infra/tools/check_infra.py does and fails otherwise
   name: name
@@ -119,6 +132,27 @@ resource kek 'Microsoft.KeyVault/vaults/keys@2023-07-01' = if (deployKek) {
   }
 }
 
+// The signing key: ES256 signatures over what the service vouches for (shared/vault/azure_signer.py).
+resource signingKey 'Microsoft.KeyVault/vaults/keys@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_112: a standard vault holds software-protected keys only (EC-HSM needs the premium SKU); the key is not exportable and its private part never leaves the vault
+  // checkov:skip=CKV_AZURE_40: no expiry on purpose: an expired version cannot sign, so envelope ingest would stop; rotation adds a version (`az keyvault key rotate`), and rows signed by older versions stay verifiable
+  parent: vault
+  name: signingKeyName
+  tags: tags
+  properties: {
+    kty: 'EC'
+    curveName: 'P-256'
+    keyOps: [
+      'sign'
+      'verify'
+    ]
+    attributes: {
+      enabled: true
+      exportable: false
+    }
+  }
+}
+
 // Who read, created or disabled which secret, and who got the KEK, unwrapped with it or added a
 // version (the app wraps in process with the public key), kept in the workspace (category group
 // "audit").
@@ -147,3 +181,5 @@ output name string = vault.name
 output uri string = vault.properties.vaultUri
 @description('The KEK\'s name (KEY_VAULT_KEK_NAME); the key exists only when deployKek is true (or was, in an earlier deployment).')
 output kekName string = kekName
+@description('The signing key\'s name (KEY_VAULT_SIGNING_KEY_NAME).')
+output signingKeyName string = signingKey.name

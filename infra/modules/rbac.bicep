@@ -6,6 +6,10 @@
 //                                                grantKek (envelope key mode): read the key and
 //                                                its versions, wrapKey, unwrapKey; no create,
 //                                                no update, no delete (the app never makes the KEK)
+//   function app identity -> the signing key    blobseal signer (custom role, defined here): read the key
+//                                                (its public half) and sign with it; no wrap, decrypt, create,
+//                                                update or delete. No built-in role is that narrow (Crypto User
+//                                                also encrypts, decrypts, wraps, unwraps and backs keys up)
 //   function app identity -> data storage       Storage Blob Data Owner, Storage Queue Data Contributor
 //                                                (blob trigger connection: blobs + poison queue)
 //   function app identity -> host storage       Storage Blob Data Owner, Storage Queue Data Contributor,
@@ -16,6 +20,8 @@
 //                                                --auth-mode login; the CLI reads/writes blobs)
 //   operators (optional)    -> Key Vault        Key Vault Secrets Officer (the CLI: rotate, replay,
 //                                                decrypt-file, reconcile create/read/disable keys)
+//   operators (optional)    -> the signing key  Key Vault Crypto Officer: a new version (rotation), and
+//                                                `blobseal attest-intermediates` (signs rows made before upgrading)
 //   operators (optional)    -> the KEK (key)    Key Vault Crypto Officer, when grantKek: rotate-kek
 //                                                (a new version, rewrap), migrate-keys, disabling
 //                                                old versions; on this one key, not the vault
@@ -33,6 +39,9 @@ param keyVaultName string
 
 @description('Name of the KEK in the vault (KEY_VAULT_KEK_NAME).')
 param kekName string = 'blobseal-kek'
+
+@description('Name of the signing key in the vault (KEY_VAULT_SIGNING_KEY_NAME); always deployed.')
+param signingKeyName string = 'blobseal-signing'
 
 @description('Grant the KEK roles (the key exists: envelope key mode, or deployKek).')
 param grantKek bool = false
@@ -75,6 +84,38 @@ resource kek 'Microsoft.KeyVault/vaults/keys@2023-07-01' existing = {
   name: kekName
 }
 
+resource signingKey 'Microsoft.KeyVault/vaults/keys@2023-07-01' existing = {
+  parent: vault
+  name: signingKeyName
+}
+
+// Sign-only: the app may read the signing key (its public half, for verifying) and sign with it. The role
+// is assignable in this resource group only.
+var resourceGroupId = resourceGroup().id
+
+resource signerRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'blobseal-signer')
+  properties: {
+    roleName: 'blobseal signer (${resourceGroup().name})'
+    description: 'Read a Key Vault key and sign digests with it; nothing else (blobseal: signed intermediate key rows, docs/THREATS.md).'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          'Microsoft.KeyVault/vaults/keys/read'
+          'Microsoft.KeyVault/vaults/keys/sign/action'
+        ]
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      resourceGroupId
+    ]
+  }
+}
+
 resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: dataStorageAccountName
 }
@@ -98,6 +139,16 @@ resource fnKekEncryptionUser 'Microsoft.Authorization/roleAssignments@2022-04-01
   scope: kek
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCryptoServiceEncryptionUser)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnSigner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(signingKey.id, functionPrincipalId, signerRole.id)
+  scope: signingKey
+  properties: {
+    roleDefinitionId: signerRole.id
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
   }
@@ -178,6 +229,16 @@ resource operatorVaultSecretsOfficer 'Microsoft.Authorization/roleAssignments@20
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}
+
+resource operatorSigningKeyCryptoOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(signingKey.id, operatorPrincipalId, roles.keyVaultCryptoOfficer)
+  scope: signingKey
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCryptoOfficer)
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
   }

@@ -89,6 +89,8 @@ CHECKED_TYPES = {
     "Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01",
     # the envelope key mode: the KEK (an RSA key in the vault), the vault's API version
     "Microsoft.KeyVault/vaults/keys@2023-07-01",
+    # keys the database cannot subvert: the sign-only custom role of the signing key
+    "Microsoft.Authorization/roleDefinitions@2022-04-01",
 }
 
 # Allowed property names at a path of a resource body, transcribed from the published Bicep
@@ -184,6 +186,10 @@ SCHEMA: dict[str, dict[str, set[str]]] = {
         "properties.release_policy": {"contentType", "data"},
         "properties.rotationPolicy": {"attributes", "lifetimeActions"},
         "properties.rotationPolicy.attributes": {"expiryTime"},
+    },
+    "Microsoft.Authorization/roleDefinitions@2022-04-01": {
+        "": {"name", "properties"},
+        "properties": {"assignableScopes", "description", "permissions", "roleName", "type"},
     },
     "Microsoft.Web/sites@2024-04-01": {
         "properties.functionAppConfig": {"deployment", "runtime", "scaleAndConcurrency"},
@@ -701,10 +707,19 @@ def check_secrets(files: dict[Path, BicepFile], report: Report) -> None:
     report.ok("secrets: no secure input but the settings object, no password, no secret output")
 
 
-def check_kek(files: dict[Path, BicepFile], report: Report) -> None:
-    """A deployed Key Vault key is the KEK (shared/vault/azure_kek.py): RSA, wrapKey and unwrapKey only,
-    not exportable, and with no expiry or rotation policy (the SDK wraps locally and refuses an expired
-    version; an automatic rotation would not rewrap the intermediate keys)."""
+# What each deployed Key Vault key must be, by its symbol: (kty, curve, keyOps).
+KEYS = {
+    "kek": ("RSA", None, ["unwrapKey", "wrapKey"]),  # shared/vault/azure_kek.py: RSA-OAEP-256
+    "signingKey": ("EC", "P-256", ["sign", "verify"]),  # shared/vault/azure_signer.py: ES256
+}
+SIGNER_DATA_ACTIONS = ["Microsoft.KeyVault/vaults/keys/read", "Microsoft.KeyVault/vaults/keys/sign/action"]
+
+
+def check_keys(files: dict[Path, BicepFile], report: Report) -> None:
+    """Each deployed Key Vault key is one the app knows (``KEYS``): its type, curve and operations exactly,
+    not exportable, and with no expiry or rotation policy (the KEK: the SDK wraps locally and refuses an
+    expired version, and an automatic rotation would not rewrap the intermediate keys; the signing key: an
+    expired version cannot sign)."""
     seen = 0
     for bicep in files.values():
         for symbol, type_version, body in bicep.resources:
@@ -712,25 +727,68 @@ def check_kek(files: dict[Path, BicepFile], report: Report) -> None:
                 continue
             paths = {p: v for p, _, v in _paths(body)}
             if "properties" not in paths[""]:
-                continue  # an `existing` reference (rbac.bicep scopes the KEK's grants to it)
+                continue  # an `existing` reference (rbac.bicep scopes grants to it)
             seen += 1
-            where = f"{bicep.path.name}: {symbol}"
-            props, attributes = paths.get("properties", {}), paths.get("properties.attributes", {})
-            if "kty" not in props or _string_value(props["kty"]) != "RSA":
-                report.fail(f"{where}: the KEK must be kty 'RSA' (RSA-OAEP-256 wrapping)")
-            ops = props.get("keyOps")
-            listed = sorted(_string_value(o) or "?" for o in _named(ops)) if ops is not None and ops.type == "array" \
-                else []
-            if listed != ["unwrapKey", "wrapKey"]:
-                report.fail(f"{where}: keyOps must be exactly wrapKey and unwrapKey, not {listed}")
-            if "exportable" not in attributes or _text(attributes["exportable"]) != "false":
-                report.fail(f"{where}: attributes.exportable must be false")
-            for key in sorted({"exp", "nbf"} & set(attributes)):
-                report.fail(f"{where}: attributes.{key} on the KEK: a version outside its validity stops ingest")
-            if "rotationPolicy" in props:
-                report.fail(f"{where}: a rotation policy on the KEK: an expiry stops envelope ingest, and an automatic "
-                            "rotation does not rewrap the intermediate keys (use `blobseal rotate-kek`)")
-    report.ok(f"KEK: {seen} key resource(s), RSA, wrapKey/unwrapKey only, not exportable, no expiry")
+            _check_key(f"{bicep.path.name}: {symbol}", symbol, paths, report)
+    report.ok(f"keys: {seen} key resource(s), each of its kind, exactly its operations, not exportable, no expiry")
+
+
+def _check_key(where: str, symbol: str, paths: dict[str, Any], report: Report) -> None:
+    if symbol not in KEYS:
+        report.fail(f"{where}: a key the app does not know (known: {sorted(KEYS)})")
+        return
+    kty, curve, expected_ops = KEYS[symbol]
+    props, attributes = paths.get("properties", {}), paths.get("properties.attributes", {})
+    if "kty" not in props or _string_value(props["kty"]) != kty:
+        report.fail(f"{where}: must be kty {kty!r}")
+    if curve is not None and ("curveName" not in props or _string_value(props["curveName"]) != curve):
+        report.fail(f"{where}: must be curve {curve!r}")
+    ops = props.get("keyOps")
+    listed = sorted(_string_value(o) or "?" for o in _named(ops)) if ops is not None and ops.type == "array" else []
+    if listed != expected_ops:
+        report.fail(f"{where}: keyOps must be exactly {' and '.join(expected_ops)}, not {listed}")
+    if "exportable" not in attributes or _text(attributes["exportable"]) != "false":
+        report.fail(f"{where}: attributes.exportable must be false")
+    for key in sorted({"exp", "nbf"} & set(attributes)):
+        report.fail(f"{where}: attributes.{key}: a version outside its validity stops ingest")
+    if "rotationPolicy" in props:
+        report.fail(f"{where}: a rotation policy: an expiry stops envelope ingest, and an automatic rotation does "
+                    "not rewrap the intermediate keys (use `blobseal rotate-kek`)")
+
+
+def check_erasure(files: dict[Path, BicepFile], report: Report) -> None:
+    """DELETE erases a file's blobs (docs/THREATS.md): the data account keeps no blob versions and no
+    soft-deleted blobs that would outlive it (a plaintext from ingest, a protected blob)."""
+    main = (INFRA / "main.bicep").read_text()
+    block = re.search(r"module dataStorage 'modules/storage\.bicep' = \{(.*?)\n\}", main, re.DOTALL)
+    days = re.search(r"blobSoftDeleteDays:\s*(\S+)", block.group(1)) if block else None
+    if block is None or days is None or days.group(1) != "0":
+        report.fail("main.bicep: dataStorage must pass blobSoftDeleteDays: 0 (a deleted blob must not stay "
+                    "recoverable)")
+    storage = (INFRA / "modules" / "storage.bicep").read_text()
+    if not re.search(r"isVersioningEnabled:\s*false\b", storage):
+        report.fail("storage.bicep: isVersioningEnabled must be false (a deleted file's blobs would live on as "
+                    "versions)")
+    report.ok("erasure: the data account keeps no blob versions and no soft-deleted blobs")
+
+
+def check_custom_roles(files: dict[Path, BicepFile], report: Report) -> None:
+    """Custom roles grant data actions only, exactly the signer's, assignable in the resource group alone."""
+    seen = 0
+    for bicep in files.values():
+        for symbol, type_version, body in bicep.resources:
+            if not type_version.startswith("Microsoft.Authorization/roleDefinitions@") or body is None:
+                continue
+            seen += 1
+            text = _text(body)
+            actions = sorted(set(re.findall(r"'(Microsoft\.[A-Za-z]+/[^']+)'", text)))
+            if actions != SIGNER_DATA_ACTIONS:
+                report.fail(f"{bicep.path.name}: {symbol}: grants {actions}, not exactly {SIGNER_DATA_ACTIONS}")
+            scopes = re.search(r"assignableScopes:\s*\[\s*(\w+)\s*\]", text)
+            declared = scopes and re.search(rf"var {scopes.group(1)} = resourceGroup\(\)\.id\n", bicep.path.read_text())
+            if not declared:
+                report.fail(f"{bicep.path.name}: {symbol}: must be assignable in the resource group only")
+    report.ok(f"custom roles: {seen}, sign-only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1150,7 +1208,7 @@ def check_deploy_script(report: Report) -> None:
                 order.append("migrate")
                 url = next(c for c in call if c.startswith("DATABASE_URL="))
                 if url != ("DATABASE_URL=postgresql://deployer%40example.com@stub-pg.postgres.database.azure.com"
-                           ":5432/blobseal?sslmode=require"):
+                           ":5432/blobseal?sslmode=verify-full"):
                     report.fail(f"deploy.sh: migrate does not run as the Entra admin without a password: {url}")
             elif "db_roles.py" in call[1]:
                 order.append("roles")
@@ -1239,7 +1297,9 @@ def main(argv: list[str] | None = None) -> int:
     check_modules(files, report)
     check_policy(files, report)
     check_secrets(files, report)
-    check_kek(files, report)
+    check_keys(files, report)
+    check_custom_roles(files, report)
+    check_erasure(files, report)
     check_private_networking(files, report)
     check_app_contract(files, report)
     if not args.skip_scripts:

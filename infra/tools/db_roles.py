@@ -11,7 +11,10 @@ Connected as the server's Entra administrator, this script makes sure that
   owns nothing, not a member of ``azure_pg_admin``. The migrations run as the administrator
   (``python -m shared.cli migrate``), before this script, so the tables exist;
 * optionally, the operators' Entra group (or one user) is a role with the same rights (member of
-  ``blobseal_app``), for the CLI (``python -m shared.cli failed|replay|rotate|reconcile ...``).
+  ``blobseal_app``), for the CLI (``python -m shared.cli failed|replay|rotate|reconcile ...``), and with
+  ``--operator-purge`` also a member of ``blobseal_audit_purger``, the only role that may run
+  ``purge_access_log`` (``blobseal audit purge``; never rows younger than 30 days). The app's own
+  role can append to the access log and read it, never remove a row.
 
 Everything is idempotent: run it after every migration (deploy.sh does), and the grants cover
 new tables too (plus default privileges for the administrator's future tables).
@@ -64,8 +67,13 @@ class Principal:
             raise ValueError(f"unknown principal type {self.kind!r}")
 
 
-def server_statements(principals: list[Principal], group_role: str = APP_GROUP_ROLE) -> list[str]:
-    """Run in the `postgres` database: the Entra roles, created unless they exist."""
+PURGE_ROLE = "blobseal_audit_purger"  # made by migration 9; EXECUTE on purge_access_log and nothing else
+
+
+def server_statements(principals: list[Principal], group_role: str = APP_GROUP_ROLE,
+                      purgers: list[Principal] | None = None) -> list[str]:
+    """Run in the `postgres` database: the Entra roles, created unless they exist (``purgers`` also get the
+    purge role, which migration 9 made)."""
     statements = [
         f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {quote_literal(group_role)}) "
         f"THEN CREATE ROLE {quote_ident(group_role)} NOLOGIN; END IF; END $$"
@@ -77,6 +85,7 @@ def server_statements(principals: list[Principal], group_role: str = APP_GROUP_R
         create = f"SELECT pgaadauth_create_principal_with_oid({role}, {object_id}, {kind}, false, false)"
         statements.append(f"{create} WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {role})")
         statements.append(f"GRANT {quote_ident(group_role)} TO {quote_ident(p.role)}")
+    statements += [f"GRANT {quote_ident(PURGE_ROLE)} TO {quote_ident(p.role)}" for p in purgers or []]
     return statements
 
 
@@ -133,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operator-role", help="the operators' group display name (or a user's UPN)")
     parser.add_argument("--operator-object-id")
     parser.add_argument("--operator-type", choices=sorted(_PRINCIPAL_TYPES), default="Group")
+    parser.add_argument("--operator-purge", action="store_true",
+                        help="the operators may also purge the access log (past its 30-day minimum)")
     parser.add_argument("--sslmode", choices=("require", "verify-full"), default="require")
     parser.add_argument("--print-sql", action="store_true", help="print the statements, connect nowhere")
     args = parser.parse_args(argv)
@@ -140,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         principals = principals_from(args)
     except ValueError as exc:
         parser.error(str(exc))
-    server_sql, database_sql = server_statements(principals), database_statements(args.database)
+    purgers = principals[1:] if args.operator_purge else []
+    server_sql, database_sql = server_statements(principals, purgers=purgers), database_statements(args.database)
     if args.print_sql:
         print("-- database postgres\n" + ";\n".join(server_sql) + ";")
         print(f"-- database {args.database}\n" + ";\n".join(database_sql) + ";")

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from shared.cli.io import CHUNK, Progress, UsageError, atomic_output, input_size, open_input, read_key_file
 from shared.crypto.format import DEFAULT_BLOCK_SIZE, MAX_HEADER_SIZE, Header, Layout
-from shared.errors import FormatError
+from shared.errors import FormatError, IntegrityError
 
 __all__ = ["UsageError", "register"]
 
@@ -32,6 +32,9 @@ def register(commands: Any) -> None:
     decrypt.add_argument("--key-file", required=True, help="file holding the 32-byte key in base64")
     decrypt.add_argument("--offset", type=int, default=0, help="first plaintext byte to output")
     decrypt.add_argument("--length", type=int, default=None, help="plaintext bytes to output (default: to the end)")
+    decrypt.add_argument("--file-id", type=_uuid, default=None,
+                         help="the file this must be (its authenticated header is checked; a blob of another file, "
+                              "even one this key opens, is refused)")
     decrypt.add_argument("input", help="encrypted file, or - for stdin")
     decrypt.add_argument("output", help="plaintext file, or - for stdout")
     decrypt.set_defaults(handler=run_decrypt)
@@ -71,18 +74,18 @@ def run_decrypt(args: argparse.Namespace) -> int:
     with open_input(args.input) as source, atomic_output(args.output) as sink:
         size = input_size(source)
         if size is not None and (args.offset or args.length is not None):
-            _decrypt_range(key, source, sink, size, args.offset, args.length)
+            _decrypt_range(key, source, sink, size, args.offset, args.length, args.file_id)
         else:
-            _decrypt_stream(key, source, sink, size, args.offset, args.length)
+            _decrypt_stream(key, source, sink, size, args.offset, args.length, args.file_id)
     return 0
 
 
 def _decrypt_stream(key: bytes, source: BinaryIO, sink: BinaryIO, size: int | None,
-                    offset: int, length: int | None) -> None:
+                    offset: int, length: int | None, file_id: uuid.UUID | None) -> None:
     """Decrypt everything in order; the optional range is cut from the verified output."""
     from shared.crypto.stream import Decryptor
 
-    decryptor = Decryptor(key)
+    decryptor = Decryptor(key, expect_file_id=file_id)
     window = _Window(offset, length)
     progress = Progress(size, "decrypt")
     while chunk := source.read(CHUNK):
@@ -93,12 +96,15 @@ def _decrypt_stream(key: bytes, source: BinaryIO, sink: BinaryIO, size: int | No
     window.check()
 
 
-def _decrypt_range(key: bytes, source: BinaryIO, sink: BinaryIO, size: int, offset: int, length: int | None) -> None:
+def _decrypt_range(key: bytes, source: BinaryIO, sink: BinaryIO, size: int, offset: int, length: int | None,
+                   file_id: uuid.UUID | None) -> None:
     """Random access: read only the blocks covering the range, plus the final block."""
     from shared.crypto.cipher import open_header
     from shared.crypto.ranges import RangeOpener, plan_range
 
     header = Header.parse(source.read(MAX_HEADER_SIZE))
+    if file_id is not None and header.file_id != file_id:
+        raise IntegrityError("file id in header does not match", operation="decrypt")
     layout = Layout(header.size, header.block_size, size)
     plaintext_size = layout.plaintext_size
     if offset >= plaintext_size:

@@ -15,15 +15,17 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from shared import bootstrap
-from shared.audit import cli_access
+from shared.cli.identity import operator
 from shared.cli.io import Progress, UsageError, atomic_output
 from shared.config import Settings, key_fingerprint, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
 from shared.errors import BlobsealError, SecretDisabledError
-from shared.service import FileService, parse_file_id
+from shared.identity import Caller
+from shared.service import parse_file_id
 
 __all__ = [
-    "run_audit", "run_decrypt_file", "run_delete", "run_expire", "run_failed", "run_key_fingerprint", "run_list",
+    "run_attest_intermediates", "run_audit", "run_decrypt_file",
+    "run_delete", "run_expire", "run_failed", "run_key_fingerprint", "run_list",
     "run_migrate", "run_migrate_keys", "run_reconcile", "run_release", "run_replay", "run_rotate", "run_rotate_kek",
     "run_show",
 ]
@@ -36,11 +38,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return bootstrap.load_settings(environ)
 
 
-def _with_service(args: argparse.Namespace, work: Callable[[FileService], Awaitable[T]]) -> T:
+def _with_services(args: argparse.Namespace, work: Callable[[bootstrap.Services, Caller], Awaitable[T]]) -> T:
+    """Run ``work`` on the deployment's services, as the operator (``shared.cli.identity``)."""
     async def run() -> T:
-        services = bootstrap.build_services(_settings(args))
+        settings = _settings(args)
+        caller = operator(settings)
+        services = bootstrap.build_services(settings)
         try:
-            return await work(services.files)
+            return await work(services, caller)
         finally:
             await services.close()
 
@@ -57,28 +62,28 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_with_service(args, lambda s: s.describe(args.file_id)), indent=2))
+    print(json.dumps(_with_services(args, lambda s, me: s.files.describe(me, args.file_id)), indent=2))
     return 0
 
 
 def run_rotate(args: argparse.Namespace) -> int:
     if args.file_id:
-        reference = _with_service(args, lambda s: s.rotate_file(args.file_id, cli_access()))
+        reference = _with_services(args, lambda s, me: s.maintenance.rotate_file(me, args.file_id))
         print(json.dumps({"rotated": [args.file_id], "key_reference": reference}))
         return 0
-    report = _with_service(args, lambda s: s.rotate_due(limit=args.limit))
+    report = _with_services(args, lambda s, me: s.maintenance.rotate_due(me, limit=args.limit))
     print(json.dumps(report.as_dict()))
     return 1 if report.failed else 0
 
 
 def run_expire(args: argparse.Namespace) -> int:
-    expires = _with_service(args, lambda s: s.expire_key(args.file_id))
+    expires = _with_services(args, lambda s, me: s.maintenance.expire_key(me, args.file_id))
     print(json.dumps({"file_id": args.file_id, "key_expires_at": expires}))
     return 0
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    report = _with_service(args, lambda s: s.reconcile())
+    report = _with_services(args, lambda s, me: s.maintenance.reconcile(me))
     print(json.dumps(report.as_dict()))
     return 1 if report.failed else 0
 
@@ -86,17 +91,23 @@ def run_reconcile(args: argparse.Namespace) -> int:
 def run_migrate_keys(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
-    print(json.dumps(_with_service(args, lambda s: s.migrate_keys(args.to, cli_access(), batch=args.batch))))
-    return 0
+    result = _with_services(args, lambda s, me: s.maintenance.migrate_keys(me, args.to, batch=args.batch))
+    print(json.dumps(result))
+    return 1 if result["refused"] else 0  # rows the service cannot prove its own: the database was written
 
 
 def run_rotate_kek(args: argparse.Namespace) -> int:
-    print(json.dumps(_with_service(args, lambda s: s.rotate_kek(cli_access(), rewrap_only=args.rewrap_only))))
+    print(json.dumps(_with_services(args, lambda s, me: s.maintenance.rotate_kek(me, rewrap_only=args.rewrap_only))))
+    return 0
+
+
+def run_attest_intermediates(args: argparse.Namespace) -> int:
+    print(json.dumps(_with_services(args, lambda s, me: s.maintenance.attest_intermediates(me))))
     return 0
 
 
 def run_failed(args: argparse.Namespace) -> int:
-    failures = _with_service(args, lambda s: s.failed_uploads())
+    failures = _with_services(args, lambda s, me: s.maintenance.failed_uploads(me))
     rows = [{"name": f.source_name, "etag": f.source_etag, "file_id": str(f.file_id) if f.file_id else None,
              "error": f.error, "reason": f.reason, "permanent": f.permanent, "attempts": f.attempts,
              "first_failed_at": f.first_failed_at.isoformat(), "last_failed_at": f.last_failed_at.isoformat(),
@@ -113,25 +124,25 @@ def run_failed(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    async def work(service: FileService) -> list[dict[str, str]]:
-        names = [f.source_name for f in await service.failed_uploads()] if args.all else args.names
+    async def work(services: bootstrap.Services, me: Caller) -> list[dict[str, str]]:
+        names = [f.source_name for f in await services.maintenance.failed_uploads(me)] if args.all else args.names
         results = []
         for name in dict.fromkeys(names):
             try:
-                outcome = await service.replay(name)
+                outcome = await services.maintenance.replay(me, name)
                 results.append({"name": name, "outcome": outcome.status})
             except BlobsealError as exc:
                 results.append({"name": name, "outcome": "failed", "reason": str(exc)})
         return results
 
-    results = _with_service(args, work)
+    results = _with_services(args, work)
     print(json.dumps(results, indent=2))
     return 1 if any(r["outcome"] == "failed" for r in results) else 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    page, cursor = _with_service(args, lambda s: s.list_files(prefix=args.prefix, status=args.status,
-                                                              limit=args.limit, cursor=args.cursor))
+    page, cursor = _with_services(args, lambda s, me: s.files.list_files(me, prefix=args.prefix, status=args.status,
+                                                                         limit=args.limit, cursor=args.cursor))
     if args.json:
         print(json.dumps({"files": page, "next_cursor": cursor}, indent=2))
         return 0
@@ -151,15 +162,19 @@ def run_delete(args: argparse.Namespace) -> int:
         if input(f"erase file {args.file_id} and every key that opens it? type yes: ").strip() != "yes":
             print("not deleted", file=sys.stderr)
             return 1
-    print(json.dumps(_with_service(args, lambda s: s.delete(args.file_id, cli_access())), indent=2))
+    print(json.dumps(_with_services(args, lambda s, me: s.files.delete(me, args.file_id)), indent=2))
     return 0
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    file_id = parse_file_id(args.file_id) if args.file_id else None
-    since = _when(args.since) if args.since else None
-    records = _with_service(args, lambda s: s.audit.query(file_id=file_id, since=since, caller=args.caller,
-                                                           limit=args.limit))
+    """``audit`` (list), ``audit verify``, ``audit digest``, ``audit purge --before``."""
+    action = getattr(args, "action", None) or "list"
+    return {"list": _audit_list, "verify": _audit_verify, "digest": _audit_digest, "purge": _audit_purge}[action](args)
+
+
+def _audit_list(args: argparse.Namespace) -> int:
+    records = _with_services(args, lambda s, me: s.files.access_log(me, file_id=args.file_id, since=args.since,
+                                                                    who=args.caller, limit=args.limit))
     if args.json:
         print(json.dumps([r.as_dict() for r in records], indent=2))
         return 0
@@ -171,8 +186,34 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every row and digest checks out; 1 naming the first problem (and listing the rest)."""
+    report = _with_services(args, lambda s, me: s.maintenance.audit_verify(me))
+    print(json.dumps(report.as_dict(), indent=2))
+    if not report.ok:
+        first = report.problems[0]
+        print(f"access log verification FAILED: {first.where}: {first.what}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _audit_digest(args: argparse.Namespace) -> int:
+    name = _with_services(args, lambda s, me: s.maintenance.audit_digest(me))
+    print(json.dumps({"digest": name}))
+    return 0
+
+
+def _audit_purge(args: argparse.Namespace) -> int:
+    if not args.before:
+        raise UsageError("audit purge needs --before (an ISO 8601 time at least AUDIT_RETENTION_DAYS ago)")
+    before = _when(args.before)
+    if not args.yes:
+        raise UsageError(f"audit purge removes every access log row before {before.isoformat()}: confirm with --yes")
+    print(json.dumps(_with_services(args, lambda s, me: s.maintenance.audit_purge(me, before)), indent=2))
+    return 0
+
+
 def run_release(args: argparse.Namespace) -> int:
-    released = _with_service(args, lambda s: s.release_rotation(args.file_id))
+    released = _with_services(args, lambda s, me: s.maintenance.release_rotation(me, args.file_id))
     print(json.dumps({"file_id": args.file_id, "released": released}))
     return 0
 
@@ -196,20 +237,21 @@ def _when(text: str) -> datetime:
 def run_decrypt_file(args: argparse.Namespace) -> int:
     parse_file_id(args.file_id)
 
-    async def work(service: FileService) -> None:
-        record = await service.encrypted_file(args.file_id)
+    async def work(services: bootstrap.Services, me: Caller) -> None:
         try:
-            body = await service.open(record, None)
+            got = await services.files.decrypt_file(me, args.file_id)
         except SecretDisabledError:
+            record = await services.files.encrypted_file(args.file_id)  # for the hint: which version to enable
             raise UsageError(_enable_hint(_settings(args), str(record.key_reference))) from None
-        progress = Progress(record.size, "decrypt-file", enabled=sys.stderr.isatty() and args.output != "-")
+        assert got.body is not None
+        progress = Progress(got.record.size, "decrypt-file", enabled=sys.stderr.isatty() and args.output != "-")
         with atomic_output(args.output) as sink:
-            async for piece in body:
+            async for piece in got.body:
                 sink.write(piece)
                 progress.advance(len(piece))
         progress.close()
 
-    _with_service(args, work)
+    _with_services(args, work)
     return 0
 
 

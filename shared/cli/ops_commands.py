@@ -70,7 +70,11 @@ def register(commands: Any) -> None:
     delete.add_argument("--yes", action="store_true", help="do not ask")
     delete.set_defaults(handler=_lazy("run_delete"))
 
-    audit = commands.add_parser("audit", help="the access log: who read, uploaded, rotated or deleted what")
+    audit = commands.add_parser("audit", help="the access log: list (who read, uploaded, rotated or deleted what), "
+                                "verify (chains and signed digests), digest (write one now), purge (the purge role)")
+    audit.add_argument("action", nargs="?", choices=("list", "verify", "digest", "purge"), default="list")
+    audit.add_argument("--before", help="purge: remove rows older than this ISO 8601 time")
+    audit.add_argument("--yes", action="store_true", help="purge: do not ask")
     audit.add_argument("--file-id")
     audit.add_argument("--since", help="ISO 8601 time, e.g. 2026-11-30 or 2026-11-30T12:00Z")
     audit.add_argument("--caller", help="e.g. key:alice, entra:someone@contoso.com, cli:user@host")
@@ -96,6 +100,10 @@ def register(commands: Any) -> None:
                                      "key rewrapped with it (file keys and blobs untouched)")
     rotate_kek.add_argument("--rewrap-only", action="store_true", help="no new version: finish an interrupted rewrap")
     rotate_kek.set_defaults(handler=_lazy("run_rotate_kek"))
+
+    attest = commands.add_parser("attest-intermediates", help="once, right after upgrading from a version without "
+                                 "signed intermediate keys: sign the existing rows (trusts the database as it is now)")
+    attest.set_defaults(handler=_lazy("run_attest_intermediates"))
 
     decrypt = commands.add_parser("decrypt-file", help="decrypt a protected blob with the configured vault")
     decrypt.add_argument("file_id")

@@ -12,11 +12,12 @@ the commit was sent: the transaction did not commit) or ``commit`` (the outcome 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -66,7 +67,9 @@ class Attempt:
 
 def translate_error(exc: BaseException, *, operation: str, url: str, attempt: Attempt) -> DatabaseError:
     """The ``DatabaseError`` to raise (``from exc``) for a database failure."""
-    unavailable = attempt.connection_lost or isinstance(exc, _UNAVAILABLE)
+    # A certificate that does not verify is not a server that went away: waiting will not help.
+    unavailable = not isinstance(exc, ssl.SSLCertVerificationError) and (
+        attempt.connection_lost or isinstance(exc, _UNAVAILABLE))
     kind = DatabaseUnavailableError if unavailable else DatabaseError
     what = "database unavailable" if unavailable else "database error"
     target = redact_url(url)
@@ -101,9 +104,20 @@ def _is_closed(conn: Any) -> bool:
 
 def _reason(exc: BaseException, url: str) -> str:
     text = str(exc).strip() or "no detail"
-    password = urlsplit(url).password
-    if password:
-        text = text.replace(password, "***")
+    for secret in _secrets_of(url):
+        text = text.replace(secret, "***")
     if isinstance(exc, TimeoutError):
         text = "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text = f"the server's TLS certificate was not verified ({exc.verify_message})"
     return f"{type(exc).__name__}: {text[:_MAX_REASON]}"
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The password of the URL, in its user part or its query (never echoed in a message)."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if k.lower().endswith("password")]
+    except ValueError:
+        return []
+    return [secret for secret in found if secret]

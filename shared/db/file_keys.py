@@ -27,6 +27,7 @@ class Placement:
     vault_reference: str | None = None
     wrapped_key: bytes | None = field(default=None, repr=False)
     intermediate_id: uuid.UUID | None = None
+    intent: str | None = None  # not a column: the announcement a secret placement removes once recorded
 
 
 @dataclass(frozen=True)
@@ -102,23 +103,23 @@ class FileKeyRepository:
         values = (file_id, reference, created_at, expires_at, state, *_columns(placement))
         return _row(await self._conn.fetchrow(sql, *values))
 
-    async def with_intermediate(self, file_id: uuid.UUID, reference: str) -> tuple[KeyRow, str, bytes] | None:
-        """The row, and for an envelope key its intermediate key's KEK reference and wrapping (one trip)."""
-        sql = (
-            "SELECT k.*, i.kek_reference AS i_kek_reference, i.wrapped_key AS i_wrapped_key FROM file_keys k "
-            "LEFT JOIN intermediate_keys i ON i.id = k.intermediate_id WHERE k.file_id = $1 AND k.key_reference = $2"
-        )
-        record = await self._conn.fetchrow(sql, file_id, reference)
-        row = _row(record)
-        return None if row is None else (row, record["i_kek_reference"], record["i_wrapped_key"])
+    async def of_file(self, file_id: uuid.UUID) -> list[KeyRow]:
+        """Every key row of the file, whatever its state or custody."""
+        return _rows(await self._conn.fetch("SELECT * FROM file_keys WHERE file_id = $1 ORDER BY id", file_id))
 
-    async def readable_in(self, custody: Custody, limit: int) -> list[KeyRow]:
-        """Keys held in ``custody`` that can still be read (not retired and disabled), oldest first."""
+    async def lock_file(self, file_id: uuid.UUID) -> bool:
+        """Lock the file's row for this transaction (a deletion waits for it); False if the file is deleted.
+        A key of a file with no row yet (the key service used on its own) is not refused."""
+        status = await self._conn.fetchval("SELECT status FROM files WHERE file_id = $1 FOR SHARE", file_id)
+        return bool(status != "deleted")
+
+    async def readable_elsewhere(self, custody: Custody, after: int, limit: int) -> list[KeyRow]:
+        """Keys held outside ``custody`` that can still be read (not retired and disabled), by id after ``after``."""
         sql = (
-            "SELECT * FROM file_keys WHERE custody = $1 AND (state <> 'retired' OR vault_disabled_at IS NULL) "
-            "ORDER BY id LIMIT $2"
+            "SELECT * FROM file_keys WHERE custody <> $1 AND (state <> 'retired' OR vault_disabled_at IS NULL) "
+            "AND id > $2 ORDER BY id LIMIT $3"
         )
-        return _rows(await self._conn.fetch(sql, custody, limit))
+        return _rows(await self._conn.fetch(sql, custody, after, limit))
 
     async def move(self, row: KeyRow, placement: Placement) -> bool:
         """Record the key of ``row`` at ``placement`` (a compare-and-set on where it was)."""
@@ -126,13 +127,6 @@ class FileKeyRepository:
             "UPDATE file_keys SET custody = $3, vault_reference = $4, wrapped_key = $5, intermediate_id = $6 "
             "WHERE id = $1 AND custody = $2", row.id, row.custody, *_columns(placement))
         return _count(status) == 1
-
-    async def held_in_vault(self, file_id: uuid.UUID) -> bool | None:
-        """Whether a key of the file is (or was) a vault secret; ``None`` if the file has no key row."""
-        held = await self._conn.fetchval(
-            "SELECT bool_or(custody = 'secret' OR vault_reference IS NOT NULL) FROM file_keys WHERE file_id = $1",
-            file_id)
-        return None if held is None else bool(held)
 
     async def claim(self, file_id: uuid.UUID, worker: str, *, now: datetime, lease_until: datetime) -> KeyRow | None:
         """Claim the rotation of a file if unclaimed, ours, or its lease ran out."""

@@ -41,6 +41,7 @@ class FileRecord:
     deleted_by: str | None = None
     protected_etag: str | None = None  # the protected blob's ETag at commit (NULL: rows from before)
     block_size: int | None = None  # the format's block size of the protected blob
+    erased_at: datetime | None = None  # a deleted file's blobs, plaintext and keys are all gone (shared.erase)
 
 
 _FIELDS = tuple(f.name for f in fields(FileRecord))
@@ -122,9 +123,10 @@ class FileRepository:
         return "kept" if str(status) == "UPDATE 1" else None
 
     async def mark_deleted(self, file_id: uuid.UUID, *, by: str, now: datetime) -> FileRecord | None:
-        """Keep the row as a tombstone (who, when); it points at no blob and no key any more."""
+        """Keep the row as a tombstone (who, when); it points at no blob and no key any more, and its erasure
+        is not complete (``erased_at`` empty) until ``shared.erase`` says so."""
         sql = """
-            UPDATE files SET status = 'deleted', deleted_at = COALESCE(deleted_at, $3),
+            UPDATE files SET status = 'deleted', deleted_at = COALESCE(deleted_at, $3), erased_at = NULL,
                    deleted_by = COALESCE(deleted_by, $2), protected_blob = NULL, key_reference = NULL,
                    pending_etag = NULL, protected_etag = NULL, updated_at = $3
              WHERE file_id = $1 RETURNING *"""
@@ -145,20 +147,18 @@ class FileRepository:
                                       limit)
         return [(record, row["key_expires_at"]) for row in rows if (record := _record(row)) is not None]
 
-    async def deleted_with_leftovers(self, limit: int) -> list[uuid.UUID]:
-        """Deleted files that still have key rows (a deletion that stopped half way)."""
-        sql = """
-            SELECT f.file_id FROM files f WHERE f.status = 'deleted'
-               AND EXISTS (SELECT 1 FROM file_keys k WHERE k.file_id = f.file_id) LIMIT $1"""
-        return [r["file_id"] for r in await self._conn.fetch(sql, limit)]
+    async def unerased(self, limit: int) -> list[FileRecord]:
+        """Deleted files whose erasure has not completed (index ``files_unerased``), oldest deletion first."""
+        sql = "SELECT * FROM files WHERE status = 'deleted' AND erased_at IS NULL ORDER BY deleted_at LIMIT $1"
+        return [r for r in map(_record, await self._conn.fetch(sql, limit)) if r is not None]
+
+    async def mark_erased(self, file_id: uuid.UUID, now: datetime) -> None:
+        await self._conn.execute(
+            "UPDATE files SET erased_at = $2 WHERE file_id = $1 AND status = 'deleted' AND erased_at IS NULL",
+            file_id, now)
 
     async def forget_retired_of(self, file_id: uuid.UUID) -> None:
         await self._conn.execute("DELETE FROM retired_blobs WHERE file_id = $1", file_id)
-
-    async def updated_since(self, since: datetime, limit: int) -> list[FileRecord]:
-        """Rows changed at or after ``since``, oldest change first (index ``files_updated``)."""
-        sql = "SELECT * FROM files WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2"
-        return [r for r in map(_record, await self._conn.fetch(sql, since, limit)) if r is not None]
 
     async def encrypted_versions(self, source_names: list[str]) -> set[tuple[str, str]]:
         """``(source_name, source_etag)`` of the encrypted files among ``source_names``."""

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from shared.db.errors import Attempt, database_errors
+from shared.db.tls import server_verification
 from shared.errors import DatabaseError
 
 __all__ = ["MIGRATIONS", "Migration", "apply_migrations", "migrate"]
@@ -221,6 +222,72 @@ CREATE INDEX file_keys_claims ON file_keys (rotation_lease_until)
 UPDATE file_keys SET expires_at = NULL WHERE state = 'retired';
 """
 
+# Keys the database cannot subvert (docs/THREATS.md): each intermediate key row carries the signing
+# key's signature over it (rows from before stay unsigned, and are refused until an operator runs
+# `blobseal attest-intermediates`); a secret placed in the vault is announced in secret_intents
+# before the vault call and the announcement removed with the row that records it, so the
+# reconciler finds every version a killed worker left (and nothing else); a deleted file is
+# erased (blobs, plaintext, keys) when erased_at is set, and the reconciler finishes the rest.
+_KEY_TRUST = """
+ALTER TABLE intermediate_keys ADD COLUMN signing_key TEXT, ADD COLUMN signature BYTEA;
+ALTER TABLE intermediate_keys ADD CONSTRAINT intermediate_keys_signed_check
+    CHECK ((signing_key IS NULL) = (signature IS NULL));
+CREATE TABLE secret_intents (
+    file_id UUID NOT NULL,
+    token TEXT NOT NULL,
+    since TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    PRIMARY KEY (file_id, token)
+);
+CREATE INDEX secret_intents_since ON secret_intents (since);
+ALTER TABLE files ADD COLUMN erased_at TIMESTAMP WITH TIME ZONE;
+CREATE INDEX files_unerased ON files (deleted_at) WHERE status = 'deleted' AND erased_at IS NULL;
+"""
+
+# Access you can prove (docs/THREATS.md): each row is linked into its writer's chain (chain, number,
+# HMAC under a vault-held key: shared/crypto/chain.py); rows from before stay unchained. Purging is
+# for the purge role alone (blobseal_audit_purger), never younger than 30 days, with a fixed
+# search_path; the trigger lets a DELETE through only inside purge_access_log itself (there the
+# current user is the function's owner), so setting the session flag no longer opens the table.
+_ACCESS_CHAIN = """
+ALTER TABLE access_log ADD COLUMN chain UUID, ADD COLUMN seq BIGINT, ADD COLUMN mac BYTEA;
+ALTER TABLE access_log ADD CONSTRAINT access_log_chained_check
+    CHECK ((chain IS NULL) = (seq IS NULL) AND (seq IS NULL) = (mac IS NULL));
+CREATE UNIQUE INDEX access_log_chain ON access_log (chain, seq);
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'blobseal_audit_purger') THEN
+        CREATE ROLE blobseal_audit_purger NOLOGIN;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION purge_access_log(older_than TIMESTAMP WITH TIME ZONE) RETURNS BIGINT
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE purged BIGINT;
+BEGIN
+    IF older_than IS NULL OR older_than > now() - interval '30 days' THEN
+        RAISE EXCEPTION 'access_log keeps every row for at least 30 days' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM set_config('blobseal.access_log_purge', 'on', true);
+    DELETE FROM public.access_log WHERE at < older_than;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    PERFORM set_config('blobseal.access_log_purge', 'off', true);
+    RETURN purged;
+END $$;
+REVOKE ALL ON FUNCTION purge_access_log(TIMESTAMP WITH TIME ZONE) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION purge_access_log(TIMESTAMP WITH TIME ZONE) TO blobseal_audit_purger;
+CREATE OR REPLACE FUNCTION access_log_append_only() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('blobseal.access_log_purge', true) = 'on'
+       AND current_user = (SELECT pg_get_userbyid(proowner) FROM pg_proc
+                            WHERE oid = 'public.purge_access_log(timestamp with time zone)'::regprocedure) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'access_log is append-only' USING ERRCODE = 'insufficient_privilege';
+END $$;
+-- TRUNCATE fires no row trigger: refused by a statement trigger (the app's role has no TRUNCATE grant either)
+CREATE TRIGGER access_log_no_truncate BEFORE TRUNCATE ON access_log
+    FOR EACH STATEMENT EXECUTE FUNCTION access_log_append_only();
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "file_keys", _FILE_KEYS),
     Migration(2, "files", _FILES),
@@ -229,6 +296,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "blob_facts", _BLOB_FACTS),
     Migration(6, "envelope", _ENVELOPE),
     Migration(7, "hot_indexes", _HOT_INDEXES),
+    Migration(8, "key_trust", _KEY_TRUST),
+    Migration(9, "access_chain", _ACCESS_CHAIN),
 )
 
 _CREATE_LEDGER = """
@@ -256,8 +325,9 @@ async def migrate(database_url: str, *, connect_timeout: float = 5.0) -> list[in
     attempt = Attempt()
     with database_errors("migrate", database_url, attempt):
         # no statement cache: migrations may also be pointed at PgBouncer (transaction pooling)
-        conn = await asyncpg.connect(database_url, timeout=connect_timeout, command_timeout=60,
-                                     statement_cache_size=0)
+        url, tls = server_verification(database_url)
+        conn = await asyncpg.connect(url, timeout=connect_timeout, command_timeout=60, statement_cache_size=0,
+                                     **({"ssl": tls} if tls is not None else {}))
         attempt.stage = "query"
         try:
             with attempt.on(conn):

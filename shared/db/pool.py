@@ -29,6 +29,7 @@ from shared.config import Settings, redact_url
 from shared.db.entra import EntraPassword, managed_identity
 from shared.db.errors import DATABASE_ERRORS, Attempt, database_errors
 from shared.db.migrations import apply_migrations
+from shared.db.tls import server_verification
 
 __all__ = ["Database"]
 
@@ -133,8 +134,9 @@ class Database:
         return self._pool
 
     async def _open(self) -> Any:
+        url, tls = server_verification(self._url)
         pool = await asyncpg.create_pool(
-            self._url,
+            url,
             min_size=0,
             max_size=self._pool_max,
             timeout=self._connect_timeout,
@@ -143,6 +145,7 @@ class Database:
             reset=_keep_session,
             **_statement_options(self._pgbouncer),
             **({"password": self._password} if self._password is not None else {}),
+            **({"ssl": tls} if tls is not None else {}),
         )
         try:
             if self._migrate:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from shared.errors import KeyVaultError
+from shared.errors import KeyVaultError, VaultMissingError
 
 __all__ = [
     "KeyVault",
@@ -24,6 +24,7 @@ __all__ = [
     "format_key_reference",
     "parse_key_reference",
     "secret_name",
+    "set_in_new_vault",
 ]
 
 _NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
@@ -94,6 +95,16 @@ class KeyVault(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def set_in_new_vault(vault: KeyVault, name: str, value: bytes) -> SecretProperties:
+    """Set ``name``, initializing a missing (local) vault first: only for a key nothing recorded depends on
+    (the caller checked), such as a first KEK or signing key."""
+    try:
+        return await vault.set_secret(name, value)
+    except VaultMissingError:
+        await vault.initialize()
+        return await vault.set_secret(name, value)
 
 
 def check_secret_name(name: object, operation: str, version: object = None) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,14 +139,15 @@ class JsonFile:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def replace(self, base: Snapshot, entries: Entries, changed: str) -> None:
-        """Write ``entries`` (``base`` with ``changed`` altered) atomically. Hold ``locked``.
+    def replace(self, base: Snapshot, entries: Entries, *changed: str) -> None:
+        """Write ``entries`` (``base`` with the ``changed`` names altered) atomically. Hold ``locked``.
 
         The previous file becomes backup 1. On failure the kept snapshot is left as it was;
         its stamp decides on the next read whether the file changed after all.
         """
         lines = dict(base.lines)
-        lines.pop(changed, None)
+        for name in changed:
+            lines.pop(name, None)
         text = _render(entries, lines)
         temp = self.folder / f".{FILE_NAME}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
@@ -156,6 +157,34 @@ class JsonFile:
             os.replace(temp, self.path)
             self._sync_folder()
             self._snapshot = Snapshot(_stamp(os.stat(self.path)), entries, lines)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise self._io_error("write", exc) from exc
+
+    def rewrite_backups(self, transform: Callable[[Entries], Entries]) -> None:
+        """Replace each backup by ``transform`` of its entries (atomically; unchanged ones stay). Hold ``locked``.
+
+        A backup that does not parse is removed: it could hold what the transform takes out.
+        """
+        for path in map(self.backup_path, range(1, self.backups + 1)):
+            try:
+                entries = self._parse(path.read_bytes())
+            except FileNotFoundError:
+                continue
+            except (OSError, KeyVaultError):
+                path.unlink(missing_ok=True)
+                continue
+            changed = transform(entries)
+            if changed != entries:
+                self._write_beside(path, _render(changed, {}))
+
+    def _write_beside(self, path: Path, data: bytes) -> None:
+        temp = self.folder / f".{FILE_NAME}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            self._write_synced(temp, data)
+            os.replace(temp, path)
+            self._sync_folder()
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()

@@ -19,8 +19,8 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from shared.errors import KeyVaultError, SecretNotFoundError, VaultMissingError
-from shared.vault.base import KeyVault, SecretVersion, format_key_reference, parse_key_reference
+from shared.errors import KeyVaultError, SecretNotFoundError
+from shared.vault.base import KeyVault, SecretVersion, format_key_reference, parse_key_reference, set_in_new_vault
 
 __all__ = ["DEFAULT_KEK_NAME", "KekMissingError", "KeyWrapper", "LocalKeyWrapper", "Wrapped"]
 
@@ -95,11 +95,7 @@ class LocalKeyWrapper:
 
     async def create(self) -> str:
         """A new KEK version; a missing local vault is created (the caller checked no key is recorded)."""
-        try:
-            props = await self._vault.set_secret(self._name, secrets.token_bytes(_KEK_BYTES))
-        except VaultMissingError:
-            await self._vault.initialize()
-            props = await self._vault.set_secret(self._name, secrets.token_bytes(_KEK_BYTES))
+        props = await set_in_new_vault(self._vault, self._name, secrets.token_bytes(_KEK_BYTES))
         return format_key_reference(props.name, props.version)
 
     async def close(self) -> None:

@@ -5,12 +5,16 @@ file on disk (lock, atomic update with backups). The shape is the spec's example
 extended without breaking it (see
 ``docs/VAULT_LOCAL.md``)::
 
-    {"file-<id>": {"value": "<base64>", "content_type": "application/octet-stream",
+    {"file-<id>": {"value": "sealed:v1:...", "content_type": "application/octet-stream",
                    "enabled": true, "created_on": "...Z", "expires_on": "...Z" | null,
                    "version": "<32 hex>",             # optional: implicit if absent
                    "versions": {"<32 hex>": {...}}}}   # optional: older versions, oldest first
 
-The top-level fields always describe the latest version. An entry without ``version`` gets
+The top-level fields always describe the latest version. Each ``value`` is sealed under the master
+key (``shared.vault.sealing``: AES-256-GCM, bound to its name and version), so the file and its
+backups reveal no key without the master key, which lives apart from them; a vault written by an
+older version (plain base64 values) is sealed in place, backups included, the first time it is
+opened with a master key. Deleting a name removes it from the backups too. An entry without ``version`` gets
 the implicit id ``uuid5(NAMESPACE, "<name>\\n<created_on>").hex``: stable, and never derived
 from the key itself.
 
@@ -30,6 +34,7 @@ import base64
 import binascii
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,9 +44,10 @@ from typing import Any
 from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError, VaultMissingError
 from shared.metrics import timed
 from shared.vault.base import SecretProperties, SecretVersion, check_secret_name
-from shared.vault.jsonfile import Entry, JsonFile, Snapshot
+from shared.vault.jsonfile import Entries, Entry, JsonFile, Snapshot
+from shared.vault.sealing import MasterKey, MasterKeySource, is_sealed
 
-__all__ = ["LocalJsonVault"]
+__all__ = ["LocalJsonVault", "default_master_key_path"]
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +123,49 @@ def _properties(name: str, version: str, record: Entry) -> SecretProperties:
     )
 
 
-def _decode(name: str, record: Entry) -> bytes:
+def _plain(name: str, record: Entry) -> bytes:
+    """A value written before values were sealed (plain base64)."""
     try:
         return base64.b64decode(record["value"], validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise _bad_entry(name, "value is not base64") from None
+
+
+def _sealed_entry(name: str, entry: Entry, master: MasterKey) -> Entry:
+    """The entry with every plain value sealed (an entry too malformed to read is left for its reader to refuse)."""
+    try:
+        versions = _versions(name, entry)
+    except KeyVaultError:
+        return entry
+    sealed = {version: _sealed_record(name, version, record, master) for version, record in versions}
+    latest = next(reversed(sealed))
+    top = {**entry, **sealed.pop(latest)}
+    return {**top, "versions": sealed} if "versions" in entry else top
+
+
+def _sealed_record(name: str, version: str, record: Entry, master: MasterKey) -> Entry:
+    if not isinstance(record, dict) or is_sealed(record.get("value")):
+        return record
+    try:
+        return {**record, "value": master.seal(_plain(name, record), name, version)}
+    except KeyVaultError:
+        return record
+
+
+def _plain_names(entries: Entries) -> list[str]:
+    """Names with a value not sealed yet (a vault written before values were sealed)."""
+    return [name for name, entry in entries.items()
+            if isinstance(entry, dict) and any(not is_sealed(v.get("value")) for v in _records(entry))]
+
+
+def _any_sealed(entries: Entries) -> bool:
+    return any(is_sealed(v.get("value")) for entry in entries.values() if isinstance(entry, dict)
+               for v in _records(entry))
+
+
+def _records(entry: Entry) -> list[Entry]:
+    older = entry.get("versions")
+    return [entry, *(v for v in older.values() if isinstance(v, dict))] if isinstance(older, dict) else [entry]
 
 
 def _with_new_version(name: str, entry: Entry | None, record: Entry, version: str) -> Entry:
@@ -161,14 +205,25 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class LocalJsonVault:
-    """``KeyVault`` backed by ``<path>/secrets.json`` (development mode)."""
+def default_master_key_path(folder: Path) -> Path:
+    """``<folder>.master-key``: beside the vault folder, never in it (a copy of the folder holds no key)."""
+    return folder.parent / f"{folder.name}.master-key"
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utcnow, backups: int = 3) -> None:
+
+class LocalJsonVault:
+    """``KeyVault`` backed by ``<path>/secrets.json`` (development mode), values sealed under a master key."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utcnow, backups: int = 3,
+                 master: MasterKeySource | None = None) -> None:
         if backups < 1:
             raise ValueError("backups must be at least 1")
-        self._file = JsonFile(Path(path), backups)
+        path = Path(path)
+        self._file = JsonFile(path, backups)
         self._clock = clock
+        self._source = master or MasterKeySource(default_master_key_path(path))
+        self._master: MasterKey | None = None
+        self._sealing = threading.Lock()
+        self._checked: tuple[int, ...] | None = None  # the file stamp known to hold no plain value
         self._may_start_empty = False  # set by ``initialize``: the first secret may go into an empty file
 
     @property
@@ -193,9 +248,10 @@ class LocalJsonVault:
         log.info("disabled secret version %s/%s", name, version)
 
     async def delete_secret(self, name: str) -> None:
+        """Remove the name and every version, from the file and from its backups (no restorable copy stays)."""
         check_secret_name(name, "delete_secret")
         with timed("delete_secret", backend=_BACKEND):
-            await asyncio.to_thread(self._update, name, lambda entry: _deleted(name, entry))
+            await asyncio.to_thread(self._update, name, lambda entry: _deleted(name, entry), scrub=True)
         log.info("deleted secret %s and all its versions", name)
 
     async def list_versions(self, name: str) -> list[SecretProperties]:
@@ -219,23 +275,23 @@ class LocalJsonVault:
     # The blocking halves, run in a worker thread.
 
     def _set(self, name: str, value: bytes, expires_on: datetime | None) -> SecretProperties:
-        record = self._new_record(name, value, expires_on)
-        version = uuid.uuid4().hex
-        self._update(name, lambda entry: _with_new_version(name, entry, record, version), adding=True)
-        log.info("stored secret %s version %s", name, version)
-        return _properties(name, version, record)
-
-    def _new_record(self, name: str, value: bytes, expires_on: datetime | None) -> Entry:
         if not isinstance(value, bytes | bytearray) or not value:
             raise KeyVaultError("secret value must be non-empty bytes", operation="set_secret",
                                 details={"name": name})
-        encoded = base64.b64encode(value).decode("ascii")
-        if len(encoded) > MAX_VALUE_CHARS:
+        if len(base64.b64encode(value)) > MAX_VALUE_CHARS:
             raise KeyVaultError("secret value too large", operation="set_secret",
                                 details={"name": name, "size": len(value)})
-        return {"value": encoded, "content_type": CONTENT_TYPE, "enabled": True,
-                "created_on": _iso(self._clock()),
-                "expires_on": None if expires_on is None else _iso(expires_on)}
+        version = uuid.uuid4().hex
+        record: Entry = {"content_type": CONTENT_TYPE, "enabled": True, "created_on": _iso(self._clock()),
+                         "expires_on": None if expires_on is None else _iso(expires_on)}
+
+        def change(entry: Entry | None) -> Entry:
+            sealed = {"value": self._key_for_write().seal(bytes(value), name, version), **record}
+            return _with_new_version(name, entry, sealed, version)
+
+        self._update(name, change, adding=True)
+        log.info("stored secret %s version %s", name, version)
+        return _properties(name, version, record)
 
     def _get(self, name: str, version: str | None) -> SecretVersion:
         version_id, record = _find(name, self._entry(name, "get_secret"), version)
@@ -243,7 +299,46 @@ class LocalJsonVault:
         if not properties.enabled:
             raise SecretDisabledError("secret version is disabled", operation="get_secret",
                                       details={"name": name, "version": version_id})
-        return SecretVersion(properties=properties, value=_decode(name, record))
+        return SecretVersion(properties=properties, value=self._value(name, version_id, record))
+
+    def _value(self, name: str, version: str, record: Entry) -> bytes:
+        value = record.get("value")
+        if not is_sealed(value):
+            return _plain(name, record)  # only until the file is sealed (on first open with a master key)
+        master = self._master or self._source.load()
+        if master is None:
+            raise self._source.missing("get_secret")
+        self._master = master
+        return master.open(str(value), name, version)
+
+    def _key_for_write(self) -> MasterKey:
+        """The master key; made on first run, only while the vault holds no sealed value (fail closed)."""
+        master = self._master or self._source.load()
+        if master is None:
+            if _any_sealed(self._file.current().entries):
+                raise self._source.missing("set_secret")
+            master = self._source.create()
+            log.warning("made a master key for the local vault at %s (back it up apart from the vault)",
+                        self._source.path if not self._source.text else "KEY_VAULT_LOCAL_MASTER_KEY")
+        self._master = master
+        return master
+
+    def _seal_plain_values(self, snapshot: Snapshot) -> None:
+        """Seal in place, under the lock, what an older version wrote in plain base64 (backups too)."""
+        if snapshot.stamp is None or snapshot.stamp == self._checked or not _plain_names(snapshot.entries):
+            self._checked = snapshot.stamp
+            return
+        with self._sealing, self._file.locked():
+            base = self._file.current()
+            plain = _plain_names(base.entries)
+            if plain:
+                master = self._key_for_write()
+                entries = {n: _sealed_entry(n, e, master) if n in plain else e for n, e in base.entries.items()}
+                self._file.replace(base, entries, *plain)
+                self._file.rewrite_backups(lambda old: {n: _sealed_entry(n, e, master) for n, e in old.items()})
+                log.warning("sealed %d plain key(s) of the local vault at %s under its master key (backups too)",
+                            len(plain), self._file.path)
+            self._checked = self._file.current().stamp
 
     def _list(self, name: str) -> list[SecretProperties]:
         entry = self._present("list_versions").entries.get(name)
@@ -255,10 +350,14 @@ class LocalJsonVault:
         return _existing(name, self._present(operation).entries.get(name), operation)
 
     def _present(self, operation: str) -> Snapshot:
-        """The file as it is now; ``VaultMissingError`` if there is none (unless this is a new vault)."""
+        """The file as it is now (plain values sealed first); ``VaultMissingError`` if there is none (unless this
+        is a new vault)."""
         snapshot = self._file.current()
         if snapshot.stamp is None and not self._may_start_empty:
             raise self._missing(operation, "does not exist")
+        if snapshot.stamp != self._checked:
+            self._seal_plain_values(snapshot)
+            snapshot = self._file.current()
         return snapshot
 
     def _missing(self, operation: str, problem: str) -> VaultMissingError:
@@ -267,7 +366,8 @@ class LocalJsonVault:
             "while the database records keys: restore the file (or its backup), or fix KEY_VAULT_LOCAL_PATH",
             operation=operation, details={"path": str(self._file.path)})
 
-    def _update(self, name: str, change: Callable[[Entry | None], Entry | None], *, adding: bool = False) -> None:
+    def _update(self, name: str, change: Callable[[Entry | None], Entry | None], *, adding: bool = False,
+                scrub: bool = False) -> None:
         """Read-modify-write of one entry under the lock; ``None`` from ``change`` deletes it.
 
         The file is re-read under the lock (another process may have changed it) and the
@@ -277,8 +377,11 @@ class LocalJsonVault:
         starting = adding and self._may_start_empty
         if not self._file.folder.is_dir():
             raise self._missing("update", "does not exist")
+        self._seal_plain_values(self._file.current())  # before the lock: sealing takes it itself
         with self._file.locked():
-            base = self._present("update")
+            base = self._file.current()
+            if base.stamp is None and not self._may_start_empty:
+                raise self._missing("update", "does not exist")
             if adding and not base.entries and not starting:
                 raise self._missing("set_secret", "is empty")
             entries = dict(base.entries)
@@ -288,10 +391,14 @@ class LocalJsonVault:
             else:
                 entries[name] = changed
             self._file.replace(base, entries, name)
+            if scrub:  # a deleted name leaves no copy in the backups
+                self._file.rewrite_backups(lambda old: {n: e for n, e in old.items() if n != name})
+            self._checked = self._file.current().stamp if self._checked == base.stamp else self._checked
         self._may_start_empty = False
 
     def _initialize(self) -> None:
         self._file.prepare(create=True)  # the folder; the file comes with the first secret
+        self._key_for_write()  # and the master key, made here on first run
         self._may_start_empty = True
 
     def _ping(self) -> None:
@@ -306,3 +413,6 @@ class LocalJsonVault:
             raise self._missing("ping", "does not exist")
         if not snapshot.entries:
             raise self._missing("ping", "is empty")
+        self._present("ping")  # seals what an older version left plain
+        if self._master is None and self._source.load() is None:
+            raise self._source.missing("ping")

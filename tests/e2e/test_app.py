@@ -162,7 +162,10 @@ def test_function_key_is_required_but_health_is_anonymous(host: DevHost) -> None
     assert httpx.get(file_url, headers={"x-functions-key": "wrong"}, timeout=10).status_code == 401
     assert httpx.get(file_url, params={"code": host.headers["x-functions-key"]}, timeout=10).status_code == 404
     health = httpx.get(f"{host.url}/health", timeout=10)
-    assert health.status_code == 200 and health.json()["dependencies"] == {
+    assert health.status_code == 200 and health.json() == {"status": "up"}  # one word, nothing about what is behind
+    assert httpx.get(f"{host.url}/status", timeout=10).status_code == 401  # the details need a key (and operate)
+    status = httpx.get(f"{host.url}/status", headers=host.headers, timeout=10)
+    assert status.status_code == 200 and status.json()["dependencies"] == {
         "storage": "ok", "database": "ok", "vault": "ok"}
 
 

@@ -30,7 +30,7 @@ ALICE, BOB = "alice-" + os.urandom(8).hex(), "bob-" + os.urandom(8).hex()
 def host(azurite: Azurite, module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevHost]:
     work = tmp_path_factory.mktemp("day-two")
     env = host_env(azurite, module_database_url, work / "vault", LOCAL_FUNCTION_KEYS=f"alice={ALICE},bob={BOB}",
-                   UPLOAD_MAX_MB="2")
+                   FUNCTION_KEY_ROLES="alice=read+write+erase,bob=read", UPLOAD_MAX_MB="2")
     process = DevHost(env, work / "devhost.log").start()
     yield process
     process.stop()

@@ -1,7 +1,7 @@
 """The local host around Microsoft's Python runtime: timers fired through it, and how HTTP reaches it.
 
 The host (``python -m devhost``) runs with both timers every two seconds. A key made due in the
-database is rotated by the rotation timer; the reconciler timer's runs show in health's
+database is rotated by the rotation timer; the reconciler timer's runs show in ``/api/status``'s
 ``reconciled_at``; both ran inside ``azure-functions-runtime`` (the only way the host invokes
 anything). HTTP answers come from the runtime's own server (its ``server`` header; the host's port
 adds none), and a caller cannot pick the invocation id the host pairs the request with.
@@ -70,7 +70,8 @@ def test_the_rotation_timer_rotates_a_due_key_through_the_runtime(host: DevHost)
 
 def test_the_reconciler_timer_runs_through_the_runtime(host: DevHost) -> None:
     def reconciled() -> bool:
-        return httpx.get(f"{host.url}/health", timeout=10).json()["reconciled_at"] is not None
+        status = httpx.get(f"{host.url}/status", headers=host.headers, timeout=10).json()
+        return status["reconciled_at"] is not None
 
     until(reconciled)
     assert "reconcile run (past due: False)" in host.log_path.read_text()
@@ -83,7 +84,7 @@ def test_http_answers_come_from_the_runtimes_server(host: DevHost) -> None:
     version = importlib.metadata.version("azure-functions-runtime")
     log = host.log_path.read_text()
     assert f"runtime:       azure-functions-runtime {version} on Python 3.13" in log  # the banner
-    assert f"azure-functions-runtime {version} serves 10 functions" in log
+    assert f"azure-functions-runtime {version} serves 12 functions" in log
 
 
 def test_a_route_without_a_function_is_404_and_keys_are_checked_before_the_runtime(host: DevHost) -> None:

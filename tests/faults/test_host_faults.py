@@ -24,7 +24,7 @@ from localinfra.hostprocess import ROOT, DevHost, host_env
 from shared.bootstrap import Services
 from tests.integration.service_fixtures import blob_names, upload
 from tests.support.pg_proxy import PgProxy
-from tests.support.stack import StackFactory, all_blobs, assert_clean, unreferenced_blobs
+from tests.support.stack import OPERATOR, StackFactory, all_blobs, assert_clean, unreferenced_blobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite, pytest.mark.slow, pytest.mark.long]
 
@@ -118,7 +118,7 @@ async def test_a_rotation_killed_mid_reencryption_is_resumed_by_the_reconciler(
         await upload(azurite, env["INGEST_CONTAINER"], name, data)
         file_id = uuid.UUID(name.removesuffix(".bin"))
         await until(lambda: encrypted(stack, [file_id]))
-        old_reference = (await stack.files.describe(str(file_id)))["key_reference"]
+        old_reference = (await stack.files.describe(OPERATOR, str(file_id)))["key_reference"]
         before = set(await all_blobs(azurite, env["PROTECTED_CONTAINER"]))
         rotate = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shared.cli", "rotate", "--file-id", str(file_id), cwd=ROOT, env=env,
@@ -128,7 +128,7 @@ async def test_a_rotation_killed_mid_reencryption_is_resumed_by_the_reconciler(
         await rotate.wait()
 
         async def rotated() -> bool:
-            return (await stack.files.describe(str(file_id)))["key_reference"] != old_reference
+            return (await stack.files.describe(OPERATOR, str(file_id)))["key_reference"] != old_reference
 
         await until(rotated, within=120)  # after the 5 s lease, the reconciler resumes it
         await assert_clean(stack, azurite, {file_id: data})

@@ -26,7 +26,7 @@ from shared.vault.azure import AzureKeyVault, RetryOptions
 from tests.integration.service_fixtures import blob_names, upload
 from tests.support import FakeCredential, KeyVaultServer, make_tls_material
 from tests.support.pg_proxy import PgProxy
-from tests.support.stack import StackFactory, assert_clean
+from tests.support.stack import OPERATOR, StackFactory, assert_clean
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
@@ -72,7 +72,7 @@ async def test_the_database_cut_three_times_during_ingest(
     # none failed; "duplicate": the retry of an attempt whose commit went through just as the cut came
     assert all(getattr(o, "status", None) in ("encrypted", "duplicate") for o in outcomes), outcomes
     assert (REGISTRY.get_sample_value("blobseal_ingest_retries_total") or 0.0) > retries  # the cuts were felt
-    await stack.files.reconcile()  # one run after the fault heals: whatever a cut left half done is repaired
+    await stack.maintenance.reconcile()  # one run after the fault heals: whatever a cut left half done is repaired
     await assert_clean(stack, azurite, by_file_id(contents))
 
 
@@ -87,30 +87,30 @@ async def test_uploads_during_a_corrupt_vault_are_encrypted_once_it_is_restored(
     during = await uploads(azurite, stack.settings.ingest_container, 5, 100_000)
     outcomes = await deliver(stack.files, list(during))
     assert all(isinstance(o, KeyVaultError) for o in outcomes)  # each delivery failed, with its reason recorded
-    assert {f.error for f in await stack.files.failed_uploads()} >= {"KeyVaultError"}
+    assert {f.error for f in await stack.maintenance.failed_uploads(OPERATOR)} >= {"KeyVaultError"}
     assert sorted(await blob_names(azurite, stack.settings.ingest_container)) == sorted(during)
 
     secrets_file.write_bytes(good)  # the operator restores the vault: nothing else
-    for failure in await stack.files.failed_uploads():  # (their backoff ends: here, at once)
+    for failure in await stack.maintenance.failed_uploads(OPERATOR):  # (their backoff ends: here, at once)
         async with stack.db.connection() as conn:
             await conn.execute("UPDATE ingest_failures SET next_attempt_at = now() WHERE source_name = $1",
                                failure.source_name)
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.repairs.get("stranded") == 5
     await assert_clean(stack, azurite, by_file_id({**first, **during}))
-    assert await stack.files.failed_uploads() == []
+    assert await stack.maintenance.failed_uploads(OPERATOR) == []
 
 
 async def test_a_deleted_vault_is_never_replaced_and_nothing_is_lost(
         make_stack: StackFactory, azurite: Azurite, vault_dir: Path) -> None:
-    stack = await make_stack()
+    stack = await make_stack(HEALTH_PROBE_SECONDS="1")
     before = await uploads(azurite, stack.settings.ingest_container, 3, 50_000)
     await deliver(stack.files, list(before))
     secrets_file = vault_dir / "secrets.json"
     saved = secrets_file.read_bytes()
     secrets_file.unlink()
 
-    health = await stack.files.health()
+    health = await stack.health.details(OPERATOR)
     assert health["dependencies"]["vault"] == "VaultMissingError"  # 503 for the vault over HTTP
     during = await uploads(azurite, stack.settings.ingest_container, 5, 50_000)
     outcomes = await deliver(stack.files, list(during))
@@ -122,10 +122,11 @@ async def test_a_deleted_vault_is_never_replaced_and_nothing_is_lost(
     assert keyed == 0
 
     secrets_file.write_bytes(saved)
-    assert (await stack.files.health())["dependencies"]["vault"] == "ok"
+    await asyncio.sleep(1.1)  # health probes each dependency at most once a second here (HEALTH_PROBE_SECONDS)
+    assert (await stack.health.details(OPERATOR))["dependencies"]["vault"] == "ok"
     async with stack.db.connection() as conn:
         await conn.execute("UPDATE ingest_failures SET next_attempt_at = now()")
-    await stack.files.reconcile()
+    await stack.maintenance.reconcile()
     await assert_clean(stack, azurite, by_file_id({**before, **during}))
 
 

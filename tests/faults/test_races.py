@@ -19,7 +19,7 @@ from localinfra.azurite import Azurite
 from shared.blobs import BlockWriter
 from shared.errors import UploadConflictError
 from tests.integration.service_fixtures import blob_names, upload
-from tests.support.stack import StackFactory, all_blobs, assert_clean, download, pending_rows
+from tests.support.stack import OPERATOR, StackFactory, all_blobs, assert_clean, download, pending_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
@@ -39,11 +39,11 @@ async def same_uuid_two_names(make_stack: StackFactory, azurite: Azurite, trials
         won = [n for n, o in zip(contents, outcomes, strict=True) if not isinstance(o, BaseException)]
         refused = [n for n, o in zip(contents, outcomes, strict=True) if isinstance(o, UploadConflictError)]
         assert len(won) == 1 and len(refused) == 1, outcomes
-        info = await stack.files.describe(str(file_id))
+        info = await stack.files.describe(OPERATOR, str(file_id))
         assert info["source_name"] == won[0] and info["size"] == len(contents[won[0]])  # never a mix
         assert await download(stack, file_id) == contents[won[0]]
         assert await blob_names(azurite, ingest) == refused  # the other content is kept, not lost
-        failure = next(f for f in await stack.files.failed_uploads() if f.source_name == refused[0])
+        failure = next(f for f in await stack.maintenance.failed_uploads(OPERATOR) if f.source_name == refused[0])
         assert failure.permanent and "already used by another upload" in failure.reason
         await stack.ingest.delete(refused[0])
     assert await pending_rows(stack) == []
@@ -82,7 +82,7 @@ async def test_an_upload_overwritten_while_it_is_encrypted(
     await assert_clean(stack, azurite, {second.file_id: newer})
 
     await stack.keys.expire(second.file_id)  # and its rotation is not blocked by anything left over
-    report = await stack.files.rotate_due(limit=1)
+    report = await stack.maintenance.rotate_due(limit=1)
     assert report.rotated == [str(second.file_id)] and report.failed == []
     assert await download(stack, second.file_id) == newer
 
@@ -100,4 +100,4 @@ async def test_ten_quick_uploads_of_one_name_end_with_the_last(make_stack: Stack
     assert {o.status for o in outcomes} <= {"encrypted", "superseded", "duplicate", "gone"}
     file_id = uuid.UUID(name.split("/")[0])
     await assert_clean(stack, azurite, {file_id: versions[-1]})
-    assert (await stack.files.describe(str(file_id)))["size"] == len(versions[-1])
+    assert (await stack.files.describe(OPERATOR, str(file_id)))["size"] == len(versions[-1])

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from localinfra.azurite import Azurite
+from shared.custody import SecretCustody
 from shared.db.files import FileRepository
 from shared.errors import SecretDisabledError
 from shared.metrics import REGISTRY
@@ -22,6 +23,7 @@ from shared.vault.base import parse_key_reference
 from shared.vault.cache import CachedKeyVault
 from tests.integration.service_fixtures import blob_names, upload
 from tests.support.stack import (
+    OPERATOR,
     StackFactory,
     all_blobs,
     assert_clean,
@@ -42,11 +44,11 @@ async def test_an_upload_never_delivered_is_encrypted(make_stack: StackFactory, 
     name, data = f"{uuid.uuid4()}.bin", os.urandom(200_000)
     await upload(azurite, stack.settings.ingest_container, name, data)  # no trigger ever fires for it
     before = repairs("stranded")
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.repairs == {"stranded": 1} and repairs("stranded") == before + 1
     file_id = uuid.UUID(name.removesuffix(".bin"))
     await assert_clean(stack, azurite, {file_id: data})
-    assert (await stack.files.reconcile()).repairs == {}  # idempotent: nothing left to do
+    assert (await stack.maintenance.reconcile()).repairs == {}  # idempotent: nothing left to do
 
 
 async def test_an_upload_that_failed_permanently_is_left_to_the_operator(
@@ -58,11 +60,11 @@ async def test_an_upload_that_failed_permanently_is_left_to_the_operator(
     await upload(azurite, stack.settings.ingest_container, f"{file_id}/b", b"b")
     with pytest.raises(Exception, match="already used"):
         await stack.files.encrypt_ingest_blob(f"{file_id}/b")
-    assert (await stack.files.reconcile()).repairs == {}  # permanent: not retried, listed by `failed`
+    assert (await stack.maintenance.reconcile()).repairs == {}  # permanent: not retried, listed by `failed`
     assert await blob_names(azurite, stack.settings.ingest_container) == [f"{file_id}/b"]
     await stack.ingest.delete(f"{file_id}/b")  # the operator removes it: the failure record goes too
-    await stack.files.reconcile()
-    assert [f for f in await stack.files.failed_uploads() if f.source_name == f"{file_id}/b"] == []
+    await stack.maintenance.reconcile()
+    assert [f for f in await stack.maintenance.failed_uploads(OPERATOR) if f.source_name == f"{file_id}/b"] == []
 
 
 async def test_a_vanished_upload_leaves_no_row_key_or_blocks(make_stack: StackFactory, azurite: Azurite) -> None:
@@ -74,7 +76,7 @@ async def test_a_vanished_upload_leaves_no_row_key_or_blocks(make_stack: StackFa
     key = await stack.keys.create_key(file_id)
     writer = stack.protected.writer(f"{file_id}/{key.key_reference.split('/')[1]}.abc.bseal", target=1)
     await writer.stage(b"staged, never committed")
-    report = await stack.files.reconcile()  # the upload itself is gone from ingest
+    report = await stack.maintenance.reconcile()  # the upload itself is gone from ingest
     assert report.repairs.get("stale_pending") == 1
     async with stack.db.connection() as conn:
         assert await FileRepository(conn).get(file_id) is None
@@ -96,7 +98,7 @@ async def test_orphan_blobs_and_staged_blocks_are_discarded_and_live_ones_kept(
     await orphan.commit()
     staged = stack.protected.writer(f"{uuid.uuid4()}/w.bseal", target=1)  # staged at once, never committed
     await staged.stage(b"y")
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.repairs.get("orphan_blob") == 2
     await assert_clean(stack, azurite, {live: data})
 
@@ -107,11 +109,26 @@ async def test_a_vault_version_nobody_recorded_is_disabled(make_stack: StackFact
     await upload(azurite, stack.settings.ingest_container, name, data)
     file_id = (await stack.files.encrypt_ingest_blob(name)).file_id
     assert file_id is not None
-    stray = await stack.vault.set_secret(f"file-{file_id}", os.urandom(32))  # a worker died before recording it
-    assert await enabled_unrecorded_versions(stack, [file_id]) == [stray.key_reference]
-    report = await stack.files.reconcile()
+    # a worker placed a key (announced first, as every placement is) and died before recording it
+    stray, _ = await SecretCustody(stack.vault, stack.db).place(file_id, os.urandom(32), datetime.now(UTC))
+    assert await enabled_unrecorded_versions(stack, [file_id]) == [stray]
+    report = await stack.maintenance.reconcile()
     assert report.repairs.get("unrecorded_version") == 1
     await assert_clean(stack, azurite, {file_id: data})
+
+
+async def test_a_vault_version_placed_for_a_file_with_no_key_left_is_deleted_whole(
+        make_stack: StackFactory, azurite: Azurite) -> None:
+    """A placement for a file deleted meanwhile (or whose upload was dropped): the secret protects nothing."""
+    stack = await make_stack()
+    file_id = uuid.uuid4()
+    await SecretCustody(stack.vault, stack.db).place(file_id, os.urandom(32), datetime.now(UTC))
+    assert [v.enabled for v in await stack.vault.list_versions(f"file-{file_id}")] == [True]
+    report = await stack.maintenance.reconcile()
+    assert report.repairs.get("unrecorded_version") == 1
+    assert await stack.vault.list_versions(f"file-{file_id}") == []
+    async with stack.db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM secret_intents WHERE file_id = $1", file_id) == 0
 
 
 def drop_version(secrets_file: Path, name: str, version: str) -> None:
@@ -142,38 +159,37 @@ async def test_a_stalled_rotation_is_resumed_and_a_lost_pending_key_replaced(
     await asyncio.sleep(0.2)
     old_key_of_second = lost.old.key_reference
 
-    report = await stack.files.reconcile()
-    assert report.repairs.get("stalled_rotation") == 1 and report.failed == 1  # the second: its pending key lost
-    first = await stack.files.describe(str(ids[0]))
+    report = await stack.maintenance.reconcile()
+    assert report.repairs.get("stalled_rotation") == 2 and report.failed == 0
+    first = await stack.files.describe(OPERATOR, str(ids[0]))
     assert first["key_reference"] == left.new.key_reference  # resumed with the pending key it had
     with pytest.raises(SecretDisabledError):
         await stack.vault.get_secret(*parse_key_reference(left.old.key_reference))
-    assert (await stack.files.describe(str(ids[1])))["key_reference"] == old_key_of_second  # still readable
-    async with stack.db.connection() as conn:  # the lost pending key is dropped, the claim released
-        states = [r["state"] for r in await conn.fetch("SELECT state FROM file_keys WHERE file_id = $1", ids[1])]
-        await conn.execute("UPDATE file_keys SET rotation_next_attempt_at = now() WHERE file_id = $1", ids[1])
-    assert states == ["active"]
-    await stack.keys.expire(ids[1])  # due now, and its backoff over: the next run makes a new pending key
-    assert (await stack.files.rotate_due()).rotated == [str(ids[1])]
+    second = await stack.files.describe(OPERATOR, str(ids[1]))  # its lost pending key dropped, a new one made at once
+    assert second["key_reference"] not in (old_key_of_second, lost.new.key_reference)
+    async with stack.db.connection() as conn:
+        states = [r["state"] for r in await conn.fetch("SELECT state FROM file_keys WHERE file_id = $1 ORDER BY id",
+                                                       ids[1])]
+    assert states == ["retired", "active"]
     for file_id, content in data.items():
         assert await download(stack, file_id) == content
 
 
 async def test_two_reconcilers_at_once_one_runs(make_stack: StackFactory, azurite: Azurite) -> None:
     one, two = await make_stack(), await make_stack()
-    reports = await asyncio.gather(one.files.reconcile(), two.files.reconcile())
+    reports = await asyncio.gather(one.maintenance.reconcile(), two.maintenance.reconcile())
     assert sorted(r.skipped for r in reports) in ([False, True], [False, False])  # never both inside at once
 
 
 async def test_a_run_leaves_no_lease_behind(make_stack: StackFactory, azurite: Azurite) -> None:
     stack = await make_stack()  # the run's lease row goes with the run: the next one starts at once
-    assert not (await stack.files.reconcile()).skipped
+    assert not (await stack.maintenance.reconcile()).skipped
     other = await asyncpg.connect(stack.settings.database_url)
     try:
         assert await other.fetchval("SELECT count(*) FROM reconciler_state WHERE name = $1", LEASE_STATE) == 0
     finally:
         await other.close()
-    assert not (await stack.files.reconcile()).skipped
+    assert not (await stack.maintenance.reconcile()).skipped
 
 
 async def test_a_crashed_holder_blocks_runs_only_until_its_lease_runs_out(
@@ -183,11 +199,11 @@ async def test_a_crashed_holder_blocks_runs_only_until_its_lease_runs_out(
     async with stack.db.connection() as conn:  # a holder that died mid-run: its lease is still valid
         await conn.execute("INSERT INTO reconciler_state (name, value) VALUES ($1, $2)", LEASE_STATE,
                            lease % "2999-01-01T00:00:00+00:00")
-    assert (await stack.files.reconcile()).skipped
+    assert (await stack.maintenance.reconcile()).skipped
     async with stack.db.connection() as conn:  # ... and now it ran out: the next run takes over
         await conn.execute("UPDATE reconciler_state SET value = $2 WHERE name = $1", LEASE_STATE,
                            lease % "2000-01-01T00:00:00+00:00")
-    assert not (await stack.files.reconcile()).skipped
+    assert not (await stack.maintenance.reconcile()).skipped
     async with stack.db.connection() as conn:
         assert await conn.fetchval("SELECT count(*) FROM reconciler_state WHERE name = $1", LEASE_STATE) == 0
 
@@ -210,8 +226,8 @@ async def test_a_bad_row_does_not_starve_rotation(make_stack: StackFactory, azur
     await asyncio.sleep(0.01)
     await stack.keys.expire(good)
 
-    first = await stack.files.rotate_due()  # batch of 1: the oldest due file, which fails and backs off
-    second = await stack.files.rotate_due()
+    first = await stack.maintenance.rotate_due()  # batch of 1: the oldest due file, which fails and backs off
+    second = await stack.maintenance.rotate_due()
     assert first.failed == [str(bad)] and second.rotated == [str(good)]
     assert await download(stack, good) == healthy[good]
     async with stack.db.connection() as conn:

@@ -19,6 +19,8 @@ NOT_SET_IN_AZURE = {
     "KEY_VAULT_CLIENT_ID": "system-assigned identity: no client id (a user-assigned one would set it)",
     "KEY_VAULT_CLIENT_SECRET": "no secret is ever a setting: the managed identity reaches the vault",
     "KEY_VAULT_LOCAL_PATH": "the local JSON vault only; Azure uses KEY_VAULT_MODE=azure",
+    "KEY_VAULT_LOCAL_MASTER_KEY": "the local JSON vault's master key; Key Vault keeps its own keys",
+    "KEY_VAULT_LOCAL_MASTER_KEY_FILE": "the local JSON vault's master key file; Key Vault keeps its own keys",
     "DataStorage": "a connection string; the identity-based DataStorage__blobServiceUri is set instead",
     "LOCAL_FUNCTION_KEY": "the local host's key; in Azure the platform keeps the function keys",
     "LOCAL_FUNCTION_KEYS": "the local host's named keys; in Azure the platform keeps the function keys",
@@ -34,6 +36,7 @@ AZURE_VALUES = {
     "DATABASE_POOL_MAX": "4",
     "DATABASE_AUTH": "entra",
     "DATABASE_PGBOUNCER": "true",
+    "KEY_CUSTODIES": "secret",  # the defaults deploy no KEK: an envelope row is refused (docs/THREATS.md)
 }
 
 
@@ -100,6 +103,17 @@ def test_azure_values_equal_the_app_defaults_unless_chosen_otherwise() -> None:
             continue
         expected = AZURE_VALUES.get(name, read[name])
         assert value == expected, f"{name}: the templates set {value!r}, expected {expected!r}"
+
+
+def test_envelope_rows_are_read_only_where_the_kek_is_deployed() -> None:
+    module = load_check_infra()
+    module.INFRA = INFRA
+    bicep = module.load(INFRA / "main.bicep", module._parser())
+    for given, expected in (({}, "secret"), ({"keyMode": "envelope"}, "secret,envelope"),
+                            ({"deployKek": True}, "secret,envelope")):
+        settings = app_settings_in(module, bicep, module.Scope(bicep, given))
+        assert settings["KEY_CUSTODIES"] == expected, given
+        assert settings["KEY_VAULT_SIGNING_KEY_NAME"] == "blobseal-signing"
 
 
 def test_the_database_settings_are_passwordless() -> None:

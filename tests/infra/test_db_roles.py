@@ -71,11 +71,12 @@ async def test_the_app_role_reads_and_writes_rows_and_changes_no_schema(
     module = load_db_roles()
     principals = [module.Principal(names["app"], str(uuid.uuid4()), "service"),
                   module.Principal(names["operators"], str(uuid.uuid4()), "group")]
+    purgers = principals[1:]  # the operators may purge (--operator-purge); the app never
 
     await conn.execute(f'SET ROLE "{names["admin"]}"')
     assert await apply_migrations(conn) == [m.version for m in MIGRATIONS]  # as the administrator
     for _ in range(2):  # idempotent: deploy.sh runs it after every migration
-        for statement in module.server_statements(principals, group_role=names["group"]):
+        for statement in module.server_statements(principals, group_role=names["group"], purgers=purgers):
             await conn.execute(statement)
         for statement in module.database_statements(names["database"], group_role=names["group"]):
             await conn.execute(statement)
@@ -93,10 +94,21 @@ async def test_the_app_role_reads_and_writes_rows_and_changes_no_schema(
         await conn.execute("UPDATE file_keys SET expires_at = $2 WHERE id = $1", row_id, now)
         assert await conn.fetchval("SELECT count(*) FROM file_keys WHERE file_id = $1", file_id) == 1
         await conn.execute("DELETE FROM file_keys WHERE id = $1", row_id)
-        # The access log: appended to, purged only through the administrator's function.
+        # The access log: appended to; removed from by nobody directly, and purged only by the purge role, only
+        # past 30 days; a session flag opens nothing (it did: `blobseal.access_log_purge=on` let a DELETE through).
         await conn.execute("INSERT INTO access_log (operation, caller, outcome, at) VALUES ('read', $1, 'ok', $2)",
                            role, now - timedelta(days=400))
-        assert await conn.fetchval("SELECT purge_access_log($1)", now - timedelta(days=365)) == 1
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('blobseal.access_log_purge', 'on', true)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("DELETE FROM access_log")
+        if role == names["operators"]:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="30 days"):
+                await conn.fetchval("SELECT purge_access_log($1)", now - timedelta(days=10))
+            assert await conn.fetchval("SELECT purge_access_log($1)", now - timedelta(days=365)) == 2
+        else:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
+                await conn.fetchval("SELECT purge_access_log($1)", now - timedelta(days=365))
         for forbidden in ("CREATE TABLE intruder (x int)", "DROP TABLE files", "TRUNCATE files",
                           "ALTER TABLE files ADD COLUMN x int", "DELETE FROM schema_migrations",
                           "INSERT INTO schema_migrations (version, name) VALUES (999, 'x')",
@@ -117,6 +129,9 @@ async def test_the_app_role_reads_and_writes_rows_and_changes_no_schema(
     member_of_admin = await conn.fetchval(
         "SELECT pg_has_role($1, $2, 'MEMBER')", names["app"], names["admin"])
     assert not member_of_admin
+    may_purge = await conn.fetchval("SELECT has_function_privilege($1, 'purge_access_log(timestamptz)', 'EXECUTE')",
+                                    names["app"])
+    assert not may_purge  # not even through PUBLIC: the function's EXECUTE was revoked from it
 
 
 def test_the_statements_quote_entra_names() -> None:

@@ -103,6 +103,20 @@ MUTATIONS = [
     ("main.bicep", "DATABASE_AUTH: 'entra'", "DATABASE_AUTH: 'password'", "DATABASE_AUTH must be 'entra'"),
     ("modules/storage.bicep", "publicNetworkAccess: publicNetworkAccess\n", "\n",
      "storage.bicep: account: publicNetworkAccess not set"),
+    ("modules/keyvault.bicep", "      'sign'\n      'verify'\n", "      'sign'\n      'verify'\n      'unwrapKey'\n",
+     "signingKey: keyOps must be exactly sign and verify"),
+    ("modules/keyvault.bicep", "    curveName: 'P-256'\n", "    curveName: 'P-384'\n",
+     "signingKey: must be curve 'P-256'"),
+    ("modules/rbac.bicep", "          'Microsoft.KeyVault/vaults/keys/sign/action'\n",
+     "          'Microsoft.KeyVault/vaults/keys/sign/action'\n"
+     "          'Microsoft.KeyVault/vaults/keys/decrypt/action'\n",
+     "signerRole: grants"),
+    ("main.bicep", "    blobSoftDeleteDays: 0\n", "    blobSoftDeleteDays: 7\n",
+     "dataStorage must pass blobSoftDeleteDays: 0"),
+    ("modules/storage.bicep", "isVersioningEnabled: false", "isVersioningEnabled: true",
+     "isVersioningEnabled must be false"),
+    ("modules/rbac.bicep", "var resourceGroupId = resourceGroup().id\n", "var resourceGroupId = subscription().id\n",
+     "signerRole: must be assignable in the resource group only"),
 ]
 
 

@@ -30,13 +30,19 @@ AZURE_ENV = {"BLOB_TRIGGER_SOURCE": "EventGrid", "INGEST_CONTAINER": "ingest", "
 
 
 @pytest.fixture(scope="module")
-def azure_functions() -> dict[str, Function]:
-    return runtime_functions(runtime_metadata(**AZURE_ENV))
+def settings() -> dict[str, Any]:
+    return app_settings()
+
+
+def keys_enabled(settings: dict[str, Any]) -> bool:
+    """Whether the deployed app has the host check function keys (off: App Service Authentication in front)."""
+    return str(settings.get("FUNCTION_KEYS_ENABLED") or "true").lower() != "false"
 
 
 @pytest.fixture(scope="module")
-def settings() -> dict[str, Any]:
-    return app_settings()
+def azure_functions(settings: dict[str, Any]) -> dict[str, Function]:
+    keys = "true" if keys_enabled(settings) else "false"
+    return runtime_functions(runtime_metadata(**AZURE_ENV, FUNCTION_KEYS_ENABLED=keys))
 
 
 def main_parameter(name: str) -> Any:
@@ -100,7 +106,8 @@ def smoke_requests() -> Iterator[tuple[str, str, bool]]:
         yield (method.group(1) if method else "GET"), path, bool(re.search(r"\bapi\b", line.split("$(", 1)[-1]))
 
 
-def test_every_request_of_the_smoke_test_reaches_a_function(azure_functions: dict[str, Function]) -> None:
+def test_every_request_of_the_smoke_test_reaches_a_function(azure_functions: dict[str, Function],
+                                                            settings: dict[str, Any]) -> None:
     routes, reached = routes_of(list(azure_functions.values())), set()
     requests = list(smoke_requests())
     assert len(requests) >= 7
@@ -109,16 +116,19 @@ def test_every_request_of_the_smoke_test_reaches_a_function(azure_functions: dic
         assert found is not None, f"smoke.sh: {method} {path} reaches no function"
         route, _ = found
         reached.add(route.function.name)
-        if not keyed:  # without a key: health must answer (anonymous), the auth check must get 401
-            assert route.function.anonymous == (path == "/health"), f"{method} {path}: auth level"
+        if not keyed and path == "/health":  # health answers without a key
+            assert route.function.anonymous, f"{method} {path}: auth level"
+        elif not keyed and keys_enabled(settings):  # the auth check: the host must refuse it without a key
+            assert not route.function.anonymous, f"{method} {path}: auth level"
     assert {"health", "find_file", "download_file", "file_metadata", "delete_file"} <= reached
 
 
-def test_auth_levels_and_methods_as_deployed(azure_functions: dict[str, Function]) -> None:
+def test_auth_levels_and_methods_as_deployed(azure_functions: dict[str, Function],
+                                            settings: dict[str, Any]) -> None:
     http = {f.name: f for f in of_type(azure_functions, "httpTrigger")}
-    assert {name for name, f in http.items() if f.anonymous} == {"health"}
-    assert {f.trigger["authLevel"] for f in http.values()} == {"FUNCTION", "ANONYMOUS"}
+    anonymous = {name for name, f in http.items() if f.anonymous}
+    assert anonymous == ({"health"} if keys_enabled(settings) else set(http))
     assert sorted((f.route, m) for f in http.values() for m in f.methods) == sorted([
         ("files/{file_id}", "GET"), ("files/{file_id}", "HEAD"), ("files/{file_id}", "DELETE"),
         ("files/{file_id}/metadata", "GET"), ("files", "GET"), ("files", "POST"), ("health", "GET"),
-        ("metrics", "GET")])
+        ("audit", "GET"), ("status", "GET"), ("metrics", "GET")])

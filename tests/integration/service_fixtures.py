@@ -19,6 +19,10 @@ from shared.bootstrap import Services, build_services
 from shared.config import Settings
 from shared.vault.base import KeyVault
 from shared.vault.kek import KeyWrapper
+from shared.vault.signer import Signer
+
+# The local development key of every test stack: it has every role (tests about roles bring their own callers).
+TEST_FUNCTION_KEY = "test-function-key"
 
 
 def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overrides: str) -> Settings:
@@ -29,6 +33,8 @@ def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overr
         "KEY_VAULT_LOCAL_PATH": str(vault_dir),
         "INGEST_CONTAINER": f"ingest-{suffix}",
         "PROTECTED_CONTAINER": f"protected-{suffix}",
+        "AUDIT_DIGEST_CONTAINER": f"digests-{suffix}",
+        "LOCAL_FUNCTION_KEY": TEST_FUNCTION_KEY,
         "ENCRYPTION_CHUNK_SIZE_MB": "1",
         "KEY_VAULT_CACHE_ENABLED": "true",
         **overrides,
@@ -36,8 +42,9 @@ def stack_settings(azurite: Azurite, database_url: str, vault_dir: Path, **overr
     return Settings.from_env(env)
 
 
-async def open_stack(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None) -> Services:
-    services = build_services(settings, vault=vault, kek=kek)
+async def open_stack(settings: Settings, *, vault: KeyVault | None = None, kek: KeyWrapper | None = None,
+                     signer: Signer | None = None) -> Services:
+    services = build_services(settings, vault=vault, kek=kek, signer=signer)
     await services.ingest.ensure()
     await services.protected.ensure()
     return services
@@ -69,10 +76,13 @@ async def collect(body: AsyncIterator[bytes] | None) -> bytes:
 
 async def http_download(stack: Services, file_id: str, headers: dict[str, str] | None = None,
                         method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """``GET /api/files/<id>`` through the HTTP face (``shared.http_api``), without a server."""
+    """``GET /api/files/<id>`` through the HTTP face (``shared.http_api``), without a server (with the test key
+    unless ``headers`` name another caller)."""
+    headers = {"x-functions-key": TEST_FUNCTION_KEY, **(headers or {})}
     scope = {"type": "http", "method": method, "path": f"/api/files/{file_id}", "path_params": {"file_id": file_id},
-             "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
-    response = await http_api.download(Request(scope), stack.files)
+             "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 50000)}
+    response = await http_api.download(Request(scope), stack)
     if isinstance(response, StreamingResponse):
         body = b"".join([bytes(piece) async for piece in response.body_iterator])  # type: ignore[arg-type]
     else:

@@ -61,8 +61,14 @@ async def test_every_new_pooled_connection_asks_for_the_password(pg_database_url
     assert calls == ["token-1", "token-1"] and tokens.closed
 
 
-def test_entra_settings_refuse_a_password_in_the_url() -> None:
-    settings = Settings.from_env({"DATABASE_AUTH": "entra", "DATABASE_URL": "postgresql://app@db/blobseal"})
+def test_entra_settings_refuse_a_password_in_the_url_and_an_unverified_server() -> None:
+    url = "postgresql://app@db/blobseal?sslmode=verify-full"
+    settings = Settings.from_env({"DATABASE_AUTH": "entra", "DATABASE_URL": url})
     assert settings.database_auth == "entra"
-    with pytest.raises(ConfigError, match="must not hold one"):
-        Settings.from_env({"DATABASE_AUTH": "entra", "DATABASE_URL": "postgresql://app:secret@db/blobseal"})
+    for given in ("postgresql://app:secret@db/blobseal?sslmode=verify-full", f"{url}&password=secret"):
+        with pytest.raises(ConfigError, match="must not hold one") as refused:
+            Settings.from_env({"DATABASE_AUTH": "entra", "DATABASE_URL": given})
+        assert "secret" not in str(refused.value)
+    for weaker in ("", "?sslmode=require", "?sslmode=verify-ca", "?sslmode=disable"):
+        with pytest.raises(ConfigError, match="sslmode=verify-full"):  # the token would go to any server
+            Settings.from_env({"DATABASE_AUTH": "entra", "DATABASE_URL": f"postgresql://app@db/blobseal{weaker}"})

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from localinfra.azurite import Azurite
-from shared.audit import SYSTEM
 from shared.bootstrap import Services
 from shared.crypto.keywrap import wrap_file_key
 from shared.db.file_keys import FileKeyRepository, Placement
 from shared.db.files import FileRepository
 from shared.db.migrations import migrate
-from shared.errors import KeyRetiredError, SecretDisabledError, SecretNotFoundError, WrappedKeyError
+from shared.errors import KeyIntegrityError, KeyRetiredError, SecretDisabledError, SecretNotFoundError, WrappedKeyError
+from shared.identity import SYSTEM
 from shared.vault.kek import KekMissingError, LocalKeyWrapper, Wrapped
 from shared.vault.local import LocalJsonVault
 from tests.integration.service_fixtures import (
@@ -36,6 +36,7 @@ from tests.integration.service_fixtures import (
     read_blob,
     upload,
 )
+from tests.support.stack import OPERATOR
 from tests.unit.test_format_vectors import KAT, frozen_ciphertext
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
@@ -151,8 +152,7 @@ async def test_the_kek_is_called_per_intermediate_key_not_per_file(make_stack: S
 async def test_an_intermediate_key_is_used_for_a_bounded_period(make_stack: StackFactory, azurite: Azurite) -> None:
     stack = await make_stack(KEY_MODE="envelope", ENVELOPE_INTERMEDIATE_MINUTES="1")
     first = await ingest(stack, azurite, b"one")
-    intermediates = stack.keys.envelope.intermediates if stack.keys.envelope else None
-    assert intermediates is not None
+    intermediates = stack.intermediates
     intermediates._clock = lambda: datetime.now(UTC) + timedelta(minutes=2)  # the period ran out
     second = await ingest(stack, azurite, b"two")
     assert (await key_row(stack, first))["intermediate_id"] != (await key_row(stack, second))["intermediate_id"]
@@ -166,7 +166,7 @@ async def test_a_wrapped_key_moved_to_another_row_is_refused(make_stack: StackFa
     donor = await ingest(stack, azurite, random_bytes(10_000))
     if target == "another version of the same file":
         donor = victim
-        await stack.files.rotate_file(str(victim))  # the old row (retired) holds the donor wrapping
+        await stack.maintenance.rotate_file(OPERATOR, str(victim))  # the old row (retired) holds the donor wrapping
     fresh = await sibling(make_stack, stack)  # nothing cached: the row is all it has
     async with stack.db.connection() as conn:
         wrapped, intermediate = await conn.fetchrow(
@@ -183,6 +183,25 @@ async def test_a_wrapped_key_moved_to_another_row_is_refused(make_stack: StackFa
         "message": "the file's key record failed its integrity check; nothing of it was served"}
 
 
+async def test_rows_from_before_signatures_are_refused_until_attested_once(make_stack: StackFactory, azurite: Azurite,
+                                                                         vault_dir: Path) -> None:
+    """The upgrade: an older version left unsigned intermediate rows and no signing key in its vault."""
+    stack = await make_stack(KEY_MODE="envelope")
+    data = {await ingest(stack, azurite, d): d for d in [random_bytes(3000) for _ in range(3)]}
+    async with stack.db.connection() as conn:
+        await conn.execute("UPDATE intermediate_keys SET signing_key = NULL, signature = NULL")
+    await LocalJsonVault(vault_dir).delete_secret("blobseal-signing")
+    upgraded = await sibling(make_stack, stack)
+    first = next(iter(data))
+    with pytest.raises(KeyIntegrityError, match="not signed"):
+        await download(upgraded, first)
+    # the signing key made on the way
+    assert await upgraded.maintenance.attest_intermediates(OPERATOR) == {"attested": 1}
+    assert [await download(upgraded, i) for i in data] == list(data.values())
+    assert await download(upgraded, await ingest(upgraded, azurite, b"after the upgrade")) == b"after the upgrade"
+    assert await upgraded.maintenance.attest_intermediates(OPERATOR) == {"attested": 0}  # nothing left unsigned
+
+
 async def test_kek_rotation_rewraps_intermediate_keys_only(make_stack: StackFactory, azurite: Azurite,
                                                            vault_dir: Path) -> None:
     stack = await make_stack(KEY_MODE="envelope", ENVELOPE_INTERMEDIATE_MAX_FILES="2")
@@ -190,8 +209,8 @@ async def test_kek_rotation_rewraps_intermediate_keys_only(make_stack: StackFact
     blobs = {n: await read_blob(azurite, stack.settings.protected_container, n)
              for n in await blob_names(azurite, stack.settings.protected_container)}
     rows_before = {i: await key_row(stack, i) for i in data}
-    old_kek = await stack.keys.envelope.intermediates.kek.current()  # type: ignore[union-attr]
-    report = await stack.files.rotate_kek()
+    old_kek = await stack.intermediates.kek.current()
+    report = await stack.maintenance.rotate_kek(OPERATOR)
     assert report["rewrapped"] == 3 and report["kek_reference"] != old_kek
     assert report["kek_versions_in_use"] == {report["kek_reference"]: 3}
     assert {i: await key_row(stack, i) for i in data} == rows_before  # file keys untouched
@@ -199,7 +218,7 @@ async def test_kek_rotation_rewraps_intermediate_keys_only(make_stack: StackFact
     await LocalJsonVault(vault_dir).disable_version(*old_kek.split("/"))  # the old KEK version can go
     fresh = await sibling(make_stack, stack)
     assert [await download(fresh, i) for i in data] == list(data.values())
-    assert (await fresh.files.rotate_kek(rewrap_only=True))["rewrapped"] == 0
+    assert (await fresh.maintenance.rotate_kek(OPERATOR, rewrap_only=True))["rewrapped"] == 0
 
 
 async def test_rotation_and_deletion_in_envelope_mode(make_stack: StackFactory, azurite: Azurite) -> None:
@@ -207,11 +226,11 @@ async def test_rotation_and_deletion_in_envelope_mode(make_stack: StackFactory, 
     data = random_bytes(150_000)
     file_id = await ingest(stack, azurite, data)
     old = str((await key_row(stack, file_id))["key_reference"])
-    new = await stack.files.rotate_file(str(file_id))
+    new = await stack.maintenance.rotate_file(OPERATOR, str(file_id))
     assert new != old and await download(stack, file_id) == data
     with pytest.raises(KeyRetiredError):
         await stack.keys.get_key(old)
-    await stack.files.delete(str(file_id), SYSTEM)
+    await stack.files.delete(SYSTEM, str(file_id))
     async with stack.db.connection() as conn:
         left = await conn.fetchval("SELECT count(*) FROM file_keys WHERE file_id = $1", file_id)
     assert left == 0  # the wrapped keys are gone: nothing can recover the file key (crypto-shredding)
@@ -229,7 +248,7 @@ async def test_a_missing_kek_is_never_replaced_while_intermediate_keys_are_recor
         await fresh.files.encrypt_ingest_blob(name)
     assert name in await blob_names(azurite, fresh.settings.ingest_container)  # nothing lost: it waits
     with pytest.raises(KekMissingError):
-        await fresh.keys.envelope.intermediates.kek.current()  # type: ignore[union-attr]
+        await fresh.intermediates.kek.current()
     with pytest.raises(SecretNotFoundError):  # fail closed: no new KEK was made
         await LocalJsonVault(vault_dir).get_secret("blobseal-kek")
     assert kept
@@ -249,10 +268,10 @@ async def test_switching_modes_on_a_running_deployment_loses_nothing(make_stack:
     await keep_ingesting(old, 4)  # before the switch: secret mode only
     # the rolling switch: old instances still ingest while new ones do, and the keys are migrated meanwhile
     moved = await asyncio.gather(keep_ingesting(old, 6), keep_ingesting(new, 6),
-                                 new.files.migrate_keys("envelope", batch=3))
+                                 new.maintenance.migrate_keys(OPERATOR, "envelope", batch=3))
     rotated = next(iter(data))
-    await new.files.rotate_file(str(rotated))  # a rotation after the switch gets an envelope key
-    final = await new.files.migrate_keys("envelope")
+    await new.maintenance.rotate_file(OPERATOR, str(rotated))  # a rotation after the switch gets an envelope key
+    final = await new.maintenance.migrate_keys(OPERATOR, "envelope")
     assert moved[2]["moved"] + final["moved"] >= 4
     for file_id, payload in data.items():
         assert await download(new, file_id) == payload and await download(old, file_id) == payload
@@ -264,7 +283,7 @@ async def test_switching_modes_on_a_running_deployment_loses_nothing(make_stack:
     with pytest.raises(SecretDisabledError):  # the vault no longer holds a usable copy
         await LocalJsonVault(Path(new.settings.key_vault_local_path)).get_secret(*secret_ref.split("/"))
 
-    back = await old.files.migrate_keys("secret")  # and back again, still without re-encryption
+    back = await old.maintenance.migrate_keys(OPERATOR, "secret")  # and back again, still without re-encryption
     assert back["moved"] == len(data)
     fresh = await sibling(make_stack, old)
     for file_id, payload in data.items():
@@ -273,7 +292,7 @@ async def test_switching_modes_on_a_running_deployment_loses_nothing(make_stack:
         assert row["custody"] == "secret" and row["wrapped_key"] is None
     after = {n: await read_blob(azurite, new.settings.protected_container, n) for n in blobs}
     assert after == blobs  # not one blob rewritten by either migration
-    await fresh.files.delete(str(migrated), SYSTEM)
+    await fresh.files.delete(SYSTEM, str(migrated))
     with pytest.raises(SecretNotFoundError):
         await LocalJsonVault(Path(new.settings.key_vault_local_path)).get_secret(f"file-{migrated}")
 
@@ -293,10 +312,11 @@ async def test_the_reconciler_lists_no_vault_versions_for_envelope_files(make_st
     stack = await sibling(make_stack, secret_stack, KEY_MODE="envelope")
     contents = [random_bytes(1000) for _ in range(5)]
     wrapped = [await ingest(stack, azurite, data) for data in contents]
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.failed == 0
-    assert listed == [f"file-{kept_in_vault}"]  # one vault call for the file with a secret, none for the 5 others
+    assert listed == []  # every placement was recorded: no file's versions are listed, in either custody
     assert [await download(stack, i) for i in wrapped] == contents
+    assert await download(stack, kept_in_vault) == b"a secret-mode file"
 
 
 @pytest.mark.parametrize("custody", ["secret", "envelope"])
@@ -315,8 +335,7 @@ async def test_the_frozen_vectors_download_unchanged_in_both_custodies(make_stac
         props = await stack.vault.set_secret(f"file-{file_id}", key)
         placement = Placement("secret", vault_reference=props.key_reference)
     else:
-        assert stack.keys.envelope is not None
-        intermediate_id, intermediate = await stack.keys.envelope.intermediates.for_new_key()
+        intermediate_id, intermediate = await stack.intermediates.for_new_key()
         placement = Placement("envelope", wrapped_key=wrap_file_key(
             intermediate, key, file_id=file_id, intermediate_id=intermediate_id, key_reference=reference),
             intermediate_id=intermediate_id)
@@ -339,13 +358,14 @@ async def test_the_frozen_vectors_download_unchanged_in_both_custodies(make_stac
 async def test_health_reports_a_missing_kek_once_keys_depend_on_it(make_stack: StackFactory, azurite: Azurite,
                                                                   vault_dir: Path) -> None:
     stack = await make_stack(KEY_MODE="envelope")
-    assert (await stack.files.health())["dependencies"]["vault"] == "ok"  # a new deployment: the KEK comes with use
+    # a new deployment: the KEK comes with use
+    assert (await stack.health.details(OPERATOR))["dependencies"]["vault"] == "ok"
     await ingest(stack, azurite, b"wrapped")
-    assert (await stack.files.health())["dependencies"]["vault"] == "ok"
+    assert (await stack.health.details(OPERATOR))["dependencies"]["vault"] == "ok"
     await LocalJsonVault(vault_dir).set_secret("file-00000000-0000-0000-0000-000000000001", b"k" * 32)
     await LocalJsonVault(vault_dir).delete_secret("blobseal-kek")  # the vault is there, its KEK is not
     fresh = await sibling(make_stack, stack)
-    assert (await fresh.files.health())["dependencies"]["vault"] == "KekMissingError"
+    assert (await fresh.health.details(OPERATOR))["dependencies"]["vault"] == "KekMissingError"
 
 
 async def test_a_key_from_before_the_envelope_mode_moved_and_deleted_leaves_no_secret(
@@ -356,8 +376,8 @@ async def test_a_key_from_before_the_envelope_mode_moved_and_deleted_leaves_no_s
     async with old.db.connection() as conn:  # a row from before migration 6: the spec's columns only
         await conn.execute("UPDATE file_keys SET vault_reference = NULL WHERE file_id = $1", file_id)
     new = await sibling(make_stack, old, KEY_MODE="envelope")
-    assert (await new.files.migrate_keys("envelope"))["moved"] == 1
+    assert (await new.maintenance.migrate_keys(OPERATOR, "envelope"))["moved"] == 1
     assert await download(await sibling(make_stack, new), file_id) == data
-    await new.files.delete(str(file_id), SYSTEM)
+    await new.files.delete(SYSTEM, str(file_id))
     with pytest.raises(SecretNotFoundError):  # the moved key's old secret went with the file
         await LocalJsonVault(vault_dir).get_secret(f"file-{file_id}")

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 import shared.keys
+from shared.custody import SecretCustody
 from shared.db import Database
 from shared.errors import (
     DatabaseUnavailableError,
@@ -87,6 +88,11 @@ class DelegatingVault:
         await self.inner.close()
 
 
+def key_service(db: Database, vault: Any, **options: Any) -> FileKeyService:
+    """The key service with the secret custody alone (the spec's model) on ``vault``."""
+    return FileKeyService(db, {"secret": SecretCustody(vault, db)}, rotation_days=DAYS, **options)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
@@ -99,7 +105,7 @@ def vault(tmp_path: Path) -> LocalJsonVault:
 
 @pytest.fixture
 def service(pg_db: Database, vault: LocalJsonVault, clock: FakeClock) -> FileKeyService:
-    return FileKeyService(pg_db, vault, rotation_days=DAYS, clock=clock)
+    return key_service(pg_db, vault, clock=clock)
 
 
 @pytest.fixture
@@ -197,7 +203,7 @@ async def test_racing_creators_agree_on_one_key_and_the_loser_disables_its_versi
             return props
 
     racing = BothWriteFirst(vault)
-    workers = [FileKeyService(db, racing, rotation_days=DAYS, clock=clock) for db in (pg_db, second_db)]
+    workers = [key_service(db, racing, clock=clock) for db in (pg_db, second_db)]
     file_id = uuid.uuid4()
     a, b = await asyncio.gather(*(w.create_key(file_id) for w in workers))
 
@@ -235,7 +241,7 @@ async def test_vault_failures_surface_as_key_vault_errors_and_record_nothing(
 
     file_id = uuid.uuid4()
     with pytest.raises(VaultUnavailableError):
-        await FileKeyService(pg_db, Down(vault), rotation_days=DAYS, clock=clock).create_key(file_id)
+        await key_service(pg_db, Down(vault), clock=clock).create_key(file_id)
     assert await rows(pg_db, file_id) == []
 
 
@@ -398,7 +404,7 @@ async def test_rotation_keeps_the_old_key_until_it_completes(
 async def test_two_workers_rotating_one_file_one_wins_and_nothing_is_lost(
     pg_db: Database, second_db: Database, vault: LocalJsonVault, clock: FakeClock
 ) -> None:
-    one, two = (FileKeyService(db, vault, rotation_days=DAYS, clock=clock) for db in (pg_db, second_db))
+    one, two = (key_service(db, vault, clock=clock) for db in (pg_db, second_db))
     file_id = uuid.uuid4()
     old = await one.create_key(file_id)
     old_key = await one.get_key(old.key_reference)
@@ -424,7 +430,7 @@ async def test_two_workers_rotating_one_file_one_wins_and_nothing_is_lost(
 async def test_an_expired_lease_passes_the_rotation_on_and_the_stale_worker_cannot_complete(
     service: FileKeyService, second_db: Database, vault: LocalJsonVault, clock: FakeClock
 ) -> None:
-    other = FileKeyService(second_db, vault, rotation_days=DAYS, clock=clock)
+    other = key_service(second_db, vault, clock=clock)
     file_id = uuid.uuid4()
     await service.create_key(file_id)
     stale = await service.claim_rotation(file_id, worker="w1", lease_seconds=60)
@@ -447,12 +453,12 @@ async def test_a_crash_between_claim_and_switch_resumes_with_the_pending_key(
 ) -> None:
     file_id = uuid.uuid4()
     crashed_db = Database(pg_database_url, pool_max=2)
-    crashed = FileKeyService(crashed_db, vault, rotation_days=DAYS, clock=clock)
+    crashed = key_service(crashed_db, vault, clock=clock)
     old = await crashed.create_key(file_id)
     lost_ticket = await crashed.claim_rotation(file_id, worker="host-a", lease_seconds=300)
     await crashed_db.close()  # the worker dies; its claim and pending key stay behind
 
-    restarted = FileKeyService(pg_db, vault, rotation_days=DAYS, clock=clock)
+    restarted = key_service(pg_db, vault, clock=clock)
     same_worker = await restarted.claim_rotation(file_id, worker="host-a", lease_seconds=300)  # its own: no wait
     assert same_worker.new == lost_ticket.new
     clock.advance(seconds=301)
@@ -504,7 +510,7 @@ async def test_a_failed_disable_leaves_the_rotation_done_and_the_sweep_finishes_
                 raise VaultUnavailableError("vault busy", operation="disable_version")
             await super().disable_version(name, version)
 
-    service = FileKeyService(pg_db, FlakyDisable(vault), rotation_days=DAYS, clock=clock)
+    service = key_service(pg_db, FlakyDisable(vault), clock=clock)
     file_id = uuid.uuid4()
     old = await service.create_key(file_id)
     ticket = await service.claim_rotation(file_id, worker="w1")
@@ -567,7 +573,7 @@ async def test_a_database_restart_during_create_key_fails_fast_leaves_nothing_an
                 await asyncio.sleep(0.05)
             return props
 
-    service = FileKeyService(proxied_db, CutAfterStore(vault), rotation_days=DAYS, clock=clock)
+    service = key_service(proxied_db, CutAfterStore(vault), clock=clock)
     await proxied_db.ping()
     pool = proxied_db._pool  # the same pool must survive the restart
     file_id = uuid.uuid4()
@@ -589,7 +595,7 @@ async def test_a_database_restart_during_create_key_fails_fast_leaves_nothing_an
 async def test_a_connection_lost_before_commit_rolls_the_switch_back(
     proxied_db: Database, proxy: PgProxy, pg_db: Database, vault: LocalJsonVault, clock: FakeClock
 ) -> None:
-    service = FileKeyService(proxied_db, vault, rotation_days=DAYS, clock=clock)
+    service = key_service(proxied_db, vault, clock=clock)
     file_id = uuid.uuid4()
     old = await service.create_key(file_id)
     ticket = await service.claim_rotation(file_id, worker="w1")
@@ -614,7 +620,7 @@ async def test_a_connection_lost_before_commit_rolls_the_switch_back(
 async def test_a_statement_in_flight_when_the_database_goes_away_fails_promptly(
     proxied_db: Database, proxy: PgProxy, pg_db: Database, vault: LocalJsonVault, clock: FakeClock
 ) -> None:
-    service = FileKeyService(proxied_db, vault, rotation_days=DAYS, clock=clock)
+    service = key_service(proxied_db, vault, clock=clock)
     file_id = uuid.uuid4()
     await service.create_key(file_id)
     async with pg_db.transaction() as blocker:  # holds the row lock: claim_rotation's UPDATE waits
@@ -651,7 +657,7 @@ async def test_a_stuck_statement_is_bounded_by_the_command_timeout(
     pg_database_url: str, pg_db: Database, vault: LocalJsonVault, clock: FakeClock
 ) -> None:
     impatient = Database(pg_database_url, command_timeout=0.5)
-    service = FileKeyService(impatient, vault, rotation_days=DAYS, clock=clock)
+    service = key_service(impatient, vault, clock=clock)
     file_id = uuid.uuid4()
     try:
         await service.create_key(file_id)

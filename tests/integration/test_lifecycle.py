@@ -12,18 +12,17 @@ import asyncpg
 import pytest
 
 from localinfra.azurite import Azurite
-from shared.audit import Access
 from shared.bootstrap import Services
 from shared.errors import AuditUnavailableError, DatabaseError, UnknownFileError, UploadConflictError
+from shared.identity import ALL_ROLES, Caller
 from shared.keys import FileKeyService
 from shared.metrics import REGISTRY
-from shared.upload import UploadRequest
-from tests.integration.service_fixtures import http_download, upload
-from tests.support.stack import StackFactory, all_blobs
+from tests.integration.service_fixtures import blob_names, http_download, upload
+from tests.support.stack import OPERATOR, StackFactory, all_blobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
-ALICE = Access("key:alice", "10.0.0.1")
+ALICE = Caller("key:alice", ALL_ROLES, "10.0.0.1")
 
 
 async def body(*pieces: bytes) -> AsyncIterator[bytes]:
@@ -32,23 +31,32 @@ async def body(*pieces: bytes) -> AsyncIterator[bytes]:
 
 
 async def uploaded(stack: Services, data: bytes, name: str = "a.txt") -> str:
-    view = await stack.files.upload(UploadRequest(name, "text/plain"), body(data), ALICE)
+    view = await stack.files.upload(ALICE, body(data), name=name, content_type="text/plain")
     return str(view["file_id"])
 
 
-async def test_the_access_log_is_append_only_and_purged_only_by_retention(make_stack: StackFactory) -> None:
+async def test_the_access_log_is_append_only_and_purged_only_past_the_minimum(make_stack: StackFactory) -> None:
+    """Even as the tables' owner: no UPDATE, no DELETE outside purge_access_log, which keeps 30 days whatever it is
+    asked (who may call it at all: tests/infra/test_db_roles.py)."""
     stack = await make_stack()
-    await stack.files.audit.record("metadata", ALICE, file_id=uuid.uuid4())
+    await stack.files.guard.audit.record("metadata", ALICE, file_id=uuid.uuid4())
     async with stack.db.connection() as conn:
-        for statement in ("UPDATE access_log SET caller = 'someone else'", "DELETE FROM access_log"):
+        for statement in ("UPDATE access_log SET caller = 'someone else'", "DELETE FROM access_log",
+                          "TRUNCATE access_log"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
                 await conn.execute(statement)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=r"append-only|permission denied"):  # flag alone
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('blobseal.access_log_purge', 'on', true)")
+                await conn.execute("SET LOCAL ROLE blobseal_audit_purger")
+                await conn.execute("DELETE FROM access_log")
         total = await conn.fetchval("SELECT count(*) FROM access_log")
         assert total >= 1
-        assert await conn.fetchval("SELECT purge_access_log(now() - interval '1 day')") == 0  # nothing that old
-        assert await conn.fetchval("SELECT purge_access_log(now() + interval '1 second')") == total
-    records = await stack.files.audit.query()
-    assert records == []
+        for younger in ("now() - interval '29 days'", "'infinity'", "NULL"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="at least 30 days"):
+                await conn.fetchval(f"SELECT purge_access_log({younger})")
+        assert await conn.fetchval("SELECT purge_access_log(now() - interval '31 days')") == 0  # nothing that old
+    assert len(await stack.files.guard.audit.query()) == total
 
 
 async def test_accesses_at_once_share_commits_and_each_waits_for_its_own_row(
@@ -64,15 +72,15 @@ async def test_accesses_at_once_share_commits_and_each_waits_for_its_own_row(
 
     monkeypatch.setattr(stack.db, "connection", counted)
     ids = [uuid.uuid4() for _ in range(60)]
-    await asyncio.gather(*(stack.files.audit.record("metadata", ALICE, file_id=i, span=(n, n + 1))
+    await asyncio.gather(*(stack.files.guard.audit.record("metadata", ALICE, file_id=i, span=(n, n + 1))
                            for n, i in enumerate(ids)))
     assert 1 <= statements < 10  # one write in flight at a time; the rest wait and go together
-    records = {r.file_id: r for r in await stack.files.audit.query(limit=100)}
+    records = {r.file_id: r for r in await stack.files.guard.audit.query(limit=100)}
     assert all(records[i].range_start == n and records[i].caller == "key:alice" for n, i in enumerate(ids))
     async with stack.db.connection() as conn:
         await conn.execute("ALTER TABLE access_log RENAME TO access_log_unavailable")
     try:  # a failed write reaches every waiter of its batch: each access is refused (fail-closed)
-        outcomes = await asyncio.gather(*(stack.files.audit.record("metadata", ALICE) for _ in range(5)),
+        outcomes = await asyncio.gather(*(stack.files.guard.audit.record("metadata", ALICE) for _ in range(5)),
                                         return_exceptions=True)
         assert all(isinstance(o, AuditUnavailableError) for o in outcomes)
     finally:
@@ -104,7 +112,7 @@ async def test_a_deletion_erases_blobs_and_keys_and_keeps_a_tombstone(
         make_stack: StackFactory, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
     stack = await make_stack()
     file_id = await uploaded(stack, b"x" * 200_000)
-    await stack.files.rotate_file(file_id)  # two key versions, a retired blob
+    await stack.maintenance.rotate_file(OPERATOR, file_id)  # two key versions, a retired blob
     real = FileKeyService.delete_file_keys
 
     async def crash(self: FileKeyService, file_id: uuid.UUID) -> int:
@@ -112,17 +120,17 @@ async def test_a_deletion_erases_blobs_and_keys_and_keeps_a_tombstone(
 
     monkeypatch.setattr(FileKeyService, "delete_file_keys", crash)
     with pytest.raises(DatabaseError):
-        await stack.files.delete(file_id, ALICE)  # cut short after the tombstone
+        await stack.files.delete(ALICE, file_id)  # cut short after the tombstone
     monkeypatch.setattr(FileKeyService, "delete_file_keys", real)
     with pytest.raises(UnknownFileError):
         await stack.files.encrypted_file(file_id)  # already unreadable
-    report = await stack.files.reconcile()
+    report = await stack.maintenance.reconcile()
     assert report.repairs.get("unfinished_deletion") == 1
-    tombstone = await stack.files.describe(file_id)
+    tombstone = await stack.files.describe(OPERATOR, file_id)
     assert (tombstone["status"], tombstone["deleted_by"], tombstone["key_reference"]) == ("deleted", "key:alice", None)
     assert await stack.vault.list_versions(f"file-{file_id}") == []
     assert [n for n in await all_blobs(azurite, stack.settings.protected_container) if n.startswith(file_id)] == []
-    again = await stack.files.delete(file_id, ALICE)  # idempotent
+    again = await stack.files.delete(ALICE, file_id)  # idempotent
     assert again["status"] == "deleted"
 
 
@@ -131,10 +139,18 @@ async def test_a_deleted_file_id_is_never_filled_again(make_stack: StackFactory,
     name = f"{uuid.uuid4()}.txt"
     await upload(azurite, stack.settings.ingest_container, name, b"first")
     file_id = str((await stack.files.encrypt_ingest_blob(name)).file_id)
-    await stack.files.delete(file_id, ALICE)
-    await upload(azurite, stack.settings.ingest_container, name, b"second")
-    with pytest.raises(UploadConflictError, match="deleted file"):
-        await stack.files.encrypt_ingest_blob(name)
+    await stack.files.delete(ALICE, file_id)
+    await upload(azurite, stack.settings.ingest_container, name, b"second")  # the same name (so the same id) again
+    outcome = await stack.files.encrypt_ingest_blob(name)
+    assert (outcome.status, str(outcome.file_id)) == ("erased", file_id)  # erased on arrival, never encrypted
+    assert await blob_names(azurite, stack.settings.ingest_container) == []
+    assert (await stack.files.describe(OPERATOR, file_id))["status"] == "deleted"
+    async with stack.db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM file_keys WHERE file_id = $1", uuid.UUID(file_id)) == 0
+    other = f"{file_id}/another-name.txt"  # another upload name carrying the deleted id: refused, kept, listed
+    await upload(azurite, stack.settings.ingest_container, other, b"third")
+    with pytest.raises(UploadConflictError, match="already used by another upload"):
+        await stack.files.encrypt_ingest_blob(other)
 
 
 async def test_a_failed_upload_leaves_nothing(make_stack: StackFactory, azurite: Azurite) -> None:
@@ -145,7 +161,7 @@ async def test_a_failed_upload_leaves_nothing(make_stack: StackFactory, azurite:
         yield b"y" * 600_000  # over the 1 MiB limit part way
 
     with pytest.raises(Exception, match="UPLOAD_MAX_MB"):
-        await stack.files.upload(UploadRequest("big.bin", "application/octet-stream"), stream(), ALICE)
+        await stack.files.upload(ALICE, stream(), name="big.bin", content_type="application/octet-stream")
     async with stack.db.connection() as conn:
         rows = await conn.fetchval("SELECT count(*) FROM files WHERE source_name = 'big.bin'")
     assert rows == 0 and await all_blobs(azurite, stack.settings.protected_container) == []

@@ -109,8 +109,9 @@ async def test_file_keys_has_the_spec_columns_and_constraints(pg_db: Database) -
     assert columns["created_at"] == ("timestamp with time zone", "NO", None)
     assert columns["expires_at"] == ("timestamp with time zone", "YES", None)
     assert constraints == {("p", ("id",)), ("u", ("file_id", "key_reference"))}
-    # nowhere to put raw key bytes: only wrapped ones (envelope mode), useless without the KEK
-    assert bytea == {("file_keys", "wrapped_key"), ("intermediate_keys", "wrapped_key")}
+    # nowhere to put raw key bytes: only wrapped ones (envelope mode), useless without the KEK, signatures and MACs
+    assert bytea == {("file_keys", "wrapped_key"), ("intermediate_keys", "wrapped_key"),
+                     ("intermediate_keys", "signature"), ("access_log", "mac")}
 
 
 async def test_file_keys_allows_one_active_and_one_pending_key_per_file(pg_db: Database) -> None:

@@ -320,17 +320,17 @@ async def test_two_reconcilers_through_pgbouncer_one_runs(
     names = [f"{uuid.uuid4()}.bin" for _ in range(4)]
     for name in names:  # uploads no trigger delivered: the reconciler's stranded-upload repair
         await upload(azurite, one.settings.ingest_container, name, os.urandom(300_000))
-    first = asyncio.create_task(one.files.reconcile())
+    first = asyncio.create_task(one.maintenance.reconcile())
     while True:  # the first run holds the lease ...
         async with one.db.connection() as conn:
             if await conn.fetchval("SELECT 1 FROM reconciler_state WHERE name = $1", LEASE_STATE):
                 break
         assert not first.done(), "the first run ended before it was seen holding its lease"
         await asyncio.sleep(0.005)
-    assert (await two.files.reconcile()).skipped  # ... so the second skips
+    assert (await two.maintenance.reconcile()).skipped  # ... so the second skips
     report = await first
     assert not report.skipped and report.repairs.get("stranded") == len(names)
     for name in names:  # and everything went through PgBouncer: encrypted, readable
         record = await one.files.encrypted_file(name.removesuffix(".bin"))
         assert record.status == "encrypted"
-    assert not (await two.files.reconcile()).skipped  # released: the next run goes ahead
+    assert not (await two.maintenance.reconcile()).skipped  # released: the next run goes ahead

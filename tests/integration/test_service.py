@@ -42,6 +42,7 @@ from shared.metrics import REGISTRY
 from shared.rotation import Rotator
 from shared.vault.local import LocalJsonVault
 from tests.integration.service_fixtures import (
+    TEST_FUNCTION_KEY,
     blob_names,
     collect,
     http_download,
@@ -50,6 +51,7 @@ from tests.integration.service_fixtures import (
     read_blob,
     upload,
 )
+from tests.support.stack import OPERATOR
 
 pytestmark = [pytest.mark.postgres, pytest.mark.azurite]
 
@@ -112,7 +114,7 @@ async def test_upload_is_encrypted_and_downloads_back(stack: Services, azurite: 
     stored = await read_blob(azurite, stack.settings.protected_container, protected[0])
     assert data[:4096] not in stored and Header.parse(stored).file_id == file_id
     assert await blob_names(azurite, stack.settings.ingest_container) == []  # plaintext deleted
-    info = await stack.files.describe(str(file_id))
+    info = await stack.files.describe(OPERATOR, str(file_id))
     assert info["name"] == name and info["size"] == len(data) and info["status"] == "encrypted"
     assert info["key_reference"].startswith(f"file-{file_id}/")
 
@@ -124,7 +126,7 @@ async def test_file_id_comes_from_a_leading_uuid(stack: Services, azurite: Azuri
     file_id = uuid.uuid4()
     _, got = await ingest(stack, azurite, b"x", name.format(id=file_id))
     assert got == file_id
-    assert (await stack.files.describe(str(file_id)))["name"] == expected_display.format(id=file_id)
+    assert (await stack.files.describe(OPERATOR, str(file_id)))["name"] == expected_display.format(id=file_id)
 
 
 def test_other_names_get_a_stable_id() -> None:
@@ -192,7 +194,7 @@ async def test_a_second_name_with_a_taken_uuid_is_refused_kept_and_listed(stack:
     with pytest.raises(UploadConflictError, match="already used by another upload"):
         await stack.files.encrypt_ingest_blob(f"{file_id}/b.txt")
     assert await blob_names(azurite, stack.settings.ingest_container) == [f"{file_id}/b.txt"]
-    [failure] = [f for f in await stack.files.failed_uploads() if f.source_name == f"{file_id}/b.txt"]
+    [failure] = [f for f in await stack.maintenance.failed_uploads(OPERATOR) if f.source_name == f"{file_id}/b.txt"]
     assert failure.permanent and failure.error == "UploadConflictError" and failure.next_attempt_at is None
     assert "already used by another upload" in failure.reason and failure.file_id == file_id
     assert await download(stack, file_id) == b"first"
@@ -240,7 +242,7 @@ async def test_crash_at_any_step_is_completed_by_the_next_delivery(
     assert outcome.status in ("encrypted", "duplicate") and outcome.file_id is not None
     assert await download(stack, outcome.file_id) == data
     assert [state for _, state in await key_rows(stack, outcome.file_id)] == ["active"]
-    await stack.files.reconcile()  # what the crashed delivery left (its own blob, once committed) goes
+    await stack.maintenance.reconcile()  # what the crashed delivery left (its own blob, once committed) goes
     assert len(await blob_names(azurite, stack.settings.protected_container)) == 1
     assert await blob_names(azurite, stack.settings.ingest_container) == []
 
@@ -459,9 +461,10 @@ async def test_a_key_missing_from_the_vault_answers_with_what_to_do(make_stack: 
 
 @pytest.mark.parametrize("name", ["a\x00b", "x" * 1025])
 async def test_names_that_cannot_be_blob_names_are_400(stack: Services, name: str) -> None:
-    scope = {"type": "http", "method": "GET", "path": "/api/files", "path_params": {}, "headers": [],
+    scope = {"type": "http", "method": "GET", "path": "/api/files", "path_params": {},
+             "headers": [(b"x-functions-key", TEST_FUNCTION_KEY.encode())],
              "query_string": urlencode({"name": name}).encode()}
-    response = await http_api.find_file(Request(scope), stack.files)
+    response = await http_api.find_file(Request(scope), stack)
     assert response.status_code == 400 and json.loads(bytes(response.body))["error"] == "InvalidRequestError"
 
 
@@ -470,10 +473,10 @@ async def test_names_that_cannot_be_blob_names_are_400(stack: Services, name: st
 async def test_rotation_reencrypts_switches_and_retires(stack: Services, azurite: Azurite) -> None:
     data = random_bytes(2 * 1024 * 1024 + 5)
     _, file_id = await ingest(stack, azurite, data)
-    old_ref = (await stack.files.describe(str(file_id)))["key_reference"]
+    old_ref = (await stack.files.describe(OPERATOR, str(file_id)))["key_reference"]
     old_blob = (await blob_names(azurite, stack.settings.protected_container))[0]
-    new_ref = await stack.files.rotate_file(str(file_id))
-    assert new_ref != old_ref and (await stack.files.describe(str(file_id)))["key_reference"] == new_ref
+    new_ref = await stack.maintenance.rotate_file(OPERATOR, str(file_id))
+    assert new_ref != old_ref and (await stack.files.describe(OPERATOR, str(file_id)))["key_reference"] == new_ref
     assert await download(stack, file_id) == data
     assert await key_rows(stack, file_id) == [(old_ref, "retired"), (new_ref, "active")]
     await assert_retired_key_unreadable(stack, old_ref)
@@ -485,7 +488,7 @@ async def test_download_in_flight_survives_rotation(stack: Services, azurite: Az
     _, file_id = await ingest(stack, azurite, data)
     body = await open_file(stack, file_id)
     first = await anext(body)
-    await stack.files.rotate_file(str(file_id))
+    await stack.maintenance.rotate_file(OPERATOR, str(file_id))
     rest = b"".join([piece async for piece in body])
     assert bytes(first) + rest == data
 
@@ -494,10 +497,10 @@ async def test_rotate_due_takes_expired_keys_and_sweeps_old_blobs(make_stack: St
     stack = await make_stack(ROTATION_GRACE_MINUTES="0")
     ids = [(await ingest(stack, azurite, random_bytes(1000)))[1] for _ in range(3)]
     await stack.keys.expire(ids[1])
-    report = await stack.files.rotate_due(limit=10)
+    report = await stack.maintenance.rotate_due(limit=10)
     assert report.rotated == [str(ids[1])] and report.failed == [] and report.blobs_deleted == 1
     assert len(await blob_names(azurite, stack.settings.protected_container)) == 3
-    again = await stack.files.rotate_due(limit=10)
+    again = await stack.maintenance.rotate_due(limit=10)
     assert again.rotated == [] and again.blobs_deleted == 0
 
 
@@ -517,12 +520,12 @@ async def test_rotation_crash_leaves_file_readable_and_a_rerun_finishes(
     with monkeypatch.context() as patch:
         _fail_once(patch, owner, method, after=after, on_call=on_call)
         with pytest.raises(Crash):
-            await stack.files.rotate_file(str(file_id))
+            await stack.maintenance.rotate_file(OPERATOR, str(file_id))
     assert await download(stack, file_id) == data
     if method == "disable_old_key":
         await stack.keys.retire_pending_disables()
     else:
-        await stack.files.rotate_file(str(file_id))
+        await stack.maintenance.rotate_file(OPERATOR, str(file_id))
     states = [state for _, state in await key_rows(stack, file_id)]
     assert states == ["retired", "active"]
     await assert_retired_key_unreadable(stack, (await key_rows(stack, file_id))[0][0])
@@ -534,25 +537,25 @@ async def test_a_vault_failure_after_the_switch_leaves_the_rotation_done_for_the
     stack = await make_stack(KEY_MODE="secret")  # envelope custody has no vault step after the switch
     data = random_bytes(70_000)
     _, file_id = await ingest(stack, azurite, data)
-    old_ref = (await stack.files.describe(str(file_id)))["key_reference"]
+    old_ref = (await stack.files.describe(OPERATOR, str(file_id)))["key_reference"]
 
     async def vault_down(self: Any, name: str, version: str) -> None:
         raise VaultUnavailableError("vault down", operation="disable_version")
 
     with monkeypatch.context() as patch:
         patch.setattr(LocalJsonVault, "disable_version", vault_down)
-        new_ref = await stack.files.rotate_file(str(file_id))  # the one rule: done, not failed
+        new_ref = await stack.maintenance.rotate_file(OPERATOR, str(file_id))  # the one rule: done, not failed
     assert await key_rows(stack, file_id) == [(old_ref, "retired"), (new_ref, "active")]
     assert (await stack.vault.get_secret(*old_ref.split("/"))).value  # still enabled: left for the sweep
     assert await download(stack, file_id) == data
-    report = await stack.files.rotate_due()
+    report = await stack.maintenance.rotate_due()
     assert report.failed == [] and report.rotated == []
     with pytest.raises(SecretDisabledError):
         await stack.vault.get_secret(*old_ref.split("/"))
 
 
 async def test_health_reports_each_dependency(stack: Services) -> None:
-    report = await stack.files.health()
+    report = await stack.health.details(OPERATOR)
     assert report["dependencies"] == {"storage": "ok", "database": "ok", "vault": "ok"}
     assert report["degraded"] is False and report["oldest_plaintext_seconds"] == 0
 
@@ -563,7 +566,7 @@ async def test_two_rotation_runs_at_once_rotate_each_file_once(stack: Services, 
         await stack.keys.expire(file_id)
     second = Rotator(db=stack.db, keys=stack.keys, protected=stack.protected, transfer=transfer(stack.settings),
                      policy=rotation_policy(stack.settings), worker="second-timer")
-    first_report, second_report = await asyncio.gather(stack.files.rotate_due(limit=10),
+    first_report, second_report = await asyncio.gather(stack.maintenance.rotate_due(limit=10),
                                                        second.rotate_due(limit=10))
     rotated = first_report.rotated + second_report.rotated
     assert sorted(rotated) == sorted(map(str, ids)) and not first_report.failed and not second_report.failed

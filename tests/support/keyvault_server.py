@@ -15,11 +15,13 @@ for secrets, the installed ``azure-keyvault-keys`` sources for keys):
   403 ``Forbidden``/``SecretDisabled`` for a disabled version, 409 ``Conflict``/
   ``ObjectIsDeletedButRecoverable`` when a soft-deleted name is set again, 429 ``Throttled``;
 - versions are listed in version-id order, not creation order, as the service does;
-- keys (RSA only, real ``cryptography`` keys): ``POST /keys/{name}/create`` adds a version;
-  ``GET /keys/{name}/{version}`` (empty version = latest) answers the public JWK (``n``, ``e``
-  base64url without padding, ``kid`` ``{url}/keys/{name}/{version}``); ``POST
+- keys (RSA and EC P-256, real ``cryptography`` keys): ``POST /keys/{name}/create`` adds a version;
+  ``GET /keys/{name}/{version}`` (empty version = latest) answers the public JWK (``n``, ``e`` or
+  ``crv``, ``x``, ``y``, base64url without padding, ``kid`` ``{url}/keys/{name}/{version}``); ``POST
   /keys/{name}/{version}/wrapkey`` and ``/unwrapkey`` with ``{"alg", "value"}`` (RSA-OAEP-256 or
-  RSA-OAEP) answer ``{"kid", "value"}``; 404 ``KeyNotFound``, 403 ``Forbidden``/``KeyDisabled``
+  RSA-OAEP) answer ``{"kid", "value"}``; ``POST /keys/{name}/{version}/sign`` with ``{"alg": "ES256",
+  "value": <SHA-256 digest>}`` answers ``{"kid", "value": r || s}``; an operation the key's
+  ``key_ops`` do not list is 403 ``Forbidden``; 404 ``KeyNotFound``, 403 ``Forbidden``/``KeyDisabled``
   for a disabled version, 400 ``BadParameter`` for a value that does not unwrap.
 
 Fault injection applies to the next authorized requests: an HTTP status (429 with Retry-After,
@@ -57,9 +59,12 @@ from azure.keyvault.secrets._shared import http_challenge_cache as secrets_chall
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.vault.azure import RetryOptions
+from shared.vault.azure import RetryOptions, TransportOptions
+from shared.vault.azure_kek import AzureKeyWrapper
+from shared.vault.azure_signer import AzureSigner
 
 __all__ = ["FakeCredential", "KeyVaultServer", "RequestRecord", "TlsMaterial", "make_tls_material"]
 
@@ -67,6 +72,7 @@ CHALLENGE_RESOURCE = "https://vault.azure.net"
 MAX_PAGE = 25  # the service's maximum page size for list operations
 PURGE_DAYS = 90
 RSA_KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey")  # the service's default
+EC_KEY_OPS = ("sign", "verify")
 _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"RSA-OAEP-256": hashes.SHA256, "RSA-OAEP": hashes.SHA1}
 
 
@@ -107,9 +113,10 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.C
 
 
 def _leaf_certificate(
-    key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime
+    key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime,
+    names: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> x509.Certificate:
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    san = x509.SubjectAlternativeName([_general_name(name) for name in names])
     return (
         x509.CertificateBuilder()
         .subject_name(_name("127.0.0.1"))
@@ -126,13 +133,20 @@ def _leaf_certificate(
     )
 
 
-def make_tls_material(directory: Path) -> TlsMaterial:
-    """A throwaway CA and a leaf for 127.0.0.1/localhost, written as PEM files in ``directory``."""
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_tls_material(directory: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> TlsMaterial:
+    """A throwaway CA and a leaf for ``names`` (127.0.0.1/localhost), written as PEM files in ``directory``."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     ca = _ca_certificate(ca_key, now)
-    leaf = _leaf_certificate(leaf_key, ca, ca_key, now)
+    leaf = _leaf_certificate(leaf_key, ca, ca_key, now, names)
     material = TlsMaterial(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
     material.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     material.cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
@@ -205,7 +219,7 @@ class _Version:
 @dataclass
 class _KeyVersion:
     id: str
-    private: rsa.RSAPrivateKey = field(repr=False)
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = field(repr=False)
     kty: str
     key_ops: list[str]
     enabled: bool
@@ -294,6 +308,23 @@ def _unsigned(number: int) -> bytes:
 FAST_RETRY = RetryOptions(total=3, status=3, connect=2, read=1, backoff_factor=0.01, backoff_max=0.05, deadline=10)
 
 
+def transport_for(server: KeyVaultServer) -> TransportOptions:
+    """How the real SDKs reach this server: its CA, no challenge-resource check (loopback), short timeouts."""
+    return TransportOptions(verify_challenge_resource=False, connection_verify=str(server.tls.ca_file),
+                            connection_timeout=1.0, read_timeout=2.0)
+
+
+async def key_adapters(server: KeyVaultServer, *, kek: str = "blobseal-kek", signing: str = "blobseal-signing",
+                       kek_size: int = 2048) -> tuple[AzureKeyWrapper, AzureSigner]:
+    """The app's Azure KEK and signing key adapters on this server, both keys made (as the templates deploy them)."""
+    options: dict[str, Any] = {"retry": FAST_RETRY, "transport": transport_for(server)}
+    wrapper = AzureKeyWrapper(server.url, FakeCredential(), kek, key_size=kek_size, **options)
+    signer = AzureSigner(server.url, FakeCredential(), signing, **options)
+    await wrapper.create()
+    await signer.create()
+    return wrapper, signer
+
+
 @asynccontextmanager
 async def serving(tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
     """A started server (for a fixture), with the SDKs' process-wide challenge caches cleared: they are
@@ -333,6 +364,7 @@ class KeyVaultServer:
         self.secrets: dict[str, list[_Version]] = {}
         self.deleted: dict[str, _Deleted] = {}
         self.keys: dict[str, list[_KeyVersion]] = {}
+        self.unwrapped: list[bytes] = []  # every wrapped value an unwrapkey request carried (what the vault opened)
         self._faults: deque[_Fault] = deque()
         self._create_window: _Window | None = None
         self._key_window: _Window | None = None
@@ -416,10 +448,14 @@ class KeyVaultServer:
         """The versions of key ``name``, oldest first."""
         return [v.id for v in self.keys.get(name, [])]
 
+    def public_key(self, name: str) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+        """The public half of the latest version (what anyone with read access to the key gets)."""
+        return self.keys[name][-1].private.public_key()
+
     def unwrap_with(self, name: str, version: str, wrapped: bytes, alg: str = "RSA-OAEP-256") -> bytes:
         """Decrypt ``wrapped`` with the private key of that exact version (raises ``ValueError`` if it does not)."""
         found = next(v for v in self.keys[name] if v.id == version)
-        return found.private.decrypt(wrapped, _oaep(alg))
+        return _rsa(found).decrypt(wrapped, _oaep(alg))
 
     # --- request handling ---
 
@@ -520,6 +556,8 @@ class KeyVaultServer:
                 return self._wrap_key(name, version, await request.json())
             case ["keys", name, version, "unwrapkey"] if method == "POST":
                 return self._unwrap_key(name, version, await request.json())
+            case ["keys", name, version, "sign"] if method == "POST":
+                return self._sign(name, version, await request.json())
         raise _Reply(400, "BadParameter", f"{method} {request.path} is not supported by the test server.")
 
     # --- operations ---
@@ -619,17 +657,14 @@ class KeyVaultServer:
         return web.Response(status=204)
 
     async def _create_key(self, name: str, body: dict[str, Any]) -> web.Response:
-        kty, size = body.get("kty"), body.get("key_size") or 2048
-        if kty not in ("RSA", "RSA-HSM") or size not in (2048, 3072, 4096):
-            raise _Reply(400, "BadParameter", "The test server creates RSA keys of 2048, 3072 or 4096 bits only.")
-        exponent = body.get("public_exponent") or 65537
-        private = await asyncio.to_thread(rsa.generate_private_key, exponent, size)
+        private = await _new_private_key(body)
         now = self._now()
         version = _KeyVersion(
             id=self._new_version_id(),
             private=private,
-            kty=kty,
-            key_ops=list(body.get("key_ops") or RSA_KEY_OPS),
+            kty=str(body.get("kty")),
+            key_ops=list(body.get("key_ops") or (RSA_KEY_OPS if isinstance(private, rsa.RSAPrivateKey)
+                                                 else EC_KEY_OPS)),
             enabled=(body.get("attributes") or {}).get("enabled", True),
             created=now,
             updated=now,
@@ -638,6 +673,12 @@ class KeyVaultServer:
         return web.json_response(self._key_bundle(name, version))
 
     def _usable_key(self, name: str, version: str, operation: str) -> _KeyVersion:
+        found = self._enabled_key(name, version, operation)
+        if operation != "get" and operation not in found.key_ops:
+            raise _Reply(403, "Forbidden", f"Operation {operation} is not permitted on this key.")
+        return found
+
+    def _enabled_key(self, name: str, version: str, operation: str) -> _KeyVersion:
         versions = self.keys.get(name)
         if not versions:
             raise _not_found(name, kind="key")
@@ -651,17 +692,29 @@ class KeyVaultServer:
     def _wrap_key(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
         found = self._usable_key(name, version, "wrapKey")
         value = _from_b64url(body.get("value"))
-        wrapped = found.private.public_key().encrypt(value, _oaep(body.get("alg")))
+        wrapped = _rsa(found).public_key().encrypt(value, _oaep(body.get("alg")))
         return web.json_response({"kid": self._kid(name, found), "value": _b64url(wrapped)})
 
     def _unwrap_key(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
         found = self._usable_key(name, version, "unwrapKey")
         value = _from_b64url(body.get("value"))
+        self.unwrapped.append(value)
         try:
-            key = found.private.decrypt(value, _oaep(body.get("alg")))
+            key = _rsa(found).decrypt(value, _oaep(body.get("alg")))
         except ValueError:
             raise _Reply(400, "BadParameter", "Error occurred while decoding OAEP padding.") from None
         return web.json_response({"kid": self._kid(name, found), "value": _b64url(key)})
+
+    def _sign(self, name: str, version: str, body: dict[str, Any]) -> web.Response:
+        found = self._usable_key(name, version, "sign")
+        digest = _from_b64url(body.get("value"))
+        if body.get("alg") != "ES256" or not isinstance(found.private, ec.EllipticCurvePrivateKey) \
+                or len(digest) != 32:
+            raise _Reply(400, "BadParameter", "The test server signs SHA-256 digests with ES256 (EC P-256 keys) only.")
+        der = found.private.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        r, s = decode_dss_signature(der)
+        return web.json_response({"kid": self._kid(name, found), "value": _b64url(r.to_bytes(32, "big")
+                                                                                  + s.to_bytes(32, "big"))})
 
     # --- wire shapes ---
 
@@ -669,15 +722,9 @@ class KeyVaultServer:
         return f"{self.url}/keys/{name}/{version.id}"
 
     def _key_bundle(self, name: str, version: _KeyVersion) -> dict[str, Any]:
-        public = version.private.public_key().public_numbers()
         return {
-            "key": {
-                "kid": self._kid(name, version),
-                "kty": version.kty,
-                "key_ops": version.key_ops,
-                "n": _b64url(_unsigned(public.n)),
-                "e": _b64url(_unsigned(public.e)),
-            },
+            "key": {"kid": self._kid(name, version), "kty": version.kty, "key_ops": version.key_ops,
+                    **_public_jwk(version.private)},
             "attributes": {
                 "enabled": version.enabled,
                 "created": version.created,
@@ -724,6 +771,31 @@ class KeyVaultServer:
         bundle["deletedDate"] = entry.deleted
         bundle["scheduledPurgeDate"] = entry.deleted + PURGE_DAYS * 86400
         return bundle
+
+
+async def _new_private_key(body: dict[str, Any]) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    kty, size, curve = body.get("kty"), body.get("key_size") or 2048, body.get("crv")
+    if kty in ("EC", "EC-HSM") and curve == "P-256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kty not in ("RSA", "RSA-HSM") or size not in (2048, 3072, 4096):
+        raise _Reply(400, "BadParameter", "The test server creates RSA keys of 2048, 3072 or 4096 bits and EC P-256 "
+                     "keys only.")
+    return await asyncio.to_thread(rsa.generate_private_key, body.get("public_exponent") or 65537, size)
+
+
+def _public_jwk(private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        numbers = private.public_key().public_numbers()
+        return {"crv": "P-256", "x": _b64url(numbers.x.to_bytes(32, "big")),
+                "y": _b64url(numbers.y.to_bytes(32, "big"))}
+    public = private.public_key().public_numbers()
+    return {"n": _b64url(_unsigned(public.n)), "e": _b64url(_unsigned(public.e))}
+
+
+def _rsa(version: _KeyVersion) -> rsa.RSAPrivateKey:
+    if not isinstance(version.private, rsa.RSAPrivateKey):
+        raise _Reply(400, "BadParameter", "The key is not an RSA key.")
+    return version.private
 
 
 def _oaep(alg: object) -> padding.OAEP:

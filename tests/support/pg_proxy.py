@@ -5,7 +5,10 @@ every proxied connection (both sides, so the server rolls back their transaction
 listening, so new connections are refused; ``restore()`` listens again on the same port.
 ``stall()`` keeps accepting connections but forwards nothing (a black hole, for timeouts).
 With ``delay`` it also adds that many seconds to every chunk in each direction, without
-limiting throughput (a round trip over a network; the scale simulation uses it).
+limiting throughput (a round trip over a network; the scale simulation uses it). With ``tls`` it
+terminates TLS as a PostgreSQL server does (it answers the client's SSLRequest with ``S`` and takes the
+handshake with that certificate, refusing clients that do not ask for TLS) and forwards the plaintext
+protocol to the server: a database reached over verified TLS, made from the suite's own server.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ssl
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = ["PgProxy"]
@@ -24,9 +28,9 @@ class PgProxy:
     """Forward 127.0.0.1:<port> to ``target_host:target_port`` until told otherwise."""
 
     def __init__(self, target_host: str, target_port: int, *, unix_socket: str | None = None,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, tls: ssl.SSLContext | None = None) -> None:
         self._target = (target_host, target_port)
-        self._delay = delay
+        self._delay, self._tls = delay, tls
         self._unix_socket = unix_socket  # an embedded PostgreSQL listens on a unix socket only
         self._server: asyncio.Server | None = None
         self._port = 0
@@ -36,22 +40,22 @@ class PgProxy:
         self.connections_accepted = 0
 
     @classmethod
-    def for_url(cls, url: str, *, delay: float = 0.0) -> PgProxy:
+    def for_url(cls, url: str, *, delay: float = 0.0, tls: ssl.SSLContext | None = None) -> PgProxy:
         parts = urlsplit(url)
         socket_dir = dict(parse_qsl(parts.query)).get("host", "")
         if socket_dir.startswith("/"):  # postgresql://user@/db?host=/run/dir: the socket file is in that folder
-            return cls("", 0, unix_socket=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}", delay=delay)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 5432, delay=delay)
+            return cls("", 0, unix_socket=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}", delay=delay, tls=tls)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 5432, delay=delay, tls=tls)
 
     @property
     def port(self) -> int:
         return self._port
 
-    def url(self, database_url: str) -> str:
-        """``database_url`` pointed at this proxy instead of the server."""
+    def url(self, database_url: str, host: str = "127.0.0.1") -> str:
+        """``database_url`` pointed at this proxy instead of the server (by ``host``: a name or an address)."""
         parts = urlsplit(database_url)
         userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"{userinfo}@127.0.0.1:{self._port}" if userinfo else f"127.0.0.1:{self._port}"
+        netloc = f"{userinfo}@{host}:{self._port}" if userinfo else f"{host}:{self._port}"
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
         return urlunsplit(parts._replace(netloc=netloc, query=query))
 
@@ -89,6 +93,9 @@ class PgProxy:
         self._writers.add(writer)
         if self._stalled:
             return  # held open, silent, until dropped
+        if self._tls is not None and not await _terminate_tls(reader, writer, self._tls):
+            writer.transport.abort()
+            return
         try:
             if self._unix_socket:
                 up_reader, up_writer = await asyncio.open_unix_connection(self._unix_socket)
@@ -114,6 +121,22 @@ class PgProxy:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+
+async def _terminate_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: ssl.SSLContext) -> bool:
+    """Answer the SSLRequest and take the TLS handshake, as the server would; False for anything else."""
+    try:
+        if await reader.readexactly(8) != _SSL_REQUEST:
+            return False
+        writer.write(b"S")
+        await writer.drain()
+        await writer.start_tls(tls)
+    except (asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError):
+        return False
+    return True
 
 
 async def _delayed_pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, delay: float) -> None:

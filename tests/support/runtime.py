@@ -14,8 +14,9 @@ from localinfra.hostprocess import ROOT
 
 def runtime_metadata(**env: str) -> dict[str, Any]:
     """Capabilities and functions as the runtime reports them, in a process of its own with ``env``
-    added to the settings (``DataStorage`` and ``BLOB_TRIGGER_SOURCE`` of this process left out)."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("DataStorage", "BLOB_TRIGGER_SOURCE")}
+    added to the settings (this process's values of the settings that change indexing left out)."""
+    ours = ("DataStorage", "BLOB_TRIGGER_SOURCE", "FUNCTION_KEYS_ENABLED")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
     done = subprocess.run([sys.executable, "-m", "devhost.metadata"], cwd=ROOT, env={**clean, **env},
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

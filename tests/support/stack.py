@@ -10,9 +10,13 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from localinfra.azurite import Azurite
 from shared.bootstrap import Services
+from shared.identity import ALL_ROLES, Caller
 from tests.integration.service_fixtures import blob_names, collect, upload
 
 StackFactory = Callable[..., Awaitable[Services]]
+
+# An operator with every role, as the CLI calls the services (tests that are about roles make their own callers).
+OPERATOR = Caller("cli:test-operator", ALL_ROLES, "127.0.0.1")
 
 
 async def pending_rows(stack: Services) -> list[str]:
@@ -41,8 +45,10 @@ async def enabled_unrecorded_versions(stack: Services, file_ids: list[uuid.UUID]
     found = []
     for file_id in file_ids:
         async with stack.db.connection() as conn:
-            recorded = {r["key_reference"] for r in await conn.fetch(
-                "SELECT key_reference FROM file_keys WHERE file_id = $1", file_id)}
+            recorded = {r["ref"] for r in await conn.fetch(
+                "SELECT key_reference AS ref FROM file_keys WHERE file_id = $1 "
+                "UNION SELECT vault_reference FROM file_keys WHERE file_id = $1 AND vault_reference IS NOT NULL",
+                file_id)}
         for version in await stack.vault.list_versions(f"file-{file_id}"):
             if version.enabled and version.key_reference not in recorded:
                 found.append(version.key_reference)

@@ -117,6 +117,19 @@ def test_decrypt_range(work: Path, offset: int, length: int | None, source: str)
     assert result.stdout == plain[offset : offset + length if length else None]
 
 
+@pytest.mark.parametrize("extra", [[], ["--offset", "5000", "--length", "100"]], ids=["whole", "range"])
+def test_decrypt_with_file_id_refuses_another_files_blob(work: Path, extra: list[str]) -> None:
+    file_id = encrypt_sample(work)  # the key opens it: only the header says whose file it is
+    other = str(uuid.uuid4())
+    refused = cli("decrypt", "--key-file", "key", "--file-id", other, *extra, "enc", "out", cwd=work)
+    assert "file id in header does not match" in assert_one_line_error(refused)
+    assert not (work / "out").exists()  # a refused decrypt leaves no output
+    accepted = cli("decrypt", "--key-file", "key", "--file-id", file_id, *extra, "enc", "out", cwd=work)
+    assert accepted.returncode == 0, accepted.stderr
+    plain = (work / "plain").read_bytes()
+    assert (work / "out").read_bytes() == (plain[5000:5100] if extra else plain)
+
+
 def test_inspect_prints_header_and_sizes_without_key(work: Path) -> None:
     file_id = encrypt_sample(work)
     result = cli("inspect", "enc", cwd=work)

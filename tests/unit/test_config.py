@@ -84,6 +84,17 @@ def test_redact_url_leaves_passwordless_urls() -> None:
     assert redact_url("postgresql://postgres@127.0.0.1:5432/postgres") == "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql://u@h/d?password=hunter2", "postgresql://u@h/d?sslmode=require&PassWord=hunter2&x=1",
+    "postgresql://u:hunter2@h/d?sslpassword=hunter2", "postgresql://u@[bad/d?password=hunter2",
+])
+def test_a_password_anywhere_in_the_url_is_redacted(url: str) -> None:
+    assert "hunter2" not in redact_url(url)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DATABASE_URL": url.replace("postgresql", "mysql")})
+    assert "hunter2" not in str(caught.value)
+
+
 def test_identity_based_storage_connection() -> None:
     s = Settings.from_env({"DataStorage__blobServiceUri": "https://acct.blob.core.windows.net"})
     assert (s.data_storage_connection, s.data_storage_blob_uri) == ("", "https://acct.blob.core.windows.net")

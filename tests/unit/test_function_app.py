@@ -21,7 +21,9 @@ EXPECTED = {
     "file_metadata": ("httpTrigger", {"route": "files/{file_id}/metadata", "methods": ["GET"],
                                       "authLevel": "FUNCTION"}),
     "find_file": ("httpTrigger", {"route": "files", "methods": ["GET"], "authLevel": "FUNCTION"}),
+    "access_log": ("httpTrigger", {"route": "audit", "methods": ["GET"], "authLevel": "FUNCTION"}),
     "health": ("httpTrigger", {"route": "health", "methods": ["GET"], "authLevel": "ANONYMOUS"}),
+    "status": ("httpTrigger", {"route": "status", "methods": ["GET"], "authLevel": "FUNCTION"}),
     "metrics": ("httpTrigger", {"route": "metrics", "methods": ["GET"], "authLevel": "FUNCTION"}),
     "rotate_keys": ("timerTrigger", {"schedule": "%ROTATION_SCHEDULE%", "runOnStartup": False, "useMonitor": True}),
     "reconcile": ("timerTrigger", {"schedule": "%RECONCILE_SCHEDULE%", "runOnStartup": False, "useMonitor": True}),
@@ -65,6 +67,16 @@ def test_trigger_source_follows_the_setting() -> None:
     for source in ("EventGrid", "LogsAndContainerScan"):
         blob = runtime_functions(runtime_metadata(**SETTINGS, BLOB_TRIGGER_SOURCE=source))["encrypt_ingest_blob"]
         assert blob.trigger["source"] == source
+
+
+def test_keys_off_makes_every_route_but_health_anonymous_to_the_host() -> None:
+    """With FUNCTION_KEYS_ENABLED=false (the templates: App Service Authentication in front) the host checks no
+    key; the app still checks every caller's role. With it on (the default), every route but health needs a key."""
+    for keys, level in (("false", "ANONYMOUS"), ("true", "FUNCTION")):
+        functions = runtime_functions(runtime_metadata(**SETTINGS, FUNCTION_KEYS_ENABLED=keys))
+        levels = {f.name: f.trigger["authLevel"] for f in functions.values() if f.trigger_type == "httpTrigger"}
+        assert levels.pop("health") == "ANONYMOUS"
+        assert set(levels.values()) == {level}
 
 
 def test_import_does_no_io(monkeypatch: pytest.MonkeyPatch) -> None:

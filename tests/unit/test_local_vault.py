@@ -18,12 +18,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.errors import KeyVaultError, SecretDisabledError, SecretNotFoundError, VaultMissingError
 from shared.metrics import REGISTRY
-from shared.vault.local import IMPLICIT_VERSION_NAMESPACE, LocalJsonVault
+from shared.vault.local import IMPLICIT_VERSION_NAMESPACE, LocalJsonVault, default_master_key_path
+from shared.vault.sealing import MasterKeySource
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -73,6 +75,14 @@ async def initialized(vault: LocalJsonVault) -> LocalJsonVault:
     """A new vault, as the key service makes one (after checking that no key is recorded)."""
     await vault.initialize()
     return vault
+
+
+def stored(folder: Path, name: str, data: dict[str, Any] | None = None) -> bytes:
+    """The latest value of ``name`` in the file, opened with the vault's master key (beside the folder)."""
+    entry = (data or read_json(folder))[name]
+    master = MasterKeySource(default_master_key_path(folder)).load()
+    assert master is not None
+    return master.open(str(entry["value"]), name, str(entry["version"]))
 
 
 def write_file(folder: Path, text: str) -> Path:
@@ -135,7 +145,7 @@ async def test_rotating_a_spec_entry_keeps_the_shape_and_the_old_version(folder:
 
     entry = read_json(folder)["file-123"]
     assert {"value", "content_type", "enabled", "created_on", "expires_on"} <= entry.keys()
-    assert entry["value"] == base64.b64encode(new_key).decode()
+    assert stored(folder, "file-123") == new_key
     assert entry["version"] == new.version
     assert list(entry["versions"]) == [old.version]
     assert (await vault.get_secret("file-123", old.version)).value == old_key
@@ -332,9 +342,8 @@ async def test_file_has_one_entry_per_line(vault: LocalJsonVault, folder: Path) 
     lines = (folder / "secrets.json").read_text().splitlines()
 
     assert lines[0] == "{" and lines[-1] == "}"
-    assert [json.loads(line.rstrip(",").split(": ", 1)[1])["value"] for line in lines[1:-1]] == [
-        base64.b64encode(key_for(key)).decode() for key in ("again", "2")
-    ]
+    assert [json.loads(line.rstrip(",").split(": ", 1)[0]) for line in lines[1:-1]] == ["file-1", "file-2"]
+    assert [stored(folder, name) for name in ("file-1", "file-2")] == [key_for(key) for key in ("again", "2")]
 
 
 # --- files on disk: modes, backups, corruption -----------------------------------------------
@@ -410,6 +419,7 @@ async def test_malformed_files_are_refused(folder: Path, content: bytes) -> None
 HANGING_WRITER = """
 import asyncio, os, sys, time
 from pathlib import Path
+from typing import Any
 from shared.vault.local import LocalJsonVault
 
 folder, where = Path(sys.argv[1]), sys.argv[2]
@@ -456,6 +466,7 @@ asyncio.run(main())
 LOOPING_WRITER = """
 import asyncio, hashlib, sys
 from pathlib import Path
+from typing import Any
 from shared.vault.local import LocalJsonVault
 
 folder, prefix, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
@@ -514,7 +525,7 @@ def read_acks(process: subprocess.Popen[str], until: str | None = None, limit: i
 def assert_holds(folder: Path, names: list[str], values: dict[str, bytes]) -> dict[str, dict[str, object]]:
     data = read_json(folder)  # parses: the kill left no partial file behind
     for name in names:
-        assert base64.b64decode(str(data[name]["value"])) == values[name], name
+        assert stored(folder, name, data) == values[name], name
     return data
 
 
