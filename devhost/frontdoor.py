@@ -38,6 +38,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 INVOCATION_HEADER = b"x-ms-invocation-id"
+FORWARDED_FOR = b"x-forwarded-for"
 # Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the message's: never forwarded.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade", INVOCATION_HEADER})
@@ -157,10 +158,12 @@ class FrontDoor:
         await _settled(invocation, function.name, self.function_timeout)
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, invocation_id: str) -> None:
-        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]  # ASGI names are lowercase
+        # ASGI names are lowercase. The caller's own X-Forwarded-For is replaced by its address, as the host
+        # does for the worker (shared.identity takes the client's address from it).
+        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP and k != FORWARDED_FOR]
         headers.append((INVOCATION_HEADER, invocation_id.encode()))
         if client := scope.get("client"):
-            headers.append((b"x-forwarded-for", str(client[0]).encode()))
+            headers.append((FORWARDED_FOR, str(client[0]).encode()))
         target = scope["raw_path"].decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")

@@ -122,8 +122,9 @@ async def serve(*, port: int, poll_seconds: float, settings: Mapping[str, str], 
     worker = await start_worker(verbose=verbose)
     front = FrontDoor(worker, function_keys=list(bootstrap.load_settings().local_keys.values()),
                       function_timeout=function_timeout())
+    # The host's port is the edge: the caller's X-Forwarded-For is not trusted (uvicorn would, from loopback).
     server = uvicorn.Server(uvicorn.Config(front, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                           server_header=False, date_header=False))
+                                           server_header=False, date_header=False, proxy_headers=False))
     tasks = [asyncio.create_task(r.run()) for r in background_tasks(worker, settings, poll_seconds)]
     log.info("azure-functions-runtime %s serves %d functions: %s (its HTTP server: %s)", RUNTIME_VERSION,
              len(worker.functions), describe(worker.functions), worker.http_uri)

@@ -87,6 +87,16 @@ def test_http_answers_come_from_the_runtimes_server(host: DevHost) -> None:
     assert f"azure-functions-runtime {version} serves 12 functions" in log
 
 
+def test_the_callers_own_forwarded_for_is_replaced_by_its_address(host: DevHost) -> None:
+    spoofed = httpx.get(f"{host.url}/files?name=nothing-{uuid.uuid4()}", timeout=10,
+                        headers={**host.headers, "X-Forwarded-For": "203.0.113.9"})
+    assert spoofed.status_code == 404
+    audit = httpx.get(f"{host.url}/audit", headers=host.headers, params={"limit": "1000"}, timeout=10)
+    assert audit.status_code == 200, audit.text
+    addresses = {row.get("client_address") for row in audit.json()["rows"]}
+    assert "127.0.0.1" in addresses and "203.0.113.9" not in addresses
+
+
 def test_a_route_without_a_function_is_404_and_keys_are_checked_before_the_runtime(host: DevHost) -> None:
     assert httpx.get(f"{host.url}/nothing-here", headers=host.headers, timeout=10).status_code == 404
     assert httpx.put(f"{host.url}/files", headers=host.headers, timeout=10).status_code == 404  # method not routed
