@@ -1,5 +1,7 @@
 # blobseal: one entry point. `make test` and `make dev` install what they need first.
-PYTHON ?= python3
+# Python 3.13 (what the app runs on in Azure): python3.13 on PATH, else pyenv's newest 3.13
+# (scripts/find_python.sh); `make PYTHON=/path/to/python3.13 ...` overrides.
+PYTHON ?= $(shell scripts/find_python.sh)
 VENV := .venv
 CHECKOV_VENV := $(VENV)/checkov
 PY := $(VENV)/bin/python
@@ -13,7 +15,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed $(PGBOUNCER_DIR)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "blobseal needs Python 3.13 and found none: install it (e.g. 'pyenv install 3.13'," \
+	    "see README.md) or run 'make PYTHON=/path/to/python3.13 ...'" >&2; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .   # the `blobseal` command (.venv/bin/blobseal)
@@ -70,6 +74,7 @@ dev: install
 	$(PY) -m devhost --port $(PORT)
 
 bench: install
+	$(PY) -m bench.runtime_bench --profile
 	$(PY) -m bench.format_bench
 	$(PY) -m bench.app_bench
 	$(PY) -m bench.vault_bench

@@ -114,7 +114,9 @@ async def throughput(azurite: Azurite, settings: Settings, size: int, rounds: in
 
 
 def memory(azurite: Azurite, database_url: str, work: Path, sizes: list[int]) -> list[list[str]]:
-    env = host_env(azurite, database_url, work / "vault-host")
+    # The vault of the throughput rounds: the database records their keys, and a new, empty vault beside
+    # recorded keys is refused (fail closed).
+    env = host_env(azurite, database_url, work / "vault")
     storage = BlobServiceClient.from_connection_string(azurite.connection_string)
     for container in (env["INGEST_CONTAINER"], env["PROTECTED_CONTAINER"]):
         storage.create_container(container)

@@ -476,7 +476,8 @@ def machine(host: DevHost, database_url: str) -> list[list[str]]:
                   if line.startswith("MemTotal"))
     azurite = json.loads((ROOT / "node_modules" / "azurite" / "package.json").read_text())["version"]
     packages = ", ".join(f"{name} {importlib.metadata.version(name)}"
-                         for name in ("azure-storage-blob", "cryptography", "httpx", "aiohttp", "uvicorn"))
+                         for name in ("azure-functions-runtime", "azure-functions", "azure-storage-blob",
+                                      "cryptography", "httpx", "aiohttp", "uvicorn"))
     return [
         ["date", time.strftime("%Y-%m-%d %H:%M %Z")],
         ["cores (`nproc`)", str(len(os.sched_getaffinity(0)))],
@@ -509,7 +510,8 @@ def method(plan: Plan) -> list[str]:
     """How each number is taken, for docs/PERFORMANCE.md."""
     return [
         "**Setup.** One real Azurite (from `node_modules`), a scratch PostgreSQL database, and the local host "
-        "(`python -m devhost`: the functions of `function_app.py` under uvicorn, the blob trigger by polling, "
+        "(`python -m devhost`: the functions of `function_app.py` run by Microsoft's `azure-functions-runtime`, HTTP "
+        "forwarded to the runtime's own server, the blob trigger by polling, "
         "the local JSON vault) as a process of its own, started by `localinfra.hostprocess`. The references' "
         "blobs live in the same Azurite.",
         "**Placement.** blobseal runs in the host process and is read over HTTP on loopback by a client (httpx) "

@@ -4,8 +4,10 @@ Starts Azurite (standard ports 10000-10002, data in ``.azurite/``) unless one al
 answers; uses PostgreSQL at ``DATABASE_URL`` if set, else the one on 127.0.0.1:5432, else an
 embedded one (data in ``.dev/pgdata``); creates the containers and the schema, then
 runs the functions of ``function_app.py``: with ``func start`` when Core Tools are installed,
-else with the bundled host (HTTP on 127.0.0.1:7071, blob polling, timer). Settings come from
-the environment first, then ``local.settings.json`` (created from the example if missing).
+else with the bundled host, which runs them on Microsoft's Python runtime (``azure-functions-runtime``)
+and plays the Functions host around it (HTTP on 127.0.0.1:7071, function keys, blob polling,
+timers). Settings come from the environment first, then ``local.settings.json`` (created from the
+example if missing).
 Ctrl-C stops everything this command started.
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -42,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-azurite", action="store_true", help="use the storage the settings name as is")
     parser.add_argument("--no-func", action="store_true", help="use the bundled host even if Core Tools exist")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="blob polling interval")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also the runtime's own logs (as `func start --verbose`)")
     return parser.parse_args(argv)
 
 
@@ -87,11 +93,17 @@ def banner(port: int, settings: dict[str, str]) -> str:
     ingest = settings.get("INGEST_CONTAINER", "ingest")
     return f"""
 blobseal is running at http://127.0.0.1:{port}/api  (Ctrl-C stops it)
+  runtime:       azure-functions-runtime {runtime_version()} on Python {platform.python_version()}
   drop a file:   .venv/bin/python -m devhost.upload ./report.pdf        (into the '{ingest}' container)
   find it:       curl -H "x-functions-key: {key}" "http://127.0.0.1:{port}/api/files?name=report.pdf"
   download it:   curl -H "x-functions-key: {key}" -o report.pdf http://127.0.0.1:{port}/api/files/<file_id>
   health:        curl http://127.0.0.1:{port}/api/health
 """
+
+
+def runtime_version() -> str:
+    """The version of Microsoft's Python runtime the bundled host drives (installed from requirements.txt)."""
+    return importlib.metadata.version("azure-functions-runtime")
 
 
 def run_func(port: int) -> int:
@@ -121,7 +133,7 @@ def run(args: argparse.Namespace, values: dict[str, str]) -> int:
         return run_func(args.port)
     from devhost.host import serve
 
-    asyncio.run(serve(port=args.port, poll_seconds=args.poll_seconds, settings=values))
+    asyncio.run(serve(port=args.port, poll_seconds=args.poll_seconds, settings=values, verbose=args.verbose))
     return 0
 
 

@@ -1,32 +1,54 @@
-"""Reads the functions of ``function_app.py`` the way the Python worker indexes them.
+"""The functions as the runtime reports them (``RpcFunctionMetadata``), read the way the host reads them.
 
-``app.get_functions()`` lists each function with its bindings; ``get_user_function()`` is the
-plain coroutine. ``%SETTING%`` binding expressions are resolved from the settings mapping, as
-the Functions host resolves them from app settings.
+Each function's ``raw_bindings`` are JSON objects (type, direction, name, path, connection, route,
+methods, authLevel, schedule ...); the trigger is the binding whose type ends in ``Trigger``.
+``%SETTING%`` binding expressions are resolved from the app settings, as the host resolves them.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-__all__ = ["FunctionSpec", "discover", "resolve"]
+__all__ = ["Function", "from_metadata", "resolve"]
 
 _SETTING = re.compile(r"%([A-Za-z0-9_]+)%")
 
 
 @dataclass(frozen=True)
-class FunctionSpec:
+class Function:
     name: str
-    trigger: str  # httpTrigger | blobTrigger | timerTrigger
-    binding: dict[str, Any]
-    handler: Callable[..., Any]
+    function_id: str
+    bindings: tuple[dict[str, Any], ...]
 
-    def value(self, key: str) -> Any:
-        raw = self.binding.get(key)
-        return getattr(raw, "value", raw)
+    @cached_property
+    def trigger(self) -> dict[str, Any]:
+        return next(b for b in self.bindings if str(b.get("type", "")).endswith("Trigger"))
+
+    @property
+    def trigger_type(self) -> str:
+        return str(self.trigger["type"])
+
+    @cached_property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(str(m).upper() for m in self.trigger.get("methods") or ("GET", "POST"))
+
+    @property
+    def route(self) -> str:
+        return str(self.trigger.get("route") or self.name)
+
+    @property
+    def anonymous(self) -> bool:
+        return str(self.trigger.get("authLevel", "function")).lower() == "anonymous"
+
+
+def from_metadata(metadata: Any) -> Function:
+    """A ``Function`` from one ``RpcFunctionMetadata`` of the runtime's ``FunctionMetadataResponse``."""
+    return Function(metadata.name, metadata.function_id, tuple(json.loads(raw) for raw in metadata.raw_bindings))
 
 
 def resolve(expression: str, settings: Mapping[str, str]) -> str:
@@ -37,12 +59,3 @@ def resolve(expression: str, settings: Mapping[str, str]) -> str:
         return settings[match.group(1)]
 
     return _SETTING.sub(lookup, expression)
-
-
-def discover(app: Any) -> list[FunctionSpec]:
-    specs = []
-    for function in app.get_functions():
-        trigger = next(b for b in function.get_bindings() if b.type.endswith("Trigger"))
-        specs.append(FunctionSpec(function.get_function_name(), trigger.type, trigger.get_dict_repr(),
-                                  function.get_user_function()))
-    return specs

@@ -1,4 +1,4 @@
-// blobseal on Azure: Flex Consumption function app (Python 3.11), data + host storage,
+// blobseal on Azure: Flex Consumption function app (Python 3.13), data + host storage,
 // Key Vault (RBAC; with keyMode=envelope also the KEK, an RSA key), PostgreSQL Flexible Server 16
 // (Microsoft Entra authentication only), Log Analytics + Application Insights with alerts, the
 // Event Grid system topic that feeds the blob trigger, and (privateNetworking, on by default) a

@@ -49,6 +49,8 @@ class DevHost:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    app_root: Path = ROOT  # the folder it runs from (bench.runtime_bench: a copy holding an earlier devhost)
+    launcher: tuple[str, ...] = ()  # interpreter options before ``-m devhost`` (e.g. ``-m cProfile -o FILE``)
 
     @property
     def url(self) -> str:
@@ -61,8 +63,9 @@ class DevHost:
     def start(self) -> DevHost:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "devhost", "--no-azurite", "--no-func", "--port", str(self.port),
-             "--poll-seconds", "0.3"], cwd=ROOT, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            [sys.executable, *self.launcher, "-m", "devhost", "--no-azurite", "--no-func", "--port", str(self.port),
+             "--poll-seconds", "0.3"], cwd=self.app_root, env={**self.env, "PYTHONPATH": str(self.app_root)},
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self.wait_ready()
         return self
 

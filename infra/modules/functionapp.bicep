@@ -1,4 +1,4 @@
-// Flex Consumption plan + Linux function app (Python 3.11) with a system-assigned managed
+// Flex Consumption plan + Linux function app (Python 3.13) with a system-assigned managed
 // identity. The deployment package lives in a blob container of the host storage account and
 // is read with the app's identity.
 //
@@ -28,10 +28,14 @@ param hostStorageAccountName string
 @description('Container in the host storage account that receives the deployment package.')
 param deploymentContainerName string
 
+// Python 3.13: a Flex Consumption (FC1) runtime (Microsoft Learn, Get-AzFunctionAppFlexConsumptionRuntime:
+// "python 3.13 ... 10/30/2029 ... skuCode=FC1"); from 3.13 on the platform loads the app through the
+// azure-functions-runtime package pinned in requirements.txt (Microsoft Learn, "Changes and guidance for
+// Python 3.13+ in Azure Functions"). The local host and every end-to-end test run that same package.
 @allowed([
-  '3.11'
+  '3.13'
 ])
-param pythonVersion string = '3.11'
+param pythonVersion string = '3.13'
 
 @minValue(1)
 @maxValue(1000)

@@ -1117,6 +1117,13 @@ print("ZIP", " ".join(sorted(n for n in names if "/" not in n)))
 """
 
 
+def _has_core_tools(folder: str) -> bool:
+    try:
+        return (Path(folder) / "func").exists()
+    except OSError:  # a PATH entry this user may not look into (another user's home): no Core Tools for us
+        return False
+
+
 def _stub_env(tmp: Path) -> dict[str, str]:
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
@@ -1125,7 +1132,7 @@ def _stub_env(tmp: Path) -> dict[str, str]:
         (bin_dir / tool).write_text(text)
         (bin_dir / tool).chmod(0o755)
     # A PATH without Core Tools, so the zip-deploy branch runs.
-    keep = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not (Path(p) / "func").exists()]
+    keep = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not _has_core_tools(p)]
     env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "BASH_ENV", "SHELLOPTS")}
     helper = tmp / "stub_helper.py"
     helper.write_text(STUB_HELPER)

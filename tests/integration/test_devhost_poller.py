@@ -1,18 +1,27 @@
-"""The local host's blob polling against a real Azurite: what it lists, when, and what it runs."""
+"""The local host's blob polling against a real Azurite: what it lists, when, and what it sends the runtime.
+
+The runtime is replaced here by a recorder at the one port the poller calls (``Worker.invoke``): this
+test is about listing and receipts; the end-to-end tests run the same poller against the real runtime."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.storage.blob import BlobClient
 from azure.storage.blob.aio import ContainerClient
 
-from devhost.functions import FunctionSpec
+from devhost import protocol
+from devhost.functions import Function
 from devhost.triggers import BlobPoller
+from devhost.worker import Worker
 from localinfra.azurite import Azurite
+
+TRIGGER = Function("encrypt", "id-1", ({"type": "blobTrigger", "direction": "IN", "name": "client",
+                                        "path": "%INGEST_CONTAINER%/{name}", "connection": "DataStorage"},))
 
 pytestmark = pytest.mark.azurite
 
@@ -32,15 +41,19 @@ async def test_a_queued_backlog_is_not_listed_again_and_every_blob_runs_once(
         listings += 1
         return real_list(self, *args, **kwargs)
 
-    async def handler(client: BlobClient) -> None:
+    async def invoke(function: Function, inputs: dict[str, protocol.TypedData], **metadata: Any) -> None:
         await release.wait()
-        ran.append(client.blob_name)
+        content = json.loads(inputs["client"].model_binding_data.content)
+        assert content == {"Connection": "DataStorage", "ContainerName": name, "BlobName": content["BlobName"]}
+        assert metadata["trigger_metadata"]["BlobTrigger"].string == f"{name}/{content['BlobName']}"
+        ran.append(content["BlobName"])
         if len(ran) == 8:
             all_ran.set()
 
     monkeypatch.setattr(ContainerClient, "list_blobs", counted_list)
-    spec = FunctionSpec("encrypt", "blobTrigger", {}, handler)
-    poller = BlobPoller(spec, name, azurite.connection_string, poll_seconds=0.05, concurrency=2)
+    worker = Worker(Path("."))
+    monkeypatch.setattr(worker, "invoke", invoke)
+    poller = BlobPoller(worker, TRIGGER, name, azurite.connection_string, poll_seconds=0.05, concurrency=2)
     task = asyncio.create_task(poller.run())
     await asyncio.sleep(1.0)  # twenty polls while both slots are busy and six blobs wait
     assert listings == 1

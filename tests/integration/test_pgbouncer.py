@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -82,6 +83,18 @@ def _backend(server_url: str) -> tuple[str, int, str]:
     return host, parts.port or 5432, parts.username or "postgres"
 
 
+def run_as(backend_host: str) -> str:
+    """The user PgBouncer drops to when started as root (it refuses to run as root). It must reach the
+    server: an embedded PostgreSQL listens on a unix socket in an owner-only folder (as root, the server
+    runs as its own system user, ``embedded_postgres``), so PgBouncer runs as that folder's owner; for a
+    server on TCP, ``nobody``."""
+    if backend_host.startswith("/"):
+        owner = os.stat(backend_host).st_uid
+        if owner != 0:
+            return pwd.getpwuid(owner).pw_name
+    return "nobody"
+
+
 class PgBouncer:
     """A PgBouncer process in transaction pooling in front of one PostgreSQL server."""
 
@@ -118,7 +131,7 @@ class PgBouncer:
             (self.folder / name).chmod(0o644)
         command, env = pgbouncer_command()
         if os.geteuid() == 0:
-            command += ["-u", "nobody"]
+            command += ["-u", run_as(host)]
         log = (self.folder / "pgbouncer.log").open("wb")
         self.process = subprocess.Popen([*command, str(self.folder / "pgbouncer.ini")], env=env,
                                         stdout=log, stderr=subprocess.STDOUT)

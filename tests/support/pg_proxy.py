@@ -65,11 +65,12 @@ class PgProxy:
 
     async def cut(self) -> None:
         """Drop every connection at once and refuse new ones (the server "went down")."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         await self._drop_all()
+        if server is not None:  # from Python 3.12 on, this waits for the connections dropped above
+            await server.wait_closed()
 
     async def restore(self) -> None:
         """Accept and forward connections again, on the same port."""

@@ -69,3 +69,28 @@ def test_the_format_cli_loads_only_the_crypto_core_and_the_standard_library() ->
 def test_product_metrics_are_written_by_product_code_only() -> None:
     for path in python_files("devhost", "localinfra"):
         assert "shared.metrics" not in imports(path), path.name
+
+
+def test_no_code_path_invokes_a_function_without_the_runtime() -> None:
+    """Only azure_functions_runtime calls the functions: nothing else imports function_app (the one unit
+    test that checks its import does no I/O aside) or reaches a user function through the SDK."""
+    checked = [ROOT / "function_app.py", *python_files("shared", "devhost", "localinfra", "bench", "scripts", "tests")]
+    for path in checked:
+        text = path.read_text()
+        assert "get_user_function" not in text or path.name == "test_architecture.py", path
+        if path.name not in ("test_function_app.py", "test_architecture.py"):
+            assert "function_app" not in imports(path), path
+    callers = {p.relative_to(ROOT).as_posix() for p in python_files("devhost")
+               if "azure_functions_runtime" in roots(imports(p))}
+    assert callers == {"devhost/worker.py"}  # the one place that speaks to the runtime
+
+
+def test_the_protocol_modules_are_what_protoc_makes_of_the_vendored_proto_files(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gen_protocol import generate  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    for generated in generate(tmp_path):
+        committed = ROOT / "devhost" / "protocol" / generated.relative_to(tmp_path)
+        assert committed.read_text() == generated.read_text(), f"{committed} is stale: run scripts/gen_protocol.py"
