@@ -82,6 +82,7 @@ class ReconcileReport:
     failed: int = 0
     skipped: bool = False  # another instance held the run
     oldest_plaintext_seconds: float | None = None
+    digest: str | None = None  # the access log digest this run wrote (routine, not a repair)
 
     def count(self, kind: str, file_id: uuid.UUID | None, what: str) -> None:
         self.repairs[kind] = self.repairs.get(kind, 0) + 1
@@ -90,7 +91,7 @@ class ReconcileReport:
 
     def as_dict(self) -> dict[str, object]:
         return {"repairs": self.repairs, "failed": self.failed, "skipped": self.skipped,
-                "oldest_plaintext_seconds": self.oldest_plaintext_seconds}
+                "oldest_plaintext_seconds": self.oldest_plaintext_seconds, "digest": self.digest}
 
 
 class Reconciler:
@@ -239,8 +240,7 @@ class Reconciler:
 
     async def _access_log_digest(self, report: ReconcileReport) -> None:
         """A signed digest of the access log's rows since the last one (``shared.audit.digests``)."""
-        if await self._digests.write() is not None:
-            report.repairs["access_log_digest"] = 1
+        report.digest = await self._digests.write()
 
     # --- plumbing ---------------------------------------------------------------------------
 

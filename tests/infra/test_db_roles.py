@@ -96,8 +96,11 @@ async def test_the_app_role_reads_and_writes_rows_and_changes_no_schema(
         await conn.execute("DELETE FROM file_keys WHERE id = $1", row_id)
         # The access log: appended to; removed from by nobody directly, and purged only by the purge role, only
         # past 30 days; a session flag opens nothing (it did: `blobseal.access_log_purge=on` let a DELETE through).
-        await conn.execute("INSERT INTO access_log (operation, caller, outcome, at) VALUES ('read', $1, 'ok', $2)",
-                           role, now - timedelta(days=400))
+        await conn.execute("INSERT INTO access_log (operation, caller, outcome, at, chain, seq, mac) "
+                           "VALUES ('read', $1, 'ok', $2, gen_random_uuid(), 1, '\\x00')", role,
+                           now - timedelta(days=400))
+        with pytest.raises(asyncpg.CheckViolationError):  # every new row is chained (migration 9)
+            await conn.execute("INSERT INTO access_log (operation, caller, outcome) VALUES ('read', $1, 'ok')", role)
         async with conn.transaction():
             await conn.execute("SELECT set_config('blobseal.access_log_purge', 'on', true)")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):

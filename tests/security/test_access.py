@@ -148,7 +148,7 @@ async def test_forged_principal_headers_never_change_who_is_logged(stack: Servic
                                                                                   azurite: Azurite) -> None:
     """App Service Authentication is off here (as before the templates turned it on): a caller's own
     X-MS-CLIENT-PRINCIPAL* headers are words, not identity. (A caller's own X-Forwarded-For never reaches
-    the app: the host sets it; through the local host: tests/e2e/test_day_two.py.)"""
+    the app: the host sets it; through the local host: tests/e2e/test_runtime.py.)"""
     file_id = await an_encrypted_file(stack, azurite)
     with_key = await call(stack, http_api.metadata, "GET", "/api/files/x", headers={**key("read"), **FORGED},
                           path_params={"file_id": file_id})
