@@ -96,8 +96,10 @@ async def test_the_app_role_reads_and_writes_rows_and_changes_no_schema(
         await conn.execute("DELETE FROM file_keys WHERE id = $1", row_id)
         # The access log: appended to; removed from by nobody directly, and purged only by the purge role, only
         # past 30 days; a session flag opens nothing (it did: `blobseal.access_log_purge=on` let a DELETE through).
-        await conn.execute("INSERT INTO access_log (operation, caller, outcome, at) VALUES ('read', $1, 'ok', $2)",
-                           role, now - timedelta(days=400))
+        # Every row from migration 9 on is chained (chain, number, MAC: check access_log_chained_now).
+        await conn.execute("INSERT INTO access_log (operation, caller, outcome, at, chain, seq, mac) "
+                           "VALUES ('read', $1, 'ok', $2, $3, 1, $4)",
+                           role, now - timedelta(days=400), uuid.uuid4(), secrets.token_bytes(32))
         async with conn.transaction():
             await conn.execute("SELECT set_config('blobseal.access_log_purge', 'on', true)")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
