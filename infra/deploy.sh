@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Deploy blobseal to Azure, passwordless, in four phases:
-#   1. infrastructure  (az deployment group create -f infra/main.bicep)
+# Deploy blobseal to Azure, passwordless, in four phases (after the API's app registration):
+#   0. the API app registration in Microsoft Entra ID (infra/app-registration.json: the app roles
+#      blobseal.read, .write, .erase, .audit, .operate), its service principal (tokens only for
+#      principals holding an app role), unless --api-client-id names one managed elsewhere
+#   1. infrastructure  (az deployment group create -f infra/main.bicep; App Service Authentication
+#                       takes that registration's tokens); then the app role assignments asked for
+#                       (--assign-app-role) and, with --lock-audit-digests, the digests' WORM lock
 #   2. database        as the PostgreSQL Entra administrator: schema migrations
 #                      (python -m shared.cli migrate) and the app's least-privileged role
 #                      (infra/tools/db_roles.py); the password is an Entra access token
@@ -28,6 +33,17 @@
 #       --grant-operator        the same operator grants for the signed-in user instead of a group
 #       --db-access-ip IP       this machine is outside the VNet: open PostgreSQL to IP for phase 2
 #                               only (public access + one firewall rule, both removed on exit)
+#       --api-client-id ID      use this API app registration (client id) as it is; deploy.sh then
+#                               neither creates nor changes one (an Entra admin manages it)
+#       --api-app-name NAME     display name of the registration deploy.sh creates or updates
+#                                                                       [<prefix>-api-<resource group>]
+#       --assign-app-role ROLE=OBJECT_ID
+#                               give a user, group or service principal (object id) an app role:
+#                               read, write, erase, audit or operate (repeatable; kept if present)
+#       --lock-audit-digests    lock the immutability (WORM) policy of the access log's digest container.
+#                               IRREVERSIBLE: a locked policy can be lengthened, never shortened or
+#                               removed, and the container and the data account cannot be deleted while
+#                               a digest is retained. Later runs see the lock and leave the policy alone
 #       --what-if               show what phase 1 would change (az deployment group what-if) and stop
 #       --skip-infra            skip phase 1 (reads names from the last main deployment)
 #       --skip-database         skip phase 2
@@ -42,6 +58,11 @@
 # No password exists: PostgreSQL takes Microsoft Entra tokens only. Phase 2 gets one for the
 # administrator (az account get-access-token --resource-type oss-rdbms) and hands it to the child
 # processes in PGPASSWORD (environment, never a command line); it is never printed.
+#
+# Phase 0 needs the right to create app registrations (the default for members, or Application
+# Developer) and, for --assign-app-role, to assign app roles (owner of the service principal, or
+# Cloud Application Administrator); without them, have an admin run infra/README.md's commands and
+# pass --api-client-id.
 set -euo pipefail
 set +x # even if tracing was inherited: it would print the access token
 
@@ -50,6 +71,8 @@ REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 MAIN_TEMPLATE="${SCRIPT_DIR}/main.bicep"
 SUBSCRIPTION_TEMPLATE="${SCRIPT_DIR}/modules/blob-event-subscription.bicep"
 DB_ROLES="${SCRIPT_DIR}/tools/db_roles.py"
+APP_REGISTRATION="${SCRIPT_DIR}/app-registration.json"
+GRAPH="https://graph.microsoft.com/v1.0"
 DEPLOYMENT_NAME="${DEPLOYMENT_NAME:-blobseal-main}"
 EVENTS_DEPLOYMENT_NAME="${DEPLOYMENT_NAME}-events"
 # What the zip deploy ships when Core Tools are absent (Core Tools use .funcignore instead).
@@ -75,6 +98,11 @@ SKIP_DATABASE=0
 SKIP_CODE=0
 SKIP_SUBSCRIPTION=0
 EXTRA_PARAMS=()
+API_CLIENT_ID=""
+API_CLIENT_ID_GIVEN=0
+API_APP_NAME=""
+APP_ROLE_ASSIGNMENTS=()
+LOCK_DIGESTS=0
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -101,6 +129,15 @@ while (($# > 0)); do
     --operator-group-name) OPERATOR_NAME="${2:?$1 needs a value}"; shift 2 ;;
     --grant-operator) GRANT_OPERATOR=1; shift ;;
     --db-access-ip) DB_ACCESS_IP="${2:?$1 needs a value}"; shift 2 ;;
+    --api-client-id) API_CLIENT_ID="${2:?$1 needs a value}" API_CLIENT_ID_GIVEN=1; shift 2 ;;
+    --api-app-name) API_APP_NAME="${2:?$1 needs a value}"; shift 2 ;;
+    --assign-app-role)
+      [[ "${2:-}" =~ ^(read|write|erase|audit|operate)=[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$ ]] ||
+        die "--assign-app-role needs ROLE=OBJECT_ID (ROLE: read, write, erase, audit or operate)"
+      APP_ROLE_ASSIGNMENTS+=("$2")
+      shift 2
+      ;;
+    --lock-audit-digests) LOCK_DIGESTS=1; shift ;;
     --what-if) WHAT_IF=1; shift ;;
     --skip-infra) SKIP_INFRA=1; shift ;;
     --skip-database) SKIP_DATABASE=1; shift ;;
@@ -117,6 +154,8 @@ done
   die "--db-admin-type must be Group, User or ServicePrincipal"
 [[ -z "$DB_ACCESS_IP" || "$DB_ACCESS_IP" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--db-access-ip must be an IPv4 address"
 [[ -z "$OPERATOR_ID" || -n "$OPERATOR_NAME" ]] || die "--operator-group needs --operator-group-name (its display name is the database role)"
+[[ -z "$API_CLIENT_ID" || "$API_CLIENT_ID" =~ ^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$ ]] ||
+  die "--api-client-id must be an application (client) id"
 command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
 
 PYTHON="${BLOBSEAL_PYTHON:-}"
@@ -143,6 +182,31 @@ output_of() {
 }
 
 urlencode() { "$PYTHON" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
+
+# The Graph body of the API registration: app-registration.json with its identifier URI; stage
+# "scopes" leaves out the pre-authorized clients (a client can only be pre-authorized for a scope that
+# exists already).
+app_body() {
+  "$PYTHON" -c 'import json, sys
+manifest, stage, uri = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+api = dict(manifest["api"])
+if stage == "scopes":
+    api.pop("preAuthorizedApplications", None)
+print(json.dumps({"identifierUris": [uri], "appRoles": manifest["appRoles"], "api": api}))' "$APP_REGISTRATION" "$1" "$2"
+}
+
+# The id of app role blobseal.<role> (app-registration.json).
+app_role_id() {
+  "$PYTHON" -c 'import json, sys
+print(next(r["id"] for r in json.load(open(sys.argv[1]))["appRoles"] if r["value"] == "blobseal." + sys.argv[2]))' \
+    "$APP_REGISTRATION" "$1"
+}
+
+# State of a container's immutability policy: Locked, Unlocked, or nothing (no account, container or policy).
+digest_policy_state() {
+  az storage container immutability-policy show -g "$RESOURCE_GROUP" --account-name "$1" -c "$2" \
+    --query state -o tsv 2>/dev/null || true
+}
 
 # --------------------------------------------------------------------------------------------
 # Preflight
@@ -193,11 +257,61 @@ if ((SKIP_INFRA == 0)); then
 fi
 
 # --------------------------------------------------------------------------------------------
+# Phase 0: the API app registration (App Service Authentication accepts tokens issued for it)
+# --------------------------------------------------------------------------------------------
+if ((SKIP_INFRA == 0)); then
+  if ((API_CLIENT_ID_GIVEN == 1)); then
+    log "phase 0: API app registration ${API_CLIENT_ID} (given: not changed)"
+  else
+    API_APP_NAME="${API_APP_NAME:-${PREFIX}-api-${RESOURCE_GROUP}}"
+    found="$(az ad app list --display-name "$API_APP_NAME" --query "[?displayName=='${API_APP_NAME}'].appId" -o tsv)"
+    (($(wc -w <<<"$found") <= 1)) || die "several app registrations are named ${API_APP_NAME}: pass --api-client-id"
+    API_CLIENT_ID="$found"
+    if [[ -z "$API_CLIENT_ID" && "$WHAT_IF" == 1 ]]; then
+      API_CLIENT_ID=00000000-0000-0000-0000-000000000000
+      log "what-if: no app registration ${API_APP_NAME} yet (a placeholder client id stands in)"
+    elif [[ -z "$API_CLIENT_ID" ]]; then
+      log "phase 0: creating the API app registration ${API_APP_NAME}"
+      API_CLIENT_ID="$(az ad app create --display-name "$API_APP_NAME" --sign-in-audience AzureADMyOrg --query appId -o tsv)"
+      [[ -n "$API_CLIENT_ID" ]] || die "could not create the app registration ${API_APP_NAME}"
+    else
+      log "phase 0: API app registration ${API_APP_NAME} (${API_CLIENT_ID})"
+    fi
+    if ((WHAT_IF == 0)); then
+      # Roles, identifier URI api://<client id>, v2 access tokens, the user_impersonation scope and the
+      # Azure CLI pre-authorized for it (az account get-access-token --resource api://<client id>).
+      app_url="${GRAPH}/applications(appId='${API_CLIENT_ID}')"
+      app_body scopes "api://${API_CLIENT_ID}" >"${TMP_DIR}/app-scopes.json"
+      app_body full "api://${API_CLIENT_ID}" >"${TMP_DIR}/app-full.json"
+      az rest --method patch --url "$app_url" --headers Content-Type=application/json \
+        --body "@${TMP_DIR}/app-scopes.json" -o none
+      az rest --method patch --url "$app_url" --headers Content-Type=application/json \
+        --body "@${TMP_DIR}/app-full.json" -o none
+      api_sp="$(az ad sp show --id "$API_CLIENT_ID" --query id -o tsv 2>/dev/null || true)"
+      [[ -n "$api_sp" ]] || api_sp="$(az ad sp create --id "$API_CLIENT_ID" --query id -o tsv)"
+      # Entra issues tokens for the API only to principals holding one of its app roles.
+      az rest --method patch --url "${GRAPH}/servicePrincipals/${api_sp}" --headers Content-Type=application/json \
+        --body '{"appRoleAssignmentRequired": true}' -o none
+    fi
+  fi
+fi
+
+# --------------------------------------------------------------------------------------------
 # Phase 1: infrastructure
 # --------------------------------------------------------------------------------------------
 if ((SKIP_INFRA == 0)); then
+  # A locked immutability policy cannot be rewritten by a deployment: the template leaves it alone then.
+  digests_locked=false
+  previous_account="$(output_of dataStorageAccountName 2>/dev/null || true)"
+  previous_container="$(output_of auditDigestContainerName 2>/dev/null || true)"
+  if [[ -n "$previous_account" && -n "$previous_container" &&
+    "$(digest_policy_state "$previous_account" "$previous_container")" == Locked ]]; then
+    digests_locked=true
+    log "the immutability policy of ${previous_container} is locked: the deployment leaves it alone"
+  fi
   main_params=(namePrefix="$PREFIX" location="$LOCATION" postgresAdminObjectId="$DB_ADMIN_ID"
-    postgresAdminName="$DB_ADMIN_NAME" postgresAdminType="$DB_ADMIN_TYPE")
+    postgresAdminName="$DB_ADMIN_NAME" postgresAdminType="$DB_ADMIN_TYPE" apiClientId="$API_CLIENT_ID"
+    auditDigestImmutabilityLocked="$digests_locked")
   if [[ -n "$OPERATOR_ID" ]]; then
     main_params+=(operatorPrincipalId="$OPERATOR_ID" operatorPrincipalType="$OPERATOR_TYPE")
   fi
@@ -228,8 +342,46 @@ PG_SERVER="$(output_of postgresServerName)"
 PG_FQDN="$(output_of postgresFqdn)"
 DATABASE="$(output_of databaseName)"
 DATABASE_USER="$(output_of databaseUser)"
+API_APP_ID_URI="$(output_of apiAppIdUri)"
+DIGEST_CONTAINER="$(output_of auditDigestContainerName)"
 [[ -n "$APP" && -n "$TOPIC" && -n "$PG_FQDN" ]] || die "could not read the outputs of deployment $DEPLOYMENT_NAME"
 log "function app: $APP ($APP_HOST)"
+
+# App roles for the principals asked for (idempotent: an assignment that exists is kept).
+if ((${#APP_ROLE_ASSIGNMENTS[@]} > 0)); then
+  [[ -n "$API_CLIENT_ID" ]] || API_CLIENT_ID="$(output_of apiClientId)"
+  api_sp="$(az ad sp show --id "$API_CLIENT_ID" --query id -o tsv)" ||
+    die "no service principal for the API app registration ${API_CLIENT_ID}"
+  for assignment in "${APP_ROLE_ASSIGNMENTS[@]}"; do
+    role="${assignment%%=*}" principal="${assignment#*=}"
+    role_id="$(app_role_id "$role")"
+    printf '{"principalId": "%s", "resourceId": "%s", "appRoleId": "%s"}\n' "$principal" "$api_sp" "$role_id" \
+      >"${TMP_DIR}/assignment.json"
+    if answer="$(az rest --method post --url "${GRAPH}/servicePrincipals/${api_sp}/appRoleAssignedTo" \
+      --headers Content-Type=application/json --body "@${TMP_DIR}/assignment.json" -o none 2>&1)"; then
+      log "app role blobseal.${role} assigned to ${principal}"
+    elif [[ "$answer" == *"already exists"* ]]; then
+      log "app role blobseal.${role} was assigned to ${principal} already"
+    else
+      die "could not assign blobseal.${role} to ${principal}: ${answer}"
+    fi
+  done
+fi
+
+# Lock the digests' write-once policy (irreversible; asked for with --lock-audit-digests).
+if ((LOCK_DIGESTS == 1)); then
+  case "$(digest_policy_state "$DATA_STORAGE" "$DIGEST_CONTAINER")" in
+    Locked) log "the immutability policy of ${DIGEST_CONTAINER} is locked already" ;;
+    Unlocked)
+      etag="$(az storage container immutability-policy show -g "$RESOURCE_GROUP" --account-name "$DATA_STORAGE" \
+        -c "$DIGEST_CONTAINER" --query etag -o tsv)"
+      log "locking the immutability policy of ${DIGEST_CONTAINER}: from now on it can be lengthened, never shortened or removed"
+      az storage container immutability-policy lock -g "$RESOURCE_GROUP" --account-name "$DATA_STORAGE" \
+        -c "$DIGEST_CONTAINER" --if-match "$etag" -o none
+      ;;
+    *) die "no immutability policy on ${DIGEST_CONTAINER} in ${DATA_STORAGE} to lock (deploy the infrastructure first)" ;;
+  esac
+fi
 
 # --------------------------------------------------------------------------------------------
 # Phase 2: database (as the Entra administrator; the app's code only ever runs as its own role)
@@ -296,8 +448,8 @@ if ((SKIP_SUBSCRIPTION == 0)); then
   log "phase 4: waiting for the host to create its blobs_extension system key"
   has_key="false"
   for _ in $(seq 1 30); do
-    # Wake the app up (Flex Consumption scales to zero); the answer does not matter.
-    curl -fsS -o /dev/null --max-time 30 "https://${APP_HOST}/" 2>/dev/null || true
+    # Wake the app up (Flex Consumption scales to zero) on its anonymous route; the answer does not matter.
+    curl -fsS -o /dev/null --max-time 30 "https://${APP_HOST}/api/health" 2>/dev/null || true
     # Only a boolean comes back: the key itself is never printed.
     # shellcheck disable=SC2016 # `null` is a JMESPath literal
     has_key="$(az functionapp keys list -g "$RESOURCE_GROUP" -n "$APP" \
@@ -329,11 +481,12 @@ fi
 log "done"
 cat >&2 <<EOF
 
-  function app    https://${APP_HOST}
-  data account    ${DATA_STORAGE} (containers ${INGEST}, $(output_of protectedContainerName))
+  function app    https://${APP_HOST} (callers: Entra tokens for ${API_APP_ID_URI}, app roles blobseal.*)
+  data account    ${DATA_STORAGE} (containers ${INGEST}, $(output_of protectedContainerName), ${DIGEST_CONTAINER} (WORM))
   key vault       $(output_of keyVaultName)
   postgres        ${PG_FQDN} (Entra only; the app connects as ${DATABASE_USER})
 
-  Check the deployment (needs the operator roles and a network path, see infra/README.md):
+  A token for the API:  az account get-access-token --resource ${API_APP_ID_URI} --query accessToken -o tsv
+  Check the deployment (needs app roles read and erase, the operator roles and a network path, see infra/README.md):
     infra/smoke.sh --azure -g ${RESOURCE_GROUP}
 EOF

@@ -5,6 +5,13 @@
 // virtual network with Flex Consumption VNet integration, private endpoints and private DNS zones;
 // public network access is then disabled on both storage accounts, the Key Vault and PostgreSQL.
 //
+// Callers: App Service Authentication (Easy Auth) with Microsoft Entra ID in front of every route but
+// /api/health: a token for the blobseal API app registration (apiClientId; deploy.sh creates it with
+// the app roles blobseal.read, .write, .erase, .audit and .operate, which the app checks per route).
+// Function keys are off (FUNCTION_KEYS_ENABLED=false, functionKeysEnabled). The access log's signed
+// digests go to a write-once (WORM) container of the data account; blob, PostgreSQL and Key Vault
+// logs go to Log Analytics.
+//
 // No password, key or connection-string secret is a parameter, a setting or an output: storage,
 // Key Vault and PostgreSQL are reached with the function app's managed identity.
 //
@@ -163,13 +170,55 @@ param keyRotationDays int = 30
 @maxValue(4194304)
 param uploadMaxMB int = 10240
 
-@description('Access log rows older than this are purged by the reconciler (AUDIT_RETENTION_DAYS).')
-@minValue(1)
+@description('AUDIT_RETENTION_DAYS: `blobseal audit purge` removes access log rows older than this (the purge role only; the database keeps every row at least 30 days, the app refuses less).')
+@minValue(30)
 @maxValue(36500)
 param auditRetentionDays int = 365
 
-@description('Names of function keys in the access log, "name:fingerprint,..." (fingerprints, not keys: `blobseal key-fingerprint`).')
+@description('Names of function keys in the access log, "name:fingerprint,..." (fingerprints, not keys: `blobseal key-fingerprint`); only with functionKeysEnabled.')
 param functionKeyNames string = ''
+
+// Callers: App Service Authentication with Microsoft Entra ID (modules/easyauth.bicep)
+@description('Application (client) id of the blobseal API app registration, whose tokens Easy Auth accepts. deploy.sh creates (or finds) it with the five app roles and passes it; infra/README.md ("Callers") has the manual way.')
+@minLength(36)
+@maxLength(36)
+param apiClientId string
+
+@description('Application id URI of the API, what callers request tokens for ("" = api://<apiClientId>, what deploy.sh sets).')
+param apiAppIdUri string = ''
+
+@description('Tenant whose tokens Easy Auth accepts (the issuer is <login endpoint><tenant>/v2.0).')
+param apiTenantId string = tenant().tenantId
+
+@description('FUNCTION_KEYS_ENABLED: the HTTP functions also require a function key (auth level function), so a caller needs a token and a key. Off (the default): Easy Auth alone admits callers, the app checks their roles.')
+param functionKeysEnabled bool = false
+
+@description('FUNCTION_KEY_ROLES: roles of named function keys, "name=read+write,other=audit" (only with functionKeysEnabled).')
+param functionKeyRoles string = ''
+
+@description('HEALTH_PROBE_SECONDS: the anonymous /api/health answers from dependency probes at most this old.')
+@minValue(1)
+@maxValue(3600)
+param healthProbeSeconds int = 30
+
+// The access log's trust anchors
+@description('AUDIT_CHAIN_KEY_NAME: the vault secret that keys the access log\'s chains (the app makes it on first use). Never rename it while chained rows exist: every row would look forged.')
+@minLength(1)
+@maxLength(127)
+param auditChainKeyName string = 'blobseal-audit-chain'
+
+@description('AUDIT_DIGEST_CONTAINER: the data account\'s container of the access log\'s signed digests, under a time-based immutability (WORM) policy.')
+@minLength(3)
+@maxLength(63)
+param auditDigestContainerName string = 'audit-digests'
+
+@description('Days each digest stays immutable after it is written: at least auditRetentionDays, so every row the log keeps is pinned by a digest nobody can change. Once the policy is locked, lengthen it only with `az storage container immutability-policy extend` (a locked policy is not rewritten by a deployment).')
+@minValue(1)
+@maxValue(146000)
+param auditDigestRetentionDays int = 365
+
+@description('The digest container\'s policy is locked (deploy.sh finds this out itself): the template then leaves the policy alone, a deployment cannot rewrite a locked one. Locking: deploy.sh --lock-audit-digests.')
+param auditDigestImmutabilityLocked bool = false
 
 @minValue(1)
 @maxValue(100)
@@ -394,8 +443,10 @@ module hostStorage 'modules/storage.bicep' = {
   }
 }
 
-// Data storage: ingest (plaintext, deleted after encryption) and protected (ciphertext).
-// Blob soft delete and versioning stay off: they would keep deleted plaintext recoverable.
+// Data storage: ingest (plaintext, deleted after encryption), protected (ciphertext) and the access
+// log's signed digests (write once: a container-level time-based retention policy, which needs no
+// blob versioning). Blob soft delete and versioning stay off: they would keep deleted plaintext
+// recoverable. Every blob read, write and delete is logged to the workspace.
 module dataStorage 'modules/storage.bicep' = {
   name: 'blobseal-data-storage'
   params: {
@@ -406,12 +457,17 @@ module dataStorage 'modules/storage.bicep' = {
     containerNames: [
       ingestContainerName
       protectedContainerName
+      auditDigestContainerName
     ]
     allowSharedKeyAccess: false
     blobSoftDeleteDays: 0
     containerSoftDeleteDays: 7
     publicNetworkAccess: publicNetworkAccess
     networkDefaultAction: networkDefaultAction
+    immutableContainerName: auditDigestContainerName
+    immutabilityPeriodDays: auditDigestRetentionDays
+    immutabilityPolicyLocked: auditDigestImmutabilityLocked
+    blobLogsWorkspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -452,6 +508,7 @@ module postgres 'modules/postgres.bicep' = {
     pgBouncerEnabled: postgresPgBouncer
     pgBouncerDefaultPoolSize: postgresPgBouncerPoolSize
     pgBouncerMaxClientConn: postgresPgBouncerMaxClientConn
+    logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -655,7 +712,16 @@ var appSettings = {
   // Fail closed: an access that cannot be written to the access log is refused.
   AUDIT_FAIL_OPEN: 'false'
   AUDIT_RETENTION_DAYS: string(auditRetentionDays)
+  AUDIT_CHAIN_KEY_NAME: auditChainKeyName
+  AUDIT_DIGEST_CONTAINER: auditDigestContainerName
+  // Callers come from App Service Authentication (modules/easyauth.bicep): the platform sets
+  // WEBSITE_AUTH_ENABLED itself, and no template may (check_infra.py): a setting of that name overrides
+  // the platform's value (false would switch the host's enforcement off on Flex Consumption, true would
+  // make the app trust principal headers nobody validated). Function keys are off unless asked for.
+  FUNCTION_KEYS_ENABLED: functionKeysEnabled ? 'true' : 'false'
+  FUNCTION_KEY_ROLES: functionKeyRoles
   FUNCTION_KEY_NAMES: functionKeyNames
+  HEALTH_PROBE_SECONDS: string(healthProbeSeconds)
 }
 
 module settings 'modules/appsettings.bicep' = {
@@ -671,6 +737,22 @@ module settings 'modules/appsettings.bicep' = {
   ]
 }
 
+var apiAudience = empty(apiAppIdUri) ? 'api://${apiClientId}' : apiAppIdUri
+
+// Easy Auth, after the settings (one site configuration change at a time).
+module easyAuth 'modules/easyauth.bicep' = {
+  name: 'blobseal-easyauth'
+  params: {
+    appName: functionApp.outputs.name
+    clientId: apiClientId
+    appIdUri: apiAudience
+    tenantId: apiTenantId
+  }
+  dependsOn: [
+    settings
+  ]
+}
+
 module blobSubscription 'modules/blob-event-subscription.bicep' = if (enableBlobEventSubscription) {
   name: 'blobseal-blob-event-subscription'
   params: {
@@ -683,6 +765,7 @@ module blobSubscription 'modules/blob-event-subscription.bicep' = if (enableBlob
   }
   dependsOn: [
     settings
+    easyAuth
     rbac
   ]
 }
@@ -714,3 +797,7 @@ output ingestContainerName string = ingestContainerName
 output protectedContainerName string = protectedContainerName
 output deadLetterContainerName string = deadLetterContainerName
 output encryptFunctionName string = encryptFunctionName
+@description('The API\'s app registration: callers get a token for apiAppIdUri (az account get-access-token --resource <it>).')
+output apiClientId string = apiClientId
+output apiAppIdUri string = apiAudience
+output auditDigestContainerName string = auditDigestContainerName

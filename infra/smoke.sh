@@ -2,7 +2,10 @@
 # Post-deploy smoke test of blobseal: does the deployment work, end to end?
 #
 #   health     GET /api/health (anonymous) answers 200 with status up
-#   auth       a file route without the function key is refused (401/403)
+#   auth       a file route without credentials is refused (401/403): in Azure by App Service
+#              Authentication (no token), locally by the host (no function key)
+#   token      (Azure) with the token, GET /api/files?limit=1 answers 200: App Service Authentication
+#              took the token and the app found the caller's blobseal.read role
 #   upload     a random file (about 200 KiB: several 64 KiB blocks) is put into the ingest container
 #   wait       GET /api/files?name=<upload> until its status is "encrypted"
 #   download   GET /api/files/<id> returns the same bytes
@@ -18,13 +21,17 @@
 #   infra/smoke.sh                         against a local run (make dev): http://127.0.0.1:7071/api,
 #                                          key local-dev-key, upload with python -m devhost.upload
 #   infra/smoke.sh --azure -g <rg>         against a deployment: names from the main deployment's
-#                                          outputs, the default function key from az, upload with
+#                                          outputs, an Entra access token for the API from az
+#                                          (Authorization: Bearer), upload with
 #                                          az storage blob upload --auth-mode login
 # Options:
 #   --base-url URL      API base URL (local default http://127.0.0.1:7071/api)
-#   --key KEY           function key (local default: $LOCAL_FUNCTION_KEY or local-dev-key)
-#   --azure             Azure mode; needs -g, az logged in as an operator (Storage Blob Data
-#                       Contributor on the data account) with a network path to it (see infra/README.md)
+#   --key KEY           function key (local default: $LOCAL_FUNCTION_KEY or local-dev-key); in Azure
+#                       only where the deployment turned keys on (functionKeysEnabled), sent with the token
+#   --azure             Azure mode; needs -g, az logged in as a principal holding the API's app roles
+#                       blobseal.read and blobseal.erase, and Storage Blob Data Contributor on the data
+#                       account with a network path to it (see infra/README.md)
+#   --resource URI      what the token is requested for      [the deployment's apiAppIdUri output]
 #   -g, --resource-group NAME
 #   --deployment NAME   main deployment name                              [blobseal-main]
 #   --timeout SECONDS   how long to wait for the encryption               [120 local, 300 Azure]
@@ -39,6 +46,7 @@ REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 MODE=local
 BASE_URL=""
 KEY=""
+RESOURCE=""
 RESOURCE_GROUP=""
 DEPLOYMENT_NAME="${DEPLOYMENT_NAME:-blobseal-main}"
 TIMEOUT=""
@@ -55,6 +63,7 @@ while (($# > 0)); do
   case "$1" in
     --base-url) BASE_URL="${2:?$1 needs a value}"; shift 2 ;;
     --key) KEY="${2:?$1 needs a value}"; shift 2 ;;
+    --resource) RESOURCE="${2:?$1 needs a value}"; shift 2 ;;
     --azure) MODE=azure; shift ;;
     --local) MODE=local; shift ;;
     -g | --resource-group) RESOURCE_GROUP="${2:?$1 needs a value}"; shift 2 ;;
@@ -75,16 +84,16 @@ if [[ "$MODE" == azure ]]; then
   output_of() {
     az deployment group show -g "$RESOURCE_GROUP" -n "$DEPLOYMENT_NAME" --query "properties.outputs.$1.value" -o tsv
   }
-  APP="$(output_of functionAppName)" || fail setup "cannot read deployment $DEPLOYMENT_NAME in $RESOURCE_GROUP"
-  HOST="$(output_of functionAppHostName)"
+  HOST="$(output_of functionAppHostName)" || fail setup "cannot read deployment $DEPLOYMENT_NAME in $RESOURCE_GROUP"
   DATA_ACCOUNT="$(output_of dataStorageAccountName)"
   INGEST="$(output_of ingestContainerName)"
   BASE_URL="${BASE_URL:-https://${HOST}/api}"
-  if [[ -z "$KEY" ]]; then
-    # The key stays in this variable and in curl's headers (read from stdin, never on argv).
-    KEY="$(az functionapp keys list -g "$RESOURCE_GROUP" -n "$APP" --query functionKeys.default -o tsv)" ||
-      fail setup "cannot read the function key of $APP"
-  fi
+  RESOURCE="${RESOURCE:-$(output_of apiAppIdUri)}"
+  [[ -n "$RESOURCE" ]] || fail setup "deployment $DEPLOYMENT_NAME has no apiAppIdUri output (pass --resource)"
+  # The token stays in this variable and in curl's header file (never on a command line).
+  TOKEN="$(az account get-access-token --resource "$RESOURCE" --query accessToken -o tsv)" ||
+    fail setup "no token for $RESOURCE: does this principal hold an app role of the API? (infra/README.md, Callers)"
+  [[ -n "$TOKEN" ]] || fail setup "no token for $RESOURCE"
   TIMEOUT="${TIMEOUT:-300}"
 else
   BASE_URL="${BASE_URL:-http://127.0.0.1:7071/api}"
@@ -108,9 +117,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# curl with the function key in a header read from a file (not on the command line).
-printf 'x-functions-key: %s\n' "$KEY" >"${WORK}/key.header"
-api() { curl -sS --max-time 60 -H "@${WORK}/key.header" "$@"; }
+# curl with the credentials in headers read from a file (not on the command line): in Azure the
+# bearer token (and a function key if one was given), locally the function key.
+: >"${WORK}/auth.header"
+if [[ "$MODE" == azure ]]; then
+  printf 'Authorization: Bearer %s\n' "$TOKEN" >>"${WORK}/auth.header"
+  unset TOKEN
+fi
+if [[ -n "$KEY" ]]; then
+  printf 'x-functions-key: %s\n' "$KEY" >>"${WORK}/auth.header"
+fi
+api() { curl -sS --max-time 60 -H "@${WORK}/auth.header" "$@"; }
 json_field() { "$JSON_PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$1" "$2"; }
 
 # --- health --------------------------------------------------------------------------------------
@@ -124,8 +141,21 @@ ok health
 # --- auth ----------------------------------------------------------------------------------------
 code="$(curl -sS --max-time 30 -o /dev/null -w '%{http_code}' "${BASE_URL}/files/00000000-0000-0000-0000-000000000000")" ||
   fail auth "no answer"
-[[ "$code" == 401 || "$code" == 403 ]] || fail auth "a request without the function key got HTTP $code"
-ok auth "HTTP $code without the key"
+[[ "$code" == 401 || "$code" == 403 ]] || fail auth "a request without credentials got HTTP $code"
+ok auth "HTTP $code without credentials"
+
+# --- token ---------------------------------------------------------------------------------------
+if [[ "$MODE" == azure ]]; then
+  code="$(api -o "${WORK}/list.json" -w '%{http_code}' "${BASE_URL}/files?limit=1")" || fail token "no answer"
+  case "$code" in
+    200) ok token "the token is accepted, the caller may read" ;;
+    401) fail token "HTTP 401 with the token: App Service Authentication refused it (audience $RESOURCE, issuer, tenant?)" ;;
+    403) fail token "HTTP 403 with the token: $(head -c 300 "${WORK}/list.json") (app role blobseal.read assigned?)" ;;
+    *) fail token "HTTP $code: $(head -c 300 "${WORK}/list.json")" ;;
+  esac
+else
+  skip token "Azure only: locally the function key stands in for the token"
+fi
 
 # --- upload --------------------------------------------------------------------------------------
 NAME="smoke/$(date -u +%Y%m%dT%H%M%SZ)-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n').bin"

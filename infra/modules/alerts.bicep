@@ -8,6 +8,8 @@
 //     keys missing         ERROR "key ... is recorded but missing from the vault", blobseal_keys_missing_total
 //     key integrity        ERROR "key integrity: refused ...", blobseal_key_integrity_failures_total (a key row
 //                          the service cannot prove it made: someone wrote the database)
+//     access log failures  ERROR "access log write failed ...", blobseal_audit_failures_total (an access that
+//                          could not be recorded: refused with AUDIT_FAIL_OPEN=false, served unrecorded with true)
 //     rotation failures    ERROR "rotation of file ... failed", blobseal_errors_total{operation=rotate}
 //     plaintext too old    blobseal_ingest_oldest_plaintext_seconds, or the reconciler's run log
 //                          ("reconcile run ...: {... 'oldest_plaintext_seconds': N ...}") above the threshold
@@ -18,7 +20,9 @@
 //                          event was lost: the reconciler still ingests it within minutes)
 //
 // The counters reach customMetrics through azure-monitor-opentelemetry (shared/telemetry.py mirrors
-// every blobseal_* Prometheus counter as an observable counter of the same name, delta temporality);
+// every blobseal_* Prometheus counter as an observable counter named after its family, delta temporality):
+// prometheus_client drops the "_total" suffix from a family's name, so blobseal_audit_failures_total is
+// exported as blobseal_audit_failures; each query takes both names (check_infra.py fails on "_total" alone);
 // the gauges are not mirrored yet, so each rule also matches the log line, which reaches `traces`
 // through the Functions host either way. Every rule fires on the first occurrence in its window.
 
@@ -83,7 +87,7 @@ var uploadFailuresQuery = '''
 union
   (traces | where severityLevel >= 3 and message matches regex @"\(file [^)]*\) failed"),
   (traces | where message has "webjobs-blobtrigger-poison"),
-  (customMetrics | where name == "blobseal_operations_total" and tostring(customDimensions["operation"]) == "encrypt"
+  (customMetrics | where name in ("blobseal_operations", "blobseal_operations_total") and tostring(customDimensions["operation"]) == "encrypt"
       and tostring(customDimensions["outcome"]) != "ok" and value > 0),
   (customMetrics | where name == "blobseal_failed_uploads" and value > 0)
 '''
@@ -91,25 +95,31 @@ union
 var integrityQuery = '''
 union
   (traces | where severityLevel >= 3 and message has "integrity check failed for file"),
-  (customMetrics | where name == "blobseal_integrity_failures_total" and value > 0)
+  (customMetrics | where name in ("blobseal_integrity_failures", "blobseal_integrity_failures_total") and value > 0)
 '''
 
 var keysMissingQuery = '''
 union
   (traces | where severityLevel >= 3 and message has "is recorded but missing from the vault"),
-  (customMetrics | where name == "blobseal_keys_missing_total" and value > 0)
+  (customMetrics | where name in ("blobseal_keys_missing", "blobseal_keys_missing_total") and value > 0)
 '''
 
 var keyIntegrityQuery = '''
 union
   (traces | where severityLevel >= 3 and message startswith "key integrity: refused"),
-  (customMetrics | where name == "blobseal_key_integrity_failures_total" and value > 0)
+  (customMetrics | where name in ("blobseal_key_integrity_failures", "blobseal_key_integrity_failures_total") and value > 0)
+'''
+
+var auditFailuresQuery = '''
+union
+  (traces | where severityLevel >= 3 and message startswith "access log write failed"),
+  (customMetrics | where name in ("blobseal_audit_failures", "blobseal_audit_failures_total") and value > 0)
 '''
 
 var rotationQuery = '''
 union
   (traces | where severityLevel >= 3 and message matches regex @"rotation of file \S+ failed"),
-  (customMetrics | where name == "blobseal_errors_total" and tostring(customDimensions["operation"]) == "rotate" and value > 0)
+  (customMetrics | where name in ("blobseal_errors", "blobseal_errors_total") and tostring(customDimensions["operation"]) == "rotate" and value > 0)
 '''
 
 var plaintextQueryTemplate = '''
@@ -148,6 +158,14 @@ var logAlerts = [
     description: 'A key row the service cannot prove it made (an unsigned or forged intermediate key, a key moved to another row, a custody the deployment does not allow) was refused: someone with write access to the database changed it. Nothing was served with it. docs/THREATS.md and docs/OPERATIONS.md ("Key integrity") say what to check.'
     severity: 0
     query: keyIntegrityQuery
+    threshold: 0
+  }
+  {
+    name: 'access-log-failures'
+    displayName: 'blobseal: the access log could not be written'
+    description: 'An access could not be recorded in the access log (blobseal_audit_failures_total): with AUDIT_FAIL_OPEN=false (the default) it was refused with 503, with true it was served unrecorded. The database, the access log\'s append-only rules or the chain key in the vault failed, or someone changed them. The log line names the operation, file and caller; `blobseal audit verify` names the first row that does not verify.'
+    severity: 0
+    query: auditFailuresQuery
     threshold: 0
   }
   {

@@ -22,7 +22,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   // checkov:skip=CKV_AZURE_66: not an appsettings property; failed-request tracing is an IIS feature, Flex Consumption (Linux) traces to Application Insights
   // checkov:skip=CKV_AZURE_222: not an appsettings property; public access of the site is decided (and skipped with its reason) in functionapp.bicep
   // checkov:skip=CKV_AZURE_80: not an appsettings property; the app is Python 3.13 (functionAppConfig.runtime), no .NET Framework
-  // checkov:skip=CKV_AZURE_13: not an appsettings property; callers authenticate with function keys (health is anonymous by design), App Service Authentication is not used
+  // checkov:skip=CKV_AZURE_13: not an authentication resource (the check fails every sites/config not named *authsettings*); App Service Authentication is the authsettingsV2 resource in easyauth.bicep (CKV_AZURE_56 passes there)
   // checkov:skip=CKV_AZURE_88: not an appsettings property; Flex Consumption has no content share and mounts no Azure Files
   parent: site
   name: 'appsettings'

@@ -13,9 +13,10 @@
 // Private networking: virtualNetworkSubnetId puts the app's outbound traffic into the VNet
 // (subnet delegated to Microsoft.App/environments), where the private endpoints of storage, Key Vault
 // and PostgreSQL resolve. Inbound stays public on purpose: the HTTP API is the product's interface
-// (function keys), and Event Grid delivers BlobCreated to the blob extension's webhook over the
-// public endpoint (Event Grid cannot deliver to a private endpoint). FTP and basic-auth (SCM)
-// publishing credentials are disabled: deployments authenticate with Entra ID.
+// (Entra tokens checked by App Service Authentication, modules/easyauth.bicep), and Event Grid
+// delivers BlobCreated to the blob extension's webhook over the public endpoint (Event Grid cannot
+// deliver to a private endpoint). FTP and basic-auth (SCM) publishing credentials are disabled:
+// deployments authenticate with Entra ID.
 
 param planName string
 param appName string
@@ -74,8 +75,8 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_222: inbound stays public by design: the HTTP API is the interface (function keys) and Event Grid delivers to the blob webhook only over the public endpoint
-  // checkov:skip=CKV_AZURE_17: callers authenticate with function keys; Event Grid's webhook delivery cannot present a client certificate
+  // checkov:skip=CKV_AZURE_222: inbound stays public by design: the HTTP API is the interface (Entra tokens, App Service Authentication in easyauth.bicep) and Event Grid delivers to the blob webhook only over the public endpoint
+  // checkov:skip=CKV_AZURE_17: callers authenticate with Entra tokens (App Service Authentication, easyauth.bicep); Event Grid's webhook delivery cannot present a client certificate
   // checkov:skip=CKV_AZURE_78: Flex Consumption rejects siteConfig.ftpsState; FTP is off through basicPublishingCredentialsPolicies/ftp below
   // checkov:skip=CKV_AZURE_212: Flex Consumption has no fixed worker count (numberOfWorkers); it scales per function, and the plan is zone redundant
   // checkov:skip=CKV_AZURE_213: /api/health reports dependency health (503 while PostgreSQL is down), so platform health checks would recycle instances for outages they cannot fix; alerts and infra/smoke.sh watch it instead

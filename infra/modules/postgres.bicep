@@ -13,6 +13,11 @@
 // 6432 on the same host name, Entra tokens accepted) in transaction pooling, enabled when
 // pgBouncerEnabled. The app connects through it (DATABASE_PGBOUNCER=true: no prepared statements kept
 // across transactions); migrations and roles go to 5432 directly. Budget and sources: docs/DATABASE.md.
+//
+// Logs (logAnalyticsWorkspaceId): the server log (PostgreSQLLogs: errors, warnings, connection and
+// authentication messages as the log_* server parameters decide) and the sessions data
+// (PostgreSQLFlexSessions: sampled pg_stat_activity, which needs metrics.collector_database_activity,
+// set on below) go to Log Analytics, with the metrics. pgaudit is not enabled: see infra/README.md.
 
 @description('Server name: 3-63 lowercase letters, digits and hyphens, globally unique.')
 @minLength(3)
@@ -95,6 +100,9 @@ param pgBouncerDefaultPoolSize int = 10
 @minValue(1)
 @maxValue(50000)
 param pgBouncerMaxClientConn int = 5000
+
+@description('Log Analytics workspace receiving the server log and sessions data ("" = none).')
+param logAnalyticsWorkspaceId string = ''
 
 resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
   name: serverName
@@ -215,6 +223,46 @@ resource pgBouncerMaxClients 'Microsoft.DBforPostgreSQL/flexibleServers/configur
   dependsOn: [
     pgBouncerPoolSize
   ]
+}
+
+// Sessions data for the PostgreSQLFlexSessions category (dynamic: no restart), after the other
+// parameters (one configuration change at a time).
+resource sessionsData 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (!empty(logAnalyticsWorkspaceId)) {
+  parent: server
+  name: 'metrics.collector_database_activity'
+  properties: {
+    value: 'on'
+    source: 'user-override'
+  }
+  dependsOn: [
+    database
+    allowAzure
+    pgBouncerMaxClients
+  ]
+}
+
+resource serverLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsWorkspaceId)) {
+  name: 'logs-to-log-analytics'
+  scope: server
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'PostgreSQLLogs'
+        enabled: true
+      }
+      {
+        category: 'PostgreSQLFlexSessions'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
 }
 
 output id string = server.id

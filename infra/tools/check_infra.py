@@ -28,7 +28,15 @@ ships the compiler), so this is not `bicep build`. It checks:
 8. deploy.sh (and smoke.sh): `bash -n`, shellcheck (when installed), and a dry run of deploy.sh
    against a stub `az` and a stub Python that record every call: the phases run in order, the
    database phase runs as the Entra admin with a token that is never on a command line or in the
-   output, and a temporary PostgreSQL firewall opening is always closed again.
+   output, and a temporary PostgreSQL firewall opening is always closed again; the API app
+   registration gets the app's roles (app-registration.json), app roles are assigned by id, and the
+   digests' immutability policy is locked with its ETag and never rewritten once locked;
+9. access you can prove (main.bicep with its defaults): App Service Authentication (authsettingsV2)
+   requires an Entra token everywhere but EXCLUDED_PATHS and answers 401, with no client secret and
+   no token store; function keys are off; no template or script sets WEBSITE_AUTH_ENABLED; the
+   access log's digest container is in the data account under one time-based WORM policy at least
+   as long as the log's retention, left alone once locked; blob and PostgreSQL logs go to the
+   workspace; the key-integrity and access-log alerts fire on their counters' exported names.
 
 Usage:
     python -m venv .venv-infra && .venv-infra/bin/pip install -r infra/tools/requirements.txt
@@ -38,6 +46,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import secrets
@@ -91,6 +101,8 @@ CHECKED_TYPES = {
     "Microsoft.KeyVault/vaults/keys@2023-07-01",
     # keys the database cannot subvert: the sign-only custom role of the signing key
     "Microsoft.Authorization/roleDefinitions@2022-04-01",
+    # access you can prove: the digest container's write-once policy (authsettingsV2 is a sites/config)
+    "Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01",
 }
 
 # Allowed property names at a path of a resource body, transcribed from the published Bicep
@@ -191,6 +203,48 @@ SCHEMA: dict[str, dict[str, set[str]]] = {
         "": {"name", "properties"},
         "properties": {"assignableScopes", "description", "permissions", "roleName", "type"},
     },
+    # Only authsettingsV2 has object-valued properties (appsettings' properties is the settings object).
+    "Microsoft.Web/sites/config@2024-04-01": {
+        "": {"parent", "name", "properties"},
+        "properties": {"globalValidation", "httpSettings", "identityProviders", "login", "platform"},
+        "properties.platform": {"configFilePath", "enabled", "runtimeVersion"},
+        "properties.globalValidation": {
+            "excludedPaths", "redirectToProvider", "requireAuthentication", "unauthenticatedClientAction",
+        },
+        "properties.httpSettings": {"forwardProxy", "requireHttps", "routes"},
+        "properties.identityProviders": {
+            "apple", "azureActiveDirectory", "azureStaticWebApps", "customOpenIdConnectProviders", "facebook",
+            "gitHub", "google", "legacyMicrosoftAccount", "twitter",
+        },
+        "properties.identityProviders.azureActiveDirectory": {
+            "enabled", "isAutoProvisioned", "login", "registration", "validation",
+        },
+        "properties.identityProviders.azureActiveDirectory.registration": {
+            "clientId", "clientSecretCertificateIssuer", "clientSecretCertificateSubjectAlternativeName",
+            "clientSecretCertificateThumbprint", "clientSecretSettingName", "openIdIssuer",
+        },
+        "properties.identityProviders.azureActiveDirectory.validation": {
+            "allowedAudiences", "defaultAuthorizationPolicy", "jwtClaimChecks",
+        },
+        "properties.login": {
+            "allowedExternalRedirectUrls", "cookieExpiration", "nonce", "preserveUrlFragmentsForLogins", "routes",
+            "tokenStore",
+        },
+        "properties.login.tokenStore": {"azureBlobStorage", "enabled", "fileSystem", "tokenRefreshExtensionHours"},
+    },
+    "Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01": {
+        "": {"parent", "name", "properties"},
+        "properties": {
+            "allowProtectedAppendWrites", "allowProtectedAppendWritesAll", "immutabilityPeriodSinceCreationInDays",
+        },
+    },
+    "Microsoft.Insights/diagnosticSettings@2021-05-01-preview": {
+        "": {"name", "scope", "properties"},
+        "properties": {
+            "eventHubAuthorizationRuleId", "eventHubName", "logAnalyticsDestinationType", "logs",
+            "marketplacePartnerId", "metrics", "serviceBusRuleId", "storageAccountId", "workspaceId",
+        },
+    },
     "Microsoft.Web/sites@2024-04-01": {
         "properties.functionAppConfig": {"deployment", "runtime", "scaleAndConcurrency"},
         "properties.functionAppConfig.deployment": {"storage"},
@@ -220,6 +274,11 @@ SCHEMA: dict[str, dict[str, set[str]]] = {
 
 # Values the schema restricts to a fixed set, checked where the template writes a literal.
 ENUMS: dict[str, dict[str, set[str]]] = {
+    "Microsoft.Web/sites/config@2024-04-01": {
+        "properties.globalValidation.unauthenticatedClientAction": {
+            "AllowAnonymous", "RedirectToLoginPage", "Return401", "Return403",
+        },
+    },
     "Microsoft.Web/sites@2024-04-01": {
         "properties.functionAppConfig.runtime.name": {
             "custom", "dotnet-isolated", "java", "node", "powershell", "python",
@@ -273,7 +332,8 @@ REQUIRED_APP_SETTINGS = {
     "KEY_VAULT_CACHE_DURATION_MINUTES", "DATABASE_URL", "DATABASE_AUTH", "BLOB_TRIGGER_SOURCE", "INGEST_CONTAINER",
     "PROTECTED_CONTAINER", "ROTATION_SCHEDULE", "RECONCILE_SCHEDULE", "RECONCILE_BATCH_SIZE",
     "RECONCILE_AFTER_SECONDS", "INGEST_RETRY_SECONDS", "PLAINTEXT_ALERT_MINUTES", "ROTATION_LEASE_SECONDS",
-    "KEY_MODE", "KEY_VAULT_KEK_NAME",
+    "KEY_MODE", "KEY_VAULT_KEK_NAME", "AUDIT_FAIL_OPEN", "AUDIT_CHAIN_KEY_NAME", "AUDIT_DIGEST_CONTAINER",
+    "FUNCTION_KEYS_ENABLED",
 }
 # Flex Consumption rejects or ignores these; connection strings must not be plain settings.
 FORBIDDEN_APP_SETTINGS = {
@@ -281,6 +341,8 @@ FORBIDDEN_APP_SETTINGS = {
     "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE", "AzureWebJobsStorage",
     "KEY_VAULT_CLIENT_SECRET", "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD",
     "DataStorage", "PGPASSWORD", "DATABASE_PASSWORD",
+    # set by the platform while App Service Authentication is on; a setting of that name overrides it
+    "WEBSITE_AUTH_ENABLED",
 }
 
 
@@ -844,12 +906,13 @@ class Scope:
     given: dict[str, Any]
     loop: dict[str, Any] = field(default_factory=dict)
     _vars: dict[str, Any] = field(default_factory=dict)
+    caller: Scope | None = None  # the instance whose module declaration deployed this one
 
     def with_loop(self, names: list[str], value: Any) -> Scope:
         bound = dict(self.loop)
         for i, name in enumerate(names):
             bound[name] = value if i == 0 else UNKNOWN
-        return Scope(self.bicep, self.given, bound, self._vars)
+        return Scope(self.bicep, self.given, bound, self._vars, self.caller)
 
     def lookup(self, name: str) -> Any:
         if name in self.loop:
@@ -986,10 +1049,10 @@ def _instances(decl: Any, scope: Scope) -> Iterator[tuple[Scope, Any]]:
 
 
 def _deployed(files: dict[Path, BicepFile], path: Path, given: dict[str, Any],
-              seen: list[tuple[BicepFile, str, str, Scope, Any]]) -> None:
+              seen: list[tuple[BicepFile, str, str, Scope, Any]], caller: Scope | None = None) -> None:
     """Collect (file, symbol, type, scope, body) of every resource the instance deploys."""
     bicep = files[path.resolve()]
-    scope = Scope(bicep, given)
+    scope = Scope(bicep, given, caller=caller)
     for decl in bicep.tree.root_node.named_children:
         if decl.type == "resource_declaration":
             if any(c.type == "existing" or _text(c) == "existing" for c in decl.children):
@@ -1003,7 +1066,7 @@ def _deployed(files: dict[Path, BicepFile], path: Path, given: dict[str, Any],
             for each, body in _instances(decl, scope):
                 params = next((v for k, _, v in _object_keys(body) if k == "params"), None)
                 values = {k: each.eval(v) for k, _, v in _object_keys(params)} if params is not None else {}
-                _deployed(files, bicep.path.parent / rel, values, seen)
+                _deployed(files, bicep.path.parent / rel, values, seen, each)
 
 
 def check_private_networking(files: dict[Path, BicepFile], report: Report) -> None:
@@ -1053,6 +1116,271 @@ def check_private_networking(files: dict[Path, BicepFile], report: Report) -> No
 
 
 # ---------------------------------------------------------------------------------------------
+# Access you can prove: who may call (Easy Auth), the digests' write-once container, the logs, alerts
+# ---------------------------------------------------------------------------------------------
+
+# Paths App Service Authentication lets through without a token, and why (modules/easyauth.bicep).
+EXCLUDED_PATHS = {
+    "/api/health": "anonymous by design: up or down only, from cached probes",
+    "/runtime/webhooks/blobs": "Event Grid's deliveries to the blob trigger carry no Entra token; the host checks "
+                               "the blobs_extension system key in the URL",
+}
+# Set by the platform while App Service Authentication is on; a setting of that name overrides the platform's.
+PLATFORM_AUTH_SETTING = "WEBSITE_AUTH_ENABLED"
+APP_REGISTRATION = "app-registration.json"
+ENTRA_ROLE_PREFIX = "blobseal."
+# Log alerts that fire on the first increase of a counter: (alert, counter family, severity). The family is
+# the Prometheus counter's name without "_total" (prometheus_client drops it), the name shared/telemetry.py
+# exports to customMetrics.
+COUNTER_ALERTS = [
+    ("key-integrity", "blobseal_key_integrity_failures", 0),
+    ("access-log-failures", "blobseal_audit_failures", 0),
+]
+BLOB_LOG_CATEGORIES = {"StorageRead", "StorageWrite", "StorageDelete"}
+# PostgreSQLFlexSessions is sampled from pg_stat_activity only while this server parameter is on.
+POSTGRES_LOG_CATEGORIES = {"PostgreSQLLogs", "PostgreSQLFlexSessions"}
+SESSIONS_PARAMETER = "metrics.collector_database_activity"
+
+
+def _main_deployment(files: dict[Path, BicepFile], given: dict[str, Any] | None = None,
+                     ) -> list[tuple[BicepFile, str, str, Scope, Any]]:
+    seen: list[tuple[BicepFile, str, str, Scope, Any]] = []
+    _deployed(files, INFRA / "main.bicep", given or {}, seen)
+    return seen
+
+
+def _get(value: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _azure_settings(files: dict[Path, BicepFile], given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """main.bicep's appSettings, evaluated (with its defaults unless ``given``)."""
+    settings = Scope(files[(INFRA / "main.bicep").resolve()], given or {}).lookup("appSettings")
+    return settings if isinstance(settings, dict) else {}
+
+
+def _app_roles() -> list[str] | None:
+    """shared.config.ROLES, read from the source (None where the app is absent)."""
+    config = REPO / "shared" / "config.py"
+    found = re.search(r"^ROLES = \(([^)]*)\)", config.read_text(), re.MULTILINE) if config.exists() else None
+    return re.findall(r'"([a-z]+)"', found.group(1)) if found else None
+
+
+def check_platform_auth_setting(files: dict[Path, BicepFile], report: Report) -> None:
+    """No template or script sets WEBSITE_AUTH_ENABLED (on Flex Consumption the host enforces App Service
+    Authentication only while it is true, and the app trusts principal headers only then)."""
+    for bicep in files.values():
+        for node in _walk(bicep.tree.root_node):
+            if node.type in ("identifier", "string_content") and PLATFORM_AUTH_SETTING in _text(node):
+                report.fail(f"{bicep.path.name}:{node.start_point[0] + 1}: sets {PLATFORM_AUTH_SETTING}: only the "
+                            "platform may (a setting of that name overrides it: false switches the host's "
+                            "authentication off, true makes the app trust unvalidated principal headers)")
+    for script in ("deploy.sh", "smoke.sh"):
+        path = INFRA / script
+        lines = path.read_text().splitlines() if path.exists() else []
+        for number, line in enumerate(lines, 1):
+            if PLATFORM_AUTH_SETTING in line and not line.lstrip().startswith("#"):
+                report.fail(f"{script}:{number}: sets {PLATFORM_AUTH_SETTING}: only the platform may")
+    report.ok(f"{PLATFORM_AUTH_SETTING}: set by no template or script (the platform's alone)")
+
+
+def check_easy_auth(files: dict[Path, BicepFile], report: Report) -> None:
+    """App Service Authentication (authsettingsV2), evaluated with main.bicep's defaults: on, Entra only,
+    tokens required everywhere but EXCLUDED_PATHS (401 otherwise), no client secret, no token store; function
+    keys off; the app registration's roles are the app's."""
+    auths = []
+    for bicep, symbol, type_version, scope, body in _main_deployment(files):
+        keys = {k: v for k, _, v in _object_keys(body)}
+        if type_version.startswith("Microsoft.Web/sites/config@") and "name" in keys \
+                and scope.eval(keys["name"]) == "authsettingsV2":
+            auths.append((bicep, symbol, scope, body, keys))
+    if len(auths) != 1:
+        report.fail(f"main.bicep: {len(auths)} App Service Authentication (authsettingsV2) resources deployed, not 1")
+    for bicep, symbol, scope, body, keys in auths:
+        where = f"{bicep.path.name}: {symbol}"
+        if "parent" not in keys:
+            report.fail(f"{where}: must name its site with parent: (CKV_AZURE_56 checks a config named exactly "
+                        "authsettingsV2)")
+        conf = scope.eval(keys["properties"]) if "properties" in keys else {}
+        expected = [
+            (("platform", "enabled"), True, "authentication must be on"),
+            (("globalValidation", "requireAuthentication"), True, "every request needs a token"),
+            (("globalValidation", "unauthenticatedClientAction"), "Return401", "a request without a token gets 401"),
+            (("httpSettings", "requireHttps"), True, "tokens only over HTTPS"),
+            (("identityProviders", "azureActiveDirectory", "enabled"), True, "Microsoft Entra ID validates tokens"),
+            (("login", "tokenStore", "enabled"), False, "an API keeps no tokens (the app reads the principal header)"),
+        ]
+        for path, want, why in expected:
+            got = _get(conf, *path)
+            if got != want:
+                report.fail(f"{where}: {'.'.join(path)} is {got!r}, must be {want!r}: {why}")
+        excluded = _get(conf, "globalValidation", "excludedPaths")
+        if not isinstance(excluded, list) or sorted(map(str, excluded)) != sorted(EXCLUDED_PATHS):
+            report.fail(f"{where}: globalValidation.excludedPaths is {excluded!r}, must be exactly "
+                        f"{sorted(EXCLUDED_PATHS)}: every other path needs a token")
+        providers = _get(conf, "identityProviders")
+        if isinstance(providers, dict) and set(providers) != {"azureActiveDirectory"}:
+            report.fail(f"{where}: identity providers {sorted(providers)}: Microsoft Entra ID only")
+        registration = _get(conf, "identityProviders", "azureActiveDirectory", "registration")
+        registration = registration if isinstance(registration, dict) else {}
+        if registration.get("clientId") in (None, ""):
+            report.fail(f"{where}: registration.clientId missing: the API app registration")
+        for key in sorted(k for k in registration if k.startswith("clientSecret")):
+            report.fail(f"{where}: registration.{key}: validating bearer tokens needs no client secret (an API "
+                        "has no login flow), and no secret is a setting")
+        nodes = {p: v for p, _, v in _paths(body)}
+        issuer = nodes.get("properties.identityProviders.azureActiveDirectory.registration", {}).get("openIdIssuer")
+        if issuer is None or not _text(issuer).endswith("/v2.0'"):
+            report.fail(f"{where}: registration.openIdIssuer must be the tenant's v2.0 issuer "
+                        "(<login endpoint><tenant>/v2.0): the registration asks for v2 access tokens")
+        audiences = _get(conf, "identityProviders", "azureActiveDirectory", "validation", "allowedAudiences")
+        if not isinstance(audiences, list) or not audiences:
+            report.fail(f"{where}: validation.allowedAudiences is empty: name the API (its application id URI)")
+    keys_enabled = _azure_settings(files).get("FUNCTION_KEYS_ENABLED")
+    if keys_enabled != "false":
+        report.fail(f"main.bicep: FUNCTION_KEYS_ENABLED must be 'false' with the defaults, not {keys_enabled!r}: "
+                    "App Service Authentication admits callers, function keys are optional and off by default")
+    _check_app_registration(report)
+    report.ok(f"App Service Authentication: Entra tokens on every path but {sorted(EXCLUDED_PATHS)} (401), "
+              "no secret, no token store; function keys off; the registration's roles are the app's")
+
+
+def _check_app_registration(report: Report) -> None:
+    roles = _app_roles()
+    path = INFRA / APP_REGISTRATION
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        report.fail(f"{APP_REGISTRATION}: {exc}")
+        return
+    app_roles = manifest.get("appRoles") if isinstance(manifest, dict) else None
+    app_roles = [r for r in app_roles if isinstance(r, dict)] if isinstance(app_roles, list) else []
+    values = sorted(str(r.get("value")) for r in app_roles)
+    if roles is not None and values != sorted(ENTRA_ROLE_PREFIX + role for role in roles):
+        report.fail(f"{APP_REGISTRATION}: app roles {values}, the app checks "
+                    f"{sorted(ENTRA_ROLE_PREFIX + role for role in roles)} (shared/config.py ROLES)")
+    ids = [str(r.get("id")) for r in app_roles]
+    if len(set(ids)) != len(ids) or not all(re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", i) for i in ids):
+        report.fail(f"{APP_REGISTRATION}: every app role needs an id of its own (a GUID, stable across runs)")
+    for role in app_roles:
+        if role.get("isEnabled") is not True or sorted(role.get("allowedMemberTypes") or []) != ["Application", "User"]:
+            report.fail(f"{APP_REGISTRATION}: {role.get('value')}: must be enabled, for users (and groups) and "
+                        "applications")
+    if _get(manifest, "api", "requestedAccessTokenVersion") != 2:
+        report.fail(f"{APP_REGISTRATION}: api.requestedAccessTokenVersion must be 2 (Easy Auth's issuer is v2.0)")
+
+
+def check_audit_digests(files: dict[Path, BicepFile], report: Report) -> None:
+    """The access log's digests go to a container of the data account (with ingest and protected: the app
+    writes them with the data connection) under one time-based WORM policy at least as long as the log's
+    retention, no appends; with the policy locked the template no longer touches it."""
+    settings = _azure_settings(files)
+    container = settings.get("AUDIT_DIGEST_CONTAINER")
+    data = {settings.get("INGEST_CONTAINER"), settings.get("PROTECTED_CONTAINER")}
+    retention = Scope(files[(INFRA / "main.bicep").resolve()], {}).lookup("auditRetentionDays")
+    policy_type = "Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@"
+    policies = [(b, sym, scope, body) for b, sym, t, scope, body in _main_deployment(files)
+                if t.startswith(policy_type)]
+    if len(policies) != 1:
+        report.fail(f"main.bicep: {len(policies)} immutability policies deployed, not 1 (on {container!r})")
+    for bicep, symbol, scope, body in policies:
+        where = f"{bicep.path.name}: {symbol}"
+        props = _get(scope.eval(body), "properties") or {}
+        days = props.get("immutabilityPeriodSinceCreationInDays")
+        if not isinstance(days, int) or not isinstance(retention, int) or days < retention:
+            report.fail(f"{where}: digests immutable for {days!r} days, less than auditRetentionDays "
+                        f"({retention!r}): rows the log keeps would be pinned by digests someone can change")
+        if props.get("allowProtectedAppendWrites") is not False or props.get("allowProtectedAppendWritesAll"):
+            report.fail(f"{where}: allowProtectedAppendWrites must be false: a digest is a whole new blob")
+        protected = scope.lookup("containerName")
+        if protected != container:
+            report.fail(f"{where}: protects container {protected!r}, the app writes digests to {container!r} "
+                        "(AUDIT_DIGEST_CONTAINER)")
+        account = scope.caller.lookup("containerNames") if scope.caller is not None else None
+        if not isinstance(account, list) or not {container, *data} <= set(account):
+            report.fail(f"{where}: the digest container {container!r} must be created in the data account, with "
+                        f"{sorted(str(d) for d in data)} (the app writes digests with the data connection)")
+    locked = [sym for _, sym, t, _, _ in _main_deployment(files, {"auditDigestImmutabilityLocked": True})
+              if t.startswith(policy_type)]
+    if locked:
+        report.fail("main.bicep: with auditDigestImmutabilityLocked=true the policy is still deployed: a redeployment "
+                    "would try to rewrite a locked policy")
+    report.ok(f"audit digests: container {container!r} of the data account, write once for at least "
+              "auditRetentionDays, left alone once locked")
+
+
+def check_diagnostics(files: dict[Path, BicepFile], report: Report) -> None:
+    """With the defaults, the data account's blob service and the PostgreSQL server send their logs to the
+    workspace (blob reads, writes and deletes; server log and sessions)."""
+    ingest = _azure_settings(files).get("INGEST_CONTAINER")
+    blob, server, sessions = [], [], False
+    for bicep, _, type_version, scope, body in _main_deployment(files):
+        keys = {k: v for k, _, v in _object_keys(body)}
+        if type_version.startswith("Microsoft.DBforPostgreSQL/flexibleServers/configurations@"):
+            conf = scope.eval(body)
+            sessions |= conf.get("name") == SESSIONS_PARAMETER and _get(conf, "properties", "value") == "on"
+        if not type_version.startswith("Microsoft.Insights/diagnosticSettings@"):
+            continue
+        conf = scope.eval(body)
+        logs = _get(conf, "properties", "logs")
+        categories = {str(log.get("category")) for log in (logs if isinstance(logs, list) else [])
+                      if isinstance(log, dict) and log.get("enabled") is True}
+        workspace = _get(conf, "properties", "workspaceId")
+        target = _text(keys["scope"]) if "scope" in keys else ""
+        if bicep.path.name == "storage.bicep" and target == "blobService":
+            names = scope.lookup("containerNames")
+            blob.append((isinstance(names, list) and ingest in names, categories, workspace))
+        elif bicep.path.name == "postgres.bicep" and target == "server":
+            server.append((categories, workspace))
+    data_logs = [(categories, workspace) for is_data, categories, workspace in blob if is_data]
+    if not data_logs:
+        report.fail("main.bicep: the data account's blob service sends no diagnostic logs to Log Analytics")
+    for categories, workspace in data_logs:
+        if not categories >= BLOB_LOG_CATEGORIES or workspace in (None, ""):
+            report.fail(f"storage.bicep: the data account's blob logs are {sorted(categories)} to {workspace!r}, "
+                        f"must be {sorted(BLOB_LOG_CATEGORIES)} to the workspace")
+    if not server:
+        report.fail("main.bicep: the PostgreSQL server sends no diagnostic logs to Log Analytics")
+    for categories, workspace in server:
+        if not categories >= POSTGRES_LOG_CATEGORIES or workspace in (None, ""):
+            report.fail(f"postgres.bicep: the server's logs are {sorted(categories)} to {workspace!r}, must be "
+                        f"{sorted(POSTGRES_LOG_CATEGORIES)} to the workspace")
+        if "PostgreSQLFlexSessions" in categories and not sessions:
+            report.fail(f"postgres.bicep: PostgreSQLFlexSessions stays empty without {SESSIONS_PARAMETER}=on")
+    report.ok(f"diagnostics: data blobs {sorted(BLOB_LOG_CATEGORIES)}, PostgreSQL "
+              f"{sorted(POSTGRES_LOG_CATEGORIES)} to Log Analytics")
+
+
+def check_alerts(files: dict[Path, BicepFile], report: Report) -> None:
+    """Each counter in COUNTER_ALERTS has a log alert of its severity that fires on its first increase, under
+    the name the counter reaches customMetrics with; no query looks for a counter by its "_total" name alone."""
+    alerts = next((b for b in files.values() if b.path.name == "alerts.bicep"), None)
+    rules = Scope(alerts, {}).lookup("logAlerts") if alerts is not None else None
+    by_name = {r.get("name"): r for r in rules if isinstance(r, dict)} if isinstance(rules, list) else {}
+    for each in by_name.values():
+        text = each.get("query")
+        for total in re.findall(r'name == "(blobseal_\w+)_total"', text if isinstance(text, str) else ""):
+            report.fail(f"alerts.bicep: {each.get('name')}: looks for {total}_total, which never reaches "
+                        f"customMetrics: the counter is exported as {total} (prometheus_client drops _total)")
+    for name, counter, severity in COUNTER_ALERTS:
+        rule = by_name.get(name)
+        if rule is None:
+            report.fail(f"alerts.bicep: no log alert {name!r} on {counter}")
+            continue
+        query = rule.get("query")
+        if not isinstance(query, str) or not re.search(rf'name in \([^)]*"{counter}"[^)]*\) and value > 0', query):
+            report.fail(f"alerts.bicep: {name}: the query does not fire on {counter} > 0")
+        if rule.get("severity") != severity or rule.get("threshold") != 0:
+            report.fail(f"alerts.bicep: {name}: severity {rule.get('severity')!r}, threshold "
+                        f"{rule.get('threshold')!r}: must be severity {severity}, on the first occurrence (0)")
+    report.ok(f"alerts: {', '.join(f'{n} (severity {s})' for n, _, s in COUNTER_ALERTS)} on their counters")
+
+
+# ---------------------------------------------------------------------------------------------
 # deploy.sh
 # ---------------------------------------------------------------------------------------------
 
@@ -1060,6 +1388,9 @@ STUB_AZ = r"""#!/usr/bin/env bash
 # Stub az: records each call (one line, arguments separated by \x1f) and answers like az would.
 set -euo pipefail
 printf '%s\x1f' "$@" >>"$STUB_LOG"; printf '\n' >>"$STUB_LOG"
+for a in "$@"; do  # a request body given as @file: recorded on the next line
+  if [[ "$a" == @* && -f "${a#@}" ]]; then printf 'BODY\x1f%s\n' "$(tr -d '\n' <"${a#@}")" >>"$STUB_LOG"; fi
+done
 args=" $* "
 case "$args" in
   *" account show "*"user.type"*) echo user ;;
@@ -1077,8 +1408,25 @@ case "$args" in
       functionAppPrincipalId) echo "22222222-2222-2222-2222-222222222222" ;;
       postgresFqdn) echo "stub-pg.postgres.database.azure.com" ;;
       databaseName) echo "blobseal" ;;
+      dataStorageAccountName) echo "stubdata" ;;
+      auditDigestContainerName) echo "audit-digests" ;;
+      apiClientId) echo "33333333-3333-3333-3333-333333333333" ;;
+      apiAppIdUri) echo "api://33333333-3333-3333-3333-333333333333" ;;
       *) echo "stub-$q" ;;
     esac ;;
+  *" ad app list "*) echo "${STUB_API_APP:-}" ;;
+  *" ad app create "*) echo "33333333-3333-3333-3333-333333333333" ;;
+  *" ad sp show "*)
+    [[ -n "${STUB_SP_EXISTS:-}" ]] || exit 3
+    echo "44444444-4444-4444-4444-444444444444" ;;
+  *" ad sp create "*) echo "44444444-4444-4444-4444-444444444444" ;;
+  *" rest --method post "*"appRoleAssignedTo"*)
+    if [[ -n "${STUB_ASSIGNED_ALREADY:-}" ]]; then
+      echo "Bad Request: Permission being assigned already exists on the object." >&2; exit 1
+    fi ;;
+  *" storage container immutability-policy show "*"--query state "*) echo "${STUB_WORM_STATE:-Unlocked}" ;;
+  *" storage container immutability-policy show "*"--query etag "*) echo '"0x8DSTUBETAG"' ;;
+  *" storage container immutability-policy lock "*) ;;
   *" postgres flexible-server show "*)
     echo "/subscriptions/s/resourceGroups/rg-test/providers/Microsoft.DBforPostgreSQL/flexibleServers/stub-pg" ;;
   *" postgres flexible-server firewall-rule "*) ;;
@@ -1165,6 +1513,55 @@ def _dry_run(script: Path, args: list[str], **extra: str) -> tuple[subprocess.Co
         return run, log, env["STUB_TOKEN"]
 
 
+def _check_phases(calls: list[list[str]], log: str, report: Report) -> None:
+    """The phases of a full dry run, in order, each with what it must get."""
+    order: list[str] = []
+    for call in calls:
+        joined = " ".join(call)
+        if " ad app " in f" {joined} " or " ad sp " in f" {joined} " or "graph.microsoft.com" in joined:
+            if not order or order[-1] != "app":
+                order.append("app")
+        elif call[0] == "PY":
+            if "shared.cli migrate" in call[1]:
+                order.append("migrate")
+                url = next(c for c in call if c.startswith("DATABASE_URL="))
+                if url != ("DATABASE_URL=postgresql://deployer%40example.com@stub-pg.postgres.database.azure.com"
+                           ":5432/blobseal?sslmode=verify-full"):
+                    report.fail(f"deploy.sh: migrate does not run as the Entra admin without a password: {url}")
+            elif "db_roles.py" in call[1]:
+                order.append("roles")
+                if "--app-role stub-databaseUser --app-object-id 22222222-2222-2222-2222-222222222222" not in call[1]:
+                    report.fail(f"deploy.sh: db_roles.py does not get the app's role and identity: {call[1]}")
+            if "TOKEN_OK=yes" not in call:
+                report.fail(f"deploy.sh: {call[1]} does not get the admin token in PGPASSWORD")
+        elif "deployment group create" in joined and "main.bicep" in joined:
+            order.append("infra")
+            expected = {"namePrefix=bstest", "maximumInstanceCount=50", "postgresAdminType=User",
+                        "postgresAdminObjectId=11111111-1111-1111-1111-111111111111",
+                        "postgresAdminName=deployer@example.com", f"apiClientId={STUB_CLIENT_ID}",
+                        "auditDigestImmutabilityLocked=false"}
+            if not expected <= set(call):
+                report.fail(f"deploy.sh: main deployment misses {sorted(expected - set(call))}")
+            if any("assword" in a for a in call):
+                report.fail("deploy.sh: a password parameter reaches the deployment")
+        elif "config-zip" in joined:
+            order.append("code")
+            if "--build-remote" not in call:
+                report.fail("deploy.sh: zip deploy without remote build")
+        elif "keys list" in joined:
+            order.append("key")
+        elif "blob-event-subscription.bicep" in joined:
+            order.append("subscription")
+            if "functionName=stub-encryptFunctionName" not in call:
+                report.fail("deploy.sh: subscription deployment does not pass the function name")
+    if order != ["app", "infra", "migrate", "roles", "code", "key", "subscription"]:
+        report.fail(f"deploy.sh: phases ran as {order}")
+    zip_line = re.search(r"^ZIP (.*)$", log, re.MULTILINE)
+    app_files = {"function_app.py", "host.json", "requirements.txt"}
+    if zip_line is None or not app_files <= set(zip_line.group(1).split()):
+        report.fail(f"deploy.sh: zip package lacks the app files: {zip_line.group(1) if zip_line else None}")
+
+
 def check_deploy_script(report: Report) -> None:
     script = INFRA / "deploy.sh"
     shellcheck = _shellcheck()
@@ -1194,53 +1591,14 @@ def check_deploy_script(report: Report) -> None:
 
     args = ["-g", "rg-test", "-l", "westeurope", "-p", "bstest", "--param", "maximumInstanceCount=50"]
     run, log, token = _dry_run(script, args)
-    calls = [line.split("\x1f") for line in log.splitlines() if "\x1f" in line]
+    calls = [line.split("\x1f") for line in log.splitlines() if "\x1f" in line and not line.startswith("BODY")]
     if token in run.stdout or token in run.stderr or any(token in a for c in calls for a in c):
         report.fail("deploy.sh: the database token appears in the output or on a command line")
+    _check_registration_calls(log, report)  # phase 0 runs before anything that needs this checkout
     if run.returncode != 0:
         report.fail(f"deploy.sh dry run failed ({run.returncode}):\n{run.stderr[-2000:]}")
-        return
-    order = []
-    for call in calls:
-        joined = " ".join(call)
-        if call[0] == "PY":
-            if "shared.cli migrate" in call[1]:
-                order.append("migrate")
-                url = next(c for c in call if c.startswith("DATABASE_URL="))
-                if url != ("DATABASE_URL=postgresql://deployer%40example.com@stub-pg.postgres.database.azure.com"
-                           ":5432/blobseal?sslmode=verify-full"):
-                    report.fail(f"deploy.sh: migrate does not run as the Entra admin without a password: {url}")
-            elif "db_roles.py" in call[1]:
-                order.append("roles")
-                if "--app-role stub-databaseUser --app-object-id 22222222-2222-2222-2222-222222222222" not in call[1]:
-                    report.fail(f"deploy.sh: db_roles.py does not get the app's role and identity: {call[1]}")
-            if "TOKEN_OK=yes" not in call:
-                report.fail(f"deploy.sh: {call[1]} does not get the admin token in PGPASSWORD")
-        elif "deployment group create" in joined and "main.bicep" in joined:
-            order.append("infra")
-            expected = {"namePrefix=bstest", "maximumInstanceCount=50", "postgresAdminType=User",
-                        "postgresAdminObjectId=11111111-1111-1111-1111-111111111111",
-                        "postgresAdminName=deployer@example.com"}
-            if not expected <= set(call):
-                report.fail(f"deploy.sh: main deployment misses {sorted(expected - set(call))}")
-            if any("assword" in a for a in call):
-                report.fail("deploy.sh: a password parameter reaches the deployment")
-        elif "config-zip" in joined:
-            order.append("code")
-            if "--build-remote" not in call:
-                report.fail("deploy.sh: zip deploy without remote build")
-        elif "keys list" in joined:
-            order.append("key")
-        elif "blob-event-subscription.bicep" in joined:
-            order.append("subscription")
-            if "functionName=stub-encryptFunctionName" not in call:
-                report.fail("deploy.sh: subscription deployment does not pass the function name")
-    if order != ["infra", "migrate", "roles", "code", "key", "subscription"]:
-        report.fail(f"deploy.sh: phases ran as {order}")
-    zip_line = re.search(r"^ZIP (.*)$", log, re.MULTILINE)
-    app_files = {"function_app.py", "host.json", "requirements.txt"}
-    if zip_line is None or not app_files <= set(zip_line.group(1).split()):
-        report.fail(f"deploy.sh: zip package lacks the app files: {zip_line.group(1) if zip_line else None}")
+    else:
+        _check_phases(calls, log, report)
 
     # From outside the VNet: the temporary opening is closed again even when the migration fails.
     run, log, token = _dry_run(script, [*args, "--db-access-ip", "203.0.113.7", "--skip-code", "--skip-subscription"],
@@ -1252,7 +1610,7 @@ def check_deploy_script(report: Report) -> None:
             steps.append("open-rule")
         elif "firewall-rule delete" in joined:
             steps.append("close-rule")
-        elif "rest --method patch" in joined:
+        elif "rest --method patch" in joined and "management.azure.com" in joined:
             steps.append("public-on" if '"Enabled"' in joined else "public-off")
         elif joined.startswith("PY") and "shared.cli migrate" in joined:
             steps.append("migrate")
@@ -1263,9 +1621,111 @@ def check_deploy_script(report: Report) -> None:
     run, _, _ = _dry_run(script, ["-g", "rg", "--db-access-ip", "not-an-ip"])
     if run.returncode == 0:
         report.fail("deploy.sh: accepts a malformed --db-access-ip")
+    _check_digest_lock(script, args, report)
+    _check_role_assignments(script, report)
     if not any(p.startswith("deploy.sh") for p in report.problems):
         report.ok("deploy.sh: dry run against a stub az: phases in order, admin token only in PGPASSWORD, "
-                  "temporary database access always closed")
+                  "temporary database access always closed, the API registration with the app's roles, role "
+                  "assignments, the digests' lock with the policy's ETag and never a rewrite of a locked policy")
+
+
+STUB_CLIENT_ID = "33333333-3333-3333-3333-333333333333"
+STUB_SP_ID = "44444444-4444-4444-4444-444444444444"
+AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"  # pre-authorized: az account get-access-token
+
+
+def _bodies(log: str, marker: str) -> list[Any]:
+    """The JSON bodies (``@file``) of the recorded calls whose arguments contain ``marker``."""
+    lines, found = log.splitlines(), []
+    for i, line in enumerate(lines[:-1]):
+        if marker in line and not line.startswith("BODY") and lines[i + 1].startswith("BODY\x1f"):
+            try:
+                found.append(json.loads(lines[i + 1].split("\x1f", 1)[1]))
+            except ValueError:
+                found.append(None)
+    return found
+
+
+def _check_registration_calls(log: str, report: Report) -> None:
+    """Phase 0 made the registration the app expects: its roles, api://<client id>, v2 tokens, the scope, the
+    Azure CLI pre-authorized (second request only), and the service principal requiring an assignment."""
+    bodies = _bodies(log, f"applications(appId='{STUB_CLIENT_ID}')")
+    roles = _app_roles()
+    if len(bodies) != 2 or not all(isinstance(b, dict) for b in bodies):
+        report.fail(f"deploy.sh: {len(bodies)} updates of the app registration, want 2 (scopes, then pre-authorized)")
+        return
+    for body in bodies:
+        values = sorted(str(r.get("value")) for r in body.get("appRoles", []))
+        if roles is not None and values != sorted(ENTRA_ROLE_PREFIX + r for r in roles):
+            report.fail(f"deploy.sh: the registration gets the app roles {values}")
+        if body.get("identifierUris") != [f"api://{STUB_CLIENT_ID}"]:
+            report.fail(f"deploy.sh: the registration's identifier URIs are {body.get('identifierUris')}")
+        if _get(body, "api", "requestedAccessTokenVersion") != 2:
+            report.fail("deploy.sh: the registration does not ask for v2 access tokens")
+    first, second = (_get(b, "api", "preAuthorizedApplications") for b in bodies)
+    cli = any(isinstance(a, dict) and a.get("appId") == AZURE_CLI_CLIENT_ID for a in second or [])
+    if first is not None or not cli:
+        report.fail("deploy.sh: the Azure CLI must be pre-authorized in the second update only (once the scope exists)")
+    required = {"appRoleAssignmentRequired": True}
+    if required not in _inline_bodies(log, f"servicePrincipals/{STUB_SP_ID}"):
+        report.fail("deploy.sh: the API's service principal does not require an app role assignment")
+
+
+def _inline_bodies(log: str, marker: str) -> list[Any]:
+    found = []
+    for line in log.splitlines():
+        call = line.split("\x1f")
+        if marker in line and "--body" in call and call.index("--body") + 1 < len(call):
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(call[call.index("--body") + 1]))
+    return found
+
+
+def _check_digest_lock(script: Path, args: list[str], report: Report) -> None:
+    """--lock-audit-digests locks the unlocked policy with its ETag, after phase 1; a locked one is neither locked
+    again nor rewritten (main.bicep gets auditDigestImmutabilityLocked=true)."""
+    quick = [*args, "--skip-database", "--skip-code", "--skip-subscription", "--lock-audit-digests"]
+    run, log, _ = _dry_run(script, quick)
+    calls = [line.split("\x1f") for line in log.splitlines() if "\x1f" in line and not line.startswith("BODY")]
+    steps = ["infra" if "main.bicep" in " ".join(c) and "create" in c else "lock" for c in calls
+             if ("main.bicep" in " ".join(c) and "create" in c) or "lock" in c]
+    locks = [c for c in calls if "lock" in c]
+    expected = ["--account-name", "stubdata", "-c", "audit-digests", "--if-match", '"0x8DSTUBETAG"']
+    if run.returncode != 0 or steps != ["infra", "lock"] or not all(
+            " ".join(expected[i:i + 2]) in " ".join(locks[0]) for i in range(0, len(expected), 2)):
+        report.fail(f"deploy.sh --lock-audit-digests: steps {steps}, exit {run.returncode}, lock call "
+                    f"{locks[0] if locks else None}: want the policy locked with its ETag after phase 1")
+    run, log, _ = _dry_run(script, quick, STUB_WORM_STATE="Locked")
+    calls = [line.split("\x1f") for line in log.splitlines() if "\x1f" in line and not line.startswith("BODY")]
+    main = [c for c in calls if "main.bicep" in " ".join(c) and "create" in c]
+    if run.returncode != 0 or any("lock" in c for c in calls) or not main \
+            or "auditDigestImmutabilityLocked=true" not in main[0]:
+        report.fail(f"deploy.sh: over a locked digest policy (exit {run.returncode}) the deployment must pass "
+                    "auditDigestImmutabilityLocked=true and lock nothing")
+
+
+def _check_role_assignments(script: Path, report: Report) -> None:
+    """--assign-app-role assigns each role by its id to the principal, keeps an assignment that exists, and
+    takes only the app's roles; --api-client-id leaves the registration alone."""
+    roles = json.loads((INFRA / APP_REGISTRATION).read_text()).get("appRoles", [])
+    role_ids = {str(r.get("value")): r.get("id") for r in roles if isinstance(r, dict)}
+    given = "55555555-5555-5555-5555-555555555555"
+    reader, eraser = "66666666-6666-6666-6666-666666666666", "77777777-7777-7777-7777-777777777777"
+    args = ["-g", "rg-test", "-l", "westeurope", "--api-client-id", given, "--assign-app-role", f"read={reader}",
+            "--assign-app-role", f"erase={eraser}", "--skip-database", "--skip-code", "--skip-subscription"]
+    for already in ("", "1"):
+        run, log, _ = _dry_run(script, args, STUB_SP_EXISTS="1", STUB_ASSIGNED_ALREADY=already)
+        posted = _bodies(log, "appRoleAssignedTo")
+        want = [{"principalId": reader, "resourceId": STUB_SP_ID, "appRoleId": role_ids.get("blobseal.read")},
+                {"principalId": eraser, "resourceId": STUB_SP_ID, "appRoleId": role_ids.get("blobseal.erase")}]
+        changed = " ad app create" in log.replace("\x1f", " ") or "applications(appId=" in log
+        main = [line.split("\x1f") for line in log.splitlines() if "main.bicep" in line]
+        if run.returncode != 0 or posted != want or changed or not main or f"apiClientId={given}" not in main[0]:
+            report.fail(f"deploy.sh --assign-app-role (assigned already: {bool(already)}): exit {run.returncode}, "
+                        f"assignments {posted}, registration changed: {changed}:\n{run.stderr[-1000:]}")
+    run, log, _ = _dry_run(script, ["-g", "rg", "--assign-app-role", f"admin={reader}"])
+    if run.returncode == 0 or log:
+        report.fail("deploy.sh: accepts --assign-app-role with a role the app does not have")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1302,6 +1762,11 @@ def main(argv: list[str] | None = None) -> int:
     check_erasure(files, report)
     check_private_networking(files, report)
     check_app_contract(files, report)
+    check_platform_auth_setting(files, report)
+    check_easy_auth(files, report)
+    check_audit_digests(files, report)
+    check_diagnostics(files, report)
+    check_alerts(files, report)
     if not args.skip_scripts:
         check_deploy_script(report)
     for note in report.notes:

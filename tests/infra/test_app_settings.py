@@ -26,6 +26,8 @@ NOT_SET_IN_AZURE = {
     "LOCAL_FUNCTION_KEYS": "the local host's named keys; in Azure the platform keeps the function keys",
     "FUNCTIONS_WORKER_RUNTIME": "Flex Consumption rejects it: the runtime is functionAppConfig.runtime",
     "AzureWebJobsStorage": "a connection string; AzureWebJobsStorage__accountName (identity) is set instead",
+    "WEBSITE_AUTH_ENABLED": "set by the platform while App Service Authentication is on (modules/easyauth.bicep); "
+                            "a setting of that name would override it, so no template sets it (check_infra.py)",
 }
 # Read by the platform or the SDKs, not by shared/config.py.
 PLATFORM = {"AzureWebJobsStorage__accountName", "AZURE_TOKEN_CREDENTIALS", "DataStorage__queueServiceUri"}
@@ -37,6 +39,7 @@ AZURE_VALUES = {
     "DATABASE_AUTH": "entra",
     "DATABASE_PGBOUNCER": "true",
     "KEY_CUSTODIES": "secret",  # the defaults deploy no KEK: an envelope row is refused (docs/THREATS.md)
+    "FUNCTION_KEYS_ENABLED": "false",  # callers come from App Service Authentication; keys are opt-in
 }
 
 
@@ -135,3 +138,20 @@ def test_the_app_goes_through_pgbouncer_where_the_tier_has_it() -> None:
         scope = module.Scope(bicep, given)
         assert scope.lookup("databasePort") == port
         assert app_settings_in(module, bicep, scope)["DATABASE_PGBOUNCER"] == pgbouncer
+
+
+def test_callers_come_from_app_service_authentication_and_keys_are_opt_in() -> None:
+    """Keys off unless functionKeysEnabled; the access log's chain key and digest container are the app's
+    defaults, the digest container is one the data account creates; the platform's switch is never set."""
+    module = load_check_infra()
+    module.INFRA = INFRA
+    bicep = module.load(INFRA / "main.bicep", module._parser())
+    settings = app_settings_in(module, bicep, module.Scope(bicep, {}))
+    assert settings["FUNCTION_KEYS_ENABLED"] == "false"
+    assert settings["FUNCTION_KEY_ROLES"] == "" and settings["FUNCTION_KEY_NAMES"] == ""
+    assert "WEBSITE_AUTH_ENABLED" not in settings
+    keys_on = app_settings_in(module, bicep, module.Scope(bicep, {"functionKeysEnabled": True}))
+    assert keys_on["FUNCTION_KEYS_ENABLED"] == "true"
+    assert settings["AUDIT_CHAIN_KEY_NAME"] == "blobseal-audit-chain"
+    assert settings["AUDIT_DIGEST_CONTAINER"] == "audit-digests"
+    assert settings["HEALTH_PROBE_SECONDS"] == "30"

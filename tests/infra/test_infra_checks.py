@@ -63,6 +63,8 @@ def test_check_infra_passes(checkov_run: subprocess.Popen[str]) -> None:
 def infra_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "infra"
     shutil.copytree(INFRA, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for app in ("function_app.py", "shared"):  # the app beside it: its settings and roles are checked too
+        (tmp_path / app).symlink_to(ROOT / app)
     return copy
 
 
@@ -117,6 +119,95 @@ MUTATIONS = [
      "isVersioningEnabled must be false"),
     ("modules/rbac.bicep", "var resourceGroupId = resourceGroup().id\n", "var resourceGroupId = subscription().id\n",
      "signerRole: must be assignable in the resource group only"),
+    # who may call: App Service Authentication in front of everything but health and the blob webhook
+    ("modules/easyauth.bicep", "        '/api/health'\n", "        '/api/health'\n        '/api/files'\n",
+     "globalValidation.excludedPaths is ['/api/health', '/api/files', '/runtime/webhooks/blobs']"),
+    ("modules/easyauth.bicep", "        '/runtime/webhooks/blobs'\n", "        '/runtime'\n",
+     "globalValidation.excludedPaths is ['/api/health', '/runtime']"),
+    ("modules/easyauth.bicep", "unauthenticatedClientAction: 'Return401'",
+     "unauthenticatedClientAction: 'AllowAnonymous'",
+     "globalValidation.unauthenticatedClientAction is 'AllowAnonymous'"),
+    ("modules/easyauth.bicep", "requireAuthentication: true", "requireAuthentication: false",
+     "globalValidation.requireAuthentication is False"),
+    ("modules/easyauth.bicep", "    platform: {\n      enabled: true\n", "    platform: {\n      enabled: false\n",
+     "platform.enabled is False"),
+    ("modules/easyauth.bicep", "      tokenStore: {\n        enabled: false\n",
+     "      tokenStore: {\n        enabled: true\n", "login.tokenStore.enabled is True"),
+    ("modules/easyauth.bicep", "          clientId: clientId\n",
+     "          clientId: clientId\n          clientSecretSettingName: 'MICROSOFT_PROVIDER_AUTHENTICATION_SECRET'\n",
+     "registration.clientSecretSettingName: validating bearer tokens needs no client secret"),
+    ("modules/easyauth.bicep", "${tenantId}/v2.0'", "${tenantId}/'", "openIdIssuer must be the tenant's v2.0 issuer"),
+    ("modules/easyauth.bicep", "  parent: site\n  name: 'authsettingsV2'\n", "  name: 'authsettingsV2'\n",
+     "auth: must name its site with parent:"),
+    ("modules/easyauth.bicep", "  name: 'authsettingsV2'\n", "  name: 'authsettings'\n",
+     "0 App Service Authentication (authsettingsV2) resources deployed"),
+    ("main.bicep", "param functionKeysEnabled bool = false", "param functionKeysEnabled bool = true",
+     "FUNCTION_KEYS_ENABLED must be 'false' with the defaults, not 'true'"),
+    ("main.bicep", "  AUDIT_FAIL_OPEN: 'false'\n", "  AUDIT_FAIL_OPEN: 'false'\n  WEBSITE_AUTH_ENABLED: 'true'\n",
+     "sets WEBSITE_AUTH_ENABLED: only the platform may"),
+    ("modules/easyauth.bicep", "  properties: {\n    platform: {\n",
+     "  properties: {\n    platform: {\n      runtimeVersion: '${appName}-WEBSITE_AUTH_ENABLED'\n",
+     "easyauth.bicep:55: sets WEBSITE_AUTH_ENABLED"),
+    ("deploy.sh", 'log "done"\n',
+     'az functionapp config appsettings set -g "$RESOURCE_GROUP" -n "$APP" --settings WEBSITE_AUTH_ENABLED=true\n'
+     'log "done"\n', "sets WEBSITE_AUTH_ENABLED: only the platform may"),
+    ("app-registration.json", '"value": "blobseal.operate"', '"value": "blobseal.admin"',
+     "app-registration.json: app roles ['blobseal.admin', 'blobseal.audit'"),
+    ("app-registration.json", '"requestedAccessTokenVersion": 2', '"requestedAccessTokenVersion": 1',
+     "api.requestedAccessTokenVersion must be 2"),
+    ("app-registration.json", '"allowedMemberTypes": ["User", "Application"],\n      "isEnabled": true\n    }\n  ]',
+     '"allowedMemberTypes": ["User"],\n      "isEnabled": true\n    }\n  ]',
+     "blobseal.operate: must be enabled, for users (and groups) and applications"),
+    # the access log's digests: write once, in the data account, never rewritten once locked
+    ("modules/immutability-policy.bicep", "allowProtectedAppendWrites: false", "allowProtectedAppendWrites: true",
+     "allowProtectedAppendWrites must be false"),
+    ("main.bicep", "param auditDigestRetentionDays int = 365", "param auditDigestRetentionDays int = 90",
+     "digests immutable for 90 days, less than auditRetentionDays (365)"),
+    ("main.bicep", "      protectedContainerName\n      auditDigestContainerName\n", "      protectedContainerName\n",
+     "the digest container 'audit-digests' must be created in the data account"),
+    ("main.bicep", "immutableContainerName: auditDigestContainerName", "immutableContainerName: ingestContainerName",
+     "protects container 'ingest', the app writes digests to 'audit-digests'"),
+    ("main.bicep", "    immutableContainerName: auditDigestContainerName\n", "",
+     "0 immutability policies deployed, not 1"),
+    ("modules/storage.bicep", "if (!empty(immutableContainerName) && !immutabilityPolicyLocked)",
+     "if (!empty(immutableContainerName))", "with auditDigestImmutabilityLocked=true the policy is still deployed"),
+    # logs: blob reads, writes and deletes; the server log and sessions
+    ("modules/storage.bicep", "      {\n        category: 'StorageDelete'\n        enabled: true\n      }\n", "",
+     "the data account's blob logs are ['StorageRead', 'StorageWrite']"),
+    ("main.bicep", "    blobLogsWorkspaceId: monitoring.outputs.workspaceId\n", "",
+     "the data account's blob service sends no diagnostic logs"),
+    ("modules/postgres.bicep", "        category: 'PostgreSQLFlexSessions'\n        enabled: true",
+     "        category: 'PostgreSQLFlexSessions'\n        enabled: false", "the server's logs are ['PostgreSQLLogs']"),
+    ("modules/postgres.bicep", "    value: 'on'\n", "    value: 'off'\n",
+     "PostgreSQLFlexSessions stays empty without metrics.collector_database_activity=on"),
+    ("main.bicep", "    logAnalyticsWorkspaceId: monitoring.outputs.workspaceId\n  }\n}\n\n// One private endpoint",
+     "  }\n}\n\n// One private endpoint", "the PostgreSQL server sends no diagnostic logs"),
+    # the access log's alert, like the key-integrity one
+    ("modules/alerts.bicep", "    severity: 0\n    query: auditFailuresQuery\n",
+     "    severity: 2\n    query: auditFailuresQuery\n", "access-log-failures: severity 2"),
+    ("modules/alerts.bicep",
+     ',\n  (customMetrics | where name in ("blobseal_audit_failures", "blobseal_audit_failures_total") and value > 0)',
+     "", "access-log-failures: the query does not fire on blobseal_audit_failures > 0"),
+    ("modules/alerts.bicep",
+     'where name in ("blobseal_key_integrity_failures", "blobseal_key_integrity_failures_total")',
+     'where name == "blobseal_key_integrity_failures_total"',
+     "key-integrity: looks for blobseal_key_integrity_failures_total, which never reaches customMetrics"),
+]
+
+# Each mutation breaks a promise of deploy.sh's phase 0 or of the digests' lock; the dry run must name it.
+DEPLOY_MUTATIONS = [
+    ('--if-match "$etag"', '--if-match "*"', "want the policy locked with its ETag after phase 1"),
+    ("    digests_locked=true\n", "    digests_locked=false\n", "must pass auditDigestImmutabilityLocked=true"),
+    ('      app_body scopes "api://${API_CLIENT_ID}"', '      app_body full "api://${API_CLIENT_ID}"',
+     "the Azure CLI must be pre-authorized in the second update only"),
+    ("""--body '{"appRoleAssignmentRequired": true}'""", """--body '{"appRoleAssignmentRequired": false}'""",
+     "does not require an app role assignment"),
+    ('    elif [[ "$answer" == *"already exists"* ]]; then', "    elif false; then",
+     "--assign-app-role (assigned already: True)"),
+    ("(read|write|erase|audit|operate)=", "([a-z]+)=", "accepts --assign-app-role with a role the app does not have"),
+    ('role_id="$(app_role_id "$role")"', 'role_id="$(app_role_id read)"',
+     "--assign-app-role (assigned already: False)"),
+    ('apiClientId="$API_CLIENT_ID"', 'apiClientId="${API_CLIENT_ID}x"', "--assign-app-role (assigned already: False)"),
 ]
 
 
@@ -139,6 +230,13 @@ def test_the_deploy_dry_run_catches_a_leaked_token(infra_copy: Path) -> None:
     assert code == 1 and "the database token appears" in output, output
 
 
+@pytest.mark.parametrize(("old", "new", "expected"), DEPLOY_MUTATIONS, ids=[m[2][:40] for m in DEPLOY_MUTATIONS])
+def test_the_deploy_dry_run_catches_each_broken_promise(infra_copy: Path, old: str, new: str, expected: str) -> None:
+    mutate(infra_copy / "deploy.sh", old, new)
+    code, output = check(infra_copy, "--no-pycep")
+    assert code == 1 and expected in output, output
+
+
 def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason(checkov_run: subprocess.Popen[str]) -> None:
     stdout, stderr = checkov_run.communicate(timeout=120)
     report = json.loads(stdout)
@@ -156,3 +254,10 @@ def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason(checkov_run: 
               for m in re.finditer(r"checkov:skip=(CKV2?_AZURE_\d+):", p.read_text())}
     used = {(c["check_id"], Path(c["file_path"]).name) for r in reports for c in r["results"]["skipped_checks"]}
     assert inline == used, f"unused skips: {sorted(inline - used)}"
+    # App Service Authentication is checked for real: the V2 check (CKV_AZURE_56) passes on authsettingsV2;
+    # the V1-only CKV_AZURE_13 is skipped there and on the appsettings resource, nowhere else.
+    passed = {(c["check_id"], c["resource"]) for r in reports for c in r["results"]["passed_checks"]}
+    assert ("CKV_AZURE_56", "Microsoft.Web/sites/config.auth") in passed, sorted(passed)
+    v1_skips = sorted(c["resource"] for r in reports for c in r["results"]["skipped_checks"]
+                      if c["check_id"] == "CKV_AZURE_13")
+    assert v1_skips == ["Microsoft.Web/sites/config.appSettings", "Microsoft.Web/sites/config.auth"], v1_skips
