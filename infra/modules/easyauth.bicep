@@ -46,7 +46,7 @@ resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
   // checkov:skip=CKV_AZURE_65: not an authentication property; errors never leave the app in detail (JSON error bodies) and are logged to Application Insights
   // checkov:skip=CKV_AZURE_66: not an authentication property; failed-request tracing is an IIS feature, Flex Consumption (Linux) traces to Application Insights
   // checkov:skip=CKV_AZURE_222: not an authentication property; public access of the site is decided (and skipped with its reason) in functionapp.bicep
-  // checkov:skip=CKV_AZURE_80: not an authentication property; the app is Python 3.11 (functionAppConfig.runtime), no .NET Framework
+  // checkov:skip=CKV_AZURE_80: not an authentication property; the app is Python 3.13 (functionAppConfig.runtime), no .NET Framework
   // checkov:skip=CKV_AZURE_88: not an authentication property; Flex Consumption has no content share and mounts no Azure Files
   parent: site
   name: 'authsettingsV2'

@@ -102,7 +102,7 @@ def smoke_requests() -> Iterator[tuple[str, str, bool]]:
         if found is None or line.lstrip().startswith("#"):
             continue
         method = re.search(r"-X (\w+)", line)
-        path = found.group(1).replace("${FILE_ID}", str(uuid.uuid4()))
+        path = found.group(1).replace("${FILE_ID}", str(uuid.uuid4())).split("?", 1)[0]
         yield (method.group(1) if method else "GET"), path, bool(re.search(r"\bapi\b", line.split("$(", 1)[-1]))
 
 
