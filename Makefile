@@ -75,6 +75,7 @@ dev: install
 
 bench: install
 	$(PY) -m bench.runtime_bench --profile
+	$(PY) -m bench.access_bench
 	$(PY) -m bench.format_bench
 	$(PY) -m bench.app_bench
 	$(PY) -m bench.vault_bench
