@@ -118,6 +118,10 @@ class AccessLogRepository:
         return [ChainHead(r["chain"], r["last_seq"], macs[(r["chain"], r["last_seq"])], r["rows"], r["first_at"],
                           r["last_at"]) for r in found]
 
+    async def any_chained(self) -> bool:
+        """Whether any row depends on the chain key."""
+        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM access_log WHERE chain IS NOT NULL)"))
+
     async def unchained(self, after_id: int, limit: int, *, since: datetime | None = None) -> list[LoggedRow]:
         """Rows from before chains existed (migration 9), by id after ``after_id`` (at or after ``since``)."""
         sql = (f"SELECT {_COLUMNS} FROM access_log WHERE chain IS NULL AND id > $1 "  # noqa: S608 - constant
