@@ -13,7 +13,8 @@ them to pick the SDK-type blob binding and the streaming HTTP types.
   Each checks its caller's role (``shared.identity``): in Azure the caller comes from App Service
   Authentication (Entra app roles; the functions are then ``anonymous`` to the host, keys off);
   with ``FUNCTION_KEYS_ENABLED`` (locally, by default) the host checks a function key first.
-- ``health``: HTTP, anonymous: up or down only.
+- ``health``: HTTP, anonymous: up or down only. ``openapi``: the API's contract (``shared.openapi``).
+- ``not_found``: every other path and method, as JSON 404 or 405 (the host's own answers are plain text).
 - ``rotate_keys``: timer on ``%ROTATION_SCHEDULE%``.
 - ``reconcile``: timer on ``%RECONCILE_SCHEDULE%``: repairs what faults and races left behind.
 """
@@ -93,6 +94,18 @@ async def status(req: Request) -> Response:
 @app.route(route="metrics", methods=["GET"])
 async def metrics(req: Request) -> Response:
     return await _http(http_api.metrics, req)
+
+
+@app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: Request) -> Response:
+    return await _http(http_api.openapi, req)
+
+
+# Last in the host's route order (a catch-all ranks below every literal and parameter): JSON 404 and 405.
+@app.route(route="{*path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+           auth_level=func.AuthLevel.ANONYMOUS)
+async def not_found(req: Request) -> Response:
+    return await _http(http_api.not_found, req)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%ROTATION_SCHEDULE%", run_on_startup=False, use_monitor=True)

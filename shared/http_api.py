@@ -49,6 +49,7 @@ from shared.errors import (
 from shared.health import Health
 from shared.identity import Caller, IdentityPolicy
 from shared.metrics import ERRORS, REGISTRY
+from shared.openapi import allowed_methods, document
 from shared.service import FileService
 
 __all__ = [
@@ -63,6 +64,8 @@ __all__ = [
     "metadata",
     "metrics",
     "misconfigured",
+    "not_found",
+    "openapi",
     "parse_range",
     "response_headers",
     "status",
@@ -141,7 +144,7 @@ async def find_file(req: Request, app: App) -> Response:
         if "name" in query:
             return JSONResponse(await app.files.find_by_name(caller, query.get("name")))
         page, cursor = await app.files.list_files(caller, prefix=query.get("prefix", ""),
-                                                  status=query.get("status") or None, limit=query.get("limit"),
+                                                  status=query.get("status"), limit=query.get("limit"),
                                                   cursor=query.get("cursor"))
         return JSONResponse({"files": page, "next_cursor": cursor})
 
@@ -203,6 +206,21 @@ async def metrics(req: Request, app: App) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return await _answer("metrics", req, app, run)
+
+
+async def openapi(req: Request, app: App) -> Response:
+    """``GET /api/openapi.json`` (anyone): the API's contract (``shared.openapi``)."""
+    return JSONResponse(document())
+
+
+async def not_found(req: Request, app: App) -> Response:
+    """Any other path or method: 405 (with ``Allow``) for a known path, else 404; the same JSON as every error."""
+    allowed = allowed_methods(req.url.path)
+    if allowed:
+        response = _error(405, "MethodNotAllowed", f"{req.method} is not allowed here; allowed: {', '.join(allowed)}")
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+    return _error(404, "NotFound", "no such route (GET /api/openapi.json lists them)")
 
 
 def misconfigured(exc: ConfigError) -> Response:

@@ -118,7 +118,7 @@ class FileService:
                          who: str | None = None, limit: int | str | None = None) -> list[LoggedRow]:
         """The access log (the ``audit`` role), newest first; reading it is itself recorded."""
         async with self.guard.read("audit_log", caller, "audit", file_id=file_id_or_none(file_id or "")):
-            wanted = parse_file_id(file_id) if file_id else None
+            wanted = parse_file_id(file_id) if file_id is not None else None
             count = _bounded(limit, 1000, 10_000, "audit_log")
             return await self.guard.audit.query(file_id=wanted, since=_moment(since), caller=who, limit=count)
 
@@ -229,7 +229,7 @@ def _view(record: FileRecord, key_expires_at: datetime | None) -> dict[str, Any]
 def _bounded(value: int | str | None, default: int | None, most: int | None, operation: str,
              what: str = "limit") -> int:
     """A count from a query or header: digits only, from 1 (0 for a size) to ``most``."""
-    if value is None or value == "":
+    if value is None:
         assert default is not None
         return default
     text = str(value)

@@ -25,6 +25,9 @@ EXPECTED = {
     "health": ("httpTrigger", {"route": "health", "methods": ["GET"], "authLevel": "ANONYMOUS"}),
     "status": ("httpTrigger", {"route": "status", "methods": ["GET"], "authLevel": "FUNCTION"}),
     "metrics": ("httpTrigger", {"route": "metrics", "methods": ["GET"], "authLevel": "FUNCTION"}),
+    "openapi": ("httpTrigger", {"route": "openapi.json", "methods": ["GET"], "authLevel": "ANONYMOUS"}),
+    "not_found": ("httpTrigger", {"route": "{*path}", "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                                                  "OPTIONS"], "authLevel": "ANONYMOUS"}),
     "rotate_keys": ("timerTrigger", {"schedule": "%ROTATION_SCHEDULE%", "runOnStartup": False, "useMonitor": True}),
     "reconcile": ("timerTrigger", {"schedule": "%RECONCILE_SCHEDULE%", "runOnStartup": False, "useMonitor": True}),
 }
@@ -71,11 +74,12 @@ def test_trigger_source_follows_the_setting() -> None:
 
 def test_keys_off_makes_every_route_but_health_anonymous_to_the_host() -> None:
     """With FUNCTION_KEYS_ENABLED=false (the templates: App Service Authentication in front) the host checks no
-    key; the app still checks every caller's role. With it on (the default), every route but health needs a key."""
+    key; the app still checks every caller's role. With it on (the default), every route needs a key but health,
+    the API's document and the catch-all's JSON 404/405."""
     for keys, level in (("false", "ANONYMOUS"), ("true", "FUNCTION")):
         functions = runtime_functions(runtime_metadata(**SETTINGS, FUNCTION_KEYS_ENABLED=keys))
         levels = {f.name: f.trigger["authLevel"] for f in functions.values() if f.trigger_type == "httpTrigger"}
-        assert levels.pop("health") == "ANONYMOUS"
+        assert [levels.pop(name) for name in ("health", "openapi", "not_found")] == ["ANONYMOUS"] * 3
         assert set(levels.values()) == {level}
 
 
