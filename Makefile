@@ -7,12 +7,15 @@ CHECKOV_VENV := $(VENV)/checkov
 PY := $(VENV)/bin/python
 PGBOUNCER_DIR := $(VENV)/pgbouncer
 PGBOUNCER_DEBS := pgbouncer libc-ares2 libevent-2.1-7
+CLIENTS_DIR := $(VENV)/clients
+CLIENT_DEBS := aria2 libaria2-0 libc-ares2 $(if $(shell command -v curl),,curl libcurl4) $(if $(shell command -v wget),,wget)
 PGBOUNCER = LD_LIBRARY_PATH="$$(echo $(PGBOUNCER_DIR)/root/usr/lib/*-linux-gnu)" $(PGBOUNCER_DIR)/root/usr/sbin/pgbouncer
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install test lint unit faults dev bench scale explain docs reset clean
 
-install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed $(PGBOUNCER_DIR)/.installed
+install: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed $(PGBOUNCER_DIR)/.installed \
+    $(CLIENTS_DIR)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "blobseal needs Python 3.13 and found none: install it (e.g. 'pyenv install 3.13'," \
@@ -35,15 +38,21 @@ $(CHECKOV_VENV)/.installed: infra/tools/requirements-checkov.txt | $(VENV)/.inst
 # `apt-get download` + `dpkg-deb -x` (no root, nothing installed system-wide; about a second). When they
 # cannot be fetched, install goes on with a warning and that test fails saying so.
 $(PGBOUNCER_DIR)/.installed: | $(VENV)/.installed
-	@rm -rf $(PGBOUNCER_DIR) $(PGBOUNCER_DIR).log && mkdir -p $(PGBOUNCER_DIR)/debs
-	@if (cd $(PGBOUNCER_DIR)/debs && apt-get download -o Acquire::Retries=1 -o Acquire::http::Timeout=20 \
-	        $(PGBOUNCER_DEBS)) > $(PGBOUNCER_DIR).log 2>&1 \
-	    && for deb in $(PGBOUNCER_DIR)/debs/*.deb; do dpkg-deb -x "$$deb" $(PGBOUNCER_DIR)/root || exit 1; done \
-	    && $(PGBOUNCER) --version >> $(PGBOUNCER_DIR).log 2>&1; then \
-	    rm -rf $(PGBOUNCER_DIR)/debs && touch $@ && echo "$$($(PGBOUNCER) --version | head -1) in $(PGBOUNCER_DIR)"; \
+	@if scripts/unpack_debs.sh $(PGBOUNCER_DIR) "usr/sbin/pgbouncer --version" $(PGBOUNCER_DEBS); then \
+	    echo "$$($(PGBOUNCER) --version | head -1) in $(PGBOUNCER_DIR)"; \
 	else \
-	    rm -rf $(PGBOUNCER_DIR); echo "warning: PgBouncer could not be unpacked into $(PGBOUNCER_DIR) (see" \
+	    echo "warning: PgBouncer could not be unpacked into $(PGBOUNCER_DIR) (see" \
 	        "$(PGBOUNCER_DIR).log; 'apt-get update' may help): tests/integration/test_pgbouncer.py will fail" >&2; \
+	fi
+
+# The HTTP clients tests/e2e/test_clients.py downloads with: aria2c always (rarely installed), curl and wget
+# only where the machine lacks them; unpacked the same way into .venv/clients.
+$(CLIENTS_DIR)/.installed: | $(VENV)/.installed
+	@if scripts/unpack_debs.sh $(CLIENTS_DIR) "usr/bin/aria2c --version" $(CLIENT_DEBS); then \
+	    echo "HTTP clients ($(CLIENT_DEBS)) in $(CLIENTS_DIR)"; \
+	else \
+	    echo "warning: $(CLIENT_DEBS) could not be unpacked into $(CLIENTS_DIR) (see $(CLIENTS_DIR).log):" \
+	        "tests/e2e/test_clients.py will fail" >&2; \
 	fi
 
 node_modules/.installed: package.json package-lock.json
