@@ -127,8 +127,10 @@ def test_auth_levels_and_methods_as_deployed(azure_functions: dict[str, Function
                                             settings: dict[str, Any]) -> None:
     http = {f.name: f for f in of_type(azure_functions, "httpTrigger")}
     anonymous = {name for name, f in http.items() if f.anonymous}
-    assert anonymous == ({"health"} if keys_enabled(settings) else set(http))
-    assert sorted((f.route, m) for f in http.values() for m in f.methods) == sorted([
+    assert anonymous == ({"health", "openapi", "not_found"} if keys_enabled(settings) else set(http))
+    routed = sorted((f.route, m) for f in http.values() for m in f.methods if f.name != "not_found")
+    assert routed == sorted([
         ("files/{file_id}", "GET"), ("files/{file_id}", "HEAD"), ("files/{file_id}", "DELETE"),
         ("files/{file_id}/metadata", "GET"), ("files", "GET"), ("files", "POST"), ("health", "GET"),
-        ("audit", "GET"), ("status", "GET"), ("metrics", "GET")])
+        ("audit", "GET"), ("status", "GET"), ("metrics", "GET"), ("openapi.json", "GET")])
+    assert http["not_found"].route == "{*path}"  # the JSON 404/405 for the rest: last in the host's route order
