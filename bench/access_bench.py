@@ -23,30 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
-from pathlib import Path
 
 import httpx
 
 from bench.perf_bench import concurrently
-from bench.runtime_bench import Plan, Side, prepare, range_p50, started
-from localinfra.azurite import running_azurite
+from bench.runtime_bench import Plan, Side, _git, range_p50, reference_tree, two_sides
 from localinfra.hostprocess import ROOT
-from localinfra.postgres import database
 
 RESULTS = ROOT / "bench" / "results" / "access.md"
 BOUND = 0.10
 APP_PATHS = ("shared", "function_app.py", "host.json")
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def reference_commit(explicit: str | None) -> str:
@@ -55,18 +44,6 @@ def reference_commit(explicit: str | None) -> str:
         return explicit
     added = _git("log", "--diff-filter=A", "--format=%H", "-1", "--", "shared/access.py")
     return _git("rev-parse", f"{added}^")
-
-
-def reference_tree(commit: str, target: Path) -> Path:
-    """This tree's tracked files, with the app (``shared/``, ``function_app.py``, ``host.json``) of ``commit``."""
-    for name in _git("ls-files").splitlines():
-        source = ROOT / name
-        if source.is_file() and not name.startswith((*APP_PATHS, "tests/", "docs/", "infra/", "bench/")):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    archive = subprocess.run(["git", "archive", commit, *APP_PATHS], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target
 
 
 def gets_per_second(side: Side, plan: Plan, index: int = 0) -> float:
@@ -130,15 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", help="the commit whose app is the old one (default: found in git)")
     args = parser.parse_args(argv)
     plan, reference = Plan(rounds=args.rounds), reference_commit(args.reference)
-    with tempfile.TemporaryDirectory(prefix="blobseal-access-") as scratch_dir, ExitStack() as stack:
-        work = Path(scratch_dir)
-        azurite = stack.enter_context(running_azurite(work / "azurite"))
-        server = stack.enter_context(database(os.environ.get("DATABASE_URL"), ROOT / ".dev" / "pgdata-test"))
-        old_root = reference_tree(reference, work / "old")
-        new = stack.enter_context(started("new", azurite, server, work, ROOT))
-        old = stack.enter_context(started("old", azurite, server, work, old_root))
-        for side in (new, old):
-            prepare(side, plan)
+    with two_sides(lambda target: reference_tree(reference, target, APP_PATHS), plan) as (new, old, _):
         measure([new, old], plan)
         text = report(new, old, plan, reference)
     RESULTS.write_text(text)

@@ -99,16 +99,32 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def reference_tree(commit: str, target: Path) -> Path:
-    """This tree's tracked files, with ``devhost/`` as it was at ``commit``."""
+def reference_tree(commit: str, target: Path, paths: tuple[str, ...] = ("devhost",)) -> Path:
+    """This tree's tracked files, with ``paths`` (folders or files) as they were at ``commit``."""
     for name in _git("ls-files").splitlines():
         source = ROOT / name
-        if source.is_file() and not name.startswith(("devhost/", "tests/", "docs/", "infra/", "bench/")):
+        if source.is_file() and not name.startswith((*paths, "tests/", "docs/", "infra/", "bench/")):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    archive = subprocess.run(["git", "archive", commit, "devhost"], cwd=ROOT, capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "archive", commit, *paths], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target
+
+
+@contextmanager
+def two_sides(old_root: Callable[[Path], Path], plan: Plan) -> Iterator[tuple[Side, Side, Path]]:
+    """This tree ("new") and ``old_root(work)`` ("old") running at once on one Azurite and one PostgreSQL server,
+    each with its GET files and big file in place."""
+    with tempfile.TemporaryDirectory(prefix="blobseal-bench-") as scratch_dir, ExitStack() as stack:
+        work = Path(scratch_dir)
+        azurite = stack.enter_context(running_azurite(work / "azurite"))
+        server = stack.enter_context(database(os.environ.get("DATABASE_URL"), ROOT / ".dev" / "pgdata-test"))
+        old_app = old_root(work / "old")
+        new = stack.enter_context(started("new", azurite, server, work, ROOT))
+        old = stack.enter_context(started("old", azurite, server, work, old_app))
+        for side in (new, old):
+            prepare(side, plan)
+        yield new, old, work
 
 
 @contextmanager
@@ -249,15 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile the new host over one GET round")
     args = parser.parse_args(argv)
     plan, reference = Plan(rounds=args.rounds), reference_commit(args.reference)
-    with tempfile.TemporaryDirectory(prefix="blobseal-rt-") as scratch_dir, ExitStack() as stack:
-        work = Path(scratch_dir)
-        azurite = stack.enter_context(running_azurite(work / "azurite"))
-        server = stack.enter_context(database(os.environ.get("DATABASE_URL"), ROOT / ".dev" / "pgdata-test"))
-        old_root = reference_tree(reference, work / "old")
-        new = stack.enter_context(started("new", azurite, server, work, ROOT))
-        old = stack.enter_context(started("old", azurite, server, work, old_root))
-        for side in (new, old):
-            prepare(side, plan)
+    with two_sides(lambda target: reference_tree(reference, target), plan) as (new, old, work):
         measure([new, old], plan)
         profile = profiles([new, old], plan, work) if args.profile else ""
         text = report(new, old, plan, reference, profile)
