@@ -65,7 +65,7 @@ class ChainKey:
 
     async def _refuse_if_depended_on(self, *, vault_missing: bool) -> None:
         async with self._db.connection("audit_chain_key") as conn:
-            chained = bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM access_log WHERE chain IS NOT NULL)"))
+            chained = await AccessLogRepository(conn).any_chained()
             keys = vault_missing and await FileKeyRepository(conn).any_recorded()
         if chained or keys:
             raise KeyVaultError("the access log's chain key (or its vault) is missing while chained rows or keys are "

@@ -83,6 +83,10 @@ class AccessLogRepository:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
+    async def any_chained(self) -> bool:
+        """Whether any row is chained (the chain key is then depended on)."""
+        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM access_log WHERE chain IS NOT NULL)"))
+
     async def append(self, rows: Sequence[NewRow], chain: uuid.UUID, seqs: Sequence[int],
                      macs: Sequence[bytes]) -> None:
         columns = [[getattr(row, name) for row in rows] for name in _NEW_FIELDS]

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/octet-stream"
 IMPLICIT_VERSION_NAMESPACE = uuid.UUID("6f1c3c1e-6a55-4b8e-9d6c-0b1e5ea1b0b5")
 MAX_VALUE_CHARS = 25 * 1024  # Azure's limit on a secret value, kept so both modes agree
+WRITE_MARGIN = 64 * 1024  # room a key's update needs beyond a copy of the file (its entry, the file system's blocks)
 _RECORD_FIELDS = ("value", "content_type", "enabled", "created_on", "expires_on")
 _BACKEND = "local"
 
@@ -262,6 +263,12 @@ class LocalJsonVault:
     async def ping(self) -> None:
         with timed("ping", backend=_BACKEND):
             await asyncio.to_thread(self._ping)
+
+    async def check_writable(self) -> None:
+        """``VaultUnwritableError`` unless a new secret could be stored now (room for the update's copy of the
+        file, and a real write and sync in the folder)."""
+        with timed("check_writable", backend=_BACKEND):
+            await asyncio.to_thread(self._file.check_writable, WRITE_MARGIN)
 
     async def initialize(self) -> None:
         """Create the vault's folder if there is none, and allow the first secret into a missing or empty file."""

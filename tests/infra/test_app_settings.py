@@ -26,6 +26,8 @@ NOT_SET_IN_AZURE = {
     "LOCAL_FUNCTION_KEYS": "the local host's named keys; in Azure the platform keeps the function keys",
     "FUNCTIONS_WORKER_RUNTIME": "Flex Consumption rejects it: the runtime is functionAppConfig.runtime",
     "AzureWebJobsStorage": "a connection string; AzureWebJobsStorage__accountName (identity) is set instead",
+    "KEY_CACHE_SECONDS": "the fail-closed bound (60 s) is the app's documented default; a deployment must not "
+                         "lengthen it (it caps KEY_VAULT_CACHE_DURATION_MINUTES)",
 }
 # Read by the platform or the SDKs, not by shared/config.py.
 PLATFORM = {"AzureWebJobsStorage__accountName", "AZURE_TOKEN_CREDENTIALS", "DataStorage__queueServiceUri"}
