@@ -111,8 +111,9 @@ class FileKeyService:
             raise ValueError("the mode's custody must be allowed, and every allowed custody known")
         self._db, self._custodies, self.mode = db, dict(custodies), mode
         self._rotation, self._clock = timedelta(days=rotation_days), clock
-        # Plain keys by reference (a reference's key never changes), so a warm download costs no lookup.
-        self._plain = cache or TtlCache(ttl_seconds=0, max_entries=1)
+        # Plain keys by reference (a reference's key never changes), so a warm download costs no lookup; for at
+        # most KEY_CACHE_SECONDS. (``cache or ...`` replaced a given, empty, hence falsy cache by a no-op one.)
+        self._plain = cache if cache is not None else TtlCache(ttl_seconds=0, max_entries=1)
 
     # --- create and read ------------------------------------------------------------------
 
