@@ -133,7 +133,7 @@ class Database:
         finished, result, server = False, None, None
         try:
             async with self.transaction(operation) as conn:
-                server = _server_pid(conn)
+                server = None if self._pgbouncer else _server_pid(conn)  # behind PgBouncer: its pid, not a backend's
                 result = await work(conn)
                 finished = True
         except DatabaseError as exc:
@@ -252,8 +252,8 @@ def _server_pid(conn: Any) -> int | None:
 
 async def _end_backend(conn: Any, pid: int) -> bool:
     """Whether the server process ``pid`` is still there; if so it is told to end (a transaction it runs
-    then either committed already or never will). Behind PgBouncer the pid is PgBouncer's own and never
-    found: the re-read then decides alone."""
+    then either committed already or never will). Not asked behind PgBouncer (the pid a client sees is
+    PgBouncer's own): the re-read decides alone there."""
     sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND pid <> pg_backend_pid()"
     try:
         return await conn.fetchval(sql, pid) is not None

@@ -25,8 +25,9 @@ import pytest
 
 from localinfra.azurite import Azurite
 from shared.bootstrap import Services
-from shared.errors import CommitUnknownError, SecretDisabledError
+from shared.errors import CommitUnknownError, DatabaseUnavailableError, SecretDisabledError
 from shared.metrics import REGISTRY
+from shared.reconcile import LEASE_STATE
 from shared.vault.base import parse_key_reference
 from tests.integration.service_fixtures import http_delete, http_download, http_upload, upload
 from tests.support.pg_proxy import AckDrop, PgProxy
@@ -295,7 +296,8 @@ async def test_lost_acknowledgements_at_every_commit_point_many_trials(
     client = Client(stack, proxy)
     ways = ("lost", "outage", "unsent")
     uploads: dict[str, bytes] = {}
-    dropped, started = 0, uncertain("committed") + uncertain("rolled_back") + uncertain("unknown")
+    outcomes = ("committed", "rolled_back", "unknown")
+    dropped, started = 0, {o: uncertain(o) for o in outcomes}
     for trial, (point, way) in zip(range(TRIALS), itertools.cycle(itertools.product((REGISTER, KEY, MARK), ways))):
         name, data = f"{prefix}trial-{trial}.bin", os.urandom(64_000 + trial)
         rule, outage = lose(proxy, point, way)
@@ -306,9 +308,10 @@ async def test_lost_acknowledgements_at_every_commit_point_many_trials(
         rule.times = 0
         uploads[name] = data
     await stack.files.settled()
-    resolved = uncertain("committed") + uncertain("rolled_back") + uncertain("unknown") - started
-    print(f"\n{TRIALS} uploads, {dropped} acknowledgements lost, {resolved:.0f} commits asked about, "
-          f"{client.retries} client retries")
+    asked = {o: int(uncertain(o) - started[o]) for o in outcomes}
+    print(f"\n{TRIALS} uploads (register, key, mark x lost, outage, unsent): {dropped} acknowledgements lost, "
+          f"re-reads found {asked}, {client.retries} client retries (503/409), "
+          f"{len(await listed(stack, prefix))} files listed")
     assert dropped == TRIALS
     await every_listed_file_reads(stack, prefix, uploads)  # one file per request, each byte-identical
 
@@ -340,4 +343,21 @@ async def test_lost_acknowledgements_at_every_commit_point_many_trials(
     await stack.maintenance.rotate_due()  # the sweep disables what a switch left enabled
     await stack.maintenance.reconcile()
     await assert_clean(stack, azurite, other)  # every ingested (and rotated) file byte-identical, nothing left
+    print(f"{TRIALS // 2} ingest marks, rotation switches and deletes (x lost, outage, unsent): all settled, "
+          f"{len(other)} files byte-identical, the deleted ones gone; re-reads since the uploads: "
+          f"{ {o: int(uncertain(o) - started[o]) - asked[o] for o in outcomes} }")
     await every_listed_file_reads(stack, prefix, uploads)
+
+
+async def test_a_reconciler_lease_whose_taking_lost_its_answer_is_given_back_at_once(
+        make_stack: StackFactory, proxy: PgProxy, database_url: str) -> None:
+    """The run lease is taken in one autocommit statement: its answer lost, the run does not go ahead, and the lease
+    it may hold is deleted at once, so the next run (any instance's) need not wait the 30 s out."""
+    stack = await proxied(make_stack, proxy, database_url)
+    rule = proxy.drop_ack("INSERT INTO reconciler_state (name, value)")
+    with pytest.raises(DatabaseUnavailableError):
+        await stack.maintenance.reconcile()
+    assert rule.dropped == 1
+    async with stack.db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM reconciler_state WHERE name = $1", LEASE_STATE) == 0
+    assert not (await stack.maintenance.reconcile()).skipped
