@@ -321,9 +321,11 @@ class LocalJsonVault:
     def _key_for_write(self) -> MasterKey:
         """The master key; made on first run, only while the vault holds no sealed value (fail closed)."""
         master = self._master or self._source.load()
-        if master is None:
-            if _any_sealed(self._file.current().entries):
+        if master is None and _any_sealed(self._file.current().entries):
+            master = self._source.load()  # another writer may have made it (and sealed with it) since the first look
+            if master is None:
                 raise self._source.missing("set_secret")
+        if master is None:
             master = self._source.create()
             log.warning("made a master key for the local vault at %s (back it up apart from the vault)",
                         self._source.path if not self._source.text else "KEY_VAULT_LOCAL_MASTER_KEY")
