@@ -5,6 +5,11 @@ Built on the async ``azure.storage.blob.aio`` clients. Reads are ranged and chun
 never sees half a blob. Block ids carry a random per-attempt prefix, so two concurrent
 attempts at the same blob (duplicate trigger deliveries) never mix their blocks: the last
 commit wins whole. Azure SDK exceptions are translated to ``StorageError`` here.
+
+ETags have one form above this module: quoted, as HTTP writes them (``"0x8DC..."``). The service
+sends them quoted in response headers (properties, downloads, commits) and bare in listings (the
+XML's ``<Etag>``); ``normal_etag()`` makes every one the quoted form, so an ETag read one way equals the
+same blob's ETag read another (the reconciler compares listings with what ingest recorded).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClien
 from shared.config import Settings
 from shared.errors import BlobChangedError, BlobNotFoundError, StorageError, StorageUnavailableError
 
-__all__ = ["BlobInfo", "BlobStore", "BlockWriter", "Container"]
+__all__ = ["BlobInfo", "BlobStore", "BlockWriter", "Container", "normal_etag"]
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +111,16 @@ class Streamed:
             response.close()
 
 
+def normal_etag(value: object) -> str:
+    """The one form of an ETag: quoted (``"0x8DC..."``), whether the service sent it quoted or bare."""
+    text = str(value or "").strip()
+    if not text:
+        return ""
+    return text if text.startswith(('"', 'W/"')) and text.endswith('"') and len(text) > 1 else f'"{text}"'
+
+
 def _info(name: str, props: Any) -> BlobInfo:
-    return BlobInfo(name=name, size=props.size, etag=props.etag,
+    return BlobInfo(name=name, size=props.size, etag=normal_etag(props.etag),
                     content_type=props.content_settings.content_type or "application/octet-stream",
                     created_on=props.creation_time, metadata=dict(props.metadata or {}),
                     modified_on=props.last_modified)
@@ -344,7 +357,7 @@ class Container:
                 pages = self._client.list_blobs(name_starts_with=prefix, include=include,
                                                 results_per_page=size).by_page(continuation_token=marker)
                 items = [item async for item in await anext(pages, _empty_page())]
-        infos = [BlobInfo(name=i.name, size=i.size or 0, etag=str(i.etag or ""),
+        infos = [BlobInfo(name=i.name, size=i.size or 0, etag=normal_etag(i.etag),
                           content_type=i.content_settings.content_type or "application/octet-stream",
                           created_on=i.creation_time, metadata=dict(i.metadata or {}), modified_on=i.last_modified)
                  for i in items]
@@ -409,14 +422,14 @@ class BlockWriter:
                 async with asyncio.timeout(CALL_DEADLINE_SECONDS):
                     result = await self._client.upload_blob(bytes(self._buffer), overwrite=True, metadata=metadata,
                                                             content_settings=settings)
-            return str(result.get("etag", ""))
+            return normal_etag(result.get("etag"))
         if self._buffer:
             await self._stage_buffer()
         with _translated("commit_block_list", self._container, self._name):
             async with asyncio.timeout(CALL_DEADLINE_SECONDS):
                 result = await self._client.commit_block_list(self._blocks, metadata=metadata,
                                                               content_settings=settings)
-        return str(result.get("etag", ""))
+        return normal_etag(result.get("etag"))
 
     async def _stage_buffer(self) -> None:
         data, self._buffer = bytes(self._buffer), bytearray()

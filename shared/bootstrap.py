@@ -122,7 +122,8 @@ class Services:
     identity: IdentityPolicy
 
     async def close(self) -> None:
-        for close in (self.blobs.close, self.keys.close, self.intermediates.close, self.vault.close, self.db.close):
+        for close in (self.files.close, self.blobs.close, self.keys.close, self.intermediates.close, self.vault.close,
+                      self.db.close):
             try:
                 await close()
             except Exception:  # closing is best effort; report, keep closing the rest
@@ -159,8 +160,8 @@ def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault
         from shared.vault.local import LocalJsonVault
 
         vault = LocalJsonVault(local_vault_path(settings), master=master_key_source(settings))
-    if settings.key_vault_cache_enabled and settings.key_vault_cache_minutes > 0:
-        vault = CachedKeyVault(vault, ttl_seconds=settings.key_vault_cache_minutes * 60,
+    if _cache_ttl(settings) > 0:
+        vault = CachedKeyVault(vault, ttl_seconds=_cache_ttl(settings),
                                max_entries=settings.key_vault_cache_max_entries)
     return vault
 
@@ -210,7 +211,11 @@ def build_key_service(settings: Settings, db: Database, vault: KeyVault, interme
 
 
 def _cache_ttl(settings: Settings) -> float:
-    return settings.key_vault_cache_minutes * 60 if settings.key_vault_cache_enabled else 0
+    """How long anything read from the vault is used from memory: the cache's TTL, never longer than the
+    fail-closed bound ``KEY_CACHE_SECONDS``."""
+    if not settings.key_vault_cache_enabled:
+        return 0.0
+    return float(min(settings.key_vault_cache_minutes * 60, settings.key_cache_seconds))
 
 
 def instance_name() -> str:
@@ -266,7 +271,8 @@ def build_services(settings: Settings, *, vault: KeyVault | None = None, kek: Ke
                               ingestor=ingestor, digests=digests, chain_key=chain_key, signer=intermediates.signer,
                               guard=guard, retention=timedelta(days=settings.audit_retention_days))
     health = Health(db=db, probes={"storage": protected.ping, "database": db.ping, "vault": keys.check_vault},
-                    guard=guard, interval_seconds=settings.health_probe_seconds,
+                    capabilities={"uploads": keys.check_uploads}, guard=guard,
+                    interval_seconds=settings.health_probe_seconds,
                     plaintext_alert=timedelta(minutes=settings.plaintext_alert_minutes))
     return Services(settings, db, vault, keys, intermediates, blobs, ingest, protected, files, maintenance, health,
                     IdentityPolicy.from_settings(settings))

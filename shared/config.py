@@ -170,7 +170,12 @@ class Settings:
         "(`DefaultAzureCredential`)", secret=True)
     key_vault_cache_enabled: bool = setting("KEY_VAULT_CACHE_ENABLED", True, "TTL cache of fetched keys (in memory)")
     key_vault_cache_minutes: int = setting(
-        "KEY_VAULT_CACHE_DURATION_MINUTES", 60, "cache TTL", low=0, high=7 * 24 * 60)
+        "KEY_VAULT_CACHE_DURATION_MINUTES", 60, "cache TTL (the spec's setting), never longer than "
+        "`KEY_CACHE_SECONDS`; 0: no cache", low=0, high=7 * 24 * 60)
+    key_cache_seconds: int = setting(
+        "KEY_CACHE_SECONDS", 60, "the fail-closed bound: the longest any key, or the vault's answer about the KEK or "
+        "the signing key, is used from memory. A key, KEK or secret removed or disabled in the vault stops new "
+        "uploads, and reads of files not read in this time, within it (docs/RELIABILITY.md)", low=0, high=60)
     key_vault_cache_max_entries: int = setting(
         "KEY_VAULT_CACHE_MAX_ENTRIES", 10_000, "cache bound (LRU)", low=1, high=10_000_000)
     key_mode: str = setting(

@@ -1,8 +1,10 @@
 """Erasing a deleted file: every byte of it in any container, and every key that opens any copy.
 
-``FileService.delete`` marks the row ``deleted`` (a tombstone: who, when) and forgets its retired
-blobs in one commit, then calls ``Eraser.erase``; the reconciler calls the same ``erase`` for every
-tombstone whose ``erased_at`` is still empty (a deletion that stopped half way). In order:
+``Eraser.delete`` (what ``DELETE /api/files/{id}`` and ``blobseal delete`` call) marks the row
+``deleted`` (a tombstone: who, when) and forgets its retired blobs in one commit (a lost answer to it
+is settled by a re-read: the deletion goes on when the row is a tombstone), then calls
+``Eraser.erase``; the reconciler calls the same ``erase`` for every tombstone whose ``erased_at`` is
+still empty (a deletion that stopped half way). In order:
 
 1. the plaintext in ``ingest``: the blob under the file's upload name, if what is there now is
    this file (its name and ETag identify this file id; a new upload under a non-UUID name is
@@ -10,7 +12,8 @@ tombstone whose ``erased_at`` is still empty (a deletion that stopped half way).
 2. every protected blob under ``<file_id>/`` (committed versions, staged blocks);
 3. the keys: each custody destroys what it keeps outside the rows (the vault secret, every
    version), then the rows go (wrapped keys with them);
-4. ``erased_at`` is set: only now is the deletion complete.
+4. the file's ``retired_blobs`` rows go (their blobs went in 2) and ``erased_at`` is set, in one
+   commit: only now is the deletion complete.
 
 Each step is idempotent; a crash anywhere leaves the tombstone without ``erased_at``, and the next
 call (or the reconciler) finishes. Keys are never recorded for a deleted file (the key service
@@ -21,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from shared.blobs import Container
 from shared.clock import Clock, utcnow
 from shared.db.files import FileRecord, FileRepository
 from shared.db.pool import Database
-from shared.errors import BlobNotFoundError
+from shared.errors import BlobNotFoundError, UnknownFileError
 from shared.ingest import identify_upload
 from shared.keys import FileKeyService
 from shared.upload import UPLOAD_ATTEMPT_PREFIX
@@ -41,6 +45,21 @@ class Eraser:
                  clock: Clock = utcnow) -> None:
         self._db, self._keys, self._ingest, self._protected, self._clock = db, keys, ingest, protected, clock
 
+    async def delete(self, file_id: uuid.UUID, *, by: str) -> FileRecord:
+        """Make the file a tombstone (idempotent: a tombstone keeps its first who and when), then erase it."""
+        async def mark(conn: Any) -> FileRecord | None:
+            files = FileRepository(conn)
+            record = await files.mark_deleted(file_id, by=by, now=self._clock())
+            await files.forget_retired_of(file_id)  # in the same commit: no row outlives the blob it names
+            return record
+
+        record = await self._db.resolved("delete_file", mark,
+                                         committed=lambda conn: FileRepository(conn).is_deleted(file_id))
+        if record is None:
+            raise UnknownFileError("no such file", operation="delete_file", details={"file_id": str(file_id)})
+        await self.erase(record)
+        return record
+
     async def erase(self, record: FileRecord) -> None:
         """Everything of a deleted file, then the mark that says so."""
         assert record.status == "deleted"
@@ -50,7 +69,9 @@ class Eraser:
             await self._protected.discard(blob.name)
         await self._keys.delete_file_keys(record.file_id)
         async with self._db.transaction("erase_file") as conn:
-            await FileRepository(conn).mark_erased(record.file_id, self._clock())
+            files = FileRepository(conn)
+            await files.forget_retired_of(record.file_id)
+            await files.mark_erased(record.file_id, self._clock())
         log.info("erased file %s: blobs, plaintext and keys", record.file_id)
 
     async def unfinished(self, limit: int) -> list[FileRecord]:

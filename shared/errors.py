@@ -8,7 +8,9 @@ The tree::
     │   ├── SecretNotFoundError        no such secret (or version)
     │   ├── SecretDisabledError        the secret version is disabled
     │   ├── VaultUnavailableError      the vault did not answer (transient; retry later)
-    │   └── VaultMissingError          the local vault file is missing or empty (created only where no key is recorded)
+    │   ├── VaultMissingError          the local vault file is missing or empty (created only where no key is recorded)
+    │   └── VaultUnwritableError       the vault cannot take a new key now (the local vault's disk is full or
+    │                                  read-only): uploads wait, reads go on
     ├── KeyManagementError             file-key bookkeeping refused (no such key, rotation claimed)
     │   ├── FileKeyNotFoundError       no key is recorded for the file
     │   │   └── KeyRetiredError        the key was rotated out and its vault version disabled
@@ -19,6 +21,8 @@ The tree::
     │   └── RotationConflictError      another worker holds the rotation of this file
     ├── DatabaseError                  PostgreSQL refused a statement or the schema disagrees
     │   ├── DatabaseUnavailableError   the database did not answer (transient; retry later)
+    │   │   └── CommitUnknownError     a commit's answer was lost and the database cannot say yet whether it
+    │   │                              happened: nothing may be cleaned up on it (the reconciler settles it)
     │   └── AuditUnavailableError      the access log cannot be written: access refused (fail-closed)
     ├── EncryptionError                encryption or decryption failed
     │   ├── FormatError                not a blobseal file, or a header we refuse
@@ -38,6 +42,8 @@ The tree::
         ├── UploadConflictError        an upload reuses a file id held by other content or another name
         ├── UploadRaceError            an older attempt held the upload's row (transient; retried)
         ├── ClientGoneError            the client went away before the request's body arrived whole
+        ├── RequestInProgressError     a request with the same Idempotency-Key is still being served (409)
+        ├── IdempotencyKeyReusedError  an Idempotency-Key sent again with another request (422)
         └── InvalidRequestError        malformed id, range or header
             ├── InvalidNameError       a name that breaks the name rule (shared.names)
             └── UploadTooLargeError    an upload body over UPLOAD_MAX_MB
@@ -66,6 +72,7 @@ __all__ = [
     "BlobNotFoundError",
     "BlobsealError",
     "ClientGoneError",
+    "CommitUnknownError",
     "ConfigError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -74,6 +81,7 @@ __all__ = [
     "FileKeyNotFoundError",
     "FileNotReadyError",
     "FormatError",
+    "IdempotencyKeyReusedError",
     "IntegrityError",
     "InvalidNameError",
     "InvalidRequestError",
@@ -85,6 +93,7 @@ __all__ = [
     "NotModified",
     "PreconditionFailedError",
     "RangeNotSatisfiableError",
+    "RequestInProgressError",
     "RotationConflictError",
     "SecretDisabledError",
     "SecretNotFoundError",
@@ -97,6 +106,7 @@ __all__ = [
     "UploadTooLargeError",
     "VaultMissingError",
     "VaultUnavailableError",
+    "VaultUnwritableError",
     "WrappedKeyError",
     "is_transient",
 ]
@@ -174,6 +184,10 @@ class VaultMissingError(KeyVaultError):
     pass
 
 
+class VaultUnwritableError(KeyVaultError):
+    """The vault answers reads but cannot take a new key now (the local vault's disk full or read-only)."""
+
+
 class KeyManagementError(BlobsealError):
     default_operation = "key_management"
 
@@ -208,6 +222,13 @@ class DatabaseError(BlobsealError):
 
 class DatabaseUnavailableError(DatabaseError):
     transient = True
+
+
+class CommitUnknownError(DatabaseUnavailableError):
+    """A commit's acknowledgement was lost and the database could not be asked whether it happened.
+
+    Whoever gets it must not clean up what the commit may have recorded (keys, blobs): the truth is
+    settled later (a retry that re-reads, the reconciler)."""
 
 
 class AuditUnavailableError(DatabaseError):
@@ -301,6 +322,18 @@ class UploadRaceError(FileError):
 
 class ClientGoneError(FileError):
     """The client closed the connection before its request body arrived whole (an upload cut short)."""
+
+
+class RequestInProgressError(FileError):
+    """A request with the same ``Idempotency-Key`` is still being served: retry after it ended (409)."""
+
+    transient = True
+
+
+class IdempotencyKeyReusedError(FileError):
+    """An ``Idempotency-Key`` sent again with another request (another body, name or type): 422."""
+
+    permanent = True
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -34,6 +34,7 @@ from shared.errors import (
     ConfigError,
     DatabaseUnavailableError,
     FileNotReadyError,
+    IdempotencyKeyReusedError,
     IntegrityError,
     InvalidRequestError,
     KeyIntegrityError,
@@ -42,6 +43,7 @@ from shared.errors import (
     NotModified,
     PreconditionFailedError,
     RangeNotSatisfiableError,
+    RequestInProgressError,
     StorageUnavailableError,
     UnknownFileError,
     UploadTooLargeError,
@@ -61,6 +63,7 @@ __all__ = [
     "download",
     "find_file",
     "health",
+    "idempotency_key",
     "metadata",
     "metrics",
     "misconfigured",
@@ -88,6 +91,8 @@ SERVER_MESSAGES: tuple[tuple[type[BlobsealError], str], ...] = (
 # The first match wins. A vault problem answers 503 ("vault"), as health does for the same cause.
 STATUS: tuple[tuple[type[BlobsealError], int], ...] = (
     (UploadTooLargeError, 413),
+    (RequestInProgressError, 409),
+    (IdempotencyKeyReusedError, 422),
     (InvalidRequestError, 400),
     (AccessDeniedError, 403),
     (ClientGoneError, 400),
@@ -152,14 +157,33 @@ async def find_file(req: Request, app: App) -> Response:
 
 
 async def upload(req: Request, app: App) -> Response:
-    """``POST /api/files`` (``write``): the body is the file; ``X-File-Name`` names it (percent-encoded UTF-8)."""
+    """``POST /api/files`` (``write``): the body is the file; ``X-File-Name`` names it (percent-encoded UTF-8).
+
+    ``Idempotency-Key`` (optional, draft-ietf-httpapi-idempotency-key-header): a retry with the same key and
+    request gets the first answer again (201, the same file, ``Idempotency-Replayed: true``); with another
+    request 422; while the first is still running 409 with ``Retry-After``."""
     async def run(caller: Caller) -> Response:
-        view = await app.files.upload(caller, _body(req), name=unquote(req.headers.get("x-file-name", "")),
-                                      content_type=req.headers.get("content-type"),
-                                      declared_size=req.headers.get("content-length"))
-        return JSONResponse(view, status_code=201, headers={"Location": f"/api/files/{view['file_id']}"})
+        uploaded = await app.files.upload(caller, _body(req), name=unquote(req.headers.get("x-file-name", "")),
+                                          content_type=req.headers.get("content-type"),
+                                          declared_size=req.headers.get("content-length"),
+                                          idempotency_key=idempotency_key(req.headers.get("idempotency-key")))
+        headers = {"Location": f"/api/files/{uploaded.file_id}"}
+        if uploaded.replayed:
+            headers["Idempotency-Replayed"] = "true"
+        return JSONResponse(uploaded.view, status_code=201, headers=headers)
 
     return await _answer("upload", req, app, run)
+
+
+def idempotency_key(header: str | None) -> str | None:
+    """The ``Idempotency-Key`` header's value: a structured-field string (``"..."``, unescaped) or, as many
+    clients send it, the bare value (the service checks what it may be). None when absent."""
+    if header is None:
+        return None
+    value = header.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = re.sub(r'\\(["\\])', r"\1", value[1:-1])
+    return value
 
 
 async def delete(req: Request, app: App) -> Response:
@@ -189,12 +213,12 @@ async def health(req: Request, app: App) -> Response:
 
 
 async def status(req: Request, app: App) -> Response:
-    """``GET /api/status`` (``operate``): each dependency, the oldest plaintext, the last reconciler run."""
+    """``GET /api/status`` (``operate``): the status, each dependency and capability with the causes of what
+    fails, the oldest plaintext, the last reconciler run; 503 while something fails (uploads refused too)."""
     async def run(caller: Caller) -> Response:
         report = await app.health.details(caller)
-        healthy = all(v == "ok" for v in report["dependencies"].values())
-        state = "unavailable" if not healthy else "degraded" if report.get("degraded") else "ok"
-        return JSONResponse({"status": state, **report}, status_code=200 if healthy else 503)
+        failing = report["status"] == "unavailable" or bool(report["causes"])  # a dependency, or uploads refused
+        return JSONResponse(report, status_code=503 if failing else 200)
 
     return await _answer("status", req, app, run)
 
@@ -375,6 +399,8 @@ def _from_error(operation: str, exc: BlobsealError) -> Response:
         response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"
     if isinstance(exc, AccessDeniedError):
         response.headers["X-Required-Role"] = str(exc.details.get("role", ""))
+    if isinstance(exc, RequestInProgressError):
+        response.headers["Retry-After"] = "5"
     return response
 
 

@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import count
-from typing import Literal
+from typing import Any, Literal
 
 from shared.blobs import BlobInfo, Container
 from shared.clock import Clock, utcnow
@@ -213,7 +213,7 @@ class Ingestor:
                                 transfer=self._transfer, size_hint=info.size)
         except BlobChangedError:  # overwritten while being read: this content is no longer the upload
             return await self._lost(name, info.etag, file_id, blob_name)
-        async with self._db.transaction("mark_encrypted") as conn:
+        async def mark(conn: Any) -> tuple[bool, str | None]:
             files = FileRepository(conn)
             marked, replaced = await files.mark_encrypted(
                 file_id, source_name=name, source_etag=info.etag, name=display,
@@ -224,6 +224,11 @@ class Ingestor:
                 await FailureRepository(conn).clear(name)
             if marked and replaced and replaced != blob_name:  # a new version: the old content's blob retires
                 await files.retire_blob(replaced, file_id, delete_after=self._clock() + self._replace_grace)
+            return marked, replaced
+
+        # a lost answer is settled by a re-read (the blob name is this delivery's own); unknown: retried
+        marked, replaced = await self._db.resolved(
+            "mark_encrypted", mark, committed=lambda conn: FileRepository(conn).points_at(file_id, blob_name))
         if not marked:
             return await self._lost(name, info.etag, file_id, blob_name)
         BYTES_PROCESSED.labels("encrypt").inc(sealed.size)

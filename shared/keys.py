@@ -41,6 +41,7 @@ from shared.custody import KeyCustody, check_reference
 from shared.db.file_keys import Custody, FileKeyRepository, KeyRow, KeyState, Placement
 from shared.db.pool import Database
 from shared.errors import (
+    CommitUnknownError,
     DatabaseError,
     FileKeyNotFoundError,
     KeyIntegrityError,
@@ -110,8 +111,9 @@ class FileKeyService:
             raise ValueError("the mode's custody must be allowed, and every allowed custody known")
         self._db, self._custodies, self.mode = db, dict(custodies), mode
         self._rotation, self._clock = timedelta(days=rotation_days), clock
-        # Plain keys by reference (a reference's key never changes), so a warm download costs no lookup.
-        self._plain = cache or TtlCache(ttl_seconds=0, max_entries=1)
+        # Plain keys by reference (a reference's key never changes), so a warm download costs no lookup; for at
+        # most KEY_CACHE_SECONDS. (``cache or ...`` replaced a given, empty, hence falsy cache by a no-op one.)
+        self._plain = cache if cache is not None else TtlCache(ttl_seconds=0, max_entries=1)
 
     # --- create and read ------------------------------------------------------------------
 
@@ -293,6 +295,11 @@ class FileKeyService:
         for name in self.allowed:
             await self._custodies[name].check(placing=name == self.mode)
 
+    async def check_uploads(self) -> None:
+        """A new file's key could be placed now in the mode's custody (health: uploads fail while this does, reads
+        may not; the vault itself is ``check_vault``'s)."""
+        await self._custodies[self.mode].check_writable()
+
     # --- custody ------------------------------------------------------------------------------
 
     async def migrate_keys(self, to: Custody, limit: int = 100, *, after: int = 0) -> tuple[MigrationReport, int]:
@@ -370,16 +377,20 @@ class FileKeyService:
     ) -> KeyRow | None:
         """Insert the row of a new key; ``None`` if another one won the race. A file deleted meanwhile gets
         no key: the placed one is erased and ``UnknownFileError`` raised."""
-        try:
-            async with self._db.transaction(operation) as conn:
-                repo = FileKeyRepository(conn)
-                live = await repo.lock_file(file_id)
-                row = await repo.insert(file_id, reference, placement, state=state, created_at=now,
-                                        expires_at=now + self._rotation) if live else None
-                if row is not None:
-                    await self._custodies[placement.custody].recorded(conn, placement)
+        async def record(conn: Any) -> tuple[bool, KeyRow | None]:
+            repo = FileKeyRepository(conn)
+            live = await repo.lock_file(file_id)
+            row = await repo.insert(file_id, reference, placement, state=state, created_at=now,
+                                    expires_at=now + self._rotation) if live else None
+            if row is not None:
+                await self._custodies[placement.custody].recorded(conn, placement)
+            return live, row
+
+        try:  # a lost answer is settled by a re-read of the row by its reference
+            live, row = await self._db.resolved(operation, record,
+                                                committed=lambda conn: _recorded(conn, file_id, reference))
         except DatabaseError as exc:
-            if exc.details.get("stage") != "commit":  # surely not committed: the placed key is an orphan
+            if not isinstance(exc, CommitUnknownError):  # surely not committed: the placed key is an orphan
                 await self._discard(placement, reference, operation)
             raise
         if not live:
@@ -458,6 +469,10 @@ class FileKeyService:
             await self._custodies[placement.custody].discard(placement)
         except KeyVaultError as exc:
             log.warning("%s: could not disable unused key version %s: %s", operation, reference, exc)
+
+
+async def _recorded(conn: Any, file_id: uuid.UUID, reference: str) -> bool:
+    return await FileKeyRepository(conn).by_reference(file_id, reference) is not None
 
 
 async def _already_switched(repo: FileKeyRepository, ticket: RotationTicket) -> FileKey:

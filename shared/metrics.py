@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = [
     "AUDIT_FAILURES",
     "BYTES_PROCESSED",
+    "COMMITS_UNCERTAIN",
     "ERRORS",
     "FAILED_UPLOADS",
     "FILE_SIZE",
+    "HEALTH_CHECKS",
     "INGEST_RETRIES",
     "INTEGRITY_FAILURES",
     "KEYS_MISSING",
@@ -84,6 +86,12 @@ OLDEST_PLAINTEXT = Gauge(
     "blobseal_ingest_oldest_plaintext_seconds",
     "Age of the oldest upload still in plaintext in the ingest container (as of the last reconcile).",
     registry=REGISTRY)
+COMMITS_UNCERTAIN = Counter(
+    "blobseal_commits_uncertain_total", "Commits whose acknowledgement was lost, by what the re-read found "
+    "(committed|rolled_back|unknown).", ["operation", "outcome"], registry=REGISTRY)
+HEALTH_CHECKS = Gauge(
+    "blobseal_health_check", "The last health probe of each check (1: ok, 0: failing); `uploads` is 0 while "
+    "uploads cannot succeed (the vault cannot take keys, the KEK is missing).", ["check"], registry=REGISTRY)
 FAILED_UPLOADS = Gauge(
     "blobseal_failed_uploads", "Uploads recorded as failed and not yet encrypted (as of the last reconcile).",
     ["kind"], registry=REGISTRY)

@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from shared.blobs import Container
 from shared.clock import Clock, utcnow
@@ -121,18 +122,28 @@ class Rotator:
                 await FileRepository(conn).forget_retired_blob(blob_name)
         return len(due)
 
+    async def rotate_one(self, file_id: uuid.UUID, from_reference: str, *, only_if_current: bool = True) -> bool:
+        """One file of a run (the timer's, or the reconciler's resuming a stalled one): whether it was rotated
+        (False: skipped, another worker holds it or it was rotated since). A failure backs this file off (1, 2,
+        4 ... minutes) and is raised; its claim was given back already (``rotate_file``)."""
+        try:
+            return await self.rotate_file(file_id, only_from=from_reference if only_if_current else None) is not None
+        except RotationConflictError:
+            return False
+        except BlobsealError as exc:
+            ERRORS.labels("rotate", type(exc).__name__).inc()
+            failures = await self._back_off(file_id, from_reference, exc)
+            log.error("rotation of file %s failed (%d in a row; backing off): %s", file_id, failures, exc)
+            raise
+
     async def _rotate_counted(self, file_id: uuid.UUID, due_reference: str, report: RotationReport) -> None:
         """One file of a run: a failure is counted and backs this file off; the run goes on."""
         try:
-            rotated = await self.rotate_file(file_id, only_from=due_reference)
-            (report.rotated if rotated else report.skipped).append(str(file_id))
-        except RotationConflictError:
-            report.skipped.append(str(file_id))
-        except BlobsealError as exc:
-            ERRORS.labels("rotate", type(exc).__name__).inc()
-            failures = await self._back_off(file_id, due_reference, exc)
-            log.error("rotation of file %s failed (%d in a row; backing off): %s", file_id, failures, exc)
+            rotated = await self.rotate_one(file_id, due_reference)
+        except BlobsealError:
             report.failed.append(str(file_id))
+            return
+        (report.rotated if rotated else report.skipped).append(str(file_id))
 
     async def _back_off(self, file_id: uuid.UUID, reference: str, exc: BlobsealError) -> int:
         try:
@@ -172,18 +183,23 @@ class Rotator:
     async def _switch(self, record: FileRecord, new_blob: str, sealed: Sealed, ticket: RotationTicket) -> None:
         """Keys, pointer and the old blob's retirement in one commit; a lost race rolls all of it back."""
         assert record.protected_blob is not None
-        now = self._clock()
-        async with self._db.transaction("switch_rotation") as conn:
+        old_blob, now = record.protected_blob, self._clock()
+
+        async def switch(conn: Any) -> None:
             await self._keys.switch_keys(conn, ticket)
             files = FileRepository(conn)
             if not await files.switch(record.file_id, old_reference=ticket.old.key_reference,
-                                      old_blob=record.protected_blob, key_reference=ticket.new.key_reference,
+                                      old_blob=old_blob, key_reference=ticket.new.key_reference,
                                       protected_blob=new_blob, protected_etag=sealed.etag,
                                       block_size=sealed.block_size, now=now):
                 raise RotationConflictError("the file changed (a new version, or another rotation) while it was "
                                             "re-encrypted", operation="switch_rotation",
                                             details={"file_id": str(record.file_id)})
-            await files.retire_blob(record.protected_blob, record.file_id, delete_after=now + self._policy.grace)
+            await files.retire_blob(old_blob, record.file_id, delete_after=now + self._policy.grace)
+
+        # a lost answer is settled by a re-read: the file points at the new blob and key, or it does not
+        await self._db.resolved("switch_rotation", switch, committed=lambda conn: FileRepository(conn).points_at(
+            record.file_id, new_blob, ticket.new.key_reference))
 
     async def _disable_old_key(self, ticket: RotationTicket) -> None:
         """After the commit the rotation is done: a vault failure is left for the sweep, never raised."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,9 +31,12 @@ from shared.identity import Caller
 from shared.ingest import Ingestor, IngestOutcome, guess_type
 from shared.keys import FileKeyService
 from shared.names import check_name, check_prefix
-from shared.upload import Uploader, UploadRequest
+from shared.upload import IdempotencyKey, Uploaded, Uploader, UploadSpec
+from shared.views import file_view
 
 __all__ = ["Download", "FileService", "file_id_or_none", "parse_file_id"]
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def parse_file_id(text: str) -> uuid.UUID:
@@ -59,6 +63,13 @@ class FileService:
                  uploader: Uploader, guard: Guard, clock: Clock = utcnow) -> None:
         self._db, self._keys, self._reader, self._eraser = db, keys, reader, eraser
         self._ingestor, self._uploader, self.guard, self._clock = ingestor, uploader, guard, clock
+
+    async def close(self) -> None:
+        await self._uploader.close()
+
+    async def settled(self) -> None:
+        """Wait until uploads whose commit's outcome was unknown are settled (``shared.upload``)."""
+        await self._uploader.settled()
 
     async def encrypt_ingest_blob(self, name: str) -> IngestOutcome:
         """What the blob trigger delivers (the app's own work: no caller, no access row)."""
@@ -110,7 +121,7 @@ class FileService:
             async with self._db.connection("list_files") as conn:
                 page = await FileRepository(conn).listed(prefix=prefix, status=status, after=_cursor(cursor),
                                                          limit=count + 1)
-            views = [_view(record, expires) for record, expires in page[:count]]
+            views = [file_view(record, expires) for record, expires in page[:count]]
             last = page[count - 1][0] if len(page) > count else None
             return views, (_next_cursor(last.source_name, last.file_id) if last else None)
 
@@ -125,38 +136,42 @@ class FileService:
     # --- changes ---------------------------------------------------------------------------------
 
     async def upload(self, caller: Caller, body: AsyncIterator[bytes], *, name: str, content_type: str | None = None,
-                     declared_size: int | str | None = None) -> dict[str, Any]:
-        """A new file from ``body`` (the ``write`` role), encrypted as it arrives."""
+                     declared_size: int | str | None = None, idempotency_key: str | None = None) -> Uploaded:
+        """A new file from ``body`` (the ``write`` role), encrypted as it arrives. With ``idempotency_key`` (the
+        client's ``Idempotency-Key``, validated by the caller) a retry of the same request gets the first answer
+        (``replayed``) and the same file; see ``shared.upload``."""
         async with self.guard.change("upload", caller, "write") as receipt:
             if not name:
                 raise InvalidRequestError("the upload needs a name (X-File-Name)", operation="upload")
             check_name(name, "upload")
             size = None if declared_size in (None, "") else _bounded(declared_size, 0, None, "upload",
                                                                       "Content-Length")
-            request = UploadRequest(name=name, content_type=guess_type(content_type, name), declared_size=size)
-            record = await self._uploader.upload(request, body)
-            receipt.file_id, receipt.bytes_sent = record.file_id, record.size
-            return await self._view(record)
+            spec = UploadSpec(name=name, content_type=guess_type(content_type, name), declared_size=size)
+            if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+                raise InvalidRequestError("Idempotency-Key must be 1 to 255 visible ASCII characters",
+                                          operation="upload")
+            key = IdempotencyKey(caller.name, idempotency_key) if idempotency_key is not None else None
+            uploaded = await self._uploader.upload(spec, body, idempotency=key)
+            receipt.file_id, receipt.bytes_sent = uploaded.file_id, uploaded.size
+            if uploaded.replayed:
+                receipt.outcome = "ok: the first answer again (Idempotency-Key)"
+            return uploaded
 
     async def delete(self, caller: Caller, file_id_text: str, *,
                      precondition: Callable[[FileRecord], None] | None = None) -> dict[str, Any]:
         """Erase a file (``shared.erase``): its plaintext in ingest, its blobs and every key go; the row stays
         as a tombstone (who, when). Idempotent: a deletion that stopped half way is finished by calling it
-        again (or by the reconciler). After it no key exists that could open any copy of the file.
-        ``precondition`` sees the file's record first and may refuse (HTTP ``If-Match``)."""
+        again (or by the reconciler), and a deleted file deleted again answers the same tombstone. After it no
+        key exists that could open any copy of the file. ``precondition`` sees the file's record first and may
+        refuse (HTTP ``If-Match``)."""
         file_id = file_id_or_none(file_id_text)
         async with self.guard.change("delete", caller, "erase", file_id=file_id):
             file_id = parse_file_id(file_id_text)
             current = await self._record(file_id)
             if precondition is not None and current.status != "deleted":
                 precondition(current)
-            async with self._db.transaction("delete_file") as conn:
-                files = FileRepository(conn)
-                record = await files.mark_deleted(file_id, by=caller.name, now=self._clock())
-                await files.forget_retired_of(file_id)  # in the same commit: no row outlives the blob it names
-            assert record is not None
-            await self._eraser.erase(record)
-            return _view(record, None)
+            record = await self._eraser.delete(file_id, by=caller.name)
+            return file_view(record, None)
 
     async def decrypt_file(self, caller: Caller, file_id_text: str) -> Download:
         """A whole file's plaintext for an operator (recovery): intent before, outcome (bytes) after it was read."""
@@ -195,7 +210,7 @@ class FileService:
 
     async def _view(self, record: FileRecord) -> dict[str, Any]:
         key = await self._keys.active_key(record.file_id) if record.status == "encrypted" else None
-        return _view(record, key.expires_at if key else None) | {"key_custody": key.custody if key else None}
+        return file_view(record, key.expires_at if key else None) | {"key_custody": key.custody if key else None}
 
 
 def file_id_or_none(text: str) -> uuid.UUID | None:
@@ -204,26 +219,6 @@ def file_id_or_none(text: str) -> uuid.UUID | None:
         return parse_file_id(text)
     except InvalidRequestError:
         return None
-
-
-def _view(record: FileRecord, key_expires_at: datetime | None) -> dict[str, Any]:
-    """The metadata a client may see: never key material."""
-    view = {
-        "file_id": str(record.file_id),
-        "name": record.name,
-        "source_name": record.source_name,
-        "size": record.size,
-        "content_type": record.content_type,
-        "status": record.status,
-        "created_at": record.created_at.isoformat(),
-        "encrypted_at": record.encrypted_at.isoformat() if record.encrypted_at else None,
-        "key_reference": record.key_reference,
-        "key_expires_at": key_expires_at.isoformat() if key_expires_at else None,
-    }
-    if record.status == "deleted":
-        view.update(deleted_at=record.deleted_at.isoformat() if record.deleted_at else None,
-                    deleted_by=record.deleted_by)
-    return view
 
 
 def _bounded(value: int | str | None, default: int | None, most: int | None, operation: str,

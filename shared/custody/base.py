@@ -68,6 +68,11 @@ class KeyCustody(Protocol):
         """Raise if this custody cannot serve (``placing``: new keys go here, so it must be able to make them)."""
         ...
 
+    async def check_writable(self) -> None:
+        """Raise if a new key could not be placed here now (the vault cannot take a write, the KEK is gone):
+        uploads would fail while reads may still work."""
+        ...
+
 
 def integrity_refused(row: KeyRow, reason: str, message: str,
                       kind: type[KeyIntegrityError] = KeyIntegrityError) -> KeyIntegrityError:

@@ -72,3 +72,7 @@ class EnvelopeCustody:
 
     async def check(self, *, placing: bool) -> None:
         await self.intermediates.check(placing=placing)
+
+    async def check_writable(self) -> None:
+        """New keys need the KEK and the signing key (nothing is written to the vault)."""
+        await self.intermediates.check(placing=True)

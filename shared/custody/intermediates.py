@@ -11,6 +11,11 @@ An unsigned row (from before migration 8, until ``attest`` signs it), a bad sign
 signature by another key is ``KeyIntegrityError``. A verified, unwrapped key is kept in memory
 for ``cache_seconds`` (one KEK unwrap per process and TTL; concurrent readers share it).
 
+Fail closed in time: ``cache_seconds`` is ``KEY_CACHE_SECONDS`` (60 s). An intermediate key read from
+memory is at most that old, and the one new file keys are wrapped with is used only while the KEK was
+seen within that time (its current version asked again when older): a KEK removed or disabled stops
+new uploads, and reads of files whose intermediate key was not read in that time, within it.
+
 Fail closed: a missing KEK or signing key is made only where nothing depends on it yet (nothing
 recorded) and only where the app may make it (local mode); otherwise it is restored, never
 replaced.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,15 +67,17 @@ class _Current:
     key: bytes = field(repr=False)
     use_until: datetime
     left: int
+    confirmed: float = 0.0  # when the KEK was last seen (monotonic): the key is used only that long after
 
 
 class IntermediateKeys:
     """This instance's current intermediate key, and the verified, unwrapped ones it has read."""
 
     def __init__(self, db: Database, kek: KeyWrapper, signer: Signer, policy: IntermediatePolicy, *, instance: str,
-                 clock: Clock = utcnow) -> None:
+                 clock: Clock = utcnow, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.kek, self.signer = kek, signer
         self._db, self._policy, self._instance, self._clock = db, policy, instance, clock
+        self._monotonic = monotonic
         self._current: _Current | None = None
         self._minting = asyncio.Lock()
         self._cache: TtlCache[uuid.UUID, bytes] = TtlCache(ttl_seconds=policy.cache_seconds,
@@ -82,6 +90,13 @@ class IntermediateKeys:
             current = self._current
             if current is None or current.left <= 0 or self._clock() >= current.use_until:
                 current = self._current = await self._mint()
+            elif self._monotonic() - current.confirmed >= self._policy.cache_seconds:
+                try:  # the KEK must still be there: a removed or disabled one stops new keys within the bound
+                    await self.kek.current()
+                except BaseException:
+                    self._current = None
+                    raise
+                current.confirmed = self._monotonic()
             current.left -= 1
             return current.id, current.key
 
@@ -176,7 +191,7 @@ class IntermediateKeys:
         async with self._db.transaction("mint_intermediate") as conn:
             await IntermediateKeyRepository(conn).insert(row)
         self._cache.put(row.id, key)
-        return _Current(row.id, key, row.use_until, row.max_files)
+        return _Current(row.id, key, row.use_until, row.max_files, confirmed=self._monotonic())
 
     async def _signed(self, row: IntermediateRow) -> IntermediateRow:
         signature = await self.sign(intermediate_statement(row.id, row.kek_reference, row.wrapped_key))

@@ -23,7 +23,7 @@ from shared.custody.base import integrity_refused
 from shared.db.file_keys import Custody, FileKeyRepository, KeyRow, Placement
 from shared.db.pool import Database
 from shared.db.secret_intents import SecretIntentRepository
-from shared.errors import KeyMissingError, KeyVaultError, SecretNotFoundError, VaultMissingError
+from shared.errors import BlobsealError, KeyMissingError, KeyVaultError, SecretNotFoundError, VaultMissingError
 from shared.metrics import KEYS_MISSING
 from shared.vault.base import KeyVault, SecretProperties, parse_key_reference, secret_name
 
@@ -90,10 +90,14 @@ class SecretCustody:
         async with self._db.connection("repair_secrets") as conn:
             settled = await SecretIntentRepository(conn).settled(cutoff, limit)
         repaired = 0
-        for file_id, tokens in settled.items():
-            repaired += await self._repair_file(file_id, cutoff)
-            async with self._db.connection("repair_secrets") as conn:
-                await SecretIntentRepository(conn).forget(file_id, tokens)
+        for file_id, tokens in settled.items():  # each file on its own: one that fails is tried again next run
+            try:
+                repaired += await self._repair_file(file_id, cutoff)
+                async with self._db.connection("repair_secrets") as conn:
+                    await SecretIntentRepository(conn).forget(file_id, tokens)
+            except BlobsealError as exc:
+                log.warning("file %s: making unrecorded key versions unusable failed (the next run retries): %s",
+                            file_id, exc)
         return repaired
 
     async def check(self, *, placing: bool) -> None:
@@ -102,6 +106,10 @@ class SecretCustody:
             await self._vault.ping()
         except VaultMissingError:
             await self._refuse_if_recorded()
+
+    async def check_writable(self) -> None:
+        """The vault can take a new secret version now (``VaultUnwritableError`` otherwise: a full disk)."""
+        await self._vault.check_writable()
 
     async def _repair_file(self, file_id: uuid.UUID, cutoff: datetime) -> int:
         """Disable the file's versions no row records; delete the whole secret when no row is left."""

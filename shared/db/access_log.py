@@ -83,6 +83,10 @@ class AccessLogRepository:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
+    async def any_chained(self) -> bool:
+        """Whether any row is chained (the chain key is then depended on)."""
+        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM access_log WHERE chain IS NOT NULL)"))
+
     async def append(self, rows: Sequence[NewRow], chain: uuid.UUID, seqs: Sequence[int],
                      macs: Sequence[bytes]) -> None:
         columns = [[getattr(row, name) for row in rows] for name in _NEW_FIELDS]
@@ -117,10 +121,6 @@ class AccessLogRepository:
         macs = await self._macs([(r["chain"], r["last_seq"]) for r in found])
         return [ChainHead(r["chain"], r["last_seq"], macs[(r["chain"], r["last_seq"])], r["rows"], r["first_at"],
                           r["last_at"]) for r in found]
-
-    async def any_chained(self) -> bool:
-        """Whether any row depends on the chain key."""
-        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM access_log WHERE chain IS NOT NULL)"))
 
     async def unchained(self, after_id: int, limit: int, *, since: datetime | None = None) -> list[LoggedRow]:
         """Rows from before chains existed (migration 9), by id after ``after_id`` (at or after ``since``)."""

@@ -79,6 +79,11 @@ class FileRepository:
     async def get(self, file_id: uuid.UUID) -> FileRecord | None:
         return _record(await self._conn.fetchrow("SELECT * FROM files WHERE file_id = $1", file_id))
 
+    async def lock(self, file_id: uuid.UUID) -> FileRecord | None:
+        """The row, locked for this transaction: a transaction still writing it (a COMMIT on its way) is waited
+        for, so what is read here is what was decided."""
+        return _record(await self._conn.fetchrow("SELECT * FROM files WHERE file_id = $1 FOR UPDATE", file_id))
+
     async def by_source_name(self, source_name: str) -> FileRecord | None:
         sql = "SELECT * FROM files WHERE source_name = $1 ORDER BY created_at DESC LIMIT 1"
         return _record(await self._conn.fetchrow(sql, source_name))
@@ -104,6 +109,32 @@ class FileRepository:
         row = await self._conn.fetchrow(sql, file_id, source_name, source_etag, name, content_type, size,
                                         key_reference, protected_blob, now, protected_etag, block_size)
         return row is not None, (row["replaced"] if row is not None else None)
+
+    async def points_at(self, file_id: uuid.UUID, protected_blob: str, key_reference: str | None = None) -> bool:
+        """Whether the file is encrypted in ``protected_blob`` (with ``key_reference``): an attempt's mark or a
+        rotation's switch committed (blob names are unique to the attempt that wrote them)."""
+        sql = """
+            SELECT EXISTS (SELECT 1 FROM files WHERE file_id = $1 AND status = 'encrypted' AND protected_blob = $2
+                           AND ($3::text IS NULL OR key_reference = $3))"""
+        return bool(await self._conn.fetchval(sql, file_id, protected_blob, key_reference))
+
+    async def holds_attempt(self, file_id: uuid.UUID, pending_etag: str, *, fresh_seconds: float | None = None) -> bool:
+        """Whether the attempt ``pending_etag`` holds the file's row (with ``fresh_seconds``: and touched it that
+        recently, in the database's time: a live upload touches its row every minute)."""
+        sql = """
+            SELECT EXISTS (SELECT 1 FROM files WHERE file_id = $1 AND pending_etag = $2
+                           AND ($3::float8 IS NULL OR updated_at > now() - make_interval(secs => $3)))"""
+        return bool(await self._conn.fetchval(sql, file_id, pending_etag, fresh_seconds))
+
+    async def touch_attempt(self, file_id: uuid.UUID, pending_etag: str) -> None:
+        """A live attempt's heartbeat: the row looks abandoned to nobody while it is touched."""
+        await self._conn.execute("UPDATE files SET updated_at = now() WHERE file_id = $1 AND pending_etag = $2",
+                                 file_id, pending_etag)
+
+    async def is_deleted(self, file_id: uuid.UUID) -> bool:
+        """Whether the file's row is a tombstone (its deletion committed)."""
+        return bool(await self._conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM files WHERE file_id = $1 AND status = 'deleted')", file_id))
 
     async def pending_before(self, cutoff: datetime, limit: int) -> list[FileRecord]:
         """Rows with an attempt in flight untouched since ``cutoff``, oldest first (index ``files_pending``)."""

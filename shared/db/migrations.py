@@ -290,6 +290,25 @@ CREATE TRIGGER access_log_no_truncate BEFORE TRUNCATE ON access_log
     FOR EACH STATEMENT EXECUTE FUNCTION access_log_append_only();
 """
 
+# Safe retries of POST /api/files (shared/upload.py): what each Idempotency-Key stands for, per caller, the upload
+# attempt serving it and, once its file is encrypted (in the same commit), the request's fingerprint and first
+# answer; keys expire (the reconciler deletes them), after which the key may name a new upload.
+_UPLOAD_REQUESTS = """
+CREATE TABLE upload_requests (
+    caller TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    attempt TEXT NOT NULL,
+    file_id UUID NOT NULL,
+    fingerprint TEXT,
+    response JSONB,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (caller, idempotency_key),
+    CONSTRAINT upload_requests_answered_check CHECK ((fingerprint IS NULL) = (response IS NULL))
+);
+CREATE INDEX upload_requests_expiry ON upload_requests (expires_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "file_keys", _FILE_KEYS),
     Migration(2, "files", _FILES),
@@ -300,6 +319,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "hot_indexes", _HOT_INDEXES),
     Migration(8, "key_trust", _KEY_TRUST),
     Migration(9, "access_chain", _ACCESS_CHAIN),
+    Migration(10, "upload_requests", _UPLOAD_REQUESTS),
 )
 
 _CREATE_LEDGER = """

@@ -7,6 +7,14 @@ on first use, inside the worker's event loop, and reused after. Every way in (``
 bounds the time it can take: connect timeout, per-statement timeout, acquire timeout. A pool
 survives a database restart: dead connections are replaced on the next acquire.
 
+A commit can succeed on the server and its answer still be lost (the connection drops after the
+``COMMIT`` went out): ``resolved`` runs a transaction whose outcome the caller must know, and when the
+answer is lost it asks the database whether it happened, and acts on that: committed is success,
+not committed is the error; when the database cannot be asked for ``RESOLVE_SECONDS`` either,
+``CommitUnknownError`` (the caller must then clean up nothing). The question is asked once the
+transaction's server process is gone (ended with ``pg_terminate_backend`` when it lingers: a COMMIT
+still on its way could otherwise land after the re-read), so the answer is final.
+
 Behind PgBouncer in transaction pooling (``DATABASE_PGBOUNCER=true``, Azure's built-in PgBouncer
 on port 6432) consecutive transactions of one client connection run on different server
 connections, so nothing may outlive a transaction on the server: the pool keeps no prepared
@@ -19,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -30,10 +39,19 @@ from shared.db.entra import EntraPassword, managed_identity
 from shared.db.errors import DATABASE_ERRORS, Attempt, database_errors
 from shared.db.migrations import apply_migrations
 from shared.db.tls import server_verification
+from shared.errors import CommitUnknownError, DatabaseError, DatabaseUnavailableError
+from shared.metrics import COMMITS_UNCERTAIN
 
-__all__ = ["Database"]
+__all__ = ["RESOLVE_SECONDS", "Database"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long a lost commit answer is asked about (re-reads on new connections, backing off) before the
+# outcome is reported unknown.
+RESOLVE_SECONDS = 10.0
+_RESOLVE_DELAYS = (0.0, 0.2, 0.5, 1.0, 2.0, 3.0, 3.0)
 
 
 class Database:
@@ -101,6 +119,56 @@ class Database:
             pool = await self._get_pool()
             async with pool.acquire(timeout=self._acquire_timeout) as conn, _within(conn, attempt):
                 yield conn
+
+    async def resolved(self, operation: str, work: Callable[[Any], Awaitable[T]], *,
+                       committed: Callable[[Any], Awaitable[bool]]) -> T:
+        """``work(conn)`` in one transaction, its outcome known even when the commit's answer is lost.
+
+        ``committed(conn)`` re-reads, on another connection, what ``work`` wrote by the attempt's own
+        identity (an attempt tag, a blob name, a key reference), and says whether it is there. It is asked
+        only when the commit was sent and its answer lost: committed, ``work``'s result is returned as if
+        the answer had come; not committed, the error is raised (nothing was written). If the database
+        cannot be asked within ``RESOLVE_SECONDS``: ``CommitUnknownError`` (transient; clean up nothing).
+        """
+        finished, result, server = False, None, None
+        try:
+            async with self.transaction(operation) as conn:
+                server = None if self._pgbouncer else _server_pid(conn)  # behind PgBouncer: its pid, not a backend's
+                result = await work(conn)
+                finished = True
+        except DatabaseError as exc:
+            if not finished or exc.details.get("stage") != "commit":
+                raise
+            if not await self._ask(operation, committed, exc, server):
+                COMMITS_UNCERTAIN.labels(operation, "rolled_back").inc()
+                log.warning("%s: the commit's answer was lost; it did not commit (re-read): %s", operation, exc)
+                raise
+            COMMITS_UNCERTAIN.labels(operation, "committed").inc()
+            log.warning("%s: the commit's answer was lost; it did commit (re-read)", operation)
+        return result  # type: ignore[return-value]  # set whenever ``finished``
+
+    async def _ask(self, operation: str, committed: Callable[[Any], Awaitable[bool]], lost: DatabaseError,
+                   server: int | None) -> bool:
+        """Whether the lost commit happened: asked once the transaction's server process is gone."""
+        deadline = time.monotonic() + RESOLVE_SECONDS
+        for delay in _RESOLVE_DELAYS:
+            left = deadline - time.monotonic() - delay
+            if left <= 0:
+                break
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(left), self.connection(f"{operation}_resolve") as conn:
+                    if server is not None and await _end_backend(conn, server):
+                        continue  # still there (now told to end): its COMMIT may still land; ask again shortly
+                    return bool(await committed(conn))
+            except (DatabaseUnavailableError, TimeoutError):
+                continue
+        COMMITS_UNCERTAIN.labels(operation, "unknown").inc()
+        log.error("%s: the commit's answer was lost and the database did not answer for %.0f s: its outcome is "
+                  "unknown (nothing is cleaned up; the reconciler settles it)", operation, RESOLVE_SECONDS)
+        raise CommitUnknownError("the database lost the answer to a commit and cannot say yet whether it happened; "
+                                 "retry later", operation=operation,
+                                 details={**lost.details, "outcome": "unknown"}) from lost
 
     @contextmanager
     def translating(self, operation: str, conn: Any) -> Iterator[None]:
@@ -173,6 +241,24 @@ async def _within(conn: Any, attempt: Attempt) -> AsyncIterator[None]:
             raise
         attempt.stage = "commit"
         await tx.commit()
+
+
+def _server_pid(conn: Any) -> int | None:
+    try:
+        return int(conn.get_server_pid())
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+async def _end_backend(conn: Any, pid: int) -> bool:
+    """Whether the server process ``pid`` is still there; if so it is told to end (a transaction it runs
+    then either committed already or never will). Not asked behind PgBouncer (the pid a client sees is
+    PgBouncer's own): the re-read decides alone there."""
+    sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND pid <> pg_backend_pid()"
+    try:
+        return await conn.fetchval(sql, pid) is not None
+    except asyncpg.PostgresError:  # not allowed to end it: wait until the server notices the lost connection
+        return await conn.fetchval("SELECT 1 FROM pg_stat_activity WHERE pid = $1", pid) is not None
 
 
 async def _rollback_quietly(tx: Any) -> None:

@@ -271,6 +271,10 @@ class AzureKeyVault:
     async def initialize(self) -> None:
         """Nothing to create: a Key Vault is deployed (``infra/``), never made by the app."""
 
+    async def check_writable(self) -> None:
+        """Not probed: a probe would leave a secret version behind (a refused create shows in each upload's
+        failure, and ``ping`` covers reachability)."""
+
     async def close(self) -> None:
         if self._closed:
             return

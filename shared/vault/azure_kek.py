@@ -6,14 +6,14 @@ The KEK is an RSA key (3072 bits, operations ``wrapKey``/``unwrapKey`` only) nam
 
 Vault calls (measured against ``tests/support/keyvault_server.py``)::
 
-    current()  GET /keys/{name}/ once per ``current_ttl`` (5 minutes), then from memory
+    current()  GET /keys/{name}/ once per ``current_ttl`` (``KEY_CACHE_SECONDS``, 60 s), then from memory
     wrap()     none while the current version is cached: RSA-OAEP-256 with the public key,
                in this process (the SDK's local provider), by the version's own client
     unwrap()   POST /keys/{name}/{version}/unwrapkey, one per call (the private key is in the
                vault); the first unwrap under a version this process has not seen also GETs it
     create()   POST /keys/{name}/create: a new version (the first KEK, or a rotation)
 
-A KEK rotated by another instance is used for new wraps here within ``current_ttl``; keys
+A KEK rotated, removed or disabled by another hand is seen here within ``current_ttl``; keys
 wrapped under any version stay readable for as long as that version is enabled.
 
 Errors as every key adapter (``shared.vault.azure_keys``): 404 -> ``KekMissingError``; 400 on an
@@ -35,7 +35,7 @@ from shared.config import Settings
 from shared.errors import KeyVaultError
 from shared.metrics import timed
 from shared.vault.azure import BACKEND, RetryOptions, build_credential
-from shared.vault.azure_keys import AzureKey
+from shared.vault.azure_keys import AzureKey, current_ttl
 from shared.vault.base import parse_key_reference
 from shared.vault.kek import KekMissingError, Wrapped
 
@@ -60,7 +60,8 @@ class AzureKeyWrapper(AzureKey):
 
     @classmethod
     def from_settings(cls, settings: Settings, *, retry: RetryOptions | None = None) -> AzureKeyWrapper:
-        return cls(settings.key_vault_url, build_credential(settings), settings.key_vault_kek_name, retry=retry)
+        return cls(settings.key_vault_url, build_credential(settings), settings.key_vault_kek_name, retry=retry,
+                   current_ttl=current_ttl(settings))
 
     async def wrap(self, key: bytes) -> Wrapped:
         with self._call("wrap_key", self.name):

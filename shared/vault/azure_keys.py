@@ -2,8 +2,9 @@
 
 The base of the two key adapters: the KEK (``azure_kek.AzureKeyWrapper``, an RSA key that wraps)
 and the signing key (``azure_signer.AzureSigner``, an EC key that signs). It owns what they
-share: clients built on first use, the current version fetched once per ``current_ttl`` (5
-minutes) and shared by concurrent cold callers, each exact version fetched once per process
+share: clients built on first use, the current version fetched once per ``current_ttl``
+(``KEY_CACHE_SECONDS``, 60 s: a key removed or disabled is seen within it) and shared by concurrent
+cold callers, each exact version fetched once per process
 (a version's public half never changes), a key *reference* ``<name>/<version>`` read from the
 identifiers the SDK returns (refusing any other key), and the translation of SDK errors::
 
@@ -29,14 +30,22 @@ from azure.keyvault.keys import KeyOperation, KeyVaultKey, KeyVaultKeyIdentifier
 from azure.keyvault.keys.aio import KeyClient
 from azure.keyvault.keys.crypto.aio import CryptographyClient
 
+from shared.config import Settings
 from shared.errors import ConfigError, KeyVaultError
 from shared.metrics import timed
 from shared.vault.azure import BACKEND, RetryOptions, TransportOptions, classify, translated, vault_error
 from shared.vault.base import check_secret_name, format_key_reference
 
-__all__ = ["CURRENT_TTL", "AzureKey"]
+__all__ = ["CURRENT_TTL", "AzureKey", "current_ttl"]
 
-CURRENT_TTL: Final = 300.0  # seconds a fetched current version is used without asking again
+CURRENT_TTL: Final = 60.0  # seconds a fetched current version is used without asking again (KEY_CACHE_SECONDS)
+
+
+def current_ttl(settings: Settings) -> float:
+    """How long the current version is used from memory: ``KEY_CACHE_SECONDS`` (0 with the cache off)."""
+    if not settings.key_vault_cache_enabled:
+        return 0.0
+    return float(min(settings.key_vault_cache_minutes * 60, settings.key_cache_seconds))
 
 
 class AzureKey:

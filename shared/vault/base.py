@@ -94,6 +94,11 @@ class KeyVault(Protocol):
         """Create the store if absent and allow the first key into it (only after checking no key is recorded)."""
         ...
 
+    async def check_writable(self) -> None:
+        """Raise ``VaultUnwritableError`` if a new secret version could not be stored now (health; the local
+        vault's disk full or read-only). A store that cannot be probed without writing a secret answers."""
+        ...
+
     async def close(self) -> None: ...
 
 

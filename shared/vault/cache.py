@@ -9,8 +9,8 @@ entry of that name (``set_secret`` then keeps the version it just stored, exactl
 (not found, disabled) are never cached.
 
 What it cannot see: a version disabled or a name deleted by another process, or directly in
-the vault, is still served from here until its entry expires. The TTL is that bound, so keep
-it as short as the rotation procedure needs (``KEY_VAULT_CACHE_DURATION_MINUTES``).
+the vault, is still served from here until its entry expires. The TTL is that bound:
+``KEY_CACHE_SECONDS`` (60 s at most), the fail-closed bound of docs/RELIABILITY.md.
 One instance serves one event loop; it is not shared between threads.
 """
 
@@ -153,6 +153,9 @@ class CachedKeyVault:
 
     async def initialize(self) -> None:
         await self._inner.initialize()
+
+    async def check_writable(self) -> None:
+        await self._inner.check_writable()
 
     async def close(self) -> None:
         self.clear()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import KeyVaultError
+from shared.errors import KeyVaultError, VaultUnwritableError
 
 __all__ = ["FILE_NAME", "Entries", "Entry", "JsonFile", "Snapshot"]
 
@@ -252,5 +252,35 @@ class JsonFile:
         )
 
     def _io_error(self, action: str, exc: OSError) -> KeyVaultError:
-        return KeyVaultError(f"cannot {action} local secrets in {self.folder}: {exc.strerror}",
-                             operation=action, details={"path": str(self.folder), "errno": exc.errno})
+        kind = VaultUnwritableError if action == "write" else KeyVaultError  # a full or read-only disk: reads go on
+        return kind(f"cannot {action} local secrets in {self.folder}: {exc.strerror}",
+                    operation=action, details={"path": str(self.folder), "errno": exc.errno})
+
+    def check_writable(self, margin: int) -> None:
+        """Raise ``VaultUnwritableError`` unless an update could be written now: the disk has room for a copy of
+        the file (an update writes one beside it before the rename) plus ``margin``, and a small file can be
+        written and synced in the folder (a read-only or full disk, or a quota, refuses it)."""
+        where = self.folder if self.folder.is_dir() else next((p for p in self.folder.parents if p.is_dir()), None)
+        if where is None:
+            return
+        try:
+            stats = os.statvfs(where)
+            size = self.path.stat().st_size if self.path.exists() else 0
+        except OSError as exc:
+            raise self._io_error("write", exc) from exc
+        free, needed = stats.f_bavail * stats.f_frsize, size + margin
+        if free < needed:
+            raise VaultUnwritableError(
+                f"the local vault's disk ({where}) has {free} bytes free; storing a key needs about {needed} (a copy "
+                "of secrets.json): free space there", operation="check_writable",
+                details={"path": str(self.folder), "free_bytes": free, "needed_bytes": needed})
+        if where != self.folder:
+            return
+        probe = self.folder / f".write-probe.{os.getpid()}.{uuid.uuid4().hex}"
+        try:
+            self._write_synced(probe, bytes(min(margin, 4096)))
+        except OSError as exc:
+            raise self._io_error("write", exc) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()

@@ -83,7 +83,11 @@ class LocalKeyWrapper:
         if name != self._name:
             raise KeyVaultError("the key was wrapped by another KEK", operation="unwrap_key",
                                 details={"kek": wrapped.kek_reference})
-        secret = await self._vault.get_secret(name, version)
+        try:
+            secret = await self._vault.get_secret(name, version)
+        except SecretNotFoundError:
+            raise KekMissingError("the local vault holds no such KEK version", operation="unwrap_key",
+                                  details={"kek": wrapped.kek_reference}) from None
         try:
             return aes_key_unwrap(secret.value, wrapped.wrapped)
         except InvalidUnwrap:

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/octet-stream"
 IMPLICIT_VERSION_NAMESPACE = uuid.UUID("6f1c3c1e-6a55-4b8e-9d6c-0b1e5ea1b0b5")
 MAX_VALUE_CHARS = 25 * 1024  # Azure's limit on a secret value, kept so both modes agree
+WRITE_MARGIN = 64 * 1024  # room a key's update needs beyond a copy of the file (its entry, the file system's blocks)
 _RECORD_FIELDS = ("value", "content_type", "enabled", "created_on", "expires_on")
 _BACKEND = "local"
 
@@ -263,6 +264,12 @@ class LocalJsonVault:
         with timed("ping", backend=_BACKEND):
             await asyncio.to_thread(self._ping)
 
+    async def check_writable(self) -> None:
+        """``VaultUnwritableError`` unless a new secret could be stored now (room for the update's copy of the
+        file, and a real write and sync in the folder)."""
+        with timed("check_writable", backend=_BACKEND):
+            await asyncio.to_thread(self._file.check_writable, WRITE_MARGIN)
+
     async def initialize(self) -> None:
         """Create the vault's folder if there is none, and allow the first secret into a missing or empty file."""
         await asyncio.to_thread(self._initialize)
@@ -314,9 +321,11 @@ class LocalJsonVault:
     def _key_for_write(self) -> MasterKey:
         """The master key; made on first run, only while the vault holds no sealed value (fail closed)."""
         master = self._master or self._source.load()
-        if master is None:
-            if _any_sealed(self._file.current().entries):
+        if master is None and _any_sealed(self._file.current().entries):
+            master = self._source.load()  # another writer may have made it (and sealed with it) since the first look
+            if master is None:
                 raise self._source.missing("set_secret")
+        if master is None:
             master = self._source.create()
             log.warning("made a master key for the local vault at %s (back it up apart from the vault)",
                         self._source.path if not self._source.text else "KEY_VAULT_LOCAL_MASTER_KEY")

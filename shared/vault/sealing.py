@@ -23,6 +23,7 @@ import binascii
 import contextlib
 import hashlib
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,22 +99,32 @@ class MasterKeySource:
         return MasterKey(_decoded(data.decode("ascii", "replace").strip(), str(self.path)))
 
     def create(self) -> MasterKey:
-        """A new master key in a new owner-only file (never over an existing one)."""
+        """A new master key in a new owner-only file (never over an existing one).
+
+        The file appears whole or not at all: the key is written and synced in a temporary file beside it,
+        which is then hard-linked under the key's name (``link`` fails if the name exists: another writer
+        made it first, and its key is used). A reader never sees a half-written key (concurrent first
+        writers of a new vault did: "not 32 bytes in base64")."""
         if self.text:
             raise KeyVaultError("KEY_VAULT_LOCAL_MASTER_KEY is set: it is the master key", operation="master_key")
         key = os.urandom(_KEY_BYTES)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, base64.b64encode(key) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(temp, self.path)
         except FileExistsError:
             loaded = self.load()
             assert loaded is not None
-            return loaded  # another process made it first
-        try:
-            os.write(fd, base64.b64encode(key) + b"\n")
-            os.fsync(fd)
+            return loaded  # another writer made it first
         finally:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
         return MasterKey(key)

@@ -14,9 +14,10 @@ import asyncpg
 import pytest
 
 from localinfra.azurite import Azurite
+from shared.bootstrap import Services
 from shared.custody import SecretCustody
 from shared.db.files import FileRepository
-from shared.errors import SecretDisabledError
+from shared.errors import KeyVaultError, SecretDisabledError, UploadConflictError
 from shared.metrics import REGISTRY
 from shared.reconcile import LEASE_STATE
 from shared.vault.base import parse_key_reference
@@ -236,3 +237,73 @@ async def test_a_bad_row_does_not_starve_rotation(make_stack: StackFactory, azur
     assert row["rotation_failures"] == 1 and row["rotation_next_attempt_at"] > datetime.now(UTC)
     assert "not found" in row["rotation_last_error"]
 
+
+
+async def attempts_of(stack: Services, name: str) -> int | None:
+    failure = next((f for f in await stack.maintenance.failed_uploads(OPERATOR) if f.source_name == name), None)
+    return None if failure is None else failure.attempts
+
+
+async def test_failure_records_are_honoured_permanent_until_replay_transient_after_its_hold_attempts_only_grow(
+        make_stack: StackFactory, azurite: Azurite, vault_dir: Path) -> None:
+    """Observed before (issue 19): listings' ETags (bare) never matched the recorded ones (quoted), so holds and
+    the permanent flag were ignored and every complete listing dropped every record (attempts 5 -> 1)."""
+    stack = await make_stack()
+    ingest, taken = stack.settings.ingest_container, uuid.uuid4()
+    await upload(azurite, ingest, f"{taken}/a.txt", b"first")
+    await stack.files.encrypt_ingest_blob(f"{taken}/a.txt")
+    await upload(azurite, ingest, f"{taken}/b.txt", b"second name, taken uuid")  # refused for good
+    with pytest.raises(UploadConflictError):
+        await stack.files.encrypt_ingest_blob(f"{taken}/b.txt")
+    secrets_file = vault_dir / "secrets.json"
+    good = secrets_file.read_bytes()
+    transient, data = f"{uuid.uuid4()}.bin", os.urandom(40_000)
+    try:
+        secrets_file.write_text("{ not json")  # the vault refuses until restored: a failure worth retrying later
+        await upload(azurite, ingest, transient, data)
+        with pytest.raises(KeyVaultError):
+            await stack.files.encrypt_ingest_blob(transient)
+        seen = [(await attempts_of(stack, f"{taken}/b.txt"), await attempts_of(stack, transient))]
+        for _ in range(2):  # both blobs are due (RECONCILE_AFTER_SECONDS=0); each listing is complete
+            report = await stack.maintenance.reconcile()  # (other repairs fail while the vault is corrupt)
+            assert "stranded" not in report.repairs  # neither was even tried: a try counts an attempt
+            seen.append((await attempts_of(stack, f"{taken}/b.txt"), await attempts_of(stack, transient)))
+        for _ in range(2):  # the hold passes (a minute after each failure): the transient one is retried
+            async with stack.db.connection() as conn:
+                await conn.execute("UPDATE ingest_failures SET next_attempt_at = now() - interval '1 second' "
+                                   "WHERE source_name = $1", transient)
+            await stack.maintenance.reconcile()
+            seen.append((await attempts_of(stack, f"{taken}/b.txt"), await attempts_of(stack, transient)))
+        assert seen == [(1, 1), (1, 1), (1, 1), (1, 2), (1, 3)]  # the permanent one waits; attempts only grow
+    finally:
+        secrets_file.write_bytes(good)
+    with pytest.raises(UploadConflictError):
+        await stack.maintenance.replay(OPERATOR, f"{taken}/b.txt")  # only the operator's replay tries it again
+    assert await attempts_of(stack, f"{taken}/b.txt") == 2
+    async with stack.db.connection() as conn:
+        await conn.execute("UPDATE ingest_failures SET next_attempt_at = now() WHERE source_name = $1", transient)
+    assert (await stack.maintenance.reconcile()).repairs.get("stranded") == 1  # the vault is back: encrypted
+    assert await attempts_of(stack, transient) is None and await download(stack, transient[:-4]) == data
+
+
+async def test_one_failing_item_does_not_end_its_repair(make_stack: StackFactory, azurite: Azurite) -> None:
+    """Two deletions cut short: one whose upload name storage refuses (403), one ordinary. The bad one is counted
+    and left for the next run; the other is finished by the same call as DELETE, retired_blobs rows included."""
+    stack = await make_stack()
+    good = (await encrypted(stack, azurite, 1, 60_000)).popitem()[0]
+    bad = uuid.uuid4()
+    async with stack.db.transaction() as conn:
+        await FileRepository(conn).register(bad, source_name="a/../b", source_etag='"0x1"', name="b",
+                                            content_type="text/plain")
+        for file_id in (bad, good):  # deletions whose erasure was cut short, one with a rotated-out blob still listed
+            await FileRepository(conn).mark_deleted(file_id, by="test", now=datetime.now(UTC))
+        await FileRepository(conn).retire_blob(f"{good}/old.bseal", good, delete_after=datetime.now(UTC))
+    report = await stack.maintenance.reconcile()
+    assert report.repairs.get("unfinished_deletion") == 1 and report.failed == 1
+    async with stack.db.connection() as conn:
+        erased = {r["file_id"]: r["erased_at"] for r in await conn.fetch(
+            "SELECT file_id, erased_at FROM files WHERE file_id = ANY($1::uuid[])", [bad, good])}
+        retired = await conn.fetchval("SELECT count(*) FROM retired_blobs WHERE file_id = $1", good)
+        keys = await conn.fetchval("SELECT count(*) FROM file_keys WHERE file_id = $1", good)
+    assert erased[good] is not None and erased[bad] is None and retired == 0 and keys == 0
+    assert [n for n in await all_blobs(azurite, stack.settings.protected_container) if n.startswith(str(good))] == []

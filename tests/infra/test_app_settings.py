@@ -28,6 +28,8 @@ NOT_SET_IN_AZURE = {
     "AzureWebJobsStorage": "a connection string; AzureWebJobsStorage__accountName (identity) is set instead",
     "WEBSITE_AUTH_ENABLED": "set by the platform while App Service Authentication is on (modules/easyauth.bicep); "
                             "a setting of that name would override it, so no template sets it (check_infra.py)",
+    "KEY_CACHE_SECONDS": "the fail-closed bound (60 s) is the app's documented default; a deployment must not "
+                         "lengthen it (it caps KEY_VAULT_CACHE_DURATION_MINUTES)",
 }
 # Read by the platform or the SDKs, not by shared/config.py.
 PLATFORM = {"AzureWebJobsStorage__accountName", "AZURE_TOKEN_CREDENTIALS", "DataStorage__queueServiceUri"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient
@@ -96,3 +98,30 @@ def new_name(suffix: str = ".bin") -> str:
 
 def random_bytes(size: int) -> bytes:
     return os.urandom(size)
+
+
+async def http_upload(stack: Services, name: str, data: bytes, headers: dict[str, str] | None = None,
+                      piece: int = 256 * 1024) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """``POST /api/files`` through the HTTP face (``shared.http_api``), without a server: the body in pieces of
+    ``piece`` bytes, with the test key unless ``headers`` name another caller; (status, headers, JSON body)."""
+    headers = {"x-functions-key": TEST_FUNCTION_KEY, "x-file-name": name, "content-length": str(len(data)),
+               "content-type": "application/octet-stream", **(headers or {})}
+    pieces = [data[i:i + piece] for i in range(0, len(data), piece)] or [b""]
+
+    async def receive() -> dict[str, Any]:
+        chunk = pieces.pop(0) if pieces else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(pieces)}
+
+    scope = {"type": "http", "method": "POST", "path": "/api/files", "path_params": {}, "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()], "client": ("127.0.0.1", 50000)}
+    response = await http_api.upload(Request(scope, receive), stack)
+    return response.status_code, dict(response.headers), json.loads(bytes(response.body))
+
+
+async def http_delete(stack: Services, file_id: str) -> tuple[int, dict[str, Any]]:
+    """``DELETE /api/files/<id>`` through the HTTP face, with the test key."""
+    scope = {"type": "http", "method": "DELETE", "path": f"/api/files/{file_id}", "path_params": {"file_id": file_id},
+             "query_string": b"", "headers": [(b"x-functions-key", TEST_FUNCTION_KEY.encode())],
+             "client": ("127.0.0.1", 50000)}
+    response = await http_api.delete(Request(scope), stack)
+    return response.status_code, json.loads(bytes(response.body))

@@ -84,6 +84,9 @@ class DelegatingVault:
     async def initialize(self) -> None:
         await self.inner.initialize()
 
+    async def check_writable(self) -> None:
+        await self.inner.check_writable()
+
     async def close(self) -> None:
         await self.inner.close()
 

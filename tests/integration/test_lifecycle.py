@@ -32,7 +32,7 @@ async def body(*pieces: bytes) -> AsyncIterator[bytes]:
 
 async def uploaded(stack: Services, data: bytes, name: str = "a.txt") -> str:
     view = await stack.files.upload(ALICE, body(data), name=name, content_type="text/plain")
-    return str(view["file_id"])
+    return str(view.file_id)
 
 
 async def test_the_access_log_is_append_only_and_purged_only_past_the_minimum(make_stack: StackFactory) -> None:

@@ -39,7 +39,8 @@ from shared.db import Database
 from shared.db.files import FileRepository
 from shared.errors import DatabaseError
 from shared.reconcile import LEASE_STATE, RunLease
-from tests.integration.service_fixtures import upload
+from tests.integration.service_fixtures import http_download, http_upload, upload
+from tests.support.pg_proxy import PgProxy
 from tests.support.stack import StackFactory
 
 pytestmark = [pytest.mark.postgres]
@@ -334,3 +335,23 @@ async def test_two_reconcilers_through_pgbouncer_one_runs(
         record = await one.files.encrypted_file(name.removesuffix(".bin"))
         assert record.status == "encrypted"
     assert not (await two.maintenance.reconcile()).skipped  # released: the next run goes ahead
+
+
+async def test_a_lost_commit_answer_is_settled_through_pgbouncer(
+        make_stack: StackFactory, azurite: Azurite, pgbouncer: PgBouncer, database_url: str) -> None:
+    """Behind PgBouncer the pid a client sees is PgBouncer's: the lost answer is settled by the re-read alone. The
+    suite's proxy sits between the app and PgBouncer and loses the answer to an upload's mark."""
+    proxy = PgProxy("127.0.0.1", pgbouncer.port, read_protocol=True)
+    await proxy.start()
+    try:
+        stack = await make_stack(database_url_override=proxy.url(pgbouncer.url(database_url)),
+                                 DATABASE_PGBOUNCER="true", DATABASE_POOL_MAX="4")
+        data, key = os.urandom(250_000), str(uuid.uuid4())
+        rule = proxy.drop_ack("SET status = 'encrypted'")
+        status, _, first = await http_upload(stack, f"{uuid.uuid4()}.bin", data, {"Idempotency-Key": key})
+        assert rule.dropped == 1 and status == 201, first
+        status, headers, again = await http_upload(stack, first["source_name"], data, {"Idempotency-Key": key})
+        assert status == 201 and headers["idempotency-replayed"] == "true" and again == first
+        assert (await http_download(stack, first["file_id"]))[2] == data
+    finally:
+        await proxy.close()

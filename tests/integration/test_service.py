@@ -449,7 +449,9 @@ async def test_tampered_protected_blob_is_refused(stack: Services, azurite: Azur
 
 async def test_a_key_missing_from_the_vault_answers_with_what_to_do(make_stack: StackFactory,
                                                                      azurite: Azurite) -> None:
-    stack = await make_stack(KEY_MODE="secret")  # a vault secret per key: envelope keys live in their rows
+    # a vault secret per key (envelope keys live in their rows); no key cache: the service would serve its copy of the
+    # key for up to KEY_CACHE_SECONDS after the vault lost it (tests/faults/test_key_bound.py)
+    stack = await make_stack(KEY_MODE="secret", KEY_VAULT_CACHE_ENABLED="false")
     _, file_id = await ingest(stack, azurite, b"data")
     record = await stack.files.encrypted_file(str(file_id))
     assert record.key_reference is not None

@@ -7,6 +7,7 @@ composition root, the Azure SDK in the format CLI, a product metric written by t
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -94,3 +95,21 @@ def test_the_protocol_modules_are_what_protoc_makes_of_the_vendored_proto_files(
     for generated in generate(tmp_path):
         committed = ROOT / "devhost" / "protocol" / generated.relative_to(tmp_path)
         assert committed.read_text() == generated.read_text(), f"{committed} is stale: run scripts/gen_protocol.py"
+
+
+def test_all_sql_is_in_shared_db() -> None:
+    """Every statement lives in a repository of ``shared/db/`` (the reconciler, the uploader and the audit log
+    call repositories): no module elsewhere runs a statement on a connection or holds SQL text."""
+    statements = {"execute", "executemany", "fetch", "fetchrow", "fetchval"}
+    sql = re.compile(r"\s*(SELECT\s|INSERT INTO\s|UPDATE \w+ SET\s|DELETE FROM\s|CREATE (TABLE|INDEX|UNIQUE)|"
+                     r"ALTER TABLE|DROP TABLE)")
+    found = []
+    for path in python_files("shared"):
+        if path.parent.name == "db" and path.parent.parent.name == "shared":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in statements:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} runs a statement")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and sql.match(node.value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} holds SQL")
+    assert found == []
