@@ -89,7 +89,7 @@ class FileService:
             if head:
                 return Download(record, span, None)
             body = await self.open(record, span)
-            receipt.span = (span.start, span.end) if span else (0, record.size - 1)
+            receipt.span = _served_span(span, record.size)
             receipt.bytes_sent = span.length if span else record.size
         return Download(record, span, self.guard.streamed(body, operation, caller, receipt, record_end=False))
 
@@ -260,3 +260,10 @@ def _cursor(text: str | None) -> tuple[str, uuid.UUID] | None:
     except (ValueError, TypeError):
         raise InvalidRequestError("malformed cursor (pass back next_cursor as it came)", operation="list_files") \
             from None
+
+
+def _served_span(span: Span | None, size: int) -> tuple[int, int] | None:
+    """The bytes a download sends, first and last; None for an empty file (no byte to name)."""
+    if span is not None:
+        return span.start, span.end
+    return (0, size - 1) if size else None
