@@ -108,10 +108,9 @@ docs: $(VENV)/.installed
 
 # Forget the local deployment's data (asks first): blobs in .azurite/, the embedded database in .dev/,
 # the local vault's keys in secrets/ and its master key. Files encrypted under those keys cannot be read afterwards.
+# Refused while `make dev` runs (scripts/reset.py).
 reset:
-	@printf "delete .azurite/ (blobs), .dev/ (embedded database), secrets/ and secrets.master-key (local keys)? [y/N] "; \
-	read answer; if [ "$$answer" = y ]; then rm -rf .azurite .dev secrets secrets.master-key && echo "local state deleted"; \
-	else echo "kept"; fi
+	@python3 scripts/reset.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -29,11 +29,15 @@ from pathlib import Path
 from localinfra.azurite import Azurite, listening, running_azurite
 from localinfra.postgres import DatabaseProblem, database
 from shared import bootstrap
+from shared.cli import devstate
+from shared.config import DEFAULT_DATABASE_URL
 from shared.errors import BlobsealError
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_PORTS = (10000, 10001, 10002)
 EXAMPLE_KEY = "local-dev-key"  # the example's development key (local.settings.json.example)
+DATABASE_KINDS = {"configured": "DATABASE_URL's", "default": "the one answering on 127.0.0.1:5432",
+                  "embedded": "embedded (data in .dev/pgdata; the blobseal CLI finds it while this runs)"}
 
 
 class DevProblem(RuntimeError):
@@ -47,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-func", action="store_true", help="use the bundled host even if Core Tools exist")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="blob polling interval")
     parser.add_argument("--verbose", action="store_true",
-                        help="also the runtime's own logs (as `func start --verbose`)")
+                        help="also the runtime's own logs and the Azure SDK's HTTP logs (as `func start --verbose`)")
+    parser.add_argument("--embedded-postgres", action="store_true",
+                        help="a private PostgreSQL in .dev/pgdata even if one answers on 127.0.0.1:5432")
     return parser.parse_args(argv)
 
 
@@ -112,9 +118,11 @@ def run_func(port: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    folder = devstate.dev_dir()
     try:
         values = prepare_settings()
-        with database(values.get("DATABASE_URL"), ROOT / ".dev" / "pgdata") as database_url, storage(args):
+        configured = values.get("DATABASE_URL")
+        with devstate.holding(folder), running_database(args, configured, folder) as database_url, storage(args):
             os.environ["DATABASE_URL"] = values["DATABASE_URL"] = database_url  # the host and func see it too
             bootstrap.load_settings()  # every settings problem, at once, before anything starts
             if listening(args.port):
@@ -123,9 +131,22 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(prepare_storage_and_schema())
             print(banner(args.port, values))
             return run(args, values)
-    except (BlobsealError, DatabaseProblem, DevProblem) as exc:
+    except (BlobsealError, DatabaseProblem, DevProblem, devstate.DevRunning) as exc:
         print(f"blobseal: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def running_database(args: argparse.Namespace, configured: str | None, folder: Path) -> Iterator[str]:
+    """The database (``localinfra.postgres.database``), named to the CLI (``shared.cli.devstate``): a
+    configured URL is not written down (it may hold a password), only that there is one."""
+    default = None if args.embedded_postgres else DEFAULT_DATABASE_URL
+    with database(None if args.embedded_postgres else configured, folder / "pgdata", default=default) as url:
+        kind = "configured" if configured and not args.embedded_postgres else \
+            "default" if url == DEFAULT_DATABASE_URL else "embedded"
+        devstate.publish(folder, "" if kind == "configured" else url, kind)
+        print(f"PostgreSQL: {DATABASE_KINDS[kind]}")
+        yield url
 
 
 def run(args: argparse.Namespace, values: dict[str, str]) -> int:
@@ -137,11 +158,29 @@ def run(args: argparse.Namespace, values: dict[str, str]) -> int:
     return 0
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # as Ctrl-C: what this command started (Azurite, PostgreSQL) is stopped
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP (a closed terminal) as Ctrl-C: what this command started (the host, Azurite, an
+    embedded PostgreSQL) is stopped on the way out. While the host serves, uvicorn takes SIGTERM (and
+    SIGINT) itself, shuts down gracefully and raises it again after; SIGHUP is turned into that."""
+    if signum == signal.SIGHUP:
+        _quiet_lost_terminal()
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise KeyboardInterrupt
+
+
+def _quiet_lost_terminal() -> None:
+    """After SIGHUP the terminal may be gone: writes to it would fail and stop the clean-up half way."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())

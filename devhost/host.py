@@ -7,7 +7,7 @@ runtime's HTTP server), blob polling with receipts, retries and the poison queue
 runtime; this host has no other way to call one.
 
 Logging: the host's own lines at INFO; the runtime's and its HTTP server's (system logs, which Core
-Tools shows only with ``--verbose``) at WARNING unless ``verbose``.
+Tools shows only with ``--verbose``) and the Azure SDK's HTTP logging at WARNING unless ``verbose``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ __all__ = ["end_runtime_server_quietly", "quiet_system_logs", "serve", "start_wo
 
 log = logging.getLogger("devhost")
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEM_LOGGERS = ("azure.functions", "uvicorn", "uvicorn.access", "uvicorn.error")  # the runtime's, its server's
+# The runtime's, its server's, and the Azure SDK's (a request/response dump for every blob poll: ~600 lines a
+# minute of an idle host otherwise, until the runtime's first invocation reconfigured logging).
+SYSTEM_LOGGERS = ("azure.functions", "uvicorn", "uvicorn.access", "uvicorn.error", "azure.core", "azure.storage",
+                  "azure.identity", "azure.keyvault")
 
 
 def host_json() -> dict[str, Any]:

@@ -62,9 +62,12 @@ class DevHost:
 
     def start(self) -> DevHost:
         log = self.log_path.open("ab")
+        # A .dev folder of its own (its lock: one make dev per folder), so hosts run side by side and beside a
+        # user's make dev.
+        own = {"BLOBSEAL_DEV_DIR": str(self.log_path.parent / f"dev-{self.port}"), **self.env}
         self.process = subprocess.Popen(
             [sys.executable, *self.launcher, "-m", "devhost", "--no-azurite", "--no-func", "--port", str(self.port),
-             "--poll-seconds", "0.3"], cwd=self.app_root, env={**self.env, "PYTHONPATH": str(self.app_root)},
+             "--poll-seconds", "0.3"], cwd=self.app_root, env={**own, "PYTHONPATH": str(self.app_root)},
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self.wait_ready()
         return self

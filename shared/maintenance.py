@@ -86,7 +86,10 @@ class Maintenance:
         async with self._guard.change("replay", caller, "operate") as receipt:
             outcome = await self._ingestor.encrypt(name)
             receipt.file_id = outcome.file_id
-            return outcome
+        if outcome.status == "gone":  # nothing left to retry: `failed` stops listing it now, not at the next reconcile
+            async with self._db.connection("replay") as conn:
+                await FailureRepository(conn).clear(name)
+        return outcome
 
     # --- key custody -----------------------------------------------------------------------------
 

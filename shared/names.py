@@ -12,7 +12,10 @@ containers--blobs--and-metadata):
   "not valid Unicode characters" (such as \\uE000, private use): here every C0 and C1 control, DEL,
   surrogates, private use and noncharacters;
 - "avoid blob names that end with a dot (.), a forward slash (/)": refused here (a listing prefix
-  may end so).
+  may end so);
+- a segment that is ``.`` or ``..``: URLs resolve such "dot segments" (RFC 3986 5.2.4), so the name
+  would not address its own blob (Azurite answers 403 for ``a/../b``; the SDK would write
+  ``../evil.pdf`` outside the container's path).
 
 And blobseal's own: no bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F,
 U+061C), which make a name read differently from what it is ("Trojan Source"), and no line or
@@ -35,7 +38,8 @@ __all__ = ["MAX_NAME_CHARS", "MAX_SEGMENTS", "NAME_RULE", "check_name", "check_p
 MAX_NAME_CHARS = 1024
 MAX_SEGMENTS = 254
 NAME_RULE = (f"a name is 1 to {MAX_NAME_CHARS} characters in at most {MAX_SEGMENTS} '/'-separated segments, with no "
-             "control characters, bidirectional controls or invalid code points, and does not end with '.' or '/'")
+             "control characters, bidirectional controls or invalid code points, no '.' or '..' segment, and does "
+             "not end with '.' or '/'")
 
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _SEPARATORS = frozenset("\u2028\u2029")
@@ -56,8 +60,12 @@ def name_problem(name: str, *, prefix: bool = False) -> str | None:
         return None if prefix else "a name cannot be empty"
     if len(name) > MAX_NAME_CHARS:
         return f"a name is at most {MAX_NAME_CHARS} characters (this one has {len(name)})"
-    if name.count("/") + 1 > MAX_SEGMENTS:
+    segments = name.split("/")
+    if len(segments) > MAX_SEGMENTS:
         return f"a name has at most {MAX_SEGMENTS} '/'-separated segments"
+    whole = segments[:-1] if prefix else segments  # a prefix's last segment may go on (".hidden")
+    if any(segment in (".", "..") for segment in whole):
+        return "a name cannot have a '.' or '..' segment (URLs resolve them)"
     bad = next((ch for ch in name if _refused(ch)), None)
     if bad is not None:
         return f"a name cannot contain {_describe(bad)}"

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from shared import bootstrap
+from shared.cli import devstate
 from shared.cli.identity import operator
 from shared.cli.io import Progress, UsageError, atomic_output
-from shared.config import Settings, key_fingerprint, redact_url
+from shared.config import DEFAULT_DATABASE_URL, Settings, key_fingerprint, redact_url
 from shared.db.migrations import MIGRATIONS, migrate
 from shared.errors import BlobsealError, SecretDisabledError
 from shared.identity import Caller
@@ -35,8 +36,24 @@ T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The deployment's settings; with no ``DATABASE_URL`` set, the database of a running ``make dev``."""
     environ: Mapping[str, str] | None = getattr(args, "environ", None)
-    return bootstrap.load_settings(environ)
+    values = bootstrap.settings_mapping(environ)
+    if not values.get("DATABASE_URL"):
+        values["DATABASE_URL"] = _dev_database(environ)
+    return Settings.from_env(values)
+
+
+def _dev_database(environ: Mapping[str, str] | None) -> str:
+    """A running ``make dev``'s database (said on stderr), else the default address."""
+    dev = devstate.running(devstate.dev_dir(environ))
+    if dev is None or not dev.database_url:
+        if dev is not None and dev.database == "configured":
+            print("blobseal: `make dev` runs with a DATABASE_URL of its own: set the same here", file=sys.stderr)
+        return DEFAULT_DATABASE_URL
+    print(f"blobseal: using the database of `make dev` (pid {dev.pid}, {dev.database}: "
+          f"{redact_url(dev.database_url)})", file=sys.stderr)
+    return dev.database_url
 
 
 def _with_services(args: argparse.Namespace, work: Callable[[bootstrap.Services, Caller], Awaitable[T]]) -> T:

@@ -25,6 +25,20 @@ def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def count(maximum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to ``maximum`` (0 or -5 is a usage error, not the default)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {maximum:,}, got {text!r}")
+        return value
+
+    return parse
+
+
 def register(commands: Any) -> None:
     migrate_cmd = commands.add_parser("migrate", help="apply pending database migrations (idempotent)")
     migrate_cmd.set_defaults(handler=_lazy("run_migrate"))
@@ -37,7 +51,7 @@ def register(commands: Any) -> None:
     which = rotate.add_mutually_exclusive_group(required=True)
     which.add_argument("--due", action="store_true", help="every file whose key has expired (bounded per run)")
     which.add_argument("--file-id", help="this file, whether due or not")
-    rotate.add_argument("--limit", type=int, default=None, help="at most this many files (with --due)")
+    rotate.add_argument("--limit", type=count(1_000_000), default=None, help="at most this many files (with --due)")
     rotate.set_defaults(handler=_lazy("run_rotate"))
 
     expire = commands.add_parser("expire", help="make a file's key due: the next rotation run rotates it")
@@ -60,7 +74,7 @@ def register(commands: Any) -> None:
     listing = commands.add_parser("list", help="list files by upload name (a page at a time)")
     listing.add_argument("--prefix", default="", help="upload names starting with this")
     listing.add_argument("--status", choices=("pending", "encrypted", "deleted"))
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=count(1000), default=100)
     listing.add_argument("--cursor", help="next_cursor of the previous page")
     listing.add_argument("--json", action="store_true", help="the page as JSON (with next_cursor)")
     listing.set_defaults(handler=_lazy("run_list"))
@@ -79,7 +93,7 @@ def register(commands: Any) -> None:
     audit.add_argument("--file-id")
     audit.add_argument("--since", help="ISO 8601 time, e.g. 2026-11-30 or 2026-11-30T12:00Z")
     audit.add_argument("--caller", help="e.g. key:alice, entra:someone@contoso.com, cli:user@host")
-    audit.add_argument("--limit", type=int, default=1000)
+    audit.add_argument("--limit", type=count(10_000), default=1000)
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(handler=_lazy("run_audit"))
 
@@ -94,7 +108,7 @@ def register(commands: Any) -> None:
     migrate_keys = commands.add_parser("migrate-keys", help="move every file key into a custody (KEY_MODE's two: "
                                        "vault secrets or envelope-wrapped), without re-encrypting a file")
     migrate_keys.add_argument("--to", required=True, choices=("secret", "envelope"))
-    migrate_keys.add_argument("--batch", type=int, default=100, help="keys per database read")
+    migrate_keys.add_argument("--batch", type=count(10_000), default=100, help="keys per database read")
     migrate_keys.set_defaults(handler=_lazy("run_migrate_keys"))
 
     rotate_kek = commands.add_parser("rotate-kek", help="envelope mode: a new KEK version, then every intermediate "
