@@ -228,9 +228,12 @@ param chunkSizeMB int = 5
 @maxValue(16384)
 param blockSizeKB int = 64
 
+// The key cache's TTL in minutes (KEY_VAULT_CACHE_DURATION_MINUTES). The app never keeps a key longer
+// than KEY_CACHE_SECONDS (60 s, its fail-closed bound) whatever this says: 1 states what happens; 0 turns
+// the cache off.
 @minValue(0)
 @maxValue(10080)
-param keyVaultCacheMinutes int = 60
+param keyVaultCacheMinutes int = 1
 
 @minValue(1)
 @maxValue(10000000)

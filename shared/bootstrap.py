@@ -160,8 +160,8 @@ def build_vault(settings: Settings, adapter: KeyVault | None = None) -> KeyVault
         from shared.vault.local import LocalJsonVault
 
         vault = LocalJsonVault(local_vault_path(settings), master=master_key_source(settings))
-    if _cache_ttl(settings) > 0:
-        vault = CachedKeyVault(vault, ttl_seconds=_cache_ttl(settings),
+    if settings.key_ttl_seconds > 0:
+        vault = CachedKeyVault(vault, ttl_seconds=settings.key_ttl_seconds,
                                max_entries=settings.key_vault_cache_max_entries)
     return vault
 
@@ -192,7 +192,8 @@ def build_intermediates(settings: Settings, db: Database, vault: KeyVault, kek: 
                         signer: Signer | None = None) -> IntermediateKeys:
     """The envelope custody's intermediate keys: the KEK wraps them, the signing key vouches for them."""
     policy = IntermediatePolicy(period=timedelta(minutes=settings.envelope_intermediate_minutes),
-                                max_files=settings.envelope_intermediate_max_files, cache_seconds=_cache_ttl(settings),
+                                max_files=settings.envelope_intermediate_max_files,
+                                cache_seconds=settings.key_ttl_seconds,
                                 cache_entries=settings.key_vault_cache_max_entries,
                                 may_create_keys=settings.key_vault_mode == "local")
     return IntermediateKeys(db, build_kek(settings, vault, kek), build_signer(settings, vault, signer), policy,
@@ -206,16 +207,8 @@ def build_key_service(settings: Settings, db: Database, vault: KeyVault, interme
     return FileKeyService(db, custodies, rotation_days=settings.key_rotation_days,
                           mode="envelope" if settings.key_mode == "envelope" else "secret",
                           allowed=settings.allowed_custodies,  # type: ignore[arg-type]
-                          cache=TtlCache(ttl_seconds=_cache_ttl(settings),
+                          cache=TtlCache(ttl_seconds=settings.key_ttl_seconds,
                                          max_entries=settings.key_vault_cache_max_entries))
-
-
-def _cache_ttl(settings: Settings) -> float:
-    """How long anything read from the vault is used from memory: the cache's TTL, never longer than the
-    fail-closed bound ``KEY_CACHE_SECONDS``."""
-    if not settings.key_vault_cache_enabled:
-        return 0.0
-    return float(min(settings.key_vault_cache_minutes * 60, settings.key_cache_seconds))
 
 
 def instance_name() -> str:

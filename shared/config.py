@@ -301,6 +301,15 @@ class Settings:
         "APPLICATIONINSIGHTS_CONNECTION_STRING", "", "enables Azure Monitor export", secret=True)
 
     @property
+    def key_ttl_seconds(self) -> float:
+        """How long anything read from the vault (a key, the KEK's or signing key's current version) is used
+        from memory: the cache's TTL, never longer than the fail-closed bound ``KEY_CACHE_SECONDS``; 0 with the
+        cache off."""
+        if not self.key_vault_cache_enabled:
+            return 0.0
+        return float(min(self.key_vault_cache_minutes * 60, self.key_cache_seconds))
+
+    @property
     def key_names(self) -> dict[str, str]:
         """Function key fingerprint -> name, from FUNCTION_KEY_NAMES and the local keys."""
         names = {key_fingerprint(key): name for name, key in self.local_keys.items()}

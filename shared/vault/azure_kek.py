@@ -35,7 +35,7 @@ from shared.config import Settings
 from shared.errors import KeyVaultError
 from shared.metrics import timed
 from shared.vault.azure import BACKEND, RetryOptions, build_credential
-from shared.vault.azure_keys import AzureKey, current_ttl
+from shared.vault.azure_keys import AzureKey
 from shared.vault.base import parse_key_reference
 from shared.vault.kek import KekMissingError, Wrapped
 
@@ -61,7 +61,7 @@ class AzureKeyWrapper(AzureKey):
     @classmethod
     def from_settings(cls, settings: Settings, *, retry: RetryOptions | None = None) -> AzureKeyWrapper:
         return cls(settings.key_vault_url, build_credential(settings), settings.key_vault_kek_name, retry=retry,
-                   current_ttl=current_ttl(settings))
+                   current_ttl=settings.key_ttl_seconds)
 
     async def wrap(self, key: bytes) -> Wrapped:
         with self._call("wrap_key", self.name):

@@ -30,22 +30,14 @@ from azure.keyvault.keys import KeyOperation, KeyVaultKey, KeyVaultKeyIdentifier
 from azure.keyvault.keys.aio import KeyClient
 from azure.keyvault.keys.crypto.aio import CryptographyClient
 
-from shared.config import Settings
 from shared.errors import ConfigError, KeyVaultError
 from shared.metrics import timed
 from shared.vault.azure import BACKEND, RetryOptions, TransportOptions, classify, translated, vault_error
 from shared.vault.base import check_secret_name, format_key_reference
 
-__all__ = ["CURRENT_TTL", "AzureKey", "current_ttl"]
+__all__ = ["CURRENT_TTL", "AzureKey"]
 
 CURRENT_TTL: Final = 60.0  # seconds a fetched current version is used without asking again (KEY_CACHE_SECONDS)
-
-
-def current_ttl(settings: Settings) -> float:
-    """How long the current version is used from memory: ``KEY_CACHE_SECONDS`` (0 with the cache off)."""
-    if not settings.key_vault_cache_enabled:
-        return 0.0
-    return float(min(settings.key_vault_cache_minutes * 60, settings.key_cache_seconds))
 
 
 class AzureKey:

@@ -32,7 +32,7 @@ from shared.config import Settings
 from shared.crypto.attest import POINT_SIZE, statement_digest
 from shared.errors import KeyVaultError
 from shared.vault.azure import RetryOptions, build_credential
-from shared.vault.azure_keys import AzureKey, current_ttl
+from shared.vault.azure_keys import AzureKey
 from shared.vault.base import parse_key_reference
 from shared.vault.signer import Signature, SigningKeyMissingError
 
@@ -52,7 +52,7 @@ class AzureSigner(AzureKey):
     @classmethod
     def from_settings(cls, settings: Settings, *, retry: RetryOptions | None = None) -> AzureSigner:
         return cls(settings.key_vault_url, build_credential(settings), settings.key_vault_signing_key_name,
-                   retry=retry, current_ttl=current_ttl(settings))
+                   retry=retry, current_ttl=settings.key_ttl_seconds)
 
     async def sign(self, message: bytes) -> Signature:
         body = {"alg": str(ALGORITHM.value), "value": _b64url(statement_digest(message))}
