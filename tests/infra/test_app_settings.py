@@ -42,6 +42,7 @@ AZURE_VALUES = {
     "DATABASE_PGBOUNCER": "true",
     "KEY_CUSTODIES": "secret",  # the defaults deploy no KEK: an envelope row is refused (docs/THREATS.md)
     "FUNCTION_KEYS_ENABLED": "false",  # callers come from App Service Authentication; keys are opt-in
+    "KEY_VAULT_CACHE_DURATION_MINUTES": "1",  # what KEY_CACHE_SECONDS (60 s) makes of the spec's 60 minutes anyway
 }
 
 
