@@ -43,6 +43,7 @@ from shared.db.intermediate_keys import IntermediateKeyRepository
 from shared.db.migrations import migrate
 from shared.db.pool import Database
 from shared.db.secret_intents import SecretIntentRepository
+from shared.db.upload_requests import UploadRequestRepository
 from shared.reconcile import RunLease
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +235,16 @@ def fill_sql(files: int, log_rows: int) -> list[tuple[str, list[int]]]:
         SELECT file_id || '/' || md5('old' || file_id) || '.x.bseal', file_id, now() + (n % 60) * interval '1 minute'
           FROM (SELECT file_id, row_number() OVER () AS n FROM files WHERE status = 'encrypted' LIMIT 1000) r
         """,
+        # Idempotency-Keys of POST /api/files: a day of uploads by 50 callers, answered; 1,000 past their 24 h
+        """
+        INSERT INTO upload_requests (caller, idempotency_key, attempt, file_id, fingerprint, response, created_at,
+                                     expires_at)
+        SELECT 'key:client-' || (n % 50), md5('idem' || n), md5('attempt' || n), gen_random_uuid(), md5('fp' || n),
+               '{"status": 201}'::jsonb, now() - (n % 1440) * interval '1 minute',
+               now() - (n % 1440) * interval '1 minute' + CASE WHEN n <= 1000 THEN interval '-1 hour'
+                                                                ELSE interval '24 hours' END
+          FROM generate_series(1, 50000) AS n
+        """,
         """
         INSERT INTO reconciler_state (name, value) VALUES
             ('ingest_cursor', ''), ('protected_cursor', ''),
@@ -261,6 +272,7 @@ class Samples:
     blob_page: list[str]
     name_page: list[str]
     intermediate_id: uuid.UUID
+    idempotency_key: str
 
 
 async def samples(conn: Any) -> Samples:
@@ -279,7 +291,9 @@ async def samples(conn: Any) -> Samples:
                    protected_blob=row["protected_blob"], etag=row["source_etag"], pending_id=pending["file_id"],
                    pending_etag=pending["pending_etag"], prefix=prefix, after=(after["source_name"], after["file_id"]),
                    blob_page=blobs, name_page=names,
-                   intermediate_id=await conn.fetchval("SELECT id FROM intermediate_keys ORDER BY created_at LIMIT 1"))
+                   intermediate_id=await conn.fetchval("SELECT id FROM intermediate_keys ORDER BY created_at LIMIT 1"),
+                   idempotency_key=await conn.fetchval("SELECT idempotency_key FROM upload_requests "
+                                                       "WHERE caller = 'key:client-7' OFFSET 300 LIMIT 1"))
 
 
 # --- the hot queries -----------------------------------------------------------------------
@@ -327,6 +341,13 @@ def queries(s: Samples) -> list[Query]:
                   s.pending_id, source_name="x", source_etag=s.pending_etag, name="x.bin", content_type="x",
                   size=1, key_reference=f"file-{s.pending_id}/abc", protected_blob=f"{s.pending_id}/abc.x.bseal",
                   protected_etag='"0x2"', block_size=65536, now=now), write=True),
+        Query("claim an Idempotency-Key", "POST /api/files: UploadRequestRepository.claim",
+              lambda r: UploadRequestRepository(r).claim("key:client-7", "fresh-key", attempt="a-1", file_id=new_id,
+                                                         ttl_seconds=86400), write=True),
+        Query("the first answer of an Idempotency-Key", "POST /api/files (a retry): UploadRequestRepository.get",
+              lambda r: UploadRequestRepository(r).get("key:client-7", s.idempotency_key)),
+        Query("Idempotency-Keys past their time (batch of 200)", "reconciler: UploadRequestRepository.expired",
+              lambda r: UploadRequestRepository(r).expired(200)),
         Query("clear the failures of an upload", "ingest: FailureRepository.clear",
               lambda r: failures(r).clear(s.source_name), write=True),
         Query("record a failure", "ingest: FailureRepository.record",
