@@ -50,6 +50,11 @@ async def roles(pg_empty_database_url: str) -> AsyncIterator[tuple[asyncpg.Conne
         "this test creates roles: DATABASE_URL must name a superuser"
     database = urlsplit(pg_empty_database_url).path.lstrip("/")
     await conn.execute(f'CREATE ROLE "{names["admin"]}" NOLOGIN CREATEROLE')
+    if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'blobseal_audit_purger'"):
+        # Roles are the cluster's: another scratch database's migrations (run by the superuser) made this one.
+        # On PostgreSQL 16+ CREATEROLE alone no longer lets the administrator grant it; the administrator who
+        # ran migration 9 in Azure made it and so holds ADMIN OPTION on it, as granted here.
+        await conn.execute(f'GRANT blobseal_audit_purger TO "{names["admin"]}" WITH ADMIN OPTION')
     await conn.execute(f'ALTER DATABASE "{database}" OWNER TO "{names["admin"]}"')
     await conn.execute(STAND_IN)
     try:
