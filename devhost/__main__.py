@@ -140,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
 def running_database(args: argparse.Namespace, configured: str | None, folder: Path) -> Iterator[str]:
     """The database (``localinfra.postgres.database``), named to the CLI (``shared.cli.devstate``): a
     configured URL is not written down (it may hold a password), only that there is one."""
-    default = None if args.embedded_postgres else DEFAULT_DATABASE_URL
-    with database(None if args.embedded_postgres else configured, folder / "pgdata", default=default) as url:
-        kind = "configured" if configured and not args.embedded_postgres else \
-            "default" if url == DEFAULT_DATABASE_URL else "embedded"
+    if args.embedded_postgres:
+        configured, default = None, None
+    else:
+        default = DEFAULT_DATABASE_URL
+    with database(configured, folder / "pgdata", default=default) as url:
+        kind = "configured" if configured else "default" if url == DEFAULT_DATABASE_URL else "embedded"
         devstate.publish(folder, "" if kind == "configured" else url, kind)
         print(f"PostgreSQL: {DATABASE_KINDS[kind]}")
         yield url
