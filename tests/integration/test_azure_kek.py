@@ -28,22 +28,15 @@ from shared.vault.azure import TransportOptions
 from shared.vault.azure_kek import KEY_SIZE, AzureKeyWrapper
 from shared.vault.base import parse_key_reference
 from shared.vault.kek import KekMissingError, Wrapped
-from tests.support import FakeCredential, KeyVaultServer, TlsMaterial, make_tls_material
+from tests.support import FakeCredential, KeyVaultServer
 from tests.support.keyvault_server import FAST_RETRY as FAST
-from tests.support.keyvault_server import serving
 
 KEK = "blobseal-kek"
 
 
-@pytest.fixture(scope="module")
-def kek_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
-    return make_tls_material(tmp_path_factory.mktemp("keyvault-kek-tls"))
-
-
 @pytest.fixture
-async def server(kek_tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
-    async with serving(kek_tls) as fake:
-        yield fake
+def server(keyvault_server: KeyVaultServer) -> KeyVaultServer:
+    return keyvault_server
 
 
 def make_wrapper(server: KeyVaultServer, credential: Any = None, name: str = KEK, **options: Any) -> AzureKeyWrapper:

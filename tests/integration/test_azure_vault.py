@@ -32,22 +32,15 @@ from shared.errors import (
 )
 from shared.metrics import REGISTRY
 from shared.vault.azure import CONTENT_TYPE, AzureKeyVault, RetryOptions, build_credential
-from tests.support import FakeCredential, KeyVaultServer, TlsMaterial, make_tls_material
+from tests.support import FakeCredential, KeyVaultServer, TlsMaterial
 from tests.support.keyvault_server import FAST_RETRY as FAST
-from tests.support.keyvault_server import serving
 
 NAME = "file-3f0c2a4e-8d1b-4c55-9a43-1f2e3d4c5b6a"
 
 
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
-    return make_tls_material(tmp_path_factory.mktemp("keyvault-tls"))
-
-
 @pytest.fixture
-async def server(tls: TlsMaterial) -> AsyncIterator[KeyVaultServer]:
-    async with serving(tls) as fake:
-        yield fake
+def server(keyvault_server: KeyVaultServer) -> KeyVaultServer:
+    return keyvault_server
 
 
 def make_vault(server: KeyVaultServer, credential: Any = None, **options: Any) -> AzureKeyVault:
@@ -95,11 +88,11 @@ async def test_store_and_get_latest_and_by_version(vault: AzureKeyVault, server:
     assert old.key_reference == f"{NAME}/{old.version}"
 
 
-async def test_list_versions_oldest_first_across_pages(tls: TlsMaterial) -> None:
+async def test_list_versions_oldest_first_across_pages(keyvault_tls: TlsMaterial) -> None:
     # Descending ids: the server lists by id (as Key Vault does), the reverse of creation order.
     ids = (f"{n:032x}" for n in range(10**6, 0, -1))
     ticks = itertools.count(1_700_000_000, 60)
-    server = KeyVaultServer(tls, version_ids=ids, clock=lambda: next(ticks))
+    server = KeyVaultServer(keyvault_tls, version_ids=ids, clock=lambda: next(ticks))
     await server.start()
     vault = make_vault(server)
     try:
