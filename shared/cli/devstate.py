@@ -45,6 +45,8 @@ def _is_locked(lock_path: Path) -> bool:
         fd = os.open(lock_path, os.O_RDONLY)
     except FileNotFoundError:
         return False
+    except PermissionError:  # another user's make dev: say running (make reset then refuses, which is safe)
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from azure.storage.blob.aio import BlobServiceClient
 
 from localinfra.azurite import Azurite
 from shared.bootstrap import Services
@@ -284,6 +285,24 @@ async def test_failure_records_are_honoured_permanent_until_replay_transient_aft
         await conn.execute("UPDATE ingest_failures SET next_attempt_at = now() WHERE source_name = $1", transient)
     assert (await stack.maintenance.reconcile()).repairs.get("stranded") == 1  # the vault is back: encrypted
     assert await attempts_of(stack, transient) is None and await download(stack, transient[:-4]) == data
+
+
+async def test_a_replay_of_an_upload_that_is_gone_stops_listing_its_failure(
+        make_stack: StackFactory, azurite: Azurite) -> None:
+    """``replay`` answers "gone" for an upload no longer in ``ingest``; ``failed`` stops listing it at once (it used to
+    until the next complete reconciler listing)."""
+    stack = await make_stack()
+    ingest, taken = stack.settings.ingest_container, uuid.uuid4()
+    await upload(azurite, ingest, f"{taken}/a.txt", b"first")
+    await stack.files.encrypt_ingest_blob(f"{taken}/a.txt")
+    await upload(azurite, ingest, f"{taken}/b.txt", b"second name, taken uuid")
+    with pytest.raises(UploadConflictError):
+        await stack.files.encrypt_ingest_blob(f"{taken}/b.txt")
+    assert await attempts_of(stack, f"{taken}/b.txt") == 1
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        await service.get_blob_client(ingest, f"{taken}/b.txt").delete_blob()  # the uploader took it back
+    assert (await stack.maintenance.replay(OPERATOR, f"{taken}/b.txt")).status == "gone"
+    assert await attempts_of(stack, f"{taken}/b.txt") is None
 
 
 async def test_one_failing_item_does_not_end_its_repair(make_stack: StackFactory, azurite: Azurite) -> None:

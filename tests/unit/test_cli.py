@@ -172,6 +172,11 @@ def test_wrong_key_refused(work: Path) -> None:
      "block size"),
     (["inspect", "plain"], "not a blobseal file"),
     (["frobnicate"], "invalid choice"),
+    (["rotate", "--due", "--limit", "-5"], "from 1 to 1,000,000, got '-5'"),
+    (["rotate", "--due", "--limit", "0"], "from 1 to 1,000,000, got '0'"),  # not silently the default
+    (["list", "--limit", "many"], "from 1 to 1,000, got 'many'"),
+    (["audit", "--limit", "10001"], "from 1 to 10,000"),
+    (["migrate-keys", "--to", "secret", "--batch", "0"], "--batch: must be a whole number"),
 ])
 def test_bad_input_gives_one_line_and_nonzero(work: Path, args: list[str], needle: str) -> None:
     encrypt_sample(work)
