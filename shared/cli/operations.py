@@ -36,12 +36,16 @@ T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """The deployment's settings; with no ``DATABASE_URL`` set, the database of a running ``make dev``."""
-    environ: Mapping[str, str] | None = getattr(args, "environ", None)
-    values = bootstrap.settings_mapping(environ)
-    if not values.get("DATABASE_URL"):
-        values["DATABASE_URL"] = _dev_database(environ)
-    return Settings.from_env(values)
+    """The deployment's settings, read once per command; with no ``DATABASE_URL`` set, the database of a running
+    ``make dev``."""
+    settings: Settings | None = getattr(args, "loaded_settings", None)
+    if settings is None:
+        environ: Mapping[str, str] | None = getattr(args, "environ", None)
+        values = bootstrap.settings_mapping(environ)
+        if not values.get("DATABASE_URL"):
+            values["DATABASE_URL"] = _dev_database(environ)
+        settings = args.loaded_settings = Settings.from_env(values)
+    return settings
 
 
 def _dev_database(environ: Mapping[str, str] | None) -> str:
