@@ -1337,22 +1337,24 @@ def check_diagnostics(files: dict[Path, BicepFile], report: Report) -> None:
         elif bicep.path.name == "postgres.bicep" and target == "server":
             server.append((categories, workspace))
     data_logs = [(categories, workspace) for is_data, categories, workspace in blob if is_data]
-    if not data_logs:
-        report.fail("main.bicep: the data account's blob service sends no diagnostic logs to Log Analytics")
-    for categories, workspace in data_logs:
-        if not categories >= BLOB_LOG_CATEGORIES or workspace in (None, ""):
-            report.fail(f"storage.bicep: the data account's blob logs are {sorted(categories)} to {workspace!r}, "
-                        f"must be {sorted(BLOB_LOG_CATEGORIES)} to the workspace")
-    if not server:
-        report.fail("main.bicep: the PostgreSQL server sends no diagnostic logs to Log Analytics")
-    for categories, workspace in server:
-        if not categories >= POSTGRES_LOG_CATEGORIES or workspace in (None, ""):
-            report.fail(f"postgres.bicep: the server's logs are {sorted(categories)} to {workspace!r}, must be "
-                        f"{sorted(POSTGRES_LOG_CATEGORIES)} to the workspace")
+    _require_logs(report, data_logs, BLOB_LOG_CATEGORIES, "the data account's blob service",
+                  "storage.bicep: the data account's blob logs")
+    _require_logs(report, server, POSTGRES_LOG_CATEGORIES, "the PostgreSQL server", "postgres.bicep: the server's logs")
+    for categories, _ in server:
         if "PostgreSQLFlexSessions" in categories and not sessions:
             report.fail(f"postgres.bicep: PostgreSQLFlexSessions stays empty without {SESSIONS_PARAMETER}=on")
     report.ok(f"diagnostics: data blobs {sorted(BLOB_LOG_CATEGORIES)}, PostgreSQL "
               f"{sorted(POSTGRES_LOG_CATEGORIES)} to Log Analytics")
+
+
+def _require_logs(report: Report, found: list[tuple[set[str], Any]], needed: set[str], source: str,
+                  logs: str) -> None:
+    """``found`` (categories, workspace) settings send at least ``needed`` to the workspace, and there is one."""
+    if not found:
+        report.fail(f"main.bicep: {source} sends no diagnostic logs to Log Analytics")
+    for categories, workspace in found:
+        if not categories >= needed or workspace in (None, ""):
+            report.fail(f"{logs} are {sorted(categories)} to {workspace!r}, must be {sorted(needed)} to the workspace")
 
 
 def check_alerts(files: dict[Path, BicepFile], report: Report) -> None:
